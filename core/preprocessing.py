@@ -55,7 +55,9 @@ class Preprocessing:
             if len(value) == 1 and channels == 3:
                 value = value * 3
             if len(value) != channels:
-                raise SpecError(f"preprocessing {name} has {len(value)} values, mode {self.mode} needs {channels}")
+                raise SpecError(
+                    f"preprocessing {name} has {len(value)} values, mode {self.mode} needs {channels}"
+                )
             object.__setattr__(self, name, value)
         if any(s <= 0 for s in self.std):
             raise SpecError(f"preprocessing std must be positive, got {self.std}")
@@ -64,7 +66,9 @@ class Preprocessing:
         if self.size is not None:
             size = tuple(int(v) for v in self.size)
             if len(size) != 2 or min(size) < 1:
-                raise SpecError(f"preprocessing size must be (height, width) of positive ints, got {self.size}")
+                raise SpecError(
+                    f"preprocessing size must be (height, width) of positive ints, got {self.size}"
+                )
             object.__setattr__(self, "size", size)
         object.__setattr__(self, "blur_sigma", float(self.blur_sigma))
         object.__setattr__(self, "scale", float(self.scale))
@@ -148,7 +152,7 @@ class Preprocessing:
         if x.shape[1] == 1 and self.channels == 3:
             x = x.expand(-1, 3, -1, -1)
         elif x.shape[1] == 3 and self.channels == 1:
-            x = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+            x = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
         if x.shape[1] != self.channels:
             raise DataLoadError(
                 f"images have {x.shape[1]} channels, the recipe needs {self.channels} (mode {self.mode})"

@@ -1,0 +1,233 @@
+"""Datasets as the engine sees them: preprocessed batches with labels and stable instance indices."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from essence.core.errors import DataLoadError, EmptyClassError, SpecError
+from essence.core.preprocessing import Preprocessing
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # x [B, C, H, W], labels [B], indices [B]
+
+# Decompression-bomb guard: PIL warns above ~89 Mpx; we refuse above this many pixels.
+MAX_IMAGE_PIXELS = 64_000_000
+
+
+@dataclass
+class ImageData:
+    """A labelled image dataset with its preprocessing recipe.
+
+    Raw images are either held in memory (``arrays``: ``[N, H, W, C]`` or ``[N, H, W]``) or read from
+    ``paths`` on demand; either way :meth:`batches` yields preprocessed float tensors.
+
+    Attributes:
+        spec: the data spec it was loaded from (``demo:test``, ``folder:PATH``, ...).
+        labels: int64 ``[N]``.
+        class_names: one name per class index.
+        preprocessing: the recipe applied to every image.
+        fingerprint: hash of the images' contents and the labels (not of the recipe).
+        skipped: files left out as unreadable (only with ``on_bad_image="skip"``), with the reason.
+    """
+
+    spec: str
+    labels: np.ndarray
+    class_names: list[str]
+    preprocessing: Preprocessing
+    fingerprint: str
+    arrays: np.ndarray | None = None
+    paths: list[Path] | None = None
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+        n = len(self.arrays) if self.arrays is not None else len(self.paths or [])
+        if n != len(self.labels):
+            raise DataLoadError(f"{self.spec}: {n} images but {len(self.labels)} labels")
+        if n == 0:
+            raise DataLoadError(
+                f"{self.spec}: the dataset is empty; point it at a folder or file with images"
+            )
+        if self.labels.min() < 0 or self.labels.max() >= len(self.class_names):
+            raise DataLoadError(
+                f"{self.spec}: labels must lie in 0..{len(self.class_names) - 1} (one per class name); "
+                f"found {int(self.labels.min())}..{int(self.labels.max())}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def class_index(self, cls: int | str) -> int:
+        """Resolve a class given by index or by name (case-insensitive)."""
+        return class_index(cls, self.class_names)
+
+    def indices_of(self, cls: int) -> np.ndarray:
+        idx = np.flatnonzero(self.labels == cls)
+        if idx.size == 0:
+            raise EmptyClassError(
+                f"class {self.class_names[cls]!r} (index {cls}) has no instances in {self.spec}: "
+                "choose another class or add its images"
+            )
+        return idx
+
+    def raw_image(self, index: int) -> np.ndarray:
+        """The instance's image before preprocessing, uint8 ``[H, W, C]`` (for display)."""
+        if self.arrays is not None:
+            a = np.asarray(self.arrays[index])
+            if a.dtype != np.uint8:
+                a = np.clip(a / self.preprocessing.scale * 255.0, 0, 255).astype(np.uint8)
+            if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[-1] not in (1, 3):
+                a = np.moveaxis(a, 0, -1)
+            return a[..., None] if a.ndim == 2 else a
+        return np.asarray(open_image(self.paths[index]).convert("RGB"))
+
+    def tensors(self, indices: Sequence[int] | np.ndarray) -> torch.Tensor:
+        """Preprocessed images ``[B, C, H, W]`` of the given instances."""
+        indices = np.asarray(indices, dtype=np.int64)
+        if self.arrays is not None:
+            return self.preprocessing.apply_array(self.arrays[indices])
+        images = [self.preprocessing.apply_pil(open_image(self.paths[i])) for i in indices]
+        shapes = {tuple(t.shape) for t in images}
+        if len(shapes) > 1:
+            raise DataLoadError(
+                f"{self.spec}: images have different sizes {sorted(shapes)[:3]}; set a size in the recipe "
+                "(CLI: --size H W)"
+            )
+        return torch.stack(images)
+
+    def batches(self, batch_size: int, indices: Sequence[int] | np.ndarray | None = None) -> Iterator[Batch]:
+        """Yield ``(x [B, C, H, W], labels [B], indices [B])`` in dataset order (or the given order)."""
+        order = np.arange(len(self)) if indices is None else np.asarray(indices, dtype=np.int64)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            yield self.tensors(idx), torch.from_numpy(self.labels[idx]), torch.from_numpy(idx)
+
+
+def class_index(cls: int | str, class_names: Sequence[str]) -> int:
+    """Resolve a class by index (int or digit string) or by name.
+
+    Raises:
+        ClassNotFoundError: no such class; the message lists the valid ones.
+    """
+    from essence.core.errors import ClassNotFoundError
+
+    names = list(class_names)
+    if isinstance(cls, str) and not cls.strip().lstrip("-").isdigit():
+        lowered = [n.lower() for n in names]
+        if cls.strip().lower() in lowered:
+            return lowered.index(cls.strip().lower())
+        raise ClassNotFoundError(f"unknown class {cls!r}: the classes are {names}")
+    try:
+        i = int(cls)
+    except (TypeError, ValueError) as exc:
+        raise ClassNotFoundError(f"unknown class {cls!r}: the classes are {names}") from exc
+    if not 0 <= i < len(names):
+        raise ClassNotFoundError(
+            f"class index {i} is out of range: the classes are 0..{len(names) - 1} {names}"
+        )
+    return i
+
+
+def open_image(path: Path | str | bytes) -> Image.Image:
+    """Open and fully decode an image, turning every PIL failure into a :class:`DataLoadError`."""
+    name = "uploaded image" if isinstance(path, bytes) else str(path)
+    try:
+        src = io.BytesIO(path) if isinstance(path, bytes) else path
+        with Image.open(src) as img:
+            if img.width * img.height > MAX_IMAGE_PIXELS:
+                raise DataLoadError(
+                    f"{name}: {img.width}×{img.height} pixels is above the limit of {MAX_IMAGE_PIXELS:,}; "
+                    "downscale the image first"
+                )
+            img.load()
+            return img.copy()
+    except DataLoadError:
+        raise
+    except FileNotFoundError as exc:
+        raise DataLoadError(f"{name}: file not found; check the path") from exc
+    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
+        raise DataLoadError(
+            f"{name}: not a readable image ({exc.__class__.__name__}); remove or replace it"
+        ) from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DataLoadError(f"{name}: image is truncated or corrupt ({exc}); remove or replace it") from exc
+
+
+def hash_arrays(*arrays: np.ndarray, extra: str = "") -> str:
+    """Content hash of arrays (dtype, shape and bytes) plus an optional string."""
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(memoryview(a).cast("B"))
+    h.update(extra.encode())
+    return h.hexdigest()[:16]
+
+
+def as_batches(
+    data: object, batch_size: int, indices: Sequence[int] | np.ndarray | None = None
+) -> tuple[Iterator[Batch], int]:
+    """Adapt the engine's accepted data forms to an iterator of batches, and the number of instances.
+
+    Accepts an :class:`ImageData`, a tuple ``(x [N, ...], labels [N])``, a bare tensor ``x`` (labels 0),
+    or a ``torch.utils.data.Dataset`` of ``(x, label)`` pairs.
+    """
+    if batch_size < 1:
+        raise SpecError(f"batch size must be ≥ 1, got {batch_size}")
+    if isinstance(data, ImageData):
+        n = len(data) if indices is None else len(indices)
+        return data.batches(batch_size, indices), n
+    if isinstance(data, torch.Tensor):
+        data = (data, torch.zeros(len(data), dtype=torch.long))
+    if isinstance(data, tuple | list) and len(data) == 2 and isinstance(data[0], torch.Tensor | np.ndarray):
+        x = torch.as_tensor(data[0])
+        y = torch.as_tensor(np.asarray(data[1])).long().view(-1)
+        if len(x) != len(y):
+            raise DataLoadError(f"{len(x)} inputs but {len(y)} labels")
+        order = torch.arange(len(x)) if indices is None else torch.as_tensor(np.asarray(indices)).long()
+
+        def gen() -> Iterator[Batch]:
+            for s in range(0, len(order), batch_size):
+                idx = order[s : s + batch_size]
+                yield x[idx], y[idx], idx
+
+        return gen(), len(order)
+    if isinstance(data, torch.utils.data.Dataset):
+        order = list(range(len(data))) if indices is None else [int(i) for i in indices]
+
+        def gen_ds() -> Iterator[Batch]:
+            for s in range(0, len(order), batch_size):
+                idx = order[s : s + batch_size]
+                items = [data[i] for i in idx]
+                xs = torch.stack([torch.as_tensor(it[0]) for it in items])
+                ys = torch.as_tensor([int(it[1]) for it in items])
+                yield xs, ys, torch.as_tensor(idx)
+
+        return gen_ds(), len(order)
+    raise SpecError(
+        f"cannot read data of type {type(data).__name__}: pass an ImageData, (x, labels) tensors or a Dataset"
+    )
+
+
+def labels_of(data: object) -> np.ndarray:
+    """All labels of a dataset form accepted by :func:`as_batches`."""
+    if isinstance(data, ImageData):
+        return data.labels
+    if isinstance(data, torch.Tensor):
+        return np.zeros(len(data), dtype=np.int64)
+    if isinstance(data, tuple | list) and len(data) == 2:
+        return np.asarray(torch.as_tensor(np.asarray(data[1])).long().view(-1))
+    if isinstance(data, torch.utils.data.Dataset):
+        return np.asarray([int(data[i][1]) for i in range(len(data))], dtype=np.int64)
+    raise SpecError(f"cannot read labels of {type(data).__name__}")

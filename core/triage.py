@@ -1,0 +1,329 @@
+"""Triage (paper §3.3, Fig. 3): rank instances by how far their own influence departs from their class's.
+
+Every instance x with label y has its own influence vector v = ∂q/∂z at z = h(x), with the paper's quantity
+q = softmax_y (f restricted to the label, point distribution), and its class has a profile χ_y (the mean of
+the same vectors over the class's instances). A correct instance follows the class-wide ordering of units;
+a misclassified or mislabelled one looks random against it. The vectors and the profiles come from one pass
+(:func:`~essence.core.profiles.class_profiles` with ``keep_instances=True``).
+
+Deviation scores (higher = less like its class; each in [0, 2] or [0, 1]); T_y is the set of the ``top_k``
+units of χ_y by absolute influence:
+
+- ``spearman``: 1 − ρ_s(v[T_y], χ_y[T_y]), Spearman's rank correlation over the class's top units
+  (the paper's Fig. 3 view: does the instance follow the class's ordering?).
+- ``kendall``: 1 − τ_b(v[T_y], χ_y[T_y]), Kendall's τ-b over the same units (as ``scipy.stats.kendalltau``).
+- ``cosine``: 1 − cos(v, χ_y) over all units.
+- ``mass``: 1 − Σ_{j∈T_y} |v_j| / Σ_j |v_j|, the share of the instance's absolute influence that falls
+  outside its class's top units.
+- ``combined``: the mean of the fractional ranks (in [0, 1]) of ``cosine`` and of 1 − softmax_y — the
+  instance's deviation and the model's doubt about its label, each worth half.
+
+And the plain baselines from the outputs alone, for comparison on the same table:
+
+- ``confidence``: 1 − max_k softmax_k (the model's doubt about its own prediction).
+- ``self_confidence``: 1 − softmax_y (cleanlab's self-confidence, as a suspicion score).
+- ``mistakenness``: (m · e^(−H(softmax)) + 1) / 2, m = +1 if predicted ≠ y else −1, H in nats (FiftyOne).
+
+The default ranking is ``self_confidence``, because that is what finds problems best where we measured it
+(``benchmarks/bench_triage.py``, table in ``docs/analyses.md``): on digits with 10 % of labels flipped it
+finds the flipped ones with ROC AUC ≈ 0.99–1.0, and every mix with a deviation score (``combined``, or any
+smaller weight on the deviation) ranks them worse; the deviation scores alone reach 0.6–0.85. The deviation
+scores answer a different question — does the instance's *reasoning* look like its class's? — and come with
+every row, as does the "why flagged" list of units, which no confidence score gives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from essence.core.errors import SpecError
+from essence.core.influence import CancelFlag, Progress
+from essence.core.profiles import ClassProfiles, class_profiles
+from essence.core.quantities import Kind
+from essence.core.slices import Granularity
+
+ScoreName = Literal[
+    "combined", "spearman", "kendall", "cosine", "mass", "confidence", "self_confidence", "mistakenness"
+]
+SCORES: tuple[str, ...] = (
+    "combined",
+    "spearman",
+    "kendall",
+    "cosine",
+    "mass",
+    "confidence",
+    "self_confidence",
+    "mistakenness",
+)
+DEFAULT_SCORE: ScoreName = "self_confidence"
+DEFAULT_TOP_K = 16
+WHY_UNITS = 5
+
+
+@dataclass(frozen=True)
+class Triage:
+    """Instances ranked for review, most deviant from their class first.
+
+    Attributes:
+        layer: the slice's module path.
+        score: the name of the score that ranks (``deviation``).
+        quantity: the quantity the instance vectors are of (``prob[label]`` by default).
+        top_k: units per class the rank scores look at.
+        class_names: ``C`` names.
+        indices: int64 ``[N]`` each row's position in the dataset.
+        labels: int64 ``[N]`` given labels.
+        predicted: int64 ``[N]`` the model's argmax.
+        confidence: float64 ``[N]`` softmax probability of the predicted class.
+        label_probability: float64 ``[N]`` softmax probability of the given label.
+        scores: every score by name, float64 ``[N]`` each (higher = more suspect).
+        deviation: float64 ``[N]`` the ranking score (``scores[score]``).
+        ranking: int64 ``[N]`` row numbers ordered most deviant first (ties: lower dataset index first).
+        why_units: int64 ``[N, m]`` per row, the units whose influence departs most from the class profile.
+        why_z: float64 ``[N, m]`` their departures (v_j − χ_yj) / sd_yj, sd the class's per-instance
+            standard deviation (the profile's standard error × √n; the order is the same as by the error).
+    """
+
+    layer: str
+    score: str
+    quantity: str
+    top_k: int
+    class_names: list[str]
+    indices: np.ndarray
+    labels: np.ndarray
+    predicted: np.ndarray
+    confidence: np.ndarray
+    label_probability: np.ndarray
+    scores: dict[str, np.ndarray] = field(repr=False)
+    deviation: np.ndarray = field(repr=False)
+    ranking: np.ndarray = field(repr=False)
+    why_units: np.ndarray = field(repr=False)
+    why_z: np.ndarray = field(repr=False)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def rows(self, top: int | None = None) -> list[dict]:
+        """The ranking as records, most deviant first (the CLI's JSON ``scores``)."""
+        order = self.ranking if top is None else self.ranking[: max(0, top)]
+        out = []
+        for r in order:
+            row = {
+                "index": int(self.indices[r]),
+                "label": int(self.labels[r]),
+                "label_name": self.class_names[int(self.labels[r])],
+                "predicted": int(self.predicted[r]),
+                "predicted_name": self.class_names[int(self.predicted[r])],
+                "confidence": float(self.confidence[r]),
+                "deviation": float(self.deviation[r]),
+            }
+            row.update({name: float(values[r]) for name, values in self.scores.items()})
+            row["why"] = [
+                {"unit": int(u), "z": float(z)} for u, z in zip(self.why_units[r], self.why_z[r], strict=True)
+            ]
+            out.append(row)
+        return out
+
+    def to_json(self, top: int | None = None) -> dict:
+        """The stable JSON layout of ``essence triage --json`` (DESIGN §4)."""
+        return {
+            "layer": self.layer,
+            "score": self.score,
+            "quantity": self.quantity,
+            "top_k": self.top_k,
+            "scores": self.rows(top),
+        }
+
+
+def deviation_scores(
+    model: nn.Module,
+    data: object,
+    layer: str,
+    *,
+    profiles: ClassProfiles | None = None,
+    kind: Kind = "prob",
+    granularity: Granularity = "channel",
+    top_k: int | None = None,
+    score: ScoreName = DEFAULT_SCORE,
+    batch_size: int = 64,
+    device: str | torch.device = "auto",
+    progress: Progress | None = None,
+    cancel: CancelFlag = None,
+) -> Triage:
+    """Score every instance by how far its own influence departs from its class profile.
+
+    Args:
+        model: the classifier.
+        data: an :class:`~essence.core.data.ImageData` or ``(x, labels)`` tensors.
+        layer: module path of the slice.
+        profiles: class profiles computed with ``keep_instances=True`` (reused: no pass is run);
+            by default they are computed here, in one pass, with the ``kind`` quantity.
+        kind: the label's score the instance vectors are of: ``"prob"`` (softmax, the paper's; default) or
+            ``"logit"``. Where the layers above the slice are linear, a logit's gradient is the same for every
+            instance and carries nothing; the softmax's is weighted by the instance's own output.
+        granularity: ``"channel"`` or ``"neuron"``.
+        top_k: units of each class's profile the rank scores look at (default ``min(16, U)``).
+        score: the ranking score (see the module docstring); default ``"self_confidence"`` (measured best).
+        batch_size, device, progress, cancel: as in :func:`~essence.core.influence.influence`.
+
+    Returns:
+        A :class:`Triage`.
+
+    Raises:
+        SpecError: unknown score, ``top_k`` < 2, or profiles without instance vectors.
+        EmptyClassError, LabelMismatchError, LayerNotFoundError: from the profile pass.
+    """
+    if score not in SCORES:
+        raise SpecError(f"unknown triage score {score!r}: use one of {', '.join(SCORES)}")
+    if profiles is None:
+        profiles = class_profiles(
+            model,
+            data,
+            layer,
+            granularity=granularity,
+            kind=kind,
+            allow_empty=True,
+            keep_instances=True,
+            batch_size=batch_size,
+            device=device,
+            progress=progress,
+            cancel=cancel,
+        )
+    inst = profiles.instances
+    if inst is None or inst.instance_vectors is None or inst.outputs is None:
+        raise SpecError(
+            "these class profiles carry no instance vectors: compute them with keep_instances=True "
+            "(or let deviation_scores compute them)"
+        )
+    units = profiles.num_units
+    k = min(DEFAULT_TOP_K, units) if top_k is None else int(top_k)
+    if not 2 <= k <= units:
+        raise SpecError(f"top_k={top_k} must lie in 2..{units} (the layer's units)")
+    v = inst.instance_vectors.double().numpy()
+    y = inst.instance_labels.numpy().astype(np.int64)
+    probs = torch.softmax(inst.outputs.double(), dim=1).numpy()
+    mean = profiles.mean.double().numpy()
+    sd = (profiles.stderr.double() * profiles.counts.double().clamp(min=1).sqrt().unsqueeze(1)).numpy()
+
+    scores = _scores(v, y, probs, mean, k)
+    why_units, why_z = _why(v, y, mean, sd, min(WHY_UNITS, units))
+    deviation = scores[score]
+    indices = inst.instance_indices.numpy().astype(np.int64)
+    # Most deviant first; equal scores keep dataset order so the queue is stable across runs.
+    ranking = np.lexsort((indices, -deviation))
+    return Triage(
+        layer=profiles.layer,
+        score=score,
+        quantity=profiles.quantity,
+        top_k=k,
+        class_names=list(profiles.class_names),
+        indices=indices,
+        labels=y,
+        predicted=probs.argmax(1).astype(np.int64),
+        confidence=probs.max(1),
+        label_probability=probs[np.arange(len(y)), y],
+        scores=scores,
+        deviation=deviation,
+        ranking=ranking.astype(np.int64),
+        why_units=why_units,
+        why_z=why_z,
+    )
+
+
+# ------------------------------------------------------------------------------------------------- scores
+
+
+def _scores(
+    v: np.ndarray, y: np.ndarray, probs: np.ndarray, mean: np.ndarray, k: int
+) -> dict[str, np.ndarray]:
+    n = len(y)
+    profile = mean[y]  # [N, U] each instance's class profile
+    top = np.argsort(-np.abs(np.nan_to_num(mean)), axis=1, kind="stable")[:, :k]  # [C, k]
+    units = top[y]  # [N, k]
+    vt = np.take_along_axis(v, units, axis=1)
+    pt = np.take_along_axis(profile, units, axis=1)
+    label_p = probs[np.arange(n), y]
+    predicted = probs.argmax(1)
+    entropy = -(probs * np.log(np.clip(probs, 1e-300, None))).sum(1)
+    m = np.where(predicted != y, 1.0, -1.0)
+    out = {
+        "spearman": 1.0 - spearman_rows(vt, pt),
+        "kendall": 1.0 - kendall_rows(vt, pt),
+        "cosine": 1.0 - cosine_rows(v, profile),
+        "mass": mass_outside(v, units),
+        "confidence": 1.0 - probs.max(1),
+        "self_confidence": 1.0 - label_p,
+        "mistakenness": (m * np.exp(-entropy) + 1.0) / 2.0,
+    }
+    out["combined"] = (fractional_rank(out["cosine"]) + fractional_rank(1.0 - label_p)) / 2.0
+    return {name: out[name] for name in SCORES}
+
+
+def fractional_rank(x: np.ndarray) -> np.ndarray:
+    """Ranks scaled to [0, 1] (ties share their average rank): 0 for the smallest, 1 for the largest."""
+    from scipy.stats import rankdata
+
+    if len(x) < 2:
+        return np.zeros(len(x))
+    return (rankdata(x) - 1.0) / (len(x) - 1.0)
+
+
+def spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Spearman's ρ between each row of ``a`` and of ``b`` ``[N, k]`` (0 where a row is constant)."""
+    from scipy.stats import rankdata
+
+    return _pearson_rows(rankdata(a, axis=1), rankdata(b, axis=1))
+
+
+def _pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a - a.mean(1, keepdims=True)
+    b = b - b.mean(1, keepdims=True)
+    den = np.sqrt((a * a).sum(1) * (b * b).sum(1))
+    # A constant row (e.g. a saturated softmax: all gradients zero) has no ordering: treat as uncorrelated.
+    return np.where(den > 0, (a * b).sum(1) / np.where(den > 0, den, 1.0), 0.0)
+
+
+def kendall_rows(a: np.ndarray, b: np.ndarray, chunk: int = 2048) -> np.ndarray:
+    """Kendall's τ-b between each row of ``a`` and of ``b`` ``[N, k]`` (0 where a row is constant).
+
+    τ_b = Σ_{i<j} s^a_ij s^b_ij / √(Σ (s^a_ij)² · Σ (s^b_ij)²), s_ij = sign(x_i − x_j): the same value as
+    ``scipy.stats.kendalltau`` (variant b), vectorised over rows.
+    """
+    out = np.empty(len(a))
+    iu = np.triu_indices(a.shape[1], k=1)
+    for s in range(0, len(a), chunk):
+        sa = np.sign(a[s : s + chunk, :, None] - a[s : s + chunk, None, :])[:, iu[0], iu[1]]
+        sb = np.sign(b[s : s + chunk, :, None] - b[s : s + chunk, None, :])[:, iu[0], iu[1]]
+        den = np.sqrt((sa * sa).sum(1) * (sb * sb).sum(1))
+        out[s : s + chunk] = np.where(den > 0, (sa * sb).sum(1) / np.where(den > 0, den, 1.0), 0.0)
+    return out
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each row pair (0 where either row is zero)."""
+    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return np.where(den > 0, (a * b).sum(1) / np.where(den > 0, den, 1.0), 0.0)
+
+
+def mass_outside(v: np.ndarray, units: np.ndarray) -> np.ndarray:
+    """Share of each row's absolute influence outside its class's top units (0 for a zero row)."""
+    absv = np.abs(v)
+    total = absv.sum(1)
+    inside = np.take_along_axis(absv, units, axis=1).sum(1)
+    return np.where(total > 0, 1.0 - inside / np.where(total > 0, total, 1.0), 0.0)
+
+
+def _why(
+    v: np.ndarray, y: np.ndarray, mean: np.ndarray, sd: np.ndarray, m: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``m`` units per instance with the largest |v − χ_y| / sd_y, and those z values."""
+    # A unit that never varies within the class (sd 0: dead, or a linear head) cannot depart from it.
+    floor = np.finfo(np.float64).tiny
+    sdy = np.nan_to_num(sd[y], nan=0.0)
+    z = np.where(sdy > floor, (v - np.nan_to_num(mean[y])) / np.where(sdy > floor, sdy, 1.0), 0.0)
+    units = np.argsort(-np.abs(z), axis=1, kind="stable")[:, :m]
+    return units.astype(np.int64), np.take_along_axis(z, units, axis=1)

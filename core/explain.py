@@ -285,12 +285,14 @@ def read_image(
     preprocessing: Preprocessing,
     *,
     model: nn.Module | None = None,
+    expected_size: tuple[int, int] | None = None,
     convert_mode: bool = False,
 ) -> torch.Tensor:
     """Read one image file and preprocess it with the model's recipe, checking it fits the model.
 
     A recipe with a size resizes any image to it. Without one, the image must already have the size the model
-    was built for: the model is run once and a failure names the image's size. An image whose channels differ
+    was built for: ``expected_size`` (from the model's card) when known, otherwise the model is run once and a
+    failure names the image's size. An image whose channels differ
     from the recipe's mode (a greyscale photo for an RGB model, or the reverse) is refused unless
     ``convert_mode``: making up or dropping colour changes what the model is asked.
 
@@ -308,6 +310,16 @@ def read_image(
         raise DataLoadError(
             f"{name} is mode {img.mode}, but the model takes {want} images: pass an image of that mode, or "
             "allow the conversion (CLI: --convert-mode)"
+        )
+    if (
+        preprocessing.size is None
+        and expected_size is not None
+        and (img.height, img.width) != tuple(expected_size)
+    ):
+        h, w = expected_size
+        raise DataLoadError(
+            f"{name} is {img.height}×{img.width} px but the model takes {h}×{w} images: resize it to {h}×{w}, "
+            f"or give the recipe a size (CLI: --size {h} {w})"
         )
     x = preprocessing.apply_pil(img)
     if model is not None and preprocessing.size is None:

@@ -1,7 +1,172 @@
-"""Commands of this group are registered here."""
+"""``essence compare``: an old model against a retrained one on the same images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
+from essence.cli.common import (
+    BatchOpt,
+    DataOpt,
+    DeviceOpt,
+    GranularityOpt,
+    JsonOpt,
+    LayerOpt,
+    ModelOpt,
+    TrustPickleOpt,
+    WeightsOpt,
+    check_granularity,
+    load_model_spec,
+    write_json,
+)
+from essence.core.errors import LayerNotFoundError, SpecError
+from essence.core.loading import check_compatible, environment_data_root, load_dataset
+
+
+def _fmt(v: float) -> str:
+    return "  —  " if v != v else f"{v:5.2f}"  # NaN: never predicted / no instances
+
+
+def run_compare(
+    model: str,
+    against: str,
+    data: str,
+    *,
+    weights: Path | None = None,
+    weights_b: Path | None = None,
+    trust_pickle: bool = False,
+    layer: str | None = None,
+    layer_b: str | None = None,
+    granularity: str = "channel",
+    kind: str = "logit",
+    match: str = "signed",
+    threshold: float = 0.5,
+    partial: bool = False,
+    diagnose: bool = True,
+    device: str = "auto",
+    batch_size: int = 64,
+    json_path: Path | None = None,
+) -> None:
+    from essence.core.compare import compare_models
+
+    check_granularity(granularity)
+    if kind not in ("logit", "prob"):
+        raise SpecError(f"--kind {kind!r}: use logit or prob")
+    model_a = load_model_spec(model, weights, trust_pickle)
+    model_b = load_model_spec(against, weights_b, trust_pickle)
+    # the same images, each model with its own preprocessing recipe (the recipe is part of what changed)
+    names = model_a.class_names or model_b.class_names
+    data_a = load_dataset(data, model_a.preprocessing, class_names=names, data_root=environment_data_root())
+    data_b = load_dataset(data, model_b.preprocessing, class_names=names, data_root=environment_data_root())
+    check_compatible(model_a, data_a)
+    check_compatible(model_b, data_b)
+    la = layer if layer is not None else model_a.default_layer
+    if la is None:
+        raise LayerNotFoundError(
+            f"{model} has no default slice: pass --layer (see `essence layers --model {model}`)"
+        )
+    lb = layer_b if layer_b is not None else (layer if layer is not None else model_b.default_layer or la)
+    result = compare_models(
+        model_a.module,
+        model_b.module,
+        data_a,
+        la,
+        lb,
+        data_b=data_b,
+        names=(model_a.name, model_b.name),
+        granularity=granularity,  # type: ignore[arg-type]
+        kind=kind,  # type: ignore[arg-type]
+        match=match,  # type: ignore[arg-type]
+        threshold=threshold,
+        allow_partial=partial,
+        diagnose=diagnose,
+        batch_size=batch_size,
+        device=device,
+    )
+    typer.echo(
+        f"A = {result.a} ({la})   B = {result.b} ({lb})   on {data}: accuracy {result.accuracy_a:.3f} → "
+        f"{result.accuracy_b:.3f}"
+    )
+    typer.echo(
+        f"{'class':<16}{'n':>5}  {'recall A→B':>14}  {'precision A→B':>15}  {'predicted':>11}  cos  rank-r"
+    )
+    for c in result.classes:
+        typer.echo(
+            f"{c.name:<16}{c.support:>5}  {_fmt(c.recall_a)} → {_fmt(c.recall_b)}  {_fmt(c.precision_a)} → "
+            f"{_fmt(c.precision_b)}   {c.predicted_a:>4} → {c.predicted_b:<4} {_fmt(c.drift['cosine'])} "
+            f"{_fmt(c.drift['spearman'])}"
+        )
+    m = result.matching
+    assert m is not None
+    typer.echo(
+        f"units matched: {len(m.pairs_a)} of {m.units_a}/{m.units_b}, mean correlation {m.mean_corr:.2f}, "
+        f"{m.share_above:.0%} ≥ {m.threshold:g} ({m.mode})"
+    )
+    typer.echo(
+        f"predictions changed: {len(result.fixed)} fixed, {len(result.broken)} broken, "
+        f"{len(result.changed)} wrong both times but differently"
+    )
+    if result.diagnosis_note:
+        typer.echo(f"diagnosis: {result.diagnosis_note}")
+    write_json(json_path, result.to_json())
+
 
 def register(app: typer.Typer) -> None:
-    """Add this group's commands to the root app."""
+    @app.command("compare")
+    def compare(
+        model: ModelOpt,
+        against: Annotated[
+            str, typer.Option("--against", help="the retrained model (same spec forms as --model)")
+        ],
+        data: DataOpt,
+        weights: WeightsOpt = None,
+        weights_b: Annotated[
+            Path | None, typer.Option("--against-weights", help="weights of --against")
+        ] = None,
+        trust_pickle: TrustPickleOpt = False,
+        layer: LayerOpt = None,
+        layer_b: Annotated[str | None, typer.Option("--layer-b", help="B's slice (default: --layer)")] = None,
+        granularity: GranularityOpt = "channel",
+        kind: Annotated[
+            str, typer.Option("--kind", help="class score of the profiles: logit or prob")
+        ] = "logit",
+        match: Annotated[
+            str, typer.Option("--match", help="signed: maximise Σ corr (default); abs: maximise Σ |corr|")
+        ] = "signed",
+        threshold: Annotated[
+            float, typer.Option("--threshold", help="correlation of a good unit match")
+        ] = 0.5,
+        partial: Annotated[
+            bool, typer.Option("--partial", help="match slices of different widths (narrower side matched)")
+        ] = False,
+        no_diagnose: Annotated[
+            bool, typer.Option("--no-diagnose", help="skip each side's diagnosis")
+        ] = False,
+        device: DeviceOpt = "auto",
+        batch_size: BatchOpt = 64,
+        json_path: JsonOpt = None,
+    ) -> None:
+        """Old (--model) against retrained (--against) on the same images: deltas, changed predictions, units."""
+        if match not in ("signed", "abs"):
+            raise SpecError(f"--match {match!r}: use signed or abs")
+        run_compare(
+            model,
+            against,
+            data,
+            weights=weights,
+            weights_b=weights_b,
+            trust_pickle=trust_pickle,
+            layer=layer,
+            layer_b=layer_b,
+            granularity=granularity,
+            kind=kind,
+            match=match,
+            threshold=threshold,
+            partial=partial,
+            diagnose=not no_diagnose,
+            device=device,
+            batch_size=batch_size,
+            json_path=json_path,
+        )

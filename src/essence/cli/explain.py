@@ -1,7 +1,273 @@
-"""Commands of this group are registered here."""
+"""``essence explain`` (one image: why class A, or A rather than B) and ``essence layers`` (which slice)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
+from essence.cli.common import (
+    BatchOpt,
+    DeviceOpt,
+    GranularityOpt,
+    JsonOpt,
+    LayerOpt,
+    ModelOpt,
+    RecipeOpt,
+    SizeOpt,
+    TrustPickleOpt,
+    WeightsOpt,
+    check_granularity,
+    load_inputs,
+    load_model_spec,
+    recipe_for,
+    write_json,
+)
+from essence.core.errors import LayerNotFoundError, SpecError
+from essence.core.preprocessing import Preprocessing
+from essence.core.slices import layer_names
+
+
+def run_explain(
+    model: str,
+    image: Path,
+    cls: str,
+    *,
+    vs: str | None = None,
+    weights: Path | None = None,
+    trust_pickle: bool = False,
+    layer: str | None = None,
+    top: int = 5,
+    method: str = "saliency",
+    granularity: str = "channel",
+    kind: str = "logit",
+    size: tuple[int, int] | None = None,
+    recipe_file: Path | None = None,
+    convert_mode: bool = False,
+    device: str = "auto",
+    out: Path | None = None,
+    json_path: Path | None = None,
+) -> None:
+    from essence.core.explain import explain, read_image, render_panel
+
+    check_granularity(granularity)
+    if kind not in ("logit", "prob"):
+        raise SpecError(f"--kind {kind!r}: use logit or prob")
+    loaded = load_model_spec(model, weights, trust_pickle)
+    recipe = recipe_for(loaded, size, None, recipe_file) or Preprocessing()
+    chosen = layer if layer is not None else loaded.default_layer
+    if chosen is None:
+        raise LayerNotFoundError(
+            f"{model} has no default slice: pass --layer (see `essence layers --model {model}`)"
+        )
+    card_size = loaded.card.get("input_size") or loaded.card.get("image_size")
+    expected = (
+        tuple(int(v) for v in card_size[-2:])
+        if isinstance(card_size, list | tuple) and len(card_size) >= 2
+        else None
+    )
+    x = read_image(image, recipe, model=loaded.module, expected_size=expected, convert_mode=convert_mode)
+    result = explain(
+        loaded.module,
+        x,
+        cls,
+        vs=vs,
+        layer=chosen,
+        top_k=top,
+        method=method,  # type: ignore[arg-type]
+        granularity=granularity,  # type: ignore[arg-type]
+        kind=kind,  # type: ignore[arg-type]
+        class_names=loaded.class_names,
+        preprocessing=recipe,
+        device=device,
+    )
+    names = result.class_names
+    typer.echo(
+        f"{image.name}: predicted {names[result.prediction]!r} (p={float(result.probabilities[result.prediction]):.3f}); "
+        f"{result.question} at {chosen} ({result.quantity} = {result.quantity_value:+.4g})"
+    )
+    typer.echo(
+        "  units for:     "
+        + ", ".join(
+            f"{int(u)}:{float(v):+.3g}" for u, v in zip(result.unit_ids, result.unit_influence, strict=True)
+        )
+    )
+    typer.echo(
+        "  units against: "
+        + ", ".join(
+            f"{int(u)}:{float(v):+.3g}"
+            for u, v in zip(result.negative_ids, result.negative_influence, strict=True)
+        )
+    )
+    typer.echo(
+        f"  integrated gradients: Σ = {float(result.ig.sum()):+.4g} (completeness error {result.ig_error:+.2g})"
+    )
+    if out is not None:
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            render_panel(result).save(out, format="PNG")
+        except (OSError, ValueError) as exc:
+            raise SpecError(
+                f"cannot write {out}: {exc}; choose a writable --out path ending in .png"
+            ) from exc
+        typer.echo(f"  panel written to {out}")
+    write_json(json_path, result.to_json())
+
+
+def run_layers(
+    model: str,
+    data: str | None,
+    *,
+    weights: Path | None = None,
+    trust_pickle: bool = False,
+    layers: str | None = None,
+    granularity: str = "channel",
+    kind: str = "logit",
+    mass: float = 0.8,
+    min_depth: float = 0.25,
+    max_depth: float = 0.75,
+    min_units: int = 8,
+    max_instances: int = 512,
+    device: str = "auto",
+    batch_size: int = 64,
+    json_path: Path | None = None,
+) -> None:
+    from essence.core.layers import suggest_layer
+
+    check_granularity(granularity)
+    if data is None:
+        loaded = load_model_spec(model, weights, trust_pickle)
+        typer.echo(f"layers of {loaded.name} (module paths for --layer; pass --data to score them):")
+        for name, module in loaded.module.named_modules():
+            if name:
+                typer.echo(f"  {name:<32} {type(module).__name__}")
+        write_json(json_path, {"all_layers": layer_names(loaded.module)})
+        return
+    inputs = load_inputs(model, weights, trust_pickle, data, None, need_layer=False)
+    chosen = [s.strip() for s in layers.split(",") if s.strip()] if layers else None
+    result = suggest_layer(
+        inputs.model.module,
+        inputs.data,
+        layers=chosen,
+        mass=mass,
+        min_depth=min_depth,
+        max_depth=max_depth,
+        min_units=min_units,
+        kind=kind,  # type: ignore[arg-type]
+        granularity=granularity,  # type: ignore[arg-type]
+        max_instances=max_instances if max_instances > 0 else None,
+        batch_size=batch_size,
+        device=device,
+    )
+    typer.echo(f"all layers: {', '.join(result.all_layers)}")
+    typer.echo(f"{'layer':<24}{'output shape':<18}{'units':>6}{'share80':>9}{'gini':>7}{'depth':>7}")
+    for s in result.layers:
+        mark = "  ← suggested" if s.name == result.suggested else ("" if s.eligible else "  (not eligible)")
+        shape = "×".join(str(d) for d in s.output_shape)
+        typer.echo(f"{s.name:<24}{shape:<18}{s.units:>6}{s.share80:>9.3f}{s.gini:>7.3f}{s.depth:>7.2f}{mark}")
+    typer.echo(f"suggested slice: {result.reason}")
+    write_json(json_path, result.to_json())
+
 
 def register(app: typer.Typer) -> None:
-    """Add this group's commands to the root app."""
+    @app.command("explain")
+    def explain_cmd(
+        model: ModelOpt,
+        image: Annotated[Path, typer.Option("--image", help="the image file to explain")],
+        cls: Annotated[str, typer.Option("--class", help="class A, by name or index")],
+        vs: Annotated[str | None, typer.Option("--vs", help="class B: explain why A rather than B")] = None,
+        weights: WeightsOpt = None,
+        trust_pickle: TrustPickleOpt = False,
+        layer: LayerOpt = None,
+        top: Annotated[
+            int, typer.Option("--top", min=1, help="top units to show (positive and negative)")
+        ] = 5,
+        method: Annotated[
+            str, typer.Option("--method", help="unit interpretation: saliency, guided or deconvnet")
+        ] = "saliency",
+        granularity: GranularityOpt = "channel",
+        kind: Annotated[str, typer.Option("--kind", help="class score: logit or prob")] = "logit",
+        size: SizeOpt = None,
+        recipe: RecipeOpt = None,
+        convert_mode: Annotated[
+            bool, typer.Option("--convert-mode", help="convert a greyscale/colour image to the model's mode")
+        ] = False,
+        device: DeviceOpt = "auto",
+        out: Annotated[Path | None, typer.Option("--out", help="write a PNG panel to this path")] = None,
+        json_path: JsonOpt = None,
+    ) -> None:
+        """Why the model gives one image class A (or A rather than B): top units and what they look at."""
+        if method not in ("saliency", "guided", "deconvnet"):
+            raise SpecError(f"--method {method!r}: use saliency, guided or deconvnet")
+        run_explain(
+            model,
+            image,
+            cls,
+            vs=vs,
+            weights=weights,
+            trust_pickle=trust_pickle,
+            layer=layer,
+            top=top,
+            method=method,
+            granularity=granularity,
+            kind=kind,
+            size=size,
+            recipe_file=recipe,
+            convert_mode=convert_mode,
+            device=device,
+            out=out,
+            json_path=json_path,
+        )
+
+    @app.command("layers")
+    def layers_cmd(
+        model: ModelOpt,
+        data: Annotated[
+            str | None, typer.Option("--data", "-d", help="data to score layers on (omit to only list them)")
+        ] = None,
+        weights: WeightsOpt = None,
+        trust_pickle: TrustPickleOpt = False,
+        layers: Annotated[
+            str | None,
+            typer.Option("--layers", help="comma-separated layers to score (default: top-level blocks)"),
+        ] = None,
+        granularity: GranularityOpt = "channel",
+        kind: Annotated[str, typer.Option("--kind", help="class score: logit or prob")] = "logit",
+        mass: Annotated[
+            float, typer.Option("--mass", help="share of |influence| counted (0.8: share80)")
+        ] = 0.8,
+        min_depth: Annotated[
+            float, typer.Option("--min-depth", help="eligible depth window, lower end")
+        ] = 0.25,
+        max_depth: Annotated[
+            float, typer.Option("--max-depth", help="eligible depth window, upper end")
+        ] = 0.75,
+        min_units: Annotated[int, typer.Option("--min-units", help="fewest units of an eligible layer")] = 8,
+        max_instances: Annotated[
+            int, typer.Option("--max-instances", help="score on a seeded sample of this many (0: all)")
+        ] = 512,
+        device: DeviceOpt = "auto",
+        batch_size: BatchOpt = 64,
+        json_path: JsonOpt = None,
+    ) -> None:
+        """List the model's layers; with --data, score how concentrated class influence is and suggest one."""
+        if kind not in ("logit", "prob"):
+            raise SpecError(f"--kind {kind!r}: use logit or prob")
+        run_layers(
+            model,
+            data,
+            weights=weights,
+            trust_pickle=trust_pickle,
+            layers=layers,
+            granularity=granularity,
+            kind=kind,
+            mass=mass,
+            min_depth=min_depth,
+            max_depth=max_depth,
+            min_units=min_units,
+            max_instances=max_instances,
+            device=device,
+            batch_size=batch_size,
+            json_path=json_path,
+        )

@@ -250,13 +250,23 @@ class ExpertSweep:
 def default_grid(units: int) -> tuple[np.ndarray, np.ndarray]:
     """The Fig. 5 grid scaled to the layer's width: 8 α and 10 β values on a log grid up to ~half the width.
 
-    α runs from 1 unit to ⌈U/2⌉; β from 0 (positive units alone) and then 1 to ⌈U/2⌉. Duplicates after
-    rounding are dropped, so a narrow layer gets a smaller grid.
+    α runs from 1 unit to ⌈U/2⌉; β is 0 (positive units alone) and then 1 to ⌈U/2⌉. A narrow layer, with
+    fewer distinct counts than that, gets every count from 1 to ⌈U/2⌉.
     """
     top = max(1, math.ceil(units / 2))
-    alphas = np.unique(np.round(np.geomspace(1, top, 8)).astype(np.int64))
-    betas = np.unique(np.concatenate([[0], np.round(np.geomspace(1, top, 9)).astype(np.int64)]))
-    return alphas, betas
+    return log_grid(1, top, 8), np.concatenate([[0], log_grid(1, top, 9)]).astype(np.int64)
+
+
+def log_grid(lo: int, hi: int, count: int) -> np.ndarray:
+    """``count`` distinct integers from ``lo`` to ``hi``, spaced geometrically (fewer if the range is short)."""
+    if hi - lo + 1 <= count:
+        return np.arange(lo, hi + 1, dtype=np.int64)
+    values: list[int] = []
+    for k, t in enumerate(np.geomspace(lo, hi, count)):
+        left = count - k - 1  # values still to place above this one
+        v = max(round(float(t)), values[-1] + 1 if values else lo)
+        values.append(min(v, hi - left))
+    return np.asarray(values, dtype=np.int64)
 
 
 def expert_sweep(

@@ -1,7 +1,255 @@
-"""Commands of this group are registered here."""
+"""``essence triage``, ``essence experts`` and ``essence diagnose``: the recipe's analyses from the shell."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated
 
 import typer
 
+from essence.cli.common import (
+    BatchOpt,
+    DataOpt,
+    DeviceOpt,
+    JsonOpt,
+    LayerOpt,
+    ModelOpt,
+    StoreOpt,
+    TrustPickleOpt,
+    WeightsOpt,
+    load_inputs,
+    progress_bar,
+    write_json,
+)
+from essence.core.errors import SpecError
+
+GranOpt = Annotated[str, typer.Option("--granularity", help="channel (conv: whole channels) or neuron")]
+
+
+def _ints(text: str | None, what: str) -> list[int] | None:
+    """Parse ``"1,2,4"`` (or ``"1 2 4"``) into ints."""
+    if text is None:
+        return None
+    parts = [p for p in text.replace(",", " ").split() if p]
+    try:
+        return [int(p) for p in parts]
+    except ValueError as exc:
+        raise SpecError(f"--{what} {text!r}: give whole numbers separated by commas, e.g. 1,2,4,8") from exc
+
+
+def _fmt(x: float, spec: str = ".2f") -> str:
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def verdict_status(store: str | None, dataset_fingerprint: str) -> dict[int, str]:
+    """Latest review verdict per instance index from the store (empty when no store module is installed).
+
+    Uses ``essence.storage.Store.open(url_or_path).latest_verdicts(dataset_fingerprint)``.
+    """
+    try:
+        from essence.storage import Store  # type: ignore[attr-defined]
+    except ImportError:
+        return {}
+    opened = Store.open(store) if store else Store.open(None)
+    try:
+        latest = opened.latest_verdicts(dataset_fingerprint)
+    finally:
+        close = getattr(opened, "close", None)
+        if callable(close):
+            close()
+    return {int(i): str(getattr(v, "verdict", v)) for i, v in latest.items()}
+
 
 def register(app: typer.Typer) -> None:
-    """Add this group's commands to the root app."""
+    """Add ``triage``, ``experts`` and ``diagnose`` to the root app."""
+
+    @app.command("triage")
+    def triage(
+        model: ModelOpt,
+        data: DataOpt,
+        weights: WeightsOpt = None,
+        trust_pickle: TrustPickleOpt = False,
+        layer: LayerOpt = None,
+        top: int = typer.Option(20, "--top", min=1, help="rows to show (and to write with --json)"),
+        score: str = typer.Option("self_confidence", "--score", help="ranking score (see docs/analyses.md)"),
+        kind: str = typer.Option("prob", "--kind", help="quantity of the instance vectors: prob or logit"),
+        units: int | None = typer.Option(None, "--units", help="top units per class for the rank scores"),
+        granularity: GranOpt = "channel",
+        device: DeviceOpt = "auto",
+        batch_size: BatchOpt = 64,
+        json_path: JsonOpt = None,
+        store: StoreOpt = None,
+    ) -> None:
+        """Instances ranked for review: the most suspect first, with why (units departing from the class)."""
+        from essence.core.triage import SCORES, deviation_scores
+
+        if score not in SCORES:
+            raise SpecError(f"--score {score!r} is not known: use one of {', '.join(SCORES)}")
+        if kind not in ("prob", "logit"):
+            raise SpecError(f"--kind {kind!r} is not known: use prob or logit")
+        inputs = load_inputs(model, weights, trust_pickle, data, layer)
+        with progress_bar(f"triage at {inputs.layer}") as bar:
+            result = deviation_scores(
+                inputs.model.module,
+                inputs.data,
+                inputs.layer,
+                kind=kind,
+                granularity=granularity,  # type: ignore[arg-type]
+                top_k=units,
+                score=score,
+                batch_size=batch_size,
+                device=device,
+                progress=bar,  # type: ignore[arg-type]
+            )
+        verdicts = verdict_status(store, inputs.data.fingerprint)
+        rows = result.rows(top)
+        for row in rows:
+            row["verdict"] = verdicts.get(row["index"])
+        wrong = int((result.predicted != result.labels).sum())
+        typer.echo(
+            f"triage at {result.layer!r} by {result.score} ({result.quantity}): {len(result)} instances, "
+            f"{wrong} misclassified; top {len(rows)}:"
+        )
+        typer.echo(
+            f"  {'index':>6} {'label':>14} {'predicted':>14} {'conf':>5} {'score':>6}  verdict  why (unit:z)"
+        )
+        for row in rows:
+            why = " ".join(f"{w['unit']}:{w['z']:+.1f}" for w in row["why"][:3])
+            typer.echo(
+                f"  {row['index']:>6} {row['label_name'][:14]:>14} {row['predicted_name'][:14]:>14} "
+                f"{row['confidence']:5.2f} {row['deviation']:6.3f}  {(row['verdict'] or '-'):7}  {why}"
+            )
+        out = result.to_json()
+        out["scores"] = rows
+        write_json(json_path, out)
+
+    @app.command("experts")
+    def experts(
+        model: ModelOpt,
+        data: DataOpt,
+        cls: str = typer.Option(..., "--class", "-c", help="class name or index"),
+        weights: WeightsOpt = None,
+        trust_pickle: TrustPickleOpt = False,
+        layer: LayerOpt = None,
+        alphas: str | None = typer.Option(None, "--alphas", help="positive units to keep, e.g. 1,2,4,8"),
+        betas: str | None = typer.Option(None, "--betas", help="negative units to keep, e.g. 0,1,2,4"),
+        kind: str = typer.Option("logit", "--kind", help="quantity of the class profiles: logit or prob"),
+        granularity: GranOpt = "channel",
+        device: DeviceOpt = "auto",
+        batch_size: BatchOpt = 256,
+        json_path: JsonOpt = None,
+    ) -> None:
+        """Expert masks of one class over an α×β grid (paper Fig. 5), with the activation-ranked control."""
+        from essence.core.experts import cache_slice, expert_sweep
+        from essence.core.profiles import class_profiles
+
+        inputs = load_inputs(model, weights, trust_pickle, data, layer)
+        m, d, lay = inputs.model.module, inputs.data, inputs.layer
+        d.class_index(cls)  # fail early on an unknown class, before any pass
+        a, b = _ints(alphas, "alphas"), _ints(betas, "betas")
+        with progress_bar(f"profiles at {lay}") as bar:
+            profiles = class_profiles(
+                m,
+                d,
+                lay,
+                granularity=granularity,
+                kind=kind,
+                allow_empty=True,  # type: ignore[arg-type]
+                batch_size=batch_size,
+                device=device,
+                progress=bar,
+            )
+        cache = cache_slice(m, d, lay, batch_size=batch_size, device=device)
+        common = dict(profiles=profiles, alphas=a, betas=b, granularity=granularity, cache=cache)
+        sweep = expert_sweep(m, d, lay, cls, rank_by="influence", **common)  # type: ignore[arg-type]
+        control = expert_sweep(m, d, lay, cls, rank_by="activation", **common)  # type: ignore[arg-type]
+        base = sweep.baseline
+        typer.echo(
+            f"experts for {sweep.class_name!r} at {lay!r} ({sweep.num_units} units, g on the "
+            f"{'cut graph' if sweep.route == 'fx' else 're-run model'}): n={sweep.count}; model recall "
+            f"{_fmt(base['recall'])} precision {_fmt(base['precision'])} (binary reading: recall "
+            f"{_fmt(base['binary']['recall'])} precision {_fmt(base['binary']['precision'])})"
+        )
+        _grid(sweep)
+        best = sweep.best()
+        typer.echo(
+            "best expert: "
+            + (
+                f"α={best['alpha']} β={best['beta']} recall {best['recall']:.2f} precision {best['precision']:.2f}"
+                if best
+                else "none in the grid"
+            )
+        )
+        typer.echo(
+            f"activation-ranked control: best recall {control.recall.max():.2f}, "
+            f"expert {'found' if control.best() else 'none'}"
+        )
+        out = sweep.to_json()
+        out["activation_control"] = {
+            k: out_c
+            for k, out_c in control.to_json().items()
+            if k in ("alphas", "betas", "recall", "precision", "predicted", "best")
+        }
+        write_json(json_path, out)
+
+    @app.command("diagnose")
+    def diagnose_cmd(
+        model: ModelOpt,
+        data: DataOpt,
+        weights: WeightsOpt = None,
+        trust_pickle: TrustPickleOpt = False,
+        layer: LayerOpt = None,
+        rare_share: float = typer.Option(
+            0.5, "--rare-share", help="rarely predicted: predictions < share × count"
+        ),
+        granularity: GranOpt = "channel",
+        device: DeviceOpt = "auto",
+        batch_size: BatchOpt = 256,
+        json_path: JsonOpt = None,
+    ) -> None:
+        """The whole recipe: per-class recall/precision, rarely predicted classes, and why (experts)."""
+        from essence.core.diagnosis import DiagnosisSettings, diagnose
+
+        if not 0 < rare_share <= 1:
+            raise SpecError(f"--rare-share {rare_share} must lie in (0, 1]")
+        inputs = load_inputs(model, weights, trust_pickle, data, layer)
+        settings = DiagnosisSettings(rare_share=rare_share, granularity=granularity)  # type: ignore[arg-type]
+        with progress_bar(f"diagnosis at {inputs.layer}") as bar:
+            result = diagnose(
+                inputs.model.module,
+                inputs.data,
+                inputs.layer,
+                settings=settings,
+                batch_size=batch_size,
+                device=device,
+                progress=bar,
+            )
+        typer.echo(
+            f"diagnosis at {result.layer!r}: accuracy {result.accuracy:.3f} on {inputs.data.spec}; "
+            f"preprocessing: {result.preprocessing or 'unknown'}"
+        )
+        if result.never_predicted:
+            typer.echo(f"never predicted: {', '.join(result.never_predicted)}")
+        for c in result.classes:
+            line = (
+                f"  {c.name:>14}  n={c.count:<5} recall {_fmt(c.recall)}  precision {_fmt(c.precision)}  "
+                f"predicted {c.predicted_count:<5} {c.diagnosis}"
+            )
+            typer.echo(line)
+            if c.advice:
+                typer.echo(f"      {c.advice}")
+            typer.echo(f"      top units + {c.top_positive}  − {c.top_negative}")
+        write_json(json_path, result.to_json())
+
+
+def _grid(sweep: object) -> None:
+    """Print recall/precision per (α, β) cell."""
+    head = "    α\\β " + "".join(f"{int(b):>11}" for b in sweep.betas)
+    typer.echo("recall / precision of each mask (binary reading):")
+    typer.echo(head)
+    for ai, a in enumerate(sweep.alphas):
+        cells = "".join(
+            f"  {sweep.recall[ai, bi]:4.2f}/{_fmt(float(sweep.precision[ai, bi]))[:4]:>4}"
+            for bi in range(len(sweep.betas))
+        )
+        typer.echo(f"  {int(a):>5} {cells}")

@@ -25,7 +25,7 @@ listed (their influence takes no part in the drift).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -107,6 +107,8 @@ class ClassDelta:
     ``recall`` is NaN for a class without instances, ``precision`` NaN for a class a model never predicts.
     ``drift`` compares the class's profiles over matched units: ``l2``, ``cosine``, ``spearman``,
     ``top_overlap`` (share of A's top-k units whose partner is among B's top-k), ``k``.
+    ``diagnosis_a``/``diagnosis_b`` ("ok", "drowning experts", "not learned") and ``expert_a``/``expert_b``
+    (whether an expert was found) come from each side's diagnosis, ``None`` when it was not run.
     """
 
     name: str
@@ -118,6 +120,10 @@ class ClassDelta:
     predicted_a: int
     predicted_b: int
     drift: dict[str, float] = field(default_factory=dict)
+    diagnosis_a: str | None = None
+    diagnosis_b: str | None = None
+    expert_a: bool | None = None
+    expert_b: bool | None = None
 
     def to_json(self) -> dict[str, Any]:
         def delta(b: float, a: float) -> float | None:
@@ -135,6 +141,10 @@ class ClassDelta:
             "predicted_a": self.predicted_a,
             "predicted_b": self.predicted_b,
             "drift": dict(self.drift),
+            "diagnosis_a": self.diagnosis_a,
+            "diagnosis_b": self.diagnosis_b,
+            "expert_a": self.expert_a,
+            "expert_b": self.expert_b,
         }
 
 
@@ -305,7 +315,10 @@ def compare_models(
     diag_a = diag_b = None
     note = "not asked for"
     if diagnose:
-        diag_a, diag_b, note = _diagnoses(model_a, model_b, data, data_b, layer_a, layer_b, batch_size, dev)
+        diag_a, diag_b, note = _diagnoses(
+            model_a, model_b, data, data_b, layer_a, layer_b, (prof_a, prof_b), batch_size, dev
+        )
+        classes = [_with_diagnosis(d, c, diag_a, diag_b) for c, d in enumerate(classes)]
     return Comparison(
         a=names[0],
         b=names[1],
@@ -567,21 +580,45 @@ def _diagnoses(
     data_b: object,
     layer_a: str,
     layer_b: str,
+    profiles: tuple[ClassProfiles, ClassProfiles],
     batch_size: int,
     dev: torch.device,
 ) -> tuple[Any, Any, str]:
-    """Each side's drowning-expert diagnosis, or ``None`` and why not."""
+    """Each side's drowning-expert diagnosis, or ``None`` and why not.
+
+    The profiles already computed are handed over when they are the ones the diagnosis would compute (same
+    quantity and granularity), so each side's profile pass is not repeated.
+    """
     try:
-        from essence.core.diagnosis import diagnose
+        from essence.core.diagnosis import DiagnosisSettings, diagnose
     except ImportError:
         return None, None, "the drowning-expert diagnosis is not available in this installation"
     import inspect
 
     accepted = inspect.signature(diagnose).parameters
-    extra = {k: v for k, v in {"batch_size": batch_size, "device": dev}.items() if k in accepted}
-    da = diagnose(model_a, data, layer_a, **extra)
-    db = diagnose(model_b, data_b, layer_b, **extra)
-    return da, db, ""
+    settings = DiagnosisSettings()
+    out = []
+    for model, d, layer, prof in (
+        (model_a, data, layer_a, profiles[0]),
+        (model_b, data_b, layer_b, profiles[1]),
+    ):
+        reuse = prof.quantity == f"{settings.kind}[label]" and prof.granularity == settings.granularity
+        extra = {"batch_size": batch_size, "device": dev, "profiles": prof if reuse else None}
+        out.append(diagnose(model, d, layer, **{k: v for k, v in extra.items() if k in accepted}))
+    return out[0], out[1], ""
+
+
+def _with_diagnosis(delta: ClassDelta, c: int, diag_a: Any, diag_b: Any) -> ClassDelta:
+    """Add each side's verdict for class ``c`` and whether it has an expert (experts appearing or vanishing)."""
+
+    def verdict(d: Any) -> tuple[str | None, bool | None]:
+        classes = getattr(d, "classes", None)
+        if not classes or c >= len(classes):
+            return None, None
+        return getattr(classes[c], "diagnosis", None), getattr(classes[c], "expert", None) is not None
+
+    (va, ea), (vb, eb) = verdict(diag_a), verdict(diag_b)
+    return replace(delta, diagnosis_a=va, diagnosis_b=vb, expert_a=ea, expert_b=eb)
 
 
 def _diagnosis_json(d: Any) -> Any:

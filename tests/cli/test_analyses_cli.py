@@ -1,0 +1,133 @@
+"""``essence triage``, ``experts`` and ``diagnose`` end to end on a small digits model given as a factory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from sklearn.datasets import load_digits
+from torch import nn
+
+from essence.cli import main
+
+FACTORY = """
+from collections import OrderedDict
+from torch import nn
+
+def build():
+    return nn.Sequential(OrderedDict(
+        conv1=nn.Conv2d(1, 8, 3, padding=1), relu1=nn.ReLU(), pool1=nn.MaxPool2d(2), flatten=nn.Flatten(),
+        fc1=nn.Linear(128, 32), relu3=nn.ReLU(), fc2=nn.Linear(32, 10)))
+"""
+
+
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("factory")
+    (root / "essence_cli_digits_net.py").write_text(FACTORY)
+    import sys
+
+    sys.path.insert(0, str(root))
+    import essence_cli_digits_net as mod
+
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0  # the digits recipe: scale 16
+    y = torch.tensor(d.target)
+    torch.manual_seed(0)
+    model = mod.build()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(60):
+        idx = torch.randint(0, len(y), (64,))
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+        opt.step()
+    with torch.no_grad():  # plant a never-predicted class
+        model.fc2.weight[6] = 0
+        model.fc2.bias[6] = -30
+    weights = root / "digits.safetensors"
+    save_file(model.state_dict(), str(weights))
+    return root, weights
+
+
+def run(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def common(weights: Path) -> list[str]:
+    return [
+        "--model",
+        "essence_cli_digits_net:build",
+        "--weights",
+        str(weights),
+        "--data",
+        "digits",
+        "--layer",
+        "fc1",
+        "--device",
+        "cpu",
+    ]
+
+
+def test_triage_json(model_files, capsys, tmp_path) -> None:
+    _, weights = model_files
+    out = tmp_path / "t.json"
+    code, text, err = run(capsys, "triage", *common(weights), "--top", "7", "--json", str(out))
+    assert code == 0, err
+    js = json.loads(out.read_text())
+    assert js["layer"] == "fc1" and len(js["scores"]) == 7
+    devs = [r["deviation"] for r in js["scores"]]
+    assert devs == sorted(devs, reverse=True)
+    assert {"index", "label", "predicted", "confidence", "deviation", "cosine", "why"} <= set(js["scores"][0])
+    assert "triage at 'fc1'" in text
+
+
+def test_experts_json_and_bad_input(model_files, capsys, tmp_path) -> None:
+    _, weights = model_files
+    out = tmp_path / "e.json"
+    code, text, err = run(
+        capsys,
+        "experts",
+        *common(weights),
+        "--class",
+        "3",
+        "--alphas",
+        "1,2,4",
+        "--betas",
+        "0,2",
+        "--json",
+        str(out),
+    )
+    assert code == 0, err
+    js = json.loads(out.read_text())
+    assert js["class"] == "3" and js["alphas"] == [1, 2, 4] and js["betas"] == [0, 2]
+    assert len(js["recall"]) == 3 and len(js["recall"][0]) == 2
+    assert set(js["baseline"]) >= {"recall", "precision"} and "recall" in js["activation_control"]
+    code, _, err = run(capsys, "experts", *common(weights), "--class", "3", "--alphas", "1,99")
+    assert code == 2 and err.startswith("error:") and "99" in err and "1..32" in err
+    code, _, err = run(capsys, "experts", *common(weights), "--class", "eleven")
+    assert code == 2 and "unknown class 'eleven'" in err
+
+
+def test_diagnose_names_the_never_predicted_class(model_files, capsys, tmp_path) -> None:
+    _, weights = model_files
+    out = tmp_path / "d.json"
+    code, text, err = run(capsys, "diagnose", *common(weights), "--json", str(out))
+    assert code == 0, err
+    js = json.loads(out.read_text())
+    six = js["classes"][6]
+    assert six["name"] == "6" and six["predicted_count"] == 0 and six["precision"] is None
+    assert six["diagnosis"] == "not learned" and six["expert"] is None
+    assert "never predicted: 6" in text
+    assert (
+        "never predicted; no expert found: not learned — look at the data and preprocessing (recipe: L"
+        in text
+    )

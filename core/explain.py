@@ -23,7 +23,13 @@ from torch import nn
 from essence.core.data import ImageData, class_index, labels_of, open_image
 from essence.core.devices import resolve_device
 from essence.core.distributions import Instance
-from essence.core.errors import DataLoadError, EmptyClassError, LayerNotFoundError, SpecError
+from essence.core.errors import (
+    ClassNotFoundError,
+    DataLoadError,
+    EmptyClassError,
+    LayerNotFoundError,
+    SpecError,
+)
 from essence.core.influence import influence, on_device
 from essence.core.interpret import (
     METHODS,
@@ -384,11 +390,23 @@ def unit_exemplars(
     if k < 1:
         raise SpecError(f"k must be ≥ 1, got {k}")
     labels = labels_of(data)
-    names = getattr(data, "class_names", None) or [str(i) for i in range(int(labels.max()) + 1)]
-    c = class_index(cls, names)
+    names = getattr(data, "class_names", None)
+    if names:
+        c = class_index(cls, names)
+    elif isinstance(cls, int) or (isinstance(cls, str) and cls.strip().isdigit()):
+        c = int(cls)  # no class names: any index is a class, and one without instances is empty
+        if c < 0:
+            raise ClassNotFoundError(f"class index {c} is negative: give a class index 0, 1, ...")
+    else:
+        raise ClassNotFoundError(
+            f"unknown class {cls!r}: the data has no class names, give the class by index"
+        )
     members = np.flatnonzero(labels == c)
     if members.size == 0:
-        raise EmptyClassError(f"class {names[c]!r} has no instances in the data: choose another class")
+        label = names[c] if names else c
+        raise EmptyClassError(
+            f"class {label!r} has no instances in the data: choose another class or add data"
+        )
     if instance_vectors is None:
         sub = _subset(data, members)
         result = influence(

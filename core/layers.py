@@ -121,7 +121,10 @@ def concentration(profile: torch.Tensor, mass: float = 0.8) -> tuple[float, floa
 
 
 def default_candidates(model: nn.Module) -> list[str]:
-    """The model's top-level children that hold a Conv or Linear layer, minus the last one (the output).
+    """The model's top-level children that hold a Conv or Linear layer, in definition order.
+
+    The output layer is among them; :func:`suggest_layer` leaves it out once the pass shows that its output is
+    the class scores.
 
     When fewer than three children qualify (a model wrapping ``features``/``classifier`` containers), their
     children are used instead, one level down.

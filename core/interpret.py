@@ -11,8 +11,8 @@ the input: the pixels that most change the unit. Three backward rules give three
 The rules act on ``nn.ReLU`` modules (as Captum's do); a model that applies ReLU functionally has nothing to
 modify, so asking for ``guided``/``deconvnet`` on it is an error rather than a silent plain gradient.
 
-Integrated gradients is the input-level baseline: the engine's :class:`LinearPath` at the input slice gives
-the average gradient along the straight path from a baseline, times ``x − baseline``.
+Integrated gradients is the input-level baseline: the average gradient along the engine's :class:`LinearPath`
+from a baseline (at the input slice), times ``x − baseline``.
 
 Display: ``saliency_map`` turns a gradient ``[C, H, W]`` into a map ``[H, W]`` in [0, 1] (|grad| maxed over
 channels, divided by its maximum); ``overlay`` multiplies the map onto the image (the paper's "scaled onto the
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from essence.core.distributions import LinearPath
+from essence.core.distributions import Instance, LinearPath
 from essence.core.errors import LayerNotFoundError, SpecError
 from essence.core.influence import influence
 from essence.core.quantities import Quantity
@@ -191,12 +191,16 @@ def integrated_gradients(
     steps: int = 32,
     method: str = "gausslegendre",
     label: int = 0,
+    batch_size: int = 32,
     device: str | torch.device = "cpu",
 ) -> tuple[torch.Tensor, float]:
     """Integrated gradients of ``quantity`` at one input, with its completeness error.
 
-    IG = (x − baseline) ⊙ E_α[∂q/∂x at baseline + α(x − baseline)], the engine's :class:`LinearPath` at the
-    input slice. Completeness: Σ IG ≈ q(x) − q(baseline); the returned error is the difference.
+    IG = (x − baseline) ⊙ E_α[∂q/∂x at baseline + α(x − baseline)], with the points and weights of the
+    engine's :class:`LinearPath`. The path's points of one image are independent instances, so they go
+    through the engine as one batch (point distribution at the input slice) instead of one pass per point:
+    the same numbers as ``influence(..., LinearPath(...))`` in ``ceil(steps / batch_size)`` passes.
+    Completeness: Σ IG ≈ q(x) − q(baseline); the returned error is the difference.
 
     Args:
         model: the classifier.
@@ -206,6 +210,7 @@ def integrated_gradients(
         steps: quadrature points on the path.
         method: quadrature rule (see :func:`~essence.core.distributions.path_points`).
         label: the label passed to the quantity (only label-dependent quantities use it).
+        batch_size: path points per pass.
         device: where to compute (``auto``, ``cpu``, ``cuda``).
 
     Returns:
@@ -216,13 +221,28 @@ def integrated_gradients(
         x = x[0]
     base = torch.as_tensor(baseline, dtype=x.dtype).expand_as(x)
     path = LinearPath(steps=steps, baseline=base, method=method)  # type: ignore[arg-type]
-    y = torch.tensor([label])
-    result = influence(model, (x[None], y), "", quantity, path, "neuron", batch_size=1, device=device)
-    attribution = result.mean[0].reshape(x.shape) * (x - base)
+    alphas, weights = zip(*path.points(), strict=True)
+    points = torch.stack([base + a * (x - base) for a in alphas])
+    labels = torch.full((steps,), label, dtype=torch.long)
+    result = influence(
+        model,
+        (points, labels),
+        "",
+        quantity,
+        Instance(),
+        "neuron",
+        batch_size=batch_size,
+        device=device,
+        keep_instances=True,
+    )
+    grads = torch.empty_like(result.instance_vectors, dtype=torch.float64)
+    grads[result.instance_indices] = result.instance_vectors.double()
+    average = (torch.tensor(weights, dtype=torch.float64)[:, None] * grads).sum(0)
+    attribution = average.reshape(x.shape) * (x - base).double()
     with inference_state(model), torch.no_grad():
         dev = next(iter(model.parameters()), torch.empty(0)).device
-        q = quantity(model(torch.stack([x, base]).to(dev)).float(), torch.cat([y, y]).to(dev)).cpu()
-    error = float(q[0] - q[1] - attribution.double().sum())
+        q = quantity(model(torch.stack([x, base]).to(dev)).float(), labels[:2].to(dev)).double().cpu()
+    error = float(q[0] - q[1] - attribution.sum())
     return attribution.float(), error
 
 

@@ -157,6 +157,19 @@ def test_integrated_gradients_completeness_on_a_smooth_model() -> None:
         assert abs(error) < 1e-4
 
 
+def test_batched_path_equals_the_engines_linear_path() -> None:
+    from essence.core.distributions import LinearPath
+    from essence.core.influence import influence
+
+    model = tiny_cnn()
+    x = torch.randn(1, 8, 8, generator=torch.Generator().manual_seed(4))
+    q = Comparative(1, 3)
+    attribution, _ = integrated_gradients(model, x, q, steps=12, baseline=0.25, batch_size=5)
+    path = LinearPath(steps=12, baseline=0.25)
+    want = influence(model, (x[None], torch.zeros(1, dtype=torch.long)), "", q, path, "neuron", device="cpu")
+    torch.testing.assert_close(attribution, want.mean[0].reshape(x.shape) * (x - 0.25), rtol=1e-5, atol=1e-6)
+
+
 def test_display_helpers() -> None:
     grads = torch.randn(3, 2, 5, 4)
     maps = saliency_map(grads)

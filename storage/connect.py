@@ -1,0 +1,328 @@
+"""Where the store is, opening it safely, and bringing its schema up to date.
+
+Before anything is written, an existing SQLite file is inspected read-only: a file that is not a database,
+a database that is not an Essence store, or a store with a newer schema than this code knows is refused
+with a :class:`StoreError`, and the file is left byte-for-byte as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.pool import NullPool
+
+from essence.core.errors import StoreError
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+STORE_FILENAME = "essence.sqlite"
+SQLITE_MAGIC = b"SQLite format 3\x00"
+# Default wait for a lock held by another process. Long enough for any single write of ours (a profile's
+# sums, one verdict) to finish, short enough that a stuck process is reported rather than waited on forever.
+DEFAULT_TIMEOUT_S = 15.0
+# Serialises first-time schema creation between processes on PostgreSQL (any constant shared by all).
+_PG_MIGRATION_LOCK = 0x655353  # "eSS"
+_FIX_LOCATION = "choose another store with --store PATH|URL or the ESSENCE_HOME variable"
+
+
+def default_store_path() -> Path:
+    """``$ESSENCE_HOME/essence.sqlite``, else the user's data folder (``platformdirs``)."""
+    home = os.environ.get("ESSENCE_HOME")
+    folder = Path(home).expanduser() if home else Path(platformdirs.user_data_dir("essence"))
+    return folder / STORE_FILENAME
+
+
+def default_timeout() -> float:
+    """The lock wait in seconds: ``ESSENCE_STORE_TIMEOUT`` if set, else :data:`DEFAULT_TIMEOUT_S`."""
+    text = os.environ.get("ESSENCE_STORE_TIMEOUT")
+    if not text:
+        return DEFAULT_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        raise StoreError(
+            f"ESSENCE_STORE_TIMEOUT={text!r} is not a positive number of seconds: fix or unset it"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class Location:
+    """A resolved store: its URL and, for SQLite files, the file."""
+
+    url: URL
+    path: Path | None
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.url.get_backend_name() == "sqlite"
+
+    @property
+    def name(self) -> str:
+        """How messages name the store: the file, or the URL without its password."""
+        return str(self.path) if self.path else self.url.render_as_string(hide_password=True)
+
+
+def resolve(url_or_path: str | os.PathLike | None) -> Location:
+    """Turn ``None`` (the default store), a path (a file or a folder) or a SQLAlchemy URL into a location.
+
+    Raises:
+        StoreError: a malformed URL.
+    """
+    if url_or_path is None:
+        path = default_store_path()
+    elif isinstance(url_or_path, str) and "://" in url_or_path:
+        try:
+            url = make_url(url_or_path)
+        except ArgumentError as exc:
+            raise StoreError(
+                f"{url_or_path!r} is not a database URL ({exc}): use a path or e.g. "
+                "sqlite:////abs/path.sqlite or postgresql+psycopg://user@host/db"
+            ) from exc
+        if url.get_backend_name() != "sqlite":
+            return Location(url, None)
+        database = url.database or ""
+        if database in ("", ":memory:") or database.startswith("file:"):
+            return Location(url, None)
+        path = Path(database)
+    else:
+        path = Path(url_or_path)
+    path = path.expanduser()
+    if path.is_dir():
+        path = path / STORE_FILENAME
+    path = path.absolute()
+    return Location(URL.create("sqlite", database=str(path)), path)
+
+
+def script_directory() -> ScriptDirectory:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return ScriptDirectory.from_config(config)
+
+
+def head_revision() -> str:
+    head = script_directory().get_current_head()
+    assert head is not None
+    return head
+
+
+def _known(revision: str) -> bool:
+    try:
+        return script_directory().get_revision(revision) is not None
+    except Exception:  # alembic raises several kinds for an unknown or partial id
+        return False
+
+
+def newer_schema_error(name: str, revision: str) -> StoreError:
+    return StoreError(
+        f"{name} was written by a newer version of Essence (schema {revision!r}; this version knows up to "
+        f"{head_revision()!r}): upgrade Essence (pip install -U essence) to use it, or {_FIX_LOCATION}; "
+        "nothing was changed"
+    )
+
+
+def check_sqlite_file(location: Location, timeout: float) -> None:
+    """Refuse, before writing anything, a SQLite location that cannot be used (see the module docstring).
+
+    Raises:
+        StoreError: naming the file and the fix.
+    """
+    path = location.path
+    assert path is not None
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(
+            f"cannot create the store's folder {folder} ({exc.strerror or exc}): {_FIX_LOCATION}"
+        ) from exc
+    if path.exists() and not path.is_file():
+        raise StoreError(f"{path} is not a regular file: {_FIX_LOCATION}")
+    # The store writes its WAL, shared-memory and matrix files beside the database: the folder must be writable.
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.R_OK | os.W_OK)):
+        raise StoreError(
+            f"{path} is in a read-only location (the file and its folder must be writable for the store's "
+            f"journal): make them writable, or {_FIX_LOCATION}"
+        )
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with open(path, "rb") as f:
+        header = f.read(len(SQLITE_MAGIC))
+    if header != SQLITE_MAGIC:
+        raise StoreError(
+            f"{path} is not an SQLite database (it is some other file); nothing was changed: move it away "
+            f"or {_FIX_LOCATION}"
+        )
+    try:
+        conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=timeout)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open {path} ({exc}): check the file, or {_FIX_LOCATION}") from exc
+    try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        revision = None
+        if "alembic_version" in tables:
+            row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+            revision = row[0] if row else None
+    except sqlite3.DatabaseError as exc:
+        raise _sqlite_read_error(path, exc, timeout) from exc
+    finally:
+        conn.close()
+    if tables and "alembic_version" not in tables:
+        shown = ", ".join(sorted(tables)[:6])
+        raise StoreError(
+            f"{path} is an SQLite database but not an Essence store (it has tables {shown}); nothing was "
+            f"changed: {_FIX_LOCATION}"
+        )
+    if revision is not None and not _known(revision):
+        raise newer_schema_error(str(path), revision)
+
+
+def _sqlite_read_error(path: Path, exc: sqlite3.DatabaseError, timeout: float) -> StoreError:
+    text = str(exc)
+    if "locked" in text or "busy" in text:
+        return locked_error(str(path), timeout)
+    if "not a database" in text or "malformed" in text:
+        return StoreError(
+            f"{path} is not a readable SQLite database ({text}); nothing was changed: move it away or "
+            f"{_FIX_LOCATION}"
+        )
+    return StoreError(f"cannot read {path} ({text}): check the file, or {_FIX_LOCATION}")
+
+
+def locked_error(name: str, timeout: float) -> StoreError:
+    return StoreError(
+        f"{name} is locked by another process for more than {timeout:g} s: let the other Essence process "
+        "finish (or stop it) and retry, or wait longer with ESSENCE_STORE_TIMEOUT=SECONDS"
+    )
+
+
+def create(location: Location, timeout: float) -> Engine:
+    """An engine for the store. SQLite: WAL, busy timeout, foreign keys on every connection.
+
+    SQLite transactions are begun explicitly: writes (engines with the ``essence_write`` option) take the
+    write lock at ``BEGIN IMMEDIATE``, so a writer waits on the busy timeout up front instead of failing
+    half-way when upgrading a read lock; reads begin deferred and never block writers (WAL).
+    """
+    try:
+        if location.is_sqlite:
+            engine = create_engine(
+                location.url,
+                connect_args={"timeout": timeout, "check_same_thread": False},
+                poolclass=NullPool,  # one connection per use: nothing stays open (or locked) between calls
+            )
+            _configure_sqlite(engine, timeout)
+        else:
+            engine = create_engine(location.url, pool_pre_ping=True)
+    except (ArgumentError, NoSuchModuleError, ImportError) as exc:
+        raise StoreError(
+            f"cannot use the store URL {location.name} ({exc}): check the URL and its driver"
+        ) from exc
+    return engine
+
+
+def _configure_sqlite(engine: Engine, timeout: float) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record) -> None:
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves (see ``_on_begin``)
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        # FULL: a committed verdict survives power loss too, not only a killed process.
+        cursor.execute("PRAGMA synchronous = FULL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn) -> None:
+        write = conn.get_execution_options().get("essence_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def upgrade(engine: Engine, location: Location) -> str:
+    """Bring the schema to this code's head in one transaction; returns the revision.
+
+    Raises:
+        StoreError: the store has a newer schema than this code knows (nothing is changed).
+    """
+    head = head_revision()
+    with engine.connect() as conn:  # a read first: an up-to-date store is opened without taking a write lock
+        current = MigrationContext.configure(conn).get_current_revision()
+    if current is not None and not _known(current):
+        raise newer_schema_error(location.name, current)
+    if current == head:
+        return head
+    with engine.execution_options(essence_write=True).begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK})")
+        current = MigrationContext.configure(conn).get_current_revision()
+        if current is not None and not _known(current):
+            raise newer_schema_error(location.name, current)
+        if current != head:
+            config = Config()
+            config.set_main_option("script_location", str(MIGRATIONS))
+            config.attributes["connection"] = conn
+            command.upgrade(config, "head")
+        return head
+
+
+def open_engine(location: Location, timeout: float) -> tuple[Engine, str]:
+    """Check the location, create the engine and migrate; returns the engine and the schema revision.
+
+    Raises:
+        StoreError: any reason the store cannot be used, naming it and the fix.
+    """
+    if location.is_sqlite and location.path is not None:
+        check_sqlite_file(location, timeout)
+    engine = create(location, timeout)
+    try:
+        revision = upgrade(engine, location)
+    except StoreError:
+        engine.dispose()
+        raise
+    except OperationalError as exc:
+        engine.dispose()
+        raise operational_error(location, exc, timeout) from exc
+    except Exception:
+        engine.dispose()
+        raise
+    return engine, revision
+
+
+def operational_error(location: Location, exc: BaseException, timeout: float) -> StoreError:
+    """A driver's operational error (locked, read-only, unreachable, full) as a StoreError naming the fix."""
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    lowered = text.lower()
+    if "locked" in lowered or "busy" in lowered:
+        return locked_error(location.name, timeout)
+    if "readonly" in lowered or "read-only" in lowered:
+        return StoreError(
+            f"{location.name} is read-only ({text}): make the file and its folder writable, or {_FIX_LOCATION}"
+        )
+    if "disk" in lowered and "full" in lowered:
+        return StoreError(f"{location.name}: the disk is full ({text}): free space, or {_FIX_LOCATION}")
+    if location.is_sqlite:
+        return StoreError(
+            f"cannot use {location.name} ({text}): check the file and folder, or {_FIX_LOCATION}"
+        )
+    return StoreError(
+        f"cannot use the database {location.name} ({text}): check the server is running, the URL, user and "
+        f"password, or {_FIX_LOCATION}"
+    )
+
+
+def remove_quietly(path: Path) -> None:
+    with suppress(OSError):
+        path.unlink()

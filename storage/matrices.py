@@ -59,8 +59,8 @@ class FileBlobs:
         """Write ``data`` (atomically: a temporary file renamed into place) and return its SHA-256."""
         digest = sha256(data)
         target = self.path(digest)
-        if target.is_file() and target.stat().st_size == len(data):
-            return digest  # same content, same name: already there
+        if target.is_file() and target.stat().st_size == len(data) and sha256(target.read_bytes()) == digest:
+            return digest  # same content, same name: already there (a damaged copy is rewritten below)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")

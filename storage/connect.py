@@ -87,7 +87,7 @@ def resolve(url_or_path: str | os.PathLike | None) -> Location:
     elif isinstance(url_or_path, str) and "://" in url_or_path:
         try:
             url = make_url(url_or_path)
-        except ArgumentError as exc:
+        except (ArgumentError, ValueError) as exc:
             raise StoreError(
                 f"{url_or_path!r} is not a database URL ({exc}): use a path or e.g. "
                 "sqlite:////abs/path.sqlite or postgresql+psycopg://user@host/db"
@@ -166,8 +166,12 @@ def check_sqlite_file(location: Location, timeout: float) -> None:
             f"{path} is not an SQLite database (it is some other file); nothing was changed: move it away "
             f"or {_FIX_LOCATION}"
         )
+    # Without a WAL file beside it the database holds everything committed, and ``immutable`` reads it without
+    # creating the journal's side files; with one, another process may be using it: read it the normal way.
+    wal = path.with_name(path.name + "-wal")
+    flags = "mode=ro" if wal.exists() else "mode=ro&immutable=1"
     try:
-        conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=timeout)
+        conn = sqlite3.connect(f"{path.as_uri()}?{flags}", uri=True, timeout=timeout)
     except sqlite3.Error as exc:
         raise StoreError(f"cannot open {path} ({exc}): check the file, or {_FIX_LOCATION}") from exc
     try:

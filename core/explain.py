@@ -473,7 +473,7 @@ def render_panel(expl: Explanation, tile: int = 160) -> Any:
     draw = ImageDraw.Draw(panel)
     draw.text(
         (4, 4),
-        f"{expl.question} at {expl.layer} — predicted {expl.class_names[expl.prediction]!r}",
+        f"{expl.question} at {expl.layer}; predicted {expl.class_names[expl.prediction]!r}",
         fill="black",
         font=font,
     )

@@ -110,6 +110,16 @@ def run_compare(
     )
     if result.diagnosis_note:
         typer.echo(f"diagnosis: {result.diagnosis_note}")
+    else:
+        flagged = [c for c in result.classes if c.diagnosis_a != "ok" or c.diagnosis_b != "ok"]
+        if not flagged:
+            typer.echo("diagnosis: every class ok in both models")
+        for c in flagged:
+            yes = {True: "yes", False: "no", None: "?"}
+            typer.echo(
+                f"diagnosis of {c.name!r}: {c.diagnosis_a} → {c.diagnosis_b} "
+                f"(expert found: {yes[c.expert_a]} → {yes[c.expert_b]})"
+            )
     write_json(json_path, result.to_json())
 
 

@@ -171,6 +171,23 @@ class Store:
             )
         return profiles
 
+    def profile_keys(self) -> list[ProfileKey]:
+        """The keys of every stored profile, oldest first."""
+        with self._session() as s:
+            rows = s.execute(
+                select(
+                    ProfileRow.model_fp,
+                    ProfileRow.dataset_fp,
+                    ProfileRow.preprocessing_fp,
+                    ProfileRow.layer,
+                    ProfileRow.granularity,
+                    ProfileRow.quantity,
+                    ProfileRow.distribution,
+                    ProfileRow.engine_version,
+                ).order_by(ProfileRow.id)
+            ).all()
+        return [ProfileKey(*row) for row in rows]
+
     def _read_blobs(self, s: Session, matrices: list[MatrixRow]) -> dict[str, bytes] | None:
         out: dict[str, bytes] = {}
         for m in matrices:

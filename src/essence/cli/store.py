@@ -1,7 +1,218 @@
-"""Commands of this group are registered here."""
+"""``essence store info|export|prune`` and ``essence precompute``: look after the store and fill it."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
+from essence.cli.common import (
+    BatchOpt,
+    BlurOpt,
+    DataOpt,
+    DeviceOpt,
+    GranularityOpt,
+    JsonOpt,
+    LayerOpt,
+    ModelOpt,
+    RecipeOpt,
+    SizeOpt,
+    SkipBadOpt,
+    StoreOpt,
+    TrustPickleOpt,
+    WeightsOpt,
+    write_json,
+)
+from essence.core.errors import SpecError
+
+VerdictsOpt = Annotated[
+    Path | None,
+    typer.Option("--verdicts", help="write every verdict (full history) to FILE.csv or FILE.json"),
+]
+ProfilesOpt = Annotated[
+    Path | None, typer.Option("--profiles", help="write every cached profile as JSON into folder DIR")
+]
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "—"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n} B"
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write atomically (a temporary file renamed into place)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise SpecError(f"cannot write {path}: {exc.strerror or exc}; choose a writable path") from exc
+
+
+def info(store: str | None, json_path: Path | None) -> None:
+    from essence.storage import Store
+
+    with Store.open(store) as opened:
+        facts = opened.info()
+    typer.echo(f"store: {facts.path or facts.url}")
+    typer.echo(f"schema version: {facts.schema_version}")
+    typer.echo(
+        f"profiles: {facts.profiles} (per-instance matrices: {facts.matrices}), verdicts: {facts.verdicts}, "
+        f"runs: {facts.runs}, size: {_size(facts.size_bytes)}"
+    )
+    if facts.recent_runs:
+        typer.echo("recent runs:")
+        for run in facts.recent_runs:
+            took = f"{run.seconds:.1f} s" if run.seconds is not None else "—"
+            typer.echo(
+                f"  {run.created_at:%Y-%m-%d %H:%M} UTC  {run.kind}  {took} on {run.device or '?'}"
+                f"@{run.host or '?'}  model {run.model_fp}  data {run.dataset_fp}  layer {run.layer}"
+            )
+            if run.command:
+                typer.echo(f"      {run.command}")
+    write_json(json_path, facts.to_json())
+
+
+def export(store: str | None, verdicts: Path | None, profiles: Path | None, dataset: str | None) -> None:
+    from essence.storage import Store
+
+    if verdicts is None and profiles is None:
+        raise SpecError("nothing to export: pass --verdicts FILE.csv|FILE.json and/or --profiles DIR")
+    fmt = None
+    if verdicts is not None:
+        fmt = verdicts.suffix.lower().lstrip(".")
+        if fmt not in ("csv", "json"):
+            raise SpecError(f"--verdicts {verdicts}: name a .csv or .json file")
+    with Store.open(store) as opened:
+        if verdicts is not None:
+            _write_text(verdicts, opened.export_verdicts(fmt, dataset_fp=dataset))  # type: ignore[arg-type]
+            count = len(opened.all_verdicts(dataset))
+            typer.echo(f"wrote {count} verdicts (full history) to {verdicts}")
+        if profiles is not None:
+            written = 0
+            for key in opened.profile_keys():
+                if dataset is not None and key.dataset_fp != dataset:
+                    continue
+                got = opened.get_profiles(key)
+                if got is None:  # pruned meanwhile
+                    continue
+                record = {**got.to_json(), "key": key.__dict__ | {"digest": key.digest()}}
+                _write_text(
+                    profiles / f"profile-{key.digest()[:16]}.json", json.dumps(record, indent=2) + "\n"
+                )
+                written += 1
+            typer.echo(f"wrote {written} profiles to {profiles}")
+
+
+def prune(store: str | None, older_than: float | None, model_fp: str | None, dry_run: bool) -> None:
+    from essence.storage import Store
+
+    with Store.open(store) as opened:
+        report = opened.prune(older_than_days=older_than, model_fp=model_fp, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    typer.echo(
+        f"{verb} {report.profiles} profiles ({report.matrices} per-instance matrices) and {report.blobs} "
+        f"unreferenced matrix blobs ({_size(report.bytes_freed)}); verdicts are never removed"
+    )
+    if older_than is None and model_fp is None:
+        typer.echo("(no --older-than or --model given: only unreferenced blobs are removed)")
+
 
 def register(app: typer.Typer) -> None:
-    """Add this group's commands to the root app."""
+    """Add ``store info|export|prune`` and ``precompute`` to the root app."""
+    store_app = typer.Typer(
+        help="The store of cached profiles, runs and review verdicts.", no_args_is_help=True
+    )
+    app.add_typer(store_app, name="store")
+
+    @store_app.command("info")
+    def info_cmd(store: StoreOpt = None, json_path: JsonOpt = None) -> None:
+        """Where the store is, its schema version, what it holds, and the recent runs."""
+        info(store, json_path)
+
+    @store_app.command("export")
+    def export_cmd(
+        verdicts: VerdictsOpt = None,
+        profiles: ProfilesOpt = None,
+        dataset: str | None = typer.Option(None, "--dataset", help="only this dataset fingerprint"),
+        store: StoreOpt = None,
+    ) -> None:
+        """Export review verdicts (CSV or JSON, full history) and/or cached profiles (JSON files)."""
+        export(store, verdicts, profiles, dataset)
+
+    @store_app.command("prune")
+    def prune_cmd(
+        older_than: float | None = typer.Option(
+            None, "--older-than", min=0, help="remove cached profiles older than DAYS"
+        ),
+        model_fp: str | None = typer.Option(
+            None,
+            "--model",
+            help="remove cached profiles of this model fingerprint (see `essence store info`)",
+        ),
+        dry_run: bool = typer.Option(False, "--dry-run", help="say what would be removed, remove nothing"),
+        store: StoreOpt = None,
+    ) -> None:
+        """Remove cached profiles (never verdicts) by age and/or model, and unreferenced matrix files."""
+        prune(store, older_than, model_fp, dry_run)
+
+    @app.command("precompute")
+    def precompute(
+        model: ModelOpt,
+        data: DataOpt,
+        weights: WeightsOpt = None,
+        trust_pickle: TrustPickleOpt = False,
+        layer: LayerOpt = None,
+        granularity: GranularityOpt = "channel",
+        kind: str = typer.Option("logit", "--kind", help="class score differentiated: logit or prob"),
+        device: DeviceOpt = "auto",
+        batch_size: BatchOpt = 64,
+        json_path: JsonOpt = None,
+        store: StoreOpt = None,
+        force: bool = typer.Option(False, "--force", help="recompute and replace what the store holds"),
+        instances: bool = typer.Option(
+            False, "--instances", help="also store each instance's vector and outputs (for triage)"
+        ),
+        allow_empty: bool = typer.Option(
+            False, "--allow-empty", help="keep classes with no instances (NaN rows)"
+        ),
+        size: SizeOpt = None,
+        blur: BlurOpt = None,
+        recipe: RecipeOpt = None,
+        skip_bad: SkipBadOpt = False,
+    ) -> None:
+        """Compute class profiles into the store (with a progress bar) so later questions are instant."""
+        from essence.cli.profile import run_profiles
+
+        run_profiles(
+            model,
+            weights,
+            trust_pickle,
+            data,
+            layer,
+            granularity,
+            kind,
+            device,
+            batch_size,
+            json_path,
+            store,
+            False,
+            allow_empty,
+            size,
+            blur,
+            recipe,
+            skip_bad,
+            refresh=force,
+            keep_instances=instances,
+        )

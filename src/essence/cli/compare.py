@@ -21,7 +21,7 @@ from essence.cli.common import (
     load_model_spec,
     write_json,
 )
-from essence.core.errors import LayerNotFoundError, SpecError
+from essence.core.errors import LabelMismatchError, LayerNotFoundError, SpecError
 from essence.core.loading import check_compatible, environment_data_root, load_dataset
 
 
@@ -57,6 +57,11 @@ def run_compare(
     model_a = load_model_spec(model, weights, trust_pickle)
     model_b = load_model_spec(against, weights_b, trust_pickle)
     # the same images, each model with its own preprocessing recipe (the recipe is part of what changed)
+    if model_a.class_names and model_b.class_names and model_a.class_names != model_b.class_names:
+        raise LabelMismatchError(
+            f"{model} and {against} name their classes differently ({model_a.class_names[:5]} vs "
+            f"{model_b.class_names[:5]}): compare models of the same classes"
+        )
     names = model_a.class_names or model_b.class_names
     data_a = load_dataset(data, model_a.preprocessing, class_names=names, data_root=environment_data_root())
     data_b = load_dataset(data, model_b.preprocessing, class_names=names, data_root=environment_data_root())

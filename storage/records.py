@@ -70,6 +70,7 @@ class ProfileKey:
             granularity=granularity,
             quantity=quantity_name(OwnLabel(kind)),  # type: ignore[arg-type]
             distribution=ClassConditional().name,
+            engine_version=ENGINE_VERSION,  # read now, so a bumped version takes effect everywhere at once
         )
 
 

@@ -1,7 +1,95 @@
-"""Commands of this group are registered here."""
+"""``essence report``: the review report (one self-contained HTML file) from the shell."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
+from essence.cli.common import (
+    DataOpt,
+    DeviceOpt,
+    LayerOpt,
+    ModelOpt,
+    StoreOpt,
+    TrustPickleOpt,
+    WeightsOpt,
+    load_inputs,
+    progress_bar,
+)
+from essence.core.errors import SpecError
+
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="the HTML file to write")]
+
 
 def register(app: typer.Typer) -> None:
-    """Add this group's commands to the root app."""
+    """Add ``report`` to the root app."""
+
+    @app.command("report")
+    def report(
+        model: ModelOpt,
+        data: DataOpt,
+        out: OutOpt,
+        weights: WeightsOpt = None,
+        trust_pickle: TrustPickleOpt = False,
+        layer: LayerOpt = None,
+        store: StoreOpt = None,
+        device: DeviceOpt = "auto",
+    ) -> None:
+        """Write the review report: model, preprocessing recipe, diagnosis, reviewed cases and verdicts."""
+        import numpy as np
+        import torch
+
+        from essence.app.report import review_report
+        from essence.core.diagnosis import diagnose
+        from essence.core.profiles import class_profiles
+        from essence.core.slices import inference_state
+        from essence.storage import RunInfo, Store
+
+        inputs = load_inputs(model, weights, trust_pickle, data, layer)
+        names = list(inputs.model.class_names or inputs.data.class_names)
+        with Store.open(store) as opened:
+            with progress_bar(f"class profiles at {inputs.layer}") as bar:
+                profiles = opened.cached_profiles(
+                    inputs.model,
+                    inputs.data,
+                    inputs.layer,
+                    "channel",
+                    "logit",
+                    lambda: class_profiles(
+                        inputs.model.module,
+                        inputs.data,
+                        inputs.layer,
+                        class_names=names,
+                        allow_empty=True,
+                        device=device,
+                        progress=bar,  # type: ignore[arg-type]
+                    ),
+                    run_info=RunInfo(command="essence report", device=device),
+                )
+            recipe = inputs.model.preprocessing.describe() if inputs.model.preprocessing else None
+            diag = diagnose(
+                inputs.model.module,
+                inputs.data,
+                inputs.layer,
+                profiles=profiles,
+                preprocessing=recipe,
+                device=device,
+            )
+            predicted = []
+            with inference_state(inputs.model.module), torch.no_grad():
+                for x, _, _ in inputs.data.batches(256):
+                    predicted.append(inputs.model.module(x).argmax(1).numpy())
+            text = review_report(
+                inputs.model, inputs.data, inputs.layer, diag, opened, predicted=np.concatenate(predicted)
+            )
+            reviewed = len(opened.latest_verdicts(inputs.data.fingerprint))
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise SpecError(
+                f"cannot write {out}: {exc.strerror or exc}; choose a writable --out path"
+            ) from exc
+        typer.echo(f"wrote {out}: {inputs.model.name} on {inputs.data.spec}, {reviewed} reviewed cases")

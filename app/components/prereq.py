@@ -1,0 +1,73 @@
+"""What a page needs before it can draw: a model, a dataset and a slice that fit; else say what is missing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import streamlit as st
+
+from essence.app import services
+from essence.app.state import recipe
+from essence.core.data import ImageData
+from essence.core.errors import EssenceError
+from essence.core.loading import LoadedModel
+
+UPLOAD_PAGE = "views/upload.py"
+OVERVIEW_PAGE = "views/overview.py"
+PROFILES_PAGE = "views/profiles.py"
+TRIAGE_PAGE = "views/triage.py"
+EXPERTS_PAGE = "views/experts.py"
+COMPARE_PAGE = "views/compare.py"
+EXPLAIN_PAGE = "views/explain.py"
+STORE_PAGE = "views/store.py"
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The current model, dataset and slice, checked to fit each other.
+
+    Attributes:
+        model: the loaded model; data: its dataset with the model's preprocessing; layer: the slice.
+        names: the class names (the model's, else the data's).
+    """
+
+    model: LoadedModel
+    data: ImageData
+    layer: str
+    names: list[str]
+
+
+def missing(what: str, page: str, label: str) -> None:
+    """Say what is missing, link to the page that provides it, and stop drawing this page."""
+    st.warning(what, icon="🧭")
+    st.page_link(page, label=label, icon="➡️")
+    st.stop()
+
+
+def current_inputs() -> Inputs:
+    """The sidebar's model, dataset and slice, or a message and a link (the page stops there)."""
+    state = recipe()
+    try:
+        model = services.model_of(state.model_choice)
+    except EssenceError as exc:
+        st.error(f"The model {state.model!r} cannot be loaded: {exc}", icon="⚠️")
+        missing("Choose another model in the sidebar, or upload it again.", UPLOAD_PAGE, "Upload a model")
+    try:
+        data = services.data_for(state.data_choice, model)
+    except EssenceError as exc:
+        st.error(f"The dataset {state.data!r} does not fit {model.name}: {exc}", icon="⚠️")
+        missing("Choose another dataset in the sidebar, or upload one.", UPLOAD_PAGE, "Upload a dataset")
+    layer = state.layer or model.default_layer
+    if not layer:
+        missing(
+            f"{model.name} has no default slice: pick a layer in the sidebar (the sidebar's “Suggest a layer” "
+            "scores every candidate).",
+            OVERVIEW_PAGE,
+            "Overview",
+        )
+    try:
+        services.check_layer(model, layer)
+    except EssenceError as exc:
+        st.error(str(exc), icon="⚠️")
+        st.stop()
+    return Inputs(model, data, layer, services.class_names(model, data))

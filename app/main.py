@@ -1,0 +1,26 @@
+"""Essence's app: routing only. Each recipe step is a page file in ``views/``; the sidebar is shared."""
+
+import streamlit as st
+
+from essence.app.components.boundary import run_page
+from essence.app.components.sidebar import render as sidebar
+
+st.set_page_config(page_title="Essence", page_icon="🔬", layout="wide")
+
+pages = {
+    "The recipe": [
+        st.Page("views/overview.py", title="Overview", icon="👁️", default=True),
+        st.Page("views/profiles.py", title="Class profiles", icon="🧬"),
+        st.Page("views/triage.py", title="Triage", icon="🩺"),
+        st.Page("views/experts.py", title="Experts & diagnosis", icon="🔎"),
+        st.Page("views/compare.py", title="Compare models", icon="⚖️"),
+        st.Page("views/explain.py", title="Explain an image", icon="🖼️"),
+    ],
+    "Your work": [
+        st.Page("views/upload.py", title="Your model & data", icon="📤"),
+        st.Page("views/store.py", title="Store & runs", icon="🗄️"),
+    ],
+}
+navigation = st.navigation(pages)
+run_page(sidebar)
+navigation.run()

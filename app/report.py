@@ -1,0 +1,190 @@
+"""The review report a clinician can file: one self-contained HTML file.
+
+It holds the model and its preprocessing recipe, accuracy and the confusion matrix, the diagnosis of every
+class (with the expert sweeps of the flagged ones), and each reviewed case — its image, label, prediction,
+current verdict with reviewer and time, and the earlier verdicts. Charts are rendered to SVG offline
+(``vl_convert``), images embedded as base64 PNG; the file refers to nothing outside itself, so it opens
+without a network. No Streamlit here: ``essence report`` builds the same file from the shell.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections import defaultdict
+from datetime import UTC, datetime
+
+import numpy as np
+from PIL import Image
+
+from essence.app import charts
+from essence.core.data import ImageData
+from essence.core.loading import LoadedModel
+
+CASE_IMAGE_PX = 160  # reviewed cases: large enough to see the lesions, small enough for a long list
+
+_STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1100px;
+       color: #222; line-height: 1.4; }
+h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2em; margin-top: 1.6em; }
+table { border-collapse: collapse; margin: 0.6em 0; } td, th { border: 1px solid #ddd; padding: 4px 8px;
+       text-align: left; vertical-align: top; } th { background: #f4f4f4; }
+.flag { color: #b00020; font-weight: 600; } .muted { color: #666; font-size: 0.9em; }
+.recipe { background: #fff7e0; border: 1px solid #f0d890; padding: 0.6em 1em; }
+img.case { image-rendering: pixelated; width: 160px; height: 160px; }
+"""
+
+
+def svg(chart: object) -> str:
+    """An Altair chart rendered to inline SVG, offline."""
+    import vl_convert
+
+    return vl_convert.vegalite_to_svg(chart.to_dict())  # type: ignore[attr-defined]
+
+
+def png_data_uri(image: np.ndarray, size: int = CASE_IMAGE_PX) -> str:
+    """uint8 ``[H, W, C]`` → ``data:image/png;base64,...`` (enlarged with crisp pixels)."""
+    a = np.asarray(image)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[..., 0]
+    img = Image.fromarray(a.astype(np.uint8)).convert("RGB")
+    img = img.resize((size, size), Image.Resampling.NEAREST)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _e(x: object) -> str:
+    return html.escape(str(x))
+
+
+def _f(x: float) -> str:
+    return "—" if x is None or not np.isfinite(x) else f"{x:.2f}"
+
+
+def review_report(
+    model: LoadedModel,
+    data: ImageData,
+    layer: str,
+    diagnosis: object,
+    store: object,
+    predicted: np.ndarray | None = None,
+    now: datetime | None = None,
+) -> str:
+    """The report as one HTML string.
+
+    Args:
+        model: the reviewed model (name, card, preprocessing recipe).
+        data: the dataset the cases come from.
+        layer: the slice of the diagnosis.
+        diagnosis: a :class:`~essence.core.diagnosis.Diagnosis` of ``model`` on ``data``.
+        store: the store holding the verdicts (``all_verdicts(dataset_fp)``).
+        predicted: int ``[N]`` the model's predictions (for the cases' table), if known.
+        now: the report's time stamp (default: now, UTC).
+
+    Returns:
+        A complete HTML document with no external reference.
+    """
+    names = [c.name for c in diagnosis.classes]  # type: ignore[attr-defined]
+    stamp = (now or datetime.now(UTC)).strftime("%Y-%m-%d %H:%M UTC")
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>Essence review: {_e(model.name)}</title><style>{_STYLE}</style></head><body>",
+        f"<h1>Review of {_e(model.name)}</h1>",
+        f"<p class='muted'>Data {_e(data.spec)} ({len(data)} images), slice <code>{_e(layer)}</code>; "
+        f"report made {stamp}.</p>",
+        _model_section(model),
+        _diagnosis_section(diagnosis, names),
+        _cases_section(data, store, names, predicted),
+        "</body></html>",
+    ]
+    return "\n".join(parts)
+
+
+def _model_section(model: LoadedModel) -> str:
+    recipe = (
+        model.preprocessing.describe() if model.preprocessing else "unknown (not recorded with the model)"
+    )
+    card = "".join(
+        f"<tr><th>{_e(k.replace('_', ' '))}</th><td>{_e(v)}</td></tr>"
+        for k, v in model.card.items()
+        if isinstance(v, str | int | float) and k not in ("name",)
+    )
+    return (
+        "<h2>Model</h2>"
+        f"<p><b>{_e(model.name)}</b> (spec <code>{_e(model.spec)}</code>, fingerprint {_e(model.fingerprint)})</p>"
+        f"<div class='recipe'><b>Preprocessing recipe:</b> {_e(recipe)}</div>"
+        + (f"<table>{card}</table>" if card else "")
+    )
+
+
+def _diagnosis_section(diagnosis: object, names: list[str]) -> str:
+    d = diagnosis
+    rows = []
+    for c in d.classes:  # type: ignore[attr-defined]
+        e = c.expert
+        expert = (
+            f"α={e['alpha']}, β={e['beta']}: recall {e['recall']:.2f}, precision {e['precision']:.2f}"
+            if e
+            else ""
+        )
+        flag = " class='flag'" if c.diagnosis != "ok" else ""
+        rows.append(
+            f"<tr><td>{_e(c.name)}</td><td>{c.count}</td><td>{c.predicted_count}</td><td>{_f(c.recall)}</td>"
+            f"<td>{_f(c.precision)}</td><td{flag}>{_e(c.diagnosis)}</td><td>{_e(expert)}</td>"
+            f"<td>{_e(c.advice)}</td></tr>"
+        )
+    recall = np.array([c.recall for c in d.classes])  # type: ignore[attr-defined]
+    precision = np.array([c.precision for c in d.classes])  # type: ignore[attr-defined]
+    figures = [
+        svg(charts.class_bars(names, recall, precision)),
+        svg(charts.confusion_chart(np.asarray(d.confusion), names)),  # type: ignore[attr-defined]
+    ]
+    for c in d.classes:  # type: ignore[attr-defined]
+        if c.sweep is not None:
+            figures.append(svg(charts.sweep_heatmaps(c.sweep, c.sweep.experts(d.settings.criterion))))  # type: ignore[attr-defined]
+    return (
+        "<h2>Diagnosis</h2>"
+        f"<p>Accuracy {d.accuracy:.1%}.</p>"  # type: ignore[attr-defined]
+        "<table><tr><th>class</th><th>images</th><th>predicted as it</th><th>recall</th><th>precision</th>"
+        "<th>diagnosis</th><th>expert</th><th>advice</th></tr>"
+        + "".join(rows)
+        + "</table>"
+        + "".join(f"<div>{f}</div>" for f in figures)
+    )
+
+
+def _cases_section(data: ImageData, store: object, names: list[str], predicted: np.ndarray | None) -> str:
+    verdicts = store.all_verdicts(data.fingerprint)  # type: ignore[attr-defined]
+    if not verdicts:
+        return "<h2>Reviewed cases</h2><p>No case of this dataset has been reviewed yet.</p>"
+    history: dict[int, list] = defaultdict(list)
+    for v in verdicts:
+        history[v.instance_id].append(v)
+    rows = []
+    for index in sorted(history, key=lambda i: history[i][-1].created_at, reverse=True):
+        vs = history[index]
+        latest = vs[-1]
+        if not 0 <= index < len(data):
+            continue
+        label = (
+            names[int(data.labels[index])]
+            if int(data.labels[index]) < len(names)
+            else str(data.labels[index])
+        )
+        pred = names[int(predicted[index])] if predicted is not None else "—"
+        earlier = "<br>".join(
+            f"{_e(v.verdict)} by {_e(v.reviewer or '—')}, {v.created_at:%Y-%m-%d %H:%M}" for v in vs[:-1]
+        )
+        rows.append(
+            f"<tr><td><img class='case' alt='image {index}' src='{png_data_uri(data.raw_image(index))}'></td>"
+            f"<td>{index}</td><td>{_e(label)}</td><td>{_e(pred)}</td><td><b>{_e(latest.verdict)}</b></td>"
+            f"<td>{_e(latest.note)}</td><td>{_e(latest.reviewer or '—')}</td>"
+            f"<td>{latest.created_at:%Y-%m-%d %H:%M}</td><td class='muted'>{earlier}</td></tr>"
+        )
+    return (
+        f"<h2>Reviewed cases ({len(rows)})</h2>"
+        "<table><tr><th>image</th><th>#</th><th>label</th><th>predicted</th><th>verdict</th><th>note</th>"
+        "<th>reviewer</th><th>time</th><th>earlier verdicts</th></tr>" + "".join(rows) + "</table>"
+    )

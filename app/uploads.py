@@ -1,0 +1,296 @@
+"""Uploads of a user's own model and dataset: size-checked, saved by content hash, extracted safely.
+
+Limits (documented in ``docs/app.md``):
+
+- every uploaded file: at most :data:`UPLOAD_LIMIT_MB` MB — the same figure ``essence app`` gives Streamlit
+  as ``server.maxUploadSize``, and checked here too, so the limit holds in tests and behind any server;
+- a dataset zip: at most :data:`EXTRACT_LIMIT_MB` MB once extracted (counted while extracting, not read from
+  the zip's own headers, which can lie), at most :data:`MAX_MEMBERS` members; no member may be absolute,
+  climb out with ``..`` or be a symbolic link.
+
+Nothing here imports Streamlit: the page calls these and shows their :class:`EssenceError`\\ s.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import shutil
+import stat
+import zipfile
+from pathlib import Path, PurePosixPath
+
+from essence.app.state import DataChoice, ModelChoice
+from essence.cli.appcmd import UPLOAD_LIMIT_MB
+from essence.core.errors import DataLoadError, ModelLoadError, SpecError
+from essence.core.loading import IMAGE_SUFFIXES, load_dataset, load_model
+from essence.core.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from essence.storage import default_store_path
+
+MB = 1024 * 1024  # Streamlit's server.maxUploadSize counts megabytes of 2**20 bytes
+UPLOAD_LIMIT = UPLOAD_LIMIT_MB * MB
+# A zip of PNG/JPEG images barely compresses; 4× the upload limit leaves room for BMP/TIFF trees while
+# refusing a zip bomb long before it fills the disk.
+EXTRACT_LIMIT_MB = 4 * UPLOAD_LIMIT_MB
+MAX_MEMBERS = 100_000
+CHUNK = 1 << 20
+
+TORCHSCRIPT = "TorchScript (architecture inside the file)"
+
+
+def uploads_root() -> Path:
+    """Where uploads are kept: ``uploads/`` beside the app's store (``$ESSENCE_HOME``)."""
+    return default_store_path().parent / "uploads"
+
+
+def check_upload_size(size: int, name: str) -> None:
+    """Refuse a file over the upload limit.
+
+    Raises:
+        DataLoadError: naming the file, its size and the limit.
+    """
+    if size > UPLOAD_LIMIT:
+        raise DataLoadError(
+            f"{name} is {size / MB:.0f} MB, over the {UPLOAD_LIMIT_MB} MB upload limit: upload a smaller file "
+            "(for a large dataset, point `essence` at its folder from the command line instead)"
+        )
+
+
+def safe_name(name: str) -> str:
+    """A file name with only letters, digits, ``.``, ``_`` and ``-`` (no folders)."""
+    base = PurePosixPath(name.replace("\\", "/")).name
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", base).lstrip(".")
+    return cleaned or "upload"
+
+
+def save_upload(data: bytes, name: str, kind: str) -> Path:
+    """Save an upload under ``uploads/KIND/SHA/NAME`` (the same bytes always land in the same place)."""
+    check_upload_size(len(data), name)
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    folder = uploads_root() / kind / digest
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / safe_name(name)
+    if not path.exists():
+        tmp = path.with_suffix(path.suffix + ".part")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------- datasets
+
+
+def _member_path(info: zipfile.ZipInfo) -> PurePosixPath | None:
+    """The member's relative path, ``None`` for folders and macOS metadata.
+
+    Raises:
+        DataLoadError: an absolute path, a ``..`` component or a symbolic link.
+    """
+    raw = info.filename.replace("\\", "/")
+    path = PurePosixPath(raw)
+    if raw.startswith("/") or re.match(r"^[A-Za-z]:", raw) or ".." in path.parts:
+        raise DataLoadError(
+            f"the zip's member {info.filename!r} points outside the archive: re-create the zip from the "
+            "dataset's folder (relative paths only)"
+        )
+    if stat.S_ISLNK(info.external_attr >> 16):
+        raise DataLoadError(
+            f"the zip's member {info.filename!r} is a symbolic link, which is refused: zip the files themselves"
+        )
+    if info.is_dir() or not path.parts or path.parts[0] == "__MACOSX" or path.name.startswith("._"):
+        return None
+    return path
+
+
+def safe_extract(data: bytes, dest: Path) -> Path:
+    """Extract a zip into ``dest`` after checking every member (see the module docstring).
+
+    Returns:
+        ``dest``.
+
+    Raises:
+        DataLoadError: not a zip, too many members, a bad member, or over :data:`EXTRACT_LIMIT_MB` MB.
+    """
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile as exc:
+        raise DataLoadError(
+            "the dataset upload is not a zip file: zip the dataset's folder (one sub-folder per class, or a "
+            "CSV of path,label beside the images)"
+        ) from exc
+    with archive:
+        infos = archive.infolist()
+        if len(infos) > MAX_MEMBERS:
+            raise DataLoadError(
+                f"the zip has {len(infos)} members, over the limit of {MAX_MEMBERS}: upload a smaller dataset"
+            )
+        members = [(info, p) for info in infos if (p := _member_path(info)) is not None]
+        if not members:
+            raise DataLoadError("the zip holds no files: zip the dataset's folder with its images")
+        tmp = dest.with_name(dest.name + ".part")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            _extract(archive, members, tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        shutil.rmtree(dest, ignore_errors=True)
+        tmp.replace(dest)
+    return dest
+
+
+def _extract(archive: zipfile.ZipFile, members: list, root: Path) -> None:
+    budget = EXTRACT_LIMIT_MB * MB
+    root.mkdir(parents=True)
+    top = root.resolve()
+    for info, rel in members:
+        target = (root / Path(*rel.parts)).resolve()
+        if top not in target.parents:
+            raise DataLoadError(f"the zip's member {info.filename!r} points outside the archive")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with archive.open(info) as src, open(target, "wb") as out:
+                while chunk := src.read(CHUNK):
+                    budget -= len(chunk)
+                    if budget < 0:
+                        raise DataLoadError(
+                            f"the zip expands to more than {EXTRACT_LIMIT_MB} MB: upload a smaller dataset"
+                        )
+                    out.write(chunk)
+        except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError) as exc:
+            raise DataLoadError(
+                f"the zip's member {info.filename!r} cannot be read ({exc}): re-create the zip"
+            ) from exc
+
+
+def dataset_root(root: Path) -> str:
+    """The data spec of an extracted upload: ``csv:FILE`` for a CSV, else ``folder:DIR`` (ImageFolder).
+
+    A single wrapping folder (``mydata/class_a/...``) is stepped into.
+
+    Raises:
+        DataLoadError: neither a CSV nor class folders with images.
+    """
+    here = root
+    while True:
+        entries = [p for p in here.iterdir() if not p.name.startswith(".")]
+        csvs = [p for p in entries if p.suffix.lower() == ".csv"]
+        dirs = [p for p in entries if p.is_dir()]
+        if len(csvs) == 1:
+            return f"csv:{csvs[0]}"
+        if len(csvs) > 1:
+            raise DataLoadError(
+                f"the zip holds several CSV files ({', '.join(p.name for p in csvs[:3])}): keep one, of path,label"
+            )
+        images = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES]
+        if len(dirs) == 1 and not images:
+            here = dirs[0]
+            continue
+        if dirs:
+            return f"folder:{here}"
+        raise DataLoadError(
+            "the zip has neither class folders nor a CSV: put each class's images in a folder named after the "
+            "class (ImageFolder), or add a CSV of path,label"
+        )
+
+
+def dataset_from_zip(data: bytes, name: str, preprocessing: Preprocessing | None = None) -> DataChoice:
+    """Extract, locate and check an uploaded dataset.
+
+    Returns:
+        The choice to add to the sidebar.
+
+    Raises:
+        DataLoadError, SpecError: an unsafe or unreadable zip, or images that cannot be loaded.
+    """
+    check_upload_size(len(data), name)
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    root = safe_extract(data, uploads_root() / "datasets" / digest)
+    spec = dataset_root(root)
+    load_dataset(spec, preprocessing or Preprocessing(size=(64, 64)), data_root=root)
+    return DataChoice(label=f"{safe_name(name)} (uploaded)", spec=spec)
+
+
+# ----------------------------------------------------------------------------------------------- models
+
+
+def architectures() -> list[str]:
+    """Architectures an uploaded state_dict can be for: TorchScript first, then torchvision's classifiers."""
+    import torchvision
+
+    return [TORCHSCRIPT, *sorted(torchvision.models.list_models(module=torchvision.models))]
+
+
+def recipe_of(size: int | None, blur: float, normalise: str, mode: str = "RGB") -> Preprocessing:
+    """The preprocessing recipe chosen with an upload.
+
+    Args:
+        size: square side to resize to (``None``: keep each image's size).
+        blur: Gaussian blur σ in px (0: none).
+        normalise: ``"imagenet"`` (torchvision's mean/std) or ``"none"``.
+        mode: ``"RGB"`` or ``"L"``.
+
+    Raises:
+        SpecError: a value out of range.
+    """
+    if size is not None and not 8 <= size <= 1024:
+        raise SpecError(f"image size {size} px is out of range: choose 8 to 1024")
+    if blur < 0:
+        raise SpecError(f"blur σ {blur} must be ≥ 0")
+    channels = 3 if mode == "RGB" else 1
+    mean, std = (
+        (IMAGENET_MEAN, IMAGENET_STD) if normalise == "imagenet" else ((0.0,) * channels, (1.0,) * channels)
+    )
+    if channels == 1:
+        mean, std = mean[:1], std[:1]
+    return Preprocessing(
+        mode=mode, size=(size, size) if size else None, blur_sigma=blur, mean=tuple(mean), std=tuple(std)
+    )
+
+
+def model_from_upload(
+    data: bytes,
+    name: str,
+    architecture: str,
+    preprocessing: Preprocessing,
+    class_names: list[str] | None = None,
+    layer: str | None = None,
+) -> ModelChoice:
+    """Save and load an uploaded model to check it, and return its sidebar choice.
+
+    Args:
+        data, name: the file's bytes and name (``.safetensors``, ``.pt``/``.pth`` state_dict, or TorchScript).
+        architecture: :data:`TORCHSCRIPT` or a torchvision architecture name.
+        preprocessing: the recipe its inputs need.
+        class_names: its classes in output order (``None``: the dataset's).
+        layer: its default slice (``None``: pick one in the sidebar).
+
+    Raises:
+        ModelLoadError, SpecError: the file does not load (unsafe pickle, wrong architecture, bad file).
+    """
+    path = save_upload(data, name, "models")
+    if architecture == TORCHSCRIPT:
+        if path.suffix == ".safetensors":
+            raise ModelLoadError(
+                f"{name} holds weights only (safetensors): choose the architecture they were saved from"
+            )
+        spec, weights = str(path), None
+    else:
+        spec, weights = f"torchvision:{architecture}", str(path)
+    model = load_model(spec, weights)
+    if layer:
+        from essence.core.slices import resolve_layer
+
+        resolve_layer(model.module, layer)
+    label = f"{safe_name(name)} ({architecture.split(' ')[0]})"
+    return ModelChoice(
+        label=label,
+        spec=spec,
+        weights=weights,
+        class_names=tuple(class_names) if class_names else None,
+        preprocessing=tuple(
+            (k, tuple(v) if isinstance(v, list) else v) for k, v in sorted(preprocessing.to_dict().items())
+        ),
+        default_layer=layer or None,
+    )

@@ -1,0 +1,201 @@
+"""Triage (recipe step 3): the instances least like their class first; a verdict on each, stored at once."""
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from essence.app import charts, services
+from essence.app.components import longwork
+from essence.app.components.boundary import run_page
+from essence.app.components.images import enlarge
+from essence.app.components.prereq import EXPERTS_PAGE, Inputs, current_inputs
+from essence.app.state import RecipeState, recipe
+
+# Verdict buttons: (stored verdict, label, keyboard shortcut).
+VERDICTS = (
+    ("label error", "Label error", "1"),
+    ("model error", "Model error", "2"),
+    ("ambiguous", "Ambiguous", "3"),
+    ("fine", "Fine", "4"),
+)
+QUEUE_ROWS = 50  # rows of the queue table shown at once
+
+
+def render() -> None:
+    st.title("Triage")
+    st.caption(
+        "Each image's own influence against its class's profile (paper Fig. 3): a correct image follows the "
+        "class-wide order, a mislabelled or misread one looks random. Most suspect first."
+    )
+    inputs = current_inputs()
+    state = recipe()
+    _ask_reviewer(state)
+    profiles = longwork.profiles(inputs, "prob", key="triage")
+    result = services.triage(inputs.model, inputs.data, inputs.layer, profiles)
+    verdicts = services.store().latest_verdicts(inputs.data.fingerprint)
+    queue = _filtered(result, verdicts, state, inputs)
+    if not len(queue):
+        st.info("No image matches these filters.")
+        return
+    state.triage_position = min(max(state.triage_position, 0), len(queue) - 1)
+    _review(inputs, profiles, result, queue, verdicts, state)
+    _queue_table(result, queue, verdicts, inputs, state)
+    _roc(result, verdicts, inputs)
+    st.download_button(
+        "Export verdicts (CSV)",
+        services.store().export_verdicts("csv", inputs.data.fingerprint),
+        file_name="verdicts.csv",
+        mime="text/csv",
+        key="triage-export",
+    )
+    st.page_link(EXPERTS_PAGE, label="Next: experts & diagnosis — was the class learned at all?", icon="➡️")
+
+
+def _ask_reviewer(state: RecipeState) -> None:
+    if state.reviewer:
+        return
+    with st.form("reviewer-form"):
+        name = st.text_input("Your name (stored with each verdict; asked once per session)")
+        if st.form_submit_button("Start reviewing", type="primary"):
+            if name.strip():
+                state.reviewer = name.strip()
+                st.rerun()
+            st.error("Enter a name: every verdict records who made it.")
+    st.stop()
+
+
+def _filtered(result, verdicts: dict, state: RecipeState, inputs: Inputs) -> np.ndarray:
+    """Row numbers of the triage result in queue order, after the class and verdict filters."""
+    k = len(inputs.names)
+    if not state.triage_classes and state.cls is not None:
+        state.triage_classes = [state.cls]
+    left, right = st.columns(2)
+    classes = left.multiselect(
+        "Classes (label)",
+        range(k),
+        default=[c for c in state.triage_classes if c < k],
+        format_func=lambda c: inputs.names[c],
+        placeholder="all classes",
+    )
+    options = ["all", "unreviewed", *[v for v, _, _ in VERDICTS], "custom"]
+    shown = right.selectbox("Verdict", options, index=options.index(state.triage_verdict))
+    if list(classes) != state.triage_classes or shown != state.triage_verdict:
+        state.triage_classes, state.triage_verdict, state.triage_position = list(classes), shown, 0
+    order = result.ranking
+    if classes:
+        order = order[np.isin(result.labels[order], classes)]
+    if shown != "all":
+        current = np.array([getattr(verdicts.get(int(result.indices[r])), "verdict", None) for r in order])
+        order = order[current == (None if shown == "unreviewed" else shown)] if len(order) else order
+    return order
+
+
+def _review(inputs: Inputs, profiles, result, queue: np.ndarray, verdicts: dict, state: RecipeState) -> None:
+    pos = state.triage_position
+    row = int(queue[pos])
+    index = int(result.indices[row])
+    label, predicted = int(result.labels[row]), int(result.predicted[row])
+    st.subheader(f"{pos + 1} of {len(queue)}: image {index}")
+    left, right = st.columns([1, 3])
+    with left:
+        st.image(enlarge(inputs.data.raw_image(index)), caption=f"image {index}")
+        st.markdown(
+            f"**label** {inputs.names[label]}  \n**predicted** {inputs.names[predicted]}  \n"
+            f"**confidence** {result.confidence[row]:.2f}  \n**score** {result.deviation[row]:.3f} "
+            f"({result.score})"
+        )
+        current = verdicts.get(index)
+        if current is not None:
+            st.caption(f"current verdict: **{current.verdict}** by {current.reviewer or '—'}")
+    with right:
+        inst = profiles.instances
+        at = int(np.nonzero(inst.instance_indices.numpy() == index)[0][0])
+        title = f"image {index} (own influences, in the class's order)"
+        st.altair_chart(
+            charts.class_and_instance_grids(
+                profiles.mean[label].numpy(), inst.instance_vectors[at].numpy(), inputs.names[label], title
+            )
+        )
+        why = ", ".join(
+            f"unit {u} ({z:+.1f} sd)" for u, z in zip(result.why_units[row], result.why_z[row], strict=True)
+        )
+        st.caption(f"Why flagged: the units departing most from the class profile: {why}.")
+    _verdict_buttons(inputs, index, queue, state)
+
+
+def _verdict_buttons(inputs: Inputs, index: int, queue: np.ndarray, state: RecipeState) -> None:
+    note = st.text_input("Note (optional)", key=f"triage-note-{inputs.data.fingerprint}-{index}")
+    cols = st.columns(len(VERDICTS) + 2)
+    for col, (verdict, label, key) in zip(cols, VERDICTS, strict=False):
+        if col.button(f"{label} ({key})", key=f"triage-verdict-{verdict}", shortcut=key, width="stretch"):
+            saved = services.store().record_verdict(
+                inputs.data.fingerprint, index, verdict, note=note, reviewer=state.reviewer
+            )
+            st.toast(f"Saved: image {index} — {saved.verdict}")
+            state.triage_position = min(state.triage_position + 1, len(queue) - 1)
+            st.rerun()
+    if cols[-2].button("◀ Previous (K)", key="triage-prev", shortcut="K", width="stretch"):
+        state.triage_position = max(state.triage_position - 1, 0)
+        st.rerun()
+    if cols[-1].button("Next (J) ▶", key="triage-next", shortcut="J", width="stretch"):
+        state.triage_position = min(state.triage_position + 1, len(queue) - 1)
+        st.rerun()
+    history = services.store().verdict_history(inputs.data.fingerprint, index)
+    if history:
+        with st.expander(f"History of image {index} ({len(history)} verdicts)"):
+            st.dataframe(
+                pd.DataFrame(
+                    [
+                        {"when": v.created_at, "verdict": v.verdict, "note": v.note, "reviewer": v.reviewer}
+                        for v in history
+                    ]
+                ),
+                hide_index=True,
+            )
+
+
+def _queue_table(result, queue: np.ndarray, verdicts: dict, inputs: Inputs, state: RecipeState) -> None:
+    start = (state.triage_position // QUEUE_ROWS) * QUEUE_ROWS
+    rows = queue[start : start + QUEUE_ROWS]
+    table = pd.DataFrame(
+        {
+            "#": np.arange(start + 1, start + 1 + len(rows)),
+            "image": result.indices[rows],
+            "label": [inputs.names[int(c)] for c in result.labels[rows]],
+            "predicted": [inputs.names[int(c)] for c in result.predicted[rows]],
+            "confidence": result.confidence[rows],
+            "score": result.deviation[rows],
+            "verdict": [getattr(verdicts.get(int(result.indices[r])), "verdict", "") for r in rows],
+        }
+    )
+    st.markdown(f"**The queue** (rows {start + 1}–{start + len(rows)} of {len(queue)})")
+    st.dataframe(
+        table,
+        hide_index=True,
+        column_config={
+            "confidence": st.column_config.NumberColumn(format="%.2f"),
+            "score": st.column_config.NumberColumn(format="%.3f"),
+        },
+    )
+
+
+def _roc(result, verdicts: dict, inputs: Inputs) -> None:
+    """ROC of the score: at finding the images reviewers flagged (once both kinds exist), else the misclassified."""
+    flagged = {
+        i: v.verdict in ("label error", "model error") for i, v in verdicts.items() if v.verdict != "custom"
+    }
+    if len(set(flagged.values())) == 2:
+        rows = np.array([r for r in range(len(result)) if int(result.indices[r]) in flagged])
+        positive = np.array([flagged[int(result.indices[r])] for r in rows])
+        what = f"images reviewers flagged ({len(rows)} reviewed)"
+    else:
+        rows = np.arange(len(result))
+        positive = result.predicted != result.labels
+        what = "misclassified images"
+    if positive.all() or not positive.any():
+        return
+    with st.expander("How well does the score find problems? (ROC)"):
+        st.altair_chart(charts.roc_chart(result.deviation[rows], positive, what))
+
+
+run_page(render)

@@ -8,9 +8,10 @@ streamed (memory O(batch)), mergeable across shards, and give each profile its s
 
 from __future__ import annotations
 
+import queue
 import threading
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Literal
@@ -163,6 +164,73 @@ def on_device(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
             model.to(original)
 
 
+@contextmanager
+def memory_format(model: nn.Module, channels_last: bool) -> Iterator[nn.Module]:
+    """Hold ``model``'s 4-d parameters in channels-last format inside the block (contiguous again after)."""
+    if not channels_last:
+        yield model
+        return
+    model.to(memory_format=torch.channels_last)
+    try:
+        yield model
+    finally:
+        model.to(memory_format=torch.contiguous_format)
+
+
+def prefetch(batches: Iterator, *, pin: bool, depth: int = 2) -> Iterator:
+    """Yield ``batches`` prepared up to ``depth`` ahead in a background thread, pinned if ``pin``.
+
+    On a GPU the next batch is decoded and preprocessed while this one computes, and pinned host memory
+    lets ``.to(device, non_blocking=True)`` copy asynchronously. Order is kept; an error raised while
+    preparing a batch is raised here; leaving early stops the thread.
+    """
+    if not pin:  # on the CPU a second thread would only compete with the compute for the same cores
+        yield from batches
+        return
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                if not put(tuple(t.pin_memory() for t in batch)):
+                    return
+            put(end)
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(exc)
+
+    worker = threading.Thread(target=produce, name="essence-prefetch", daemon=True)
+    worker.start()
+    try:
+        while (item := ready.get()) is not end:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join(timeout=5)
+
+
+def _within(subset: np.ndarray | None, indices: Sequence[int] | np.ndarray, n: int) -> np.ndarray:
+    """The positions of ``subset`` (all when ``None``) that are among ``indices``, in ``indices``' order."""
+    chosen = np.asarray(indices, dtype=np.int64).reshape(-1)
+    if chosen.size and (chosen.min() < 0 or chosen.max() >= n):
+        raise SpecError(
+            f"instance indices must lie in 0..{n - 1}; got {int(chosen.min())}..{int(chosen.max())}"
+        )
+    return chosen if subset is None else chosen[np.isin(chosen, subset)]
+
+
 def _neighbourhood(distribution: Distribution) -> list[tuple[float, float]]:
     if isinstance(distribution, LinearPath | GaussianNoise):
         return distribution.points()
@@ -201,6 +269,8 @@ def influence(
     num_groups: int | None = None,
     progress: Progress | None = None,
     cancel: CancelFlag = None,
+    indices: Sequence[int] | np.ndarray | None = None,
+    channels_last: bool = False,
 ) -> Influence:
     """Distributional influence χ of every unit at ``layer`` for ``quantity`` over ``distribution``.
 
@@ -222,6 +292,9 @@ def influence(
         num_groups: number of classes for class grouping (default: the model's output size).
         progress: called with ``(batches_done, batches_total)``.
         cancel: an Event or callable; when set, raises :class:`Cancelled` before the next batch.
+        indices: only these dataset positions (a shard of the data; see :mod:`essence.core.distributed`).
+        channels_last: run 4-d inputs and the model in the channels-last memory format (faster convolutions
+            on GPUs with tensor cores; see ``docs/scale.md`` for where it helps). Numbers are unchanged.
 
     Returns:
         An :class:`Influence`: ``mean [G, U]`` with G classes, instances, or 1.
@@ -235,6 +308,8 @@ def influence(
     labels = labels_of(data)
     names = getattr(data, "class_names", None)
     subset = _restrict(distribution, labels, names)
+    if indices is not None:
+        subset = _within(subset, indices, len(labels))
     points = _neighbourhood(distribution)
     batches, n = as_batches(data, batch_size, subset)
     total = -(-n // batch_size) * len(points)
@@ -260,15 +335,17 @@ def influence(
     done = 0
     group_by = distribution.group_by
     hook = nullcontext() if is_input_layer(layer) else None
-    with inference_state(model), on_device(model, dev):
+    with inference_state(model), on_device(model, dev), memory_format(model, channels_last):
         if hook is None:
             hook = capture(model, layer)
         with hook as cap:
-            for x, y, idx in batches:
+            for x, y, idx in prefetch(batches, pin=dev.type == "cuda"):
                 if _cancelled(cancel):
                     raise Cancelled("cancelled by the user; nothing was kept")
                 x = x.to(dev, non_blocking=True)
                 y = y.to(dev, non_blocking=True)
+                if channels_last and x.ndim == 4:
+                    x = x.contiguous(memory_format=torch.channels_last)
                 acc: torch.Tensor | None = None
                 out0: torch.Tensor | None = None
                 for step, (alpha, weight) in enumerate(points):

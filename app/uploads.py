@@ -278,7 +278,14 @@ def model_from_upload(
         spec, weights = str(path), None
     else:
         spec, weights = f"torchvision:{architecture}", str(path)
-    model = load_model(spec, weights)
+    try:
+        model = load_model(spec, weights)
+    except (IndexError, KeyError, TypeError) as exc:
+        # torch's safe unpickler can fail this way on bytes that are no pickle at all
+        raise ModelLoadError(
+            f"{name} is not a readable PyTorch file ({type(exc).__name__}: {exc}): upload a .safetensors file, "
+            "a state_dict saved with torch.save, or a TorchScript model"
+        ) from exc
     if layer:
         from essence.core.slices import resolve_layer
 

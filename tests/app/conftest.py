@@ -1,0 +1,83 @@
+"""Fixtures of the app's tests: a fresh store under a temporary ``ESSENCE_HOME``, Streamlit's caches cleared,
+and an :class:`AppTest` opened on a page of the app (the bundled demo is what it opens on)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+ENTRY = Path(__file__).resolve().parents[2] / "app" / "main.py"
+PAGES = {
+    "overview": "views/overview.py",
+    "profiles": "views/profiles.py",
+    "triage": "views/triage.py",
+    "experts": "views/experts.py",
+    "compare": "views/compare.py",
+    "explain": "views/explain.py",
+    "upload": "views/upload.py",
+    "store": "views/store.py",
+}
+# The first render computes profiles and the diagnosis on 2 shared CPU cores: allow for it.
+RUN_TIMEOUT = 180
+
+
+@pytest.fixture
+def essence_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private ``ESSENCE_HOME`` (the app's store and uploads) and empty Streamlit caches."""
+    monkeypatch.setenv("ESSENCE_HOME", str(tmp_path))
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    yield tmp_path
+    st.cache_resource.clear()
+    st.cache_data.clear()
+
+
+@pytest.fixture
+def open_app(essence_home: Path) -> Callable[..., AppTest]:
+    """``open_app(page=None)``: the app run once, then switched to ``page`` (a key of :data:`PAGES`)."""
+
+    def open_(page: str | None = None) -> AppTest:
+        at = AppTest.from_file(str(ENTRY), default_timeout=RUN_TIMEOUT)
+        at.run()
+        if page is not None and page != "overview":
+            at.switch_page(PAGES[page])
+            at.run()
+        return at
+
+    return open_
+
+
+def shown_text(at: AppTest) -> str:
+    """Everything the page wrote as markdown, captions, titles and messages, joined."""
+    parts = []
+    for kind in ("title", "subheader", "markdown", "caption", "error", "warning", "info", "success"):
+        parts.extend(str(e.value) for e in getattr(at, kind))
+    return "\n".join(parts)
+
+
+@pytest.fixture
+def text_of() -> Callable[[AppTest], str]:
+    return shown_text
+
+
+def assert_clean(at: AppTest) -> None:
+    """No exception box and no internal-error message."""
+    from essence.app.components.boundary import INTERNAL_ERROR
+
+    assert not at.exception, [e.value for e in at.exception]
+    internal = [e.value for e in at.error if INTERNAL_ERROR in str(e.value)]
+    assert not internal, internal
+
+
+@pytest.fixture
+def clean() -> Callable[[AppTest], None]:
+    return assert_clean
+
+
+@pytest.fixture
+def pages() -> dict[str, str]:
+    return dict(PAGES)

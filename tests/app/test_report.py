@@ -73,20 +73,21 @@ def test_essence_report_writes_a_self_contained_review(tmp_path: Path, monkeypat
     assert "&lt;b&gt;ungraded&lt;/b&gt;" in html and "<b>ungraded</b>" not in html  # notes are escaped
 
 
-def test_essence_report_names_a_bad_model(tmp_path: Path) -> None:
-    from essence.cli import app
+def test_essence_report_names_a_bad_model(tmp_path: Path, capsys) -> None:
+    from essence.cli import main
 
-    result = CliRunner().invoke(
-        app,
-        [
-            "report",
-            "--model",
-            str(tmp_path / "missing.pt"),
-            "--data",
-            "demo:test",
-            "--out",
-            str(tmp_path / "r.html"),
-        ],
-    )
-    assert result.exit_code == 2
+    with pytest.raises(SystemExit) as exit_:
+        main(
+            [
+                "report",
+                "--model",
+                str(tmp_path / "missing.pt"),
+                "--data",
+                "demo:test",
+                "--out",
+                str(tmp_path / "r.html"),
+            ]
+        )
+    assert exit_.value.code == 2
+    assert "missing.pt" in capsys.readouterr().err
     assert not (tmp_path / "r.html").exists()

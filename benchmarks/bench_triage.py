@@ -114,6 +114,7 @@ def main() -> None:
     flips: dict = {}
     for seed in args.seeds:
         xt, yt, xe, ye = digits_split(seed)
+        torch.manual_seed(seed)  # the initial weights too
         model = train(digits_net(), xt, yt, seed=seed)
         noisy, flipped = flip_labels(ye, 0.10, 10, seed=seed)
         for layer in args.layers:

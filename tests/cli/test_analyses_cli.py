@@ -79,10 +79,26 @@ def common(weights: Path) -> list[str]:
 
 def test_triage_json(model_files, capsys, tmp_path) -> None:
     _, weights = model_files
+    from essence.core.loading import load_dataset
+    from essence.storage import Store
+
     out = tmp_path / "t.json"
-    code, text, err = run(capsys, "triage", *common(weights), "--top", "7", "--json", str(out))
+    store = tmp_path / "store.sqlite"
+    code, _, err = run(
+        capsys, "triage", *common(weights), "--top", "3", "--json", str(out), "--store", str(store)
+    )
+    assert code == 0, err
+    first = json.loads(out.read_text())["scores"][0]["index"]
+    assert json.loads(out.read_text())["scores"][0]["verdict"] is None
+    with Store.open(store) as s:
+        s.record_verdict(load_dataset("digits", None).fingerprint, first, "label error")
+    code, text, err = run(
+        capsys, "triage", *common(weights), "--top", "7", "--json", str(out), "--store", str(store)
+    )
     assert code == 0, err
     js = json.loads(out.read_text())
+    assert js["scores"][0]["index"] == first and js["scores"][0]["verdict"] == "label error"
+    assert "label error" in text
     assert js["layer"] == "fc1" and len(js["scores"]) == 7
     devs = [r["deviation"] for r in js["scores"]]
     assert devs == sorted(devs, reverse=True)

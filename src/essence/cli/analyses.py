@@ -42,22 +42,12 @@ def _fmt(x: float, spec: str = ".2f") -> str:
 
 
 def verdict_status(store: str | None, dataset_fingerprint: str) -> dict[int, str]:
-    """Latest review verdict per instance index from the store (empty when no store module is installed).
+    """The current review verdict of each reviewed instance, from the store (default: ``$ESSENCE_HOME``)."""
+    from essence.storage import Store
 
-    Uses ``essence.storage.Store.open(url_or_path).latest_verdicts(dataset_fingerprint)``.
-    """
-    try:
-        from essence.storage import Store  # type: ignore[attr-defined]
-    except ImportError:
-        return {}
-    opened = Store.open(store) if store else Store.open(None)
-    try:
+    with Store.open(store) as opened:
         latest = opened.latest_verdicts(dataset_fingerprint)
-    finally:
-        close = getattr(opened, "close", None)
-        if callable(close):
-            close()
-    return {int(i): str(getattr(v, "verdict", v)) for i, v in latest.items()}
+    return {int(i): v.verdict for i, v in latest.items()}
 
 
 def register(app: typer.Typer) -> None:

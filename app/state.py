@@ -60,6 +60,7 @@ class RecipeState:
         triage_position: the instance the triage queue is at (a position in the filtered queue).
         triage_classes: classes the triage queue shows (empty: all).
         triage_verdict: which verdicts the queue shows (``"all"``, ``"unreviewed"`` or a verdict).
+        last_saved: what the last verdict button saved (shown once on the next run).
         explain_index: the dataset instance the explain page shows.
         cancelled: cache keys of long computations the user cancelled (not restarted by themselves).
         models, datasets: every model and dataset the user can pick (the demo's, then uploads).
@@ -74,6 +75,7 @@ class RecipeState:
     triage_position: int = 0
     triage_classes: list[int] = field(default_factory=list)
     triage_verdict: str = "all"
+    last_saved: str = ""
     explain_index: int = 0
     cancelled: set[str] = field(default_factory=set)
     models: dict[str, ModelChoice] = field(default_factory=dict)

@@ -91,6 +91,9 @@ def _filtered(result, verdicts: dict, state: RecipeState, inputs: Inputs) -> np.
 
 
 def _review(inputs: Inputs, profiles, result, queue: np.ndarray, verdicts: dict, state: RecipeState) -> None:
+    if state.last_saved:
+        st.success(state.last_saved, icon="💾")
+        state.last_saved = ""
     pos = state.triage_position
     row = int(queue[pos])
     index = int(result.indices[row])
@@ -131,7 +134,7 @@ def _verdict_buttons(inputs: Inputs, index: int, queue: np.ndarray, state: Recip
             saved = services.store().record_verdict(
                 inputs.data.fingerprint, index, verdict, note=note, reviewer=state.reviewer
             )
-            st.toast(f"Saved: image {index} — {saved.verdict}")
+            state.last_saved = f"Saved: image {index} — {saved.verdict} ({saved.reviewer})"
             state.triage_position = min(state.triage_position + 1, len(queue) - 1)
             st.rerun()
     if cols[-2].button("◀ Previous (K)", key="triage-prev", shortcut="K", width="stretch"):

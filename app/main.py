@@ -5,20 +5,20 @@ import streamlit as st
 from essence.app.components.boundary import run_page
 from essence.app.components.sidebar import render as sidebar
 
-st.set_page_config(page_title="Essence", page_icon="🔬", layout="wide")
+st.set_page_config(page_title="Essence", page_icon=":material/biotech:", layout="wide")
 
 pages = {
     "The recipe": [
-        st.Page("views/overview.py", title="Overview", icon="👁️", default=True),
-        st.Page("views/profiles.py", title="Class profiles", icon="🧬"),
-        st.Page("views/triage.py", title="Triage", icon="🩺"),
-        st.Page("views/experts.py", title="Experts & diagnosis", icon="🔎"),
-        st.Page("views/compare.py", title="Compare models", icon="⚖️"),
-        st.Page("views/explain.py", title="Explain an image", icon="🖼️"),
+        st.Page("views/overview.py", title="Overview", icon=":material/visibility:", default=True),
+        st.Page("views/profiles.py", title="Class profiles", icon=":material/insights:"),
+        st.Page("views/triage.py", title="Triage", icon=":material/fact_check:"),
+        st.Page("views/experts.py", title="Experts & diagnosis", icon=":material/troubleshoot:"),
+        st.Page("views/compare.py", title="Compare models", icon=":material/compare:"),
+        st.Page("views/explain.py", title="Explain an image", icon=":material/image_search:"),
     ],
     "Your work": [
-        st.Page("views/upload.py", title="Your model & data", icon="📤"),
-        st.Page("views/store.py", title="Store & runs", icon="🗄️"),
+        st.Page("views/upload.py", title="Your model & data", icon=":material/upload:"),
+        st.Page("views/store.py", title="Store & runs", icon=":material/database:"),
     ],
 }
 navigation = st.navigation(pages)

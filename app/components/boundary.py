@@ -24,7 +24,7 @@ def run_page(render: Callable[[], None]) -> None:
     try:
         render()
     except EssenceError as exc:
-        st.error(str(exc), icon="⚠️")
+        st.error(str(exc), icon=":material/warning:")
     except Exception as exc:  # a bug: keep the traceback in the server log, not in the clinician's face
         log.exception("page failed")
         st.error(

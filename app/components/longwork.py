@@ -39,7 +39,7 @@ def profiles(inputs: Inputs, kind: str, key: str) -> ClassProfiles:
     digest = services.profile_key(inputs.model, inputs.data, inputs.layer, kind).digest()
     what = WHAT.get(kind, "profiles")
     if digest in state.cancelled:
-        st.info(f"Computing the {what} was cancelled; nothing was stored.", icon="⏹️")
+        st.info(f"Computing the {what} was cancelled; nothing was stored.", icon=":material/stop_circle:")
         if st.button(f"Compute the {what}", key=f"{key}-restart", type="primary"):
             state.cancelled.discard(digest)
             st.rerun()

@@ -39,8 +39,8 @@ class Inputs:
 
 def missing(what: str, page: str, label: str) -> None:
     """Say what is missing, link to the page that provides it, and stop drawing this page."""
-    st.warning(what, icon="🧭")
-    st.page_link(page, label=label, icon="➡️")
+    st.warning(what, icon=":material/explore:")
+    st.page_link(page, label=label, icon=":material/arrow_forward:")
     st.stop()
 
 
@@ -50,12 +50,12 @@ def current_inputs() -> Inputs:
     try:
         model = services.model_of(state.model_choice)
     except EssenceError as exc:
-        st.error(f"The model {state.model!r} cannot be loaded: {exc}", icon="⚠️")
+        st.error(f"The model {state.model!r} cannot be loaded: {exc}", icon=":material/warning:")
         missing("Choose another model in the sidebar, or upload it again.", UPLOAD_PAGE, "Upload a model")
     try:
         data = services.data_for(state.data_choice, model)
     except EssenceError as exc:
-        st.error(f"The dataset {state.data!r} does not fit {model.name}: {exc}", icon="⚠️")
+        st.error(f"The dataset {state.data!r} does not fit {model.name}: {exc}", icon=":material/warning:")
         missing("Choose another dataset in the sidebar, or upload one.", UPLOAD_PAGE, "Upload a dataset")
     layer = state.layer or model.default_layer
     if not layer:
@@ -68,6 +68,6 @@ def current_inputs() -> Inputs:
     try:
         services.check_layer(model, layer)
     except EssenceError as exc:
-        st.error(str(exc), icon="⚠️")
+        st.error(str(exc), icon=":material/warning:")
         st.stop()
     return Inputs(model, data, layer, services.class_names(model, data))

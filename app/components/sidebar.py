@@ -25,7 +25,7 @@ def render() -> None:
         try:
             model = services.model_of(state.model_choice)
         except EssenceError as exc:
-            st.error(f"Model not loaded: {exc}", icon="⚠️")
+            st.error(f"Model not loaded: {exc}", icon=":material/warning:")
             return
         _pick_layer(state, model)
         recipe_box(model)
@@ -79,7 +79,7 @@ def _suggest(state: RecipeState, model: LoadedModel) -> None:
         with st.spinner("Scoring layers…"):
             suggestion = services.layer_suggestion(model, data)
     except EssenceError as exc:
-        st.error(str(exc), icon="⚠️")
+        st.error(str(exc), icon=":material/warning:")
         return
     st.success(f"Suggested: `{suggestion.suggested}`")
     st.caption(suggestion.reason)
@@ -107,7 +107,7 @@ def recipe_box(model: LoadedModel, where: st.delta_generator.DeltaGenerator | No
     box.markdown(f"**Preprocessing of {model.name}**  \n{recipe_text}")
     if blurred:
         box.caption(
-            f"⚠️ inputs are blurred (σ = {model.preprocessing.blur_sigma:g} px) before the model sees them"
+            f"Note: inputs are blurred (σ = {model.preprocessing.blur_sigma:g} px) before the model sees them"
         )
     facts = {
         k: v

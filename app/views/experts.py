@@ -11,7 +11,11 @@ from essence.app.components.prereq import COMPARE_PAGE, current_inputs
 from essence.app.components.sidebar import recipe_box
 from essence.app.state import recipe
 
-ICONS = {"ok": "✅", "drowning experts": "🌊", "not learned": "❌"}
+ICONS = {
+    "ok": ":material/check_circle:",
+    "drowning experts": ":material/waves:",
+    "not learned": ":material/block:",
+}
 
 
 def render() -> None:
@@ -27,7 +31,7 @@ def render() -> None:
         diag = services.diagnosis(inputs.model, inputs.data, inputs.layer, profiles)
     for c in diag.classes:
         if c.diagnosis != "ok":
-            st.error(f"{ICONS[c.diagnosis]} **{c.name}: {c.diagnosis}** — {c.advice}")
+            st.error(f"**{c.name}: {c.diagnosis}** — {c.advice}", icon=ICONS[c.diagnosis])
     if any(c.diagnosis == "not learned" for c in diag.classes):
         st.markdown(
             "The preprocessing is part of the question: this is what the model's inputs went through."
@@ -35,7 +39,9 @@ def render() -> None:
         recipe_box(inputs.model)
     st.dataframe(_table(diag), hide_index=True)
     _sweep(inputs, profiles, diag)
-    st.page_link(COMPARE_PAGE, label="Next: compare with the retrained model", icon="➡️")
+    st.page_link(
+        COMPARE_PAGE, label="Next: compare with the retrained model", icon=":material/arrow_forward:"
+    )
 
 
 def _table(diag) -> pd.DataFrame:
@@ -49,7 +55,7 @@ def _table(diag) -> pd.DataFrame:
                 "predicted as it": c.predicted_count,
                 "recall": round(c.recall, 3) if np.isfinite(c.recall) else None,
                 "precision": round(c.precision, 3) if np.isfinite(c.precision) else None,
-                "diagnosis": f"{ICONS[c.diagnosis]} {c.diagnosis}",
+                "diagnosis": c.diagnosis,
                 "expert": f"α={e['alpha']}, β={e['beta']}: recall {e['recall']:.2f}, precision {e['precision']:.2f}"
                 if e
                 else "",

@@ -22,7 +22,7 @@ def render() -> None:
         st.error(
             f"The model never predicts **{inputs.names[c]}** ({support} of the images are {inputs.names[c]}). "
             "Follow the recipe to find out why.",
-            icon="🚩",
+            icon=":material/flag:",
         )
     cols = st.columns(3)
     cols[0].metric("Accuracy", f"{ev.accuracy:.1%}")
@@ -46,7 +46,9 @@ def render() -> None:
     if inputs.data.skipped:
         st.warning(f"{len(inputs.data.skipped)} unreadable images were left out.")
     st.page_link(
-        PROFILES_PAGE, label="Next: the class profiles — what each class's decision rests on", icon="➡️"
+        PROFILES_PAGE,
+        label="Next: the class profiles — what each class's decision rests on",
+        icon=":material/arrow_forward:",
     )
 
 

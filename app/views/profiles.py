@@ -40,7 +40,9 @@ def render() -> None:
     st.caption(f"Most positive units: {top}. Most negative: {bottom}.")
     _instance(inputs, profiles, cls, mean)
     st.page_link(
-        TRIAGE_PAGE, label=f"Next: review the {inputs.names[cls]} images that deviate most", icon="➡️"
+        TRIAGE_PAGE,
+        label=f"Next: review the {inputs.names[cls]} images that deviate most",
+        icon=":material/arrow_forward:",
     )
 
 

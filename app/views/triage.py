@@ -48,7 +48,11 @@ def render() -> None:
         mime="text/csv",
         key="triage-export",
     )
-    st.page_link(EXPERTS_PAGE, label="Next: experts & diagnosis — was the class learned at all?", icon="➡️")
+    st.page_link(
+        EXPERTS_PAGE,
+        label="Next: experts & diagnosis — was the class learned at all?",
+        icon=":material/arrow_forward:",
+    )
 
 
 def _ask_reviewer(state: RecipeState) -> None:
@@ -92,7 +96,7 @@ def _filtered(result, verdicts: dict, state: RecipeState, inputs: Inputs) -> np.
 
 def _review(inputs: Inputs, profiles, result, queue: np.ndarray, verdicts: dict, state: RecipeState) -> None:
     if state.last_saved:
-        st.success(state.last_saved, icon="💾")
+        st.success(state.last_saved, icon=":material/save:")
         state.last_saved = ""
     pos = state.triage_position
     row = int(queue[pos])
@@ -137,10 +141,10 @@ def _verdict_buttons(inputs: Inputs, index: int, queue: np.ndarray, state: Recip
             state.last_saved = f"Saved: image {index} — {saved.verdict} ({saved.reviewer})"
             state.triage_position = min(state.triage_position + 1, len(queue) - 1)
             st.rerun()
-    if cols[-2].button("◀ Previous (K)", key="triage-prev", shortcut="K", width="stretch"):
+    if cols[-2].button("Previous (K)", key="triage-prev", shortcut="K", width="stretch"):
         state.triage_position = max(state.triage_position - 1, 0)
         st.rerun()
-    if cols[-1].button("Next (J) ▶", key="triage-next", shortcut="J", width="stretch"):
+    if cols[-1].button("Next (J)", key="triage-next", shortcut="J", width="stretch"):
         state.triage_position = min(state.triage_position + 1, len(queue) - 1)
         st.rerun()
     history = services.store().verdict_history(inputs.data.fingerprint, index)

@@ -19,7 +19,7 @@ def render() -> None:
         _model_form()
     with right:
         _data_form()
-    st.page_link(OVERVIEW_PAGE, label="Back to the overview", icon="👁️")
+    st.page_link(OVERVIEW_PAGE, label="Back to the overview", icon=":material/visibility:")
 
 
 def _model_form() -> None:

@@ -28,7 +28,11 @@ PAGES = [
 
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as home, serve_app(Path(home)) as url, browser_page(1400, 1000) as page:
+    with (
+        tempfile.TemporaryDirectory() as home,
+        serve_app(Path(home)) as url,
+        browser_page(1400, 1000) as page,
+    ):
         page.goto(url)
         wait_until_idle(page)
         for link, name in PAGES:

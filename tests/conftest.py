@@ -145,24 +145,24 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(0)
 
 
-# Factories and helpers as fixtures: test modules never import conftest (whether tests/ is a package or
-# not does not matter then).
-@pytest.fixture
+# Factories and helpers as (stateless, session-scoped) fixtures: test modules never import conftest, so
+# whether tests/ is a package or not does not matter, and hypothesis tests may use them.
+@pytest.fixture(scope="session")
 def cnn_factory():
     return make_cnn
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def mlp_factory():
     return make_mlp
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def data_factory():
     return cnn_data
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def rel_close():
     return assert_rel_close
 

@@ -16,6 +16,7 @@ import hashlib
 import importlib
 import os
 import pickle
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,7 +173,13 @@ def _load_factory(spec: str, weights: str | Path | None, trust_pickle: bool) -> 
         raise ModelLoadError(
             f"{mod_name!r} has no callable {fn_name!r}: name a function that returns an nn.Module"
         )
-    module = factory()
+    try:
+        module = factory()
+    except Exception as exc:  # the user's own code failed: say so, with its message
+        raise ModelLoadError(
+            f"{spec}() failed ({type(exc).__name__}: {exc}): name a function that takes no arguments and "
+            "returns an nn.Module"
+        ) from exc
     if not isinstance(module, nn.Module):
         raise ModelLoadError(f"{spec} returned {type(module).__name__}, not a torch.nn.Module")
     if weights is not None:
@@ -190,8 +197,10 @@ def _load_file_model(path: Path, spec: str, trust_pickle: bool) -> LoadedModel:
         raise ModelLoadError(f"model file {str(path)!r} does not exist; check the path")
     if zipfile.is_zipfile(path):
         try:
-            module = torch.jit.load(str(path), map_location="cpu")
-        except (RuntimeError, ValueError) as exc:
+            with warnings.catch_warnings():  # torch's deprecation chatter would break the one-line error
+                warnings.simplefilter("ignore")
+                module = torch.jit.load(str(path), map_location="cpu")
+        except Exception as exc:  # a corrupt archive can fail in many ways; each means "not TorchScript"
             module = None
             jit_error = exc
         if module is not None:
@@ -223,7 +232,9 @@ def _load_file_model(path: Path, spec: str, trust_pickle: bool) -> LoadedModel:
 
 def _torch_load(path: Path, trust_pickle: bool) -> Any:
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=not trust_pickle)
+        with warnings.catch_warnings():  # torch's pickle-protocol chatter would break the one-line error
+            warnings.simplefilter("ignore")
+            return torch.load(str(path), map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as exc:
         if trust_pickle:
             raise ModelLoadError(f"{path} is not a readable PyTorch file: {exc}") from exc
@@ -231,7 +242,9 @@ def _torch_load(path: Path, trust_pickle: bool) -> Any:
             f"{path} is a full pickle, which can run arbitrary code when loaded, so it was refused; save a "
             "state_dict or safetensors instead, or pass --trust-pickle if you trust its source"
         ) from exc
-    except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile, AttributeError) as exc:
+    except (
+        Exception
+    ) as exc:  # a corrupt file fails in many ways (KeyError, IndexError, UnicodeDecodeError...)
         raise ModelLoadError(
             f"{path} is not a readable PyTorch file ({exc.__class__.__name__}: {exc})"
         ) from exc

@@ -59,8 +59,14 @@ class Preprocessing:
                     f"preprocessing {name} has {len(value)} values, mode {self.mode} needs {channels}"
                 )
             object.__setattr__(self, name, value)
-        if any(s <= 0 for s in self.std):
-            raise SpecError(f"preprocessing std must be positive, got {self.std}")
+        if not all(s > 0 and math.isfinite(s) for s in self.std):
+            raise SpecError(f"preprocessing std must be positive and finite, got {self.std}")
+        if not all(math.isfinite(m) for m in self.mean):
+            raise SpecError(f"preprocessing mean must be finite, got {self.mean}")
+        if not (float(self.scale) > 0 and math.isfinite(float(self.scale))):
+            raise SpecError(
+                f"preprocessing scale (the raw value that maps to 1.0) must be > 0, got {self.scale}"
+            )
         if self.blur_sigma < 0 or not math.isfinite(self.blur_sigma):
             raise SpecError(f"blur sigma must be a finite number ≥ 0, got {self.blur_sigma}")
         if self.size is not None:
@@ -87,16 +93,28 @@ class Preprocessing:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
         known = {"mode", "size", "blur_sigma", "mean", "std", "scale"}
+        if not isinstance(d, dict):
+            raise SpecError(f"a preprocessing recipe is a mapping of {sorted(known)}, got {type(d).__name__}")
         unknown = set(d) - known
         if unknown:
-            raise SpecError(f"unknown preprocessing keys {sorted(unknown)}: allowed are {sorted(known)}")
-        kw = dict(d)
-        if kw.get("size") is not None:
-            kw["size"] = tuple(kw["size"])
-        for k in ("mean", "std"):
-            if k in kw:
-                kw[k] = tuple(kw[k])
-        return cls(**kw)
+            raise SpecError(
+                f"unknown preprocessing keys {sorted(map(str, unknown))}: allowed are {sorted(known)}"
+            )
+        try:
+            kw = dict(d)
+            if kw.get("size") is not None:
+                kw["size"] = tuple(kw["size"])
+            for k in ("mean", "std"):
+                if k in kw:
+                    kw[k] = tuple(kw[k])
+            return cls(**kw)
+        except SpecError:
+            raise
+        except (TypeError, ValueError, OverflowError) as exc:  # e.g. size "big", mean ["a"], scale None
+            raise SpecError(
+                f"preprocessing recipe {d!r} has a value of the wrong type ({exc}); see the fields of "
+                "Preprocessing"
+            ) from exc
 
     def fingerprint(self) -> str:
         """A stable hash of the recipe (part of every cache key)."""

@@ -177,14 +177,15 @@ def memory_format(model: nn.Module, channels_last: bool) -> Iterator[nn.Module]:
         model.to(memory_format=torch.contiguous_format)
 
 
-def prefetch(batches: Iterator, *, pin: bool, depth: int = 2) -> Iterator:
+def prefetch(batches: Iterator, *, pin: bool, depth: int = 2, background: bool | None = None) -> Iterator:
     """Yield ``batches`` prepared up to ``depth`` ahead in a background thread, pinned if ``pin``.
 
     On a GPU the next batch is decoded and preprocessed while this one computes, and pinned host memory
     lets ``.to(device, non_blocking=True)`` copy asynchronously. Order is kept; an error raised while
-    preparing a batch is raised here; leaving early stops the thread.
+    preparing a batch is raised here; leaving early stops the thread. ``background`` (default: ``pin``)
+    chooses the thread; on the CPU it would only compete with the compute for the same cores.
     """
-    if not pin:  # on the CPU a second thread would only compete with the compute for the same cores
+    if not (pin if background is None else background):
         yield from batches
         return
     ready: queue.Queue = queue.Queue(maxsize=depth)
@@ -203,7 +204,7 @@ def prefetch(batches: Iterator, *, pin: bool, depth: int = 2) -> Iterator:
     def produce() -> None:
         try:
             for batch in batches:
-                if not put(tuple(t.pin_memory() for t in batch)):
+                if not put(tuple(t.pin_memory() for t in batch) if pin else batch):
                     return
             put(end)
         except BaseException as exc:  # handed to the consumer, raised there

@@ -120,6 +120,7 @@ def class_profiles(
     autocast: Autocast = None,
     progress: Progress | None = None,
     cancel: CancelFlag = None,
+    channels_last: bool = False,
 ) -> ClassProfiles:
     """Every class's influence profile at ``layer`` in one streamed pass.
 
@@ -132,7 +133,8 @@ def class_profiles(
         class_names: names of the classes (default: the data's, else ``class 0..``).
         allow_empty: keep classes without instances (their row is NaN) instead of raising.
         keep_instances: also keep every instance's own vector (for triage) from the same pass.
-        batch_size, device, autocast, progress, cancel: as in :func:`~essence.core.influence.influence`.
+        batch_size, device, autocast, progress, cancel, channels_last: as in
+            :func:`~essence.core.influence.influence`.
 
     Returns:
         :class:`ClassProfiles` with ``mean``/``stderr`` ``[C, U]``.
@@ -157,6 +159,7 @@ def class_profiles(
         num_groups=None,
         progress=progress,
         cancel=cancel,
+        channels_last=channels_last,
     )
     num_classes = result.mean.shape[0]
     if names and len(names) != num_classes:

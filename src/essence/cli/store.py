@@ -191,10 +191,44 @@ def register(app: typer.Typer) -> None:
         blur: BlurOpt = None,
         recipe: RecipeOpt = None,
         skip_bad: SkipBadOpt = False,
+        distributed: bool = typer.Option(
+            False,
+            "--distributed",
+            help="shard the data over --nproc local processes (torch.distributed, gloo)",
+        ),
+        nproc: int = typer.Option(2, "--nproc", min=1, help="processes with --distributed"),
     ) -> None:
-        """Compute class profiles into the store (with a progress bar) so later questions are instant."""
+        """Compute class profiles into the store (with a progress bar) so later questions are instant.
+
+        Also runs sharded: under ``torchrun --nproc-per-node N -m essence.cli precompute ...`` or with
+        ``--distributed --nproc N`` (see docs/scale.md).
+        """
+        from essence.cli import shard
         from essence.cli.profile import run_profiles
 
+        if shard.wants_shards(distributed):
+            shard.precompute(
+                model=model,
+                weights=weights,
+                trust_pickle=trust_pickle,
+                data=data,
+                layer=layer,
+                granularity=granularity,
+                kind=kind,
+                device=device,
+                batch_size=batch_size,
+                json_path=json_path,
+                store=store,
+                force=force,
+                instances=instances,
+                allow_empty=allow_empty,
+                size=size,
+                blur=blur,
+                recipe=recipe,
+                skip_bad=skip_bad,
+                nproc=nproc,
+            )
+            return
         run_profiles(
             model,
             weights,

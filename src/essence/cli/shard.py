@@ -1,0 +1,234 @@
+"""``essence precompute`` sharded over processes: under torchrun, or ``--distributed --nproc N`` on this machine.
+
+Every process loads the same model and data and computes its shard; one all-reduce merges the sums
+(:mod:`essence.core.distributed`); rank 0 alone reads and writes the store, in one transaction, and only after
+a successful merge, so a process that fails leaves the store as it was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import typer
+
+from essence.cli.common import check_granularity, load_inputs, progress_bar, write_json
+from essence.cli.profile import check_no_empty_class, command_line, print_summary
+from essence.core.distributed import (
+    DistEnv,
+    DistributedError,
+    agree,
+    any_process,
+    device_for,
+    launch_local,
+    launched_by_torchrun,
+    process_group,
+    sharded_class_profiles,
+)
+from essence.core.errors import SpecError
+from essence.core.profiles import ClassProfiles
+
+
+def wants_shards(distributed: bool) -> bool:
+    """Whether ``precompute`` runs sharded: asked for, or started by torchrun with more than one process."""
+    return distributed or launched_by_torchrun()
+
+
+def _child_args(
+    *,
+    model: str,
+    weights: Path | None,
+    trust_pickle: bool,
+    data: str,
+    layer: str | None,
+    granularity: str,
+    kind: str,
+    device: str,
+    batch_size: int,
+    json_path: Path | None,
+    store: str | None,
+    force: bool,
+    allow_empty: bool,
+    size: tuple[int, int] | None,
+    blur: float | None,
+    recipe: Path | None,
+    skip_bad: bool,
+) -> list[str]:
+    """The ``precompute`` arguments each process is started with (all but ``--distributed``/``--nproc``)."""
+    args = ["--model", model, "--data", data, "--granularity", granularity, "--kind", kind]
+    args += ["--device", device, "--batch-size", str(batch_size)]
+    optional = {"--weights": weights, "--layer": layer, "--json": json_path, "--store": store}
+    optional |= {"--blur-sigma": blur, "--preprocessing": recipe}
+    for flag, value in optional.items():
+        if value is not None:
+            args += [flag, str(value)]
+    if size is not None:
+        args += ["--size", str(size[0]), str(size[1])]
+    flags = {"--trust-pickle": trust_pickle, "--force": force, "--allow-empty": allow_empty}
+    flags["--skip-bad-images"] = skip_bad
+    return args + [flag for flag, on in flags.items() if on]
+
+
+def precompute(
+    *,
+    model: str,
+    weights: Path | None,
+    trust_pickle: bool,
+    data: str,
+    layer: str | None,
+    granularity: str,
+    kind: str,
+    device: str,
+    batch_size: int,
+    json_path: Path | None,
+    store: str | None,
+    force: bool,
+    instances: bool,
+    allow_empty: bool,
+    size: tuple[int, int] | None,
+    blur: float | None,
+    recipe: Path | None,
+    skip_bad: bool,
+    nproc: int,
+) -> None:
+    """Sharded ``precompute``: start ``nproc`` local processes, or be one process of a torchrun job.
+
+    Raises:
+        SpecError: ``--instances`` (per-instance vectors stay with their shard), a bad ``--nproc``.
+        DistributedError: a process failed (the message names which and why); nothing was stored.
+    """
+    if instances:
+        raise SpecError(
+            "--instances cannot be sharded (each process keeps only its own instances' vectors): run "
+            "precompute --instances without --distributed or torchrun"
+        )
+    check_granularity(granularity)
+    if kind not in ("logit", "prob"):
+        raise typer.BadParameter(f"--kind {kind!r}: use logit or prob")
+    options = dict(
+        model=model,
+        weights=weights,
+        trust_pickle=trust_pickle,
+        data=data,
+        layer=layer,
+        granularity=granularity,
+        kind=kind,
+        device=device,
+        batch_size=batch_size,
+        json_path=json_path,
+        store=store,
+        force=force,
+        allow_empty=allow_empty,
+        size=size,
+        blur=blur,
+        recipe=recipe,
+        skip_bad=skip_bad,
+    )
+    env = DistEnv.from_environ()
+    if env is None:
+        _launch(nproc, _child_args(**options))  # type: ignore[arg-type]
+    else:
+        run_process(**options)  # type: ignore[arg-type]
+
+
+def _launch(nproc: int, args: list[str]) -> None:
+    if nproc < 1:
+        raise SpecError(f"--nproc {nproc}: start at least 1 process")
+    start = time.perf_counter()
+    result = launch_local([sys.executable, "-m", "essence.cli", "precompute", *args], nproc)
+    sys.stdout.write(result.stdout)
+    if result.returncode != 0:
+        raise DistributedError(f"{result.message} (nothing was stored)")
+    typer.echo(f"{nproc} processes in {time.perf_counter() - start:.1f} s (start-up included)")
+
+
+def run_process(
+    *,
+    model: str,
+    weights: Path | None,
+    trust_pickle: bool,
+    data: str,
+    layer: str | None,
+    granularity: str,
+    kind: str,
+    device: str,
+    batch_size: int,
+    json_path: Path | None,
+    store: str | None,
+    force: bool,
+    allow_empty: bool,
+    size: tuple[int, int] | None,
+    blur: float | None,
+    recipe: Path | None,
+    skip_bad: bool,
+) -> None:
+    """One process of the job: its shard, the merge, and (rank 0) the store and the output."""
+    from essence.storage import ProfileKey, RunInfo, Store
+
+    inputs = load_inputs(
+        model,
+        weights,
+        trust_pickle,
+        data,
+        layer,
+        size=size,
+        blur=blur,
+        recipe_file=recipe,
+        skip_bad_images=skip_bad,
+    )
+    names = inputs.model.class_names or inputs.data.class_names
+    with process_group(device) as env:
+        key = ProfileKey.for_profiles(inputs.model, inputs.data, inputs.layer, granularity, kind)
+        hit: ClassProfiles | None = None
+        error: BaseException | None = None
+        if env.is_writer and not force:
+            try:
+                with Store.open(store) as opened:
+                    hit = opened.get_profiles(key)
+            except Exception as exc:  # every process must hear of it, or they would wait for rank 0
+                error = exc
+        agree(error)
+        start = time.perf_counter()
+        if any_process(hit is not None):
+            if env.is_writer and hit is not None:
+                if names and len(names) == len(hit.class_names):
+                    hit = dataclasses.replace(hit, class_names=list(names))
+                if not allow_empty:
+                    check_no_empty_class(hit)
+                print_summary(hit, time.perf_counter() - start)
+                write_json(json_path, hit.to_json())
+            return
+        shown = (
+            progress_bar(f"shard 1/{env.world_size} at {inputs.layer}") if env.is_writer else nullcontext()
+        )
+        with shown as bar:
+            profiles = sharded_class_profiles(
+                inputs.model.module,
+                inputs.data,
+                inputs.layer,
+                granularity=granularity,  # type: ignore[arg-type]
+                kind=kind,  # type: ignore[arg-type]
+                class_names=names,
+                allow_empty=allow_empty,
+                batch_size=batch_size,
+                device=device,
+                progress=bar,
+            )
+        seconds = time.perf_counter() - start
+        if not env.is_writer:
+            return
+        dev = device_for(device, env)
+        info = RunInfo(
+            command=command_line(),
+            device=f"{dev.type} ×{env.world_size}" if env.world_size > 1 else dev.type,
+            seconds=seconds,
+            description=f"class profiles of {inputs.model.name} on {inputs.data.spec} at {inputs.layer}, "
+            f"sharded over {env.world_size} processes",
+        )
+        with Store.open(store) as opened:
+            opened.put_profiles(key, profiles, info)
+        print_summary(profiles, seconds, stored=True)
+        write_json(json_path, profiles.to_json())

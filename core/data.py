@@ -229,5 +229,10 @@ def labels_of(data: object) -> np.ndarray:
     if isinstance(data, tuple | list) and len(data) == 2:
         return np.asarray(torch.as_tensor(np.asarray(data[1])).long().view(-1))
     if isinstance(data, torch.utils.data.Dataset):
+        # torchvision-style datasets list their labels in ``targets``: reading them there avoids decoding
+        # every image once just for its label.
+        targets = getattr(data, "targets", None)
+        if targets is not None and len(targets) == len(data):
+            return np.asarray(torch.as_tensor(np.asarray(targets)).long().view(-1))
         return np.asarray([int(data[i][1]) for i in range(len(data))], dtype=np.int64)
     raise SpecError(f"cannot read labels of {type(data).__name__}")

@@ -199,8 +199,9 @@ def process_group(device: str | torch.device = "auto", *, timeout: float | None 
     except (RuntimeError, ValueError) as exc:
         raise DistributedError(
             f"process {env.rank} of {env.world_size} could not join the job at "
-            f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')} within {wait:.0f} s "
-            f"({_first_line(exc)}): start every process with the same torchrun command"
+            f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')} within {wait:.0f} s: "
+            f"{PEER_FAILED} did not arrive ({_first_line(exc)}); start every process with the same torchrun "
+            "command"
         ) from exc
     try:
         yield env
@@ -482,7 +483,7 @@ def launch_local(
     per = threads or max(1, (os.cpu_count() or 1) // nproc)
     procs: list[subprocess.Popen] = []
     terminated: set[int] = set()
-    first: int | None = None
+    seen: list[int] = []  # failed ranks, in the order their failure was noticed
     with ExitStack() as files:
         outs = [files.enter_context(tempfile.TemporaryFile(mode="w+")) for _ in range(nproc)]
         errs = [files.enter_context(tempfile.TemporaryFile(mode="w+")) for _ in range(nproc)]
@@ -499,17 +500,16 @@ def launch_local(
                 }
                 child.setdefault("OMP_NUM_THREADS", str(per))
                 procs.append(subprocess.Popen(list(command), env=child, stdout=outs[rank], stderr=errs[rank]))
-            while any(p.poll() is None for p in procs):
-                failed = [r for r, p in enumerate(procs) if p.returncode not in (None, 0)]
-                if failed:
-                    first = failed[0]
-                    break
+            deadline = float("inf")
+            # Poll every process each time, noting failures in the order they are seen; after the first,
+            # let the others end by themselves briefly: the one that failed for its own reason then says
+            # why, instead of being cut off by its echo on another process.
+            while None in (codes := [p.poll() for p in procs]) and time.monotonic() < deadline:
+                seen += [r for r, c in enumerate(codes) if c not in (None, 0) and r not in seen]
+                if seen and deadline == float("inf"):
+                    deadline = time.monotonic() + grace_s
                 time.sleep(poll_s)
-            # Let the others end by themselves first (briefly): the one that failed for its own reason
-            # then says why, instead of being cut off by its echo on another process.
-            deadline = time.monotonic() + grace_s
-            while first is not None and time.monotonic() < deadline and any(p.poll() is None for p in procs):
-                time.sleep(poll_s)
+            seen += [r for r, c in enumerate(codes) if c not in (None, 0) and r not in seen]
             for r, p in enumerate(procs):
                 if p.poll() is None:
                     p.terminate()
@@ -531,13 +531,12 @@ def launch_local(
             texts.append(f.read())
         outs[0].seek(0)
         stdout = outs[0].read()
-    failed = [r for r, p in enumerate(procs) if p.returncode != 0 and r not in terminated]
-    if first is None and not failed:
+    failed = seen + [r for r, p in enumerate(procs) if p.returncode != 0 and r not in terminated | set(seen)]
+    if not failed:
         return LaunchResult(0, None, "", stdout, texts)
-    # The cause is a process that failed for its own reason; the others' errors are echoes of it.
+    # The cause is the first process that failed for its own reason; the others' errors are echoes of it.
     own = [r for r in failed if PEER_FAILED not in (_error_line(texts[r]) or "")]
-    rank = (own or failed or [first])[0]
-    assert rank is not None
+    rank = (own or failed)[0]
     code = procs[rank].returncode
     line = _error_line(texts[rank])
     if line is None:
@@ -545,3 +544,47 @@ def launch_local(
     prefix = f"process {rank} of {nproc}"
     message = line if line.startswith(f"process {rank}") else f"{prefix}: {line}"
     return LaunchResult(code if code > 0 else 1, rank, message, stdout, texts)
+
+
+def merge_profiles(*parts: ClassProfiles) -> ClassProfiles:
+    """Class profiles of the union of disjoint datasets, from each one's profiles (their sums add).
+
+    This is what makes profiles incremental: profiles stored for the images seen so far, merged with those
+    of the new images alone, equal the profiles of all of them, without running the model on the old ones.
+
+    Args:
+        parts: profiles of disjoint sets of instances at the same slice, granularity and quantity.
+
+    Returns:
+        :class:`~essence.core.profiles.ClassProfiles` over all the parts (the first part's class names).
+
+    Raises:
+        SpecError: no parts, or parts of different slices, granularities, quantities or shapes.
+    """
+    if not parts:
+        raise SpecError("nothing to merge: give at least one set of class profiles")
+    first = parts[0]
+    what = (
+        first.layer,
+        first.granularity,
+        first.quantity,
+        tuple(first.unit_shape),
+        tuple(first.sums.sum.shape),
+    )
+    sums = first.sums
+    for p in parts[1:]:
+        other = (p.layer, p.granularity, p.quantity, tuple(p.unit_shape), tuple(p.sums.sum.shape))
+        if other != what:
+            raise SpecError(
+                f"cannot merge profiles of {other[:3]} (sums {other[4]}) into {what[:3]} (sums {what[4]}): "
+                "merge profiles of the same model, slice, granularity and quantity"
+            )
+        sums = sums.merge(p.sums)
+    return ClassProfiles.from_sums(
+        sums,
+        class_names=first.class_names,
+        layer=first.layer,
+        granularity=first.granularity,
+        quantity=first.quantity,
+        unit_shape=first.unit_shape,
+    )

@@ -20,11 +20,12 @@ def needs_cuda(test):
     return pytest.mark.cuda(skip(test))
 
 
-# Autocast error bounds, relative to the largest fp32 entry (max |Δ| / max |fp32|). Measured on this
-# machine's CPU for bf16 (8 bits of mantissa, unit roundoff 2**-8 ≈ 3.9e-3): 0.5–2 % on resnet18/50 at
-# 224 px, 1e-3–1e-2 on the small CNNs here; fp16 (2**-11) ≈ 10× smaller. Bounds: about 3× the worst seen.
-BF16_BOUND = 6e-2
-FP16_BOUND = 1e-2
+# Autocast error bounds for the small test CNN, relative to the largest fp32 entry (max |Δ| / max |fp32|).
+# Measured on this machine's CPU: bf16 2.9e-3 (8 mantissa bits, unit roundoff 2**-8 ≈ 3.9e-3), fp16 2.4e-4
+# (2**-11). Bounds: about 5× the measured error (GPU kernels round differently). docs/scale.md gives the
+# errors measured on resnet18/50 at 224 px (up to 5e-2 for bf16).
+BF16_BOUND = 1.5e-2
+FP16_BOUND = 1.5e-3
 
 
 def _batches(n: int = 7):

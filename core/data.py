@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,14 +145,18 @@ def open_image(path: Path | str | bytes) -> Image.Image:
     name = "uploaded image" if isinstance(path, bytes) else str(path)
     try:
         src = io.BytesIO(path) if isinstance(path, bytes) else path
-        with Image.open(src) as img:
-            if img.width * img.height > MAX_IMAGE_PIXELS:
-                raise DataLoadError(
-                    f"{name}: {img.width}×{img.height} pixels is above the limit of {MAX_IMAGE_PIXELS:,}; "
-                    "downscale the image first"
-                )
-            img.load()
-            return img.copy()
+        with warnings.catch_warnings():
+            # PIL's warnings (corrupt EXIF, its own bomb warning) would break the CLI's one-line errors;
+            # every failure that matters is raised below, and the size limit is ours.
+            warnings.simplefilter("ignore")
+            with Image.open(src) as img:
+                if img.width * img.height > MAX_IMAGE_PIXELS:
+                    raise DataLoadError(
+                        f"{name}: {img.width}×{img.height} pixels is above the limit of {MAX_IMAGE_PIXELS:,}; "
+                        "downscale the image first"
+                    )
+                img.load()
+                return img.copy()
     except DataLoadError:
         raise
     except FileNotFoundError as exc:
@@ -170,7 +175,7 @@ def hash_arrays(*arrays: np.ndarray, extra: str = "") -> str:
     for a in arrays:
         a = np.ascontiguousarray(a)
         h.update(f"{a.dtype}{a.shape}".encode())
-        h.update(memoryview(a).cast("B"))
+        h.update(a.reshape(-1).view(np.uint8))  # also for empty arrays, which memoryview cannot cast
     h.update(extra.encode())
     return h.hexdigest()[:16]
 

@@ -32,6 +32,9 @@ from essence.core.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessin
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 BadImagePolicy = Literal["error", "skip"]
+# Integer labels without class names name classes 0..max: a label far above any real label set (ImageNet-21k
+# has 21,841 classes) is a corrupt label, and would otherwise build a list of that many names.
+MAX_CLASSES = 1_000_000
 
 
 @dataclass
@@ -409,6 +412,8 @@ def _load_npz(
                     f"{path}: an npz needs arrays 'images' and 'labels'; it has {sorted(keys)}"
                 )
             images, labels = f["images"], f["labels"]
+            if not (isinstance(images, np.ndarray) and isinstance(labels, np.ndarray)):  # a non-.npy member
+                raise DataLoadError(f"{path}: 'images' and 'labels' must be .npy arrays; save with np.savez")
             names = [str(n) for n in f["class_names"]] if "class_names" in keys else None
     except DataLoadError:
         raise
@@ -458,6 +463,11 @@ def _labels_to_indices(raw: Any, names: list[str] | None, where: str) -> tuple[n
         raise DataLoadError(f"{where}: labels must be one per instance (1-D), got shape {arr.shape}")
     if arr.dtype.kind in "iu":
         if names is None:
+            if arr.size and int(arr.max()) >= MAX_CLASSES:
+                raise LabelMismatchError(
+                    f"{where}: label {int(arr.max())} would mean over {MAX_CLASSES:,} classes: labels must be "
+                    "class indices 0..K-1 (or give the class names)"
+                )
             names = [str(i) for i in range(int(arr.max()) + 1 if arr.size else 0)]
         if arr.size and (arr.min() < 0 or arr.max() >= len(names)):
             raise LabelMismatchError(

@@ -116,6 +116,8 @@ def _build_bad_files(ws: Workspace) -> dict[str, Path]:
     np.savez(f["npz_object"], images=np.array([None, 1], dtype=object), labels=np.array([0, 1]))
     f["npz_nan"] = data / "nan.npz"
     np.savez(f["npz_nan"], images=np.full((3, 8, 8, 3), np.nan, np.float32), labels=np.arange(3))
+    f["npz_huge_label"] = data / "huge_label.npz"
+    np.savez(f["npz_huge_label"], images=images[:3], labels=np.array([0, 1, 10**9]))
     f["npz_channels"] = data / "channels.npz"
     np.savez(f["npz_channels"], images=np.zeros((3, 5, 8, 7), np.uint8), labels=np.arange(3))
     f["npz_four_classes"] = data / "four.npz"
@@ -333,6 +335,11 @@ CASES = [
         "npz of pickled objects",
         lambda b: ["profile", *M, "-d", f"npz:{b['npz_object']}", "-l", "fc1", *CPU],
         "allow_pickle",
+    ),
+    Case(
+        "npz with a label of 10⁹",
+        lambda b: ["profile", *M, "-d", f"npz:{b['npz_huge_label']}", "-l", "fc1", *CPU],
+        ("label 1000000000", "0..K-1"),
     ),
     Case("npz holding NaN", lambda b: ["profile", *M, "-d", f"npz:{b['npz_nan']}", "-l", "fc1", *CPU], "NaN"),
     Case(

@@ -222,7 +222,7 @@ def test_demo_retrained_model_predicts_class_2_again() -> None:
     result = compare_models(
         a.module, b.module, data_a, a.default_layer, data_b=data_b, device="cpu", diagnose=False
     )
-    two = result.classes[2]
+    two = result.classes[data_a.class_index("severity 2")]
     assert two.recall_a == 0.0 and two.predicted_a == 0
     assert two.recall_b >= 0.5
     assert len(result.fixed) > len(result.broken)

@@ -12,6 +12,17 @@ import warnings
 import click
 import typer
 
+try:  # typer ≥ 0.20 vendors its own click: its exceptions are not click's
+    from typer._click import exceptions as _typer_click
+except ImportError:  # pragma: no cover - older typer uses click itself
+    _typer_click = click.exceptions
+
+_NO_ARGS = tuple({getattr(m, "NoArgsIsHelpError", None) for m in (click.exceptions, _typer_click)} - {None})
+_NO_SUCH_OPTION = (click.exceptions.NoSuchOption, _typer_click.NoSuchOption)
+_USAGE = (click.exceptions.UsageError, _typer_click.UsageError)
+_ABORT = (click.exceptions.Abort, typer.Abort)
+_EXIT = (click.exceptions.Exit, typer.Exit)
+
 from essence.core.errors import EssenceError
 
 app = typer.Typer(
@@ -48,14 +59,18 @@ def main(argv: list[str] | None = None) -> None:
         app(args=argv, standalone_mode=False, prog_name="essence")
     except EssenceError as exc:
         _fail(str(exc))
-    except click.exceptions.NoSuchOption as exc:
-        _fail(f"{exc.format_message()} (see `essence {exc.ctx.command.name if exc.ctx else ''} --help`)")
-    except click.exceptions.UsageError as exc:
+    except _NO_ARGS:
+        app(args=["--help"], standalone_mode=False, prog_name="essence")
+        sys.exit(0)
+    except _NO_SUCH_OPTION as exc:
+        where = f"essence {exc.ctx.command.name} --help" if getattr(exc, "ctx", None) else "essence --help"
+        _fail(f"{exc.format_message()} (see `{where}`)")
+    except _USAGE as exc:
         _fail(f"{exc.format_message()} (see --help)")
-    except click.exceptions.Abort:
+    except _ABORT:
         _fail("aborted", 130)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
+    except _EXIT as exc:
+        sys.exit(getattr(exc, "exit_code", 0))
     except KeyboardInterrupt:
         _fail("interrupted; nothing half-written was kept", 130)
     except MemoryError:

@@ -12,6 +12,8 @@ import warnings
 import click
 import typer
 
+from essence.core.errors import EssenceError
+
 try:  # typer ≥ 0.20 vendors its own click: its exceptions are not click's
     from typer._click import exceptions as _typer_click
 except ImportError:  # pragma: no cover - older typer uses click itself
@@ -23,7 +25,6 @@ _USAGE = (click.exceptions.UsageError, _typer_click.UsageError)
 _ABORT = (click.exceptions.Abort, typer.Abort)
 _EXIT = (click.exceptions.Exit, typer.Exit)
 
-from essence.core.errors import EssenceError
 
 app = typer.Typer(
     name="essence",

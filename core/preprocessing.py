@@ -137,6 +137,8 @@ class Preprocessing:
     def apply_pil(self, image: Image.Image) -> torch.Tensor:
         """Preprocess one PIL image into a float tensor ``[C, H, W]``."""
         try:
+            if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+                image = _to_8bit(image)
             image = image.convert(self.mode)
         except (OSError, ValueError) as exc:
             raise DataLoadError(f"image cannot be converted to {self.mode}: {exc}") from exc
@@ -158,7 +160,10 @@ class Preprocessing:
         Returns:
             A float32 tensor ``[N, C, H, W]``.
         """
-        x = torch.as_tensor(np.asarray(images), dtype=torch.float32)
+        if isinstance(images, torch.Tensor):
+            x = images.to(torch.float32)
+        else:  # a float32 copy: the source may be a read-only cached array
+            x = torch.from_numpy(np.array(images, dtype=np.float32))
         if x.ndim == 3:
             x = x[:, None]
         elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
@@ -183,6 +188,19 @@ class Preprocessing:
         mean = torch.tensor(self.mean).view(1, -1, 1, 1)
         std = torch.tensor(self.std).view(1, -1, 1, 1)
         return (x - mean) / std
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """Map a 16-bit, 32-bit integer or float image onto 0..255 by its type's range (PIL would clip at 255).
+
+    16-bit images (common in medical imaging) are scaled by 255/65535; 32-bit and float images by their own
+    maximum, since their range is not fixed by the type.
+    """
+    arr = np.asarray(image, dtype=np.float64)
+    top = 65535.0 if image.mode.startswith("I;16") else max(float(np.nanmax(arr)) if arr.size else 1.0, 1e-12)
+    if image.mode == "I" and top <= 65535 and arr.min() >= 0 and top > 255:
+        top = 65535.0
+    return Image.fromarray(np.clip(np.nan_to_num(arr) / top * 255.0, 0, 255).round().astype(np.uint8), mode="L")
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:

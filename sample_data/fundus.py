@@ -15,11 +15,17 @@ offline); everything else (optic disc, vessels, lesions, texture) is drawn here 
 from __future__ import annotations
 
 import functools
+import hashlib
+import os
+import tempfile
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import platformdirs
 from scipy import ndimage
 
 CLASS_NAMES: list[str] = [f"severity {k}" for k in range(1, 6)]
@@ -398,10 +404,42 @@ def split_seed(split: str, seed: int) -> int:
     return int(seed) * 1000 + 17 + SPLIT_OFFSETS[split]
 
 
+def _disk_cache_path(split: str, seed: int, scale: float) -> Path | None:
+    """Where a generated split is kept between processes (``ESSENCE_CACHE_DIR``, else the user cache folder).
+
+    The name carries a hash of this generator's source, so a changed generator never serves old images.
+    """
+    if os.environ.get("ESSENCE_NO_DATA_CACHE"):
+        return None
+    root = os.environ.get("ESSENCE_CACHE_DIR") or platformdirs.user_cache_dir("essence")
+    source = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
+    return Path(root) / f"fundus-{source}-{split}-{seed}-{scale:g}.npz"
+
+
+def _generate_split(split: str, seed: int, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    path = _disk_cache_path(split, seed, scale)
+    if path is not None and path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                return f["images"], f["labels"]
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+            pass  # a damaged cache file is regenerated below
+    images, labels = generate(scaled_sizes(split, scale), split_seed(split, seed))
+    if path is not None:
+        try:  # written beside, then renamed: a concurrent reader never sees half a file
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, images=images, labels=labels)
+            os.replace(tmp, path)
+        except OSError:
+            pass  # caching is an optimisation; a read-only cache folder is fine
+    return images, labels
+
+
 @functools.lru_cache(maxsize=8)
 def _cached_split(split: str, seed: int, scale: float) -> tuple[np.ndarray, np.ndarray]:
-    sizes = scaled_sizes(split, scale)
-    images, labels = generate(sizes, split_seed(split, seed))
+    images, labels = _generate_split(split, seed, scale)
     images.setflags(write=False)
     labels.setflags(write=False)
     return images, labels

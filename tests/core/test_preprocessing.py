@@ -97,3 +97,14 @@ def test_blur():
     torch.testing.assert_close(Preprocessing(blur_sigma=1.0).apply_array(raw), gaussian_blur(plain, 1.0))
     assert "blur σ=1" in Preprocessing(blur_sigma=1.0).describe()
     assert "no blur" in Preprocessing().describe()
+
+
+def test_16_bit_images_are_scaled_not_clipped() -> None:
+    """A 16-bit greyscale image keeps its contrast: PIL's own conversion would clip everything above 255."""
+    from PIL import Image
+
+    ramp = (np.arange(32 * 32).reshape(32, 32) * 64).astype(np.uint16)  # 0 .. 65472
+    x = Preprocessing(mode="L", mean=(0.0,), std=(1.0,)).apply_pil(Image.fromarray(ramp))
+    assert float(x.max()) == pytest.approx(65472 / 65535, abs=1 / 255)
+    assert float((x >= 0.999).float().mean()) < 0.01
+    assert float(x.mean()) == pytest.approx(ramp.mean() / 65535, abs=1 / 255)

@@ -305,7 +305,7 @@ def compare_models(
     )
     prof_a = class_profiles(model_a, data, layer_a, **common)  # type: ignore[arg-type]
     prof_b = class_profiles(model_b, data_b, layer_b, **common)  # type: ignore[arg-type]
-    y = torch.as_tensor(labels)
+    y = torch.as_tensor(np.array(labels))
     conf_a, conf_b = _confusion(y, preds_a, k), _confusion(y, preds_b, k)
     classes = [
         _class_delta(c, names_k[c], conf_a, conf_b, prof_a.mean[c], prof_b.mean[c], matching, top_k)

@@ -104,7 +104,7 @@ def recipe_box(model: LoadedModel, where: st.delta_generator.DeltaGenerator | No
         model.preprocessing.describe() if model.preprocessing else "unknown (not recorded with the model)"
     )
     blurred = bool(model.preprocessing and model.preprocessing.blur_sigma > 0)
-    box.markdown(f"**Preprocessing of {model.name}**  \n{recipe_text}")
+    box.markdown(f"**Preprocessing of {model.spec}**  \n{recipe_text}")
     if blurred:
         box.caption(
             f"Note: inputs are blurred (σ = {model.preprocessing.blur_sigma:g} px) before the model sees them"

@@ -24,6 +24,8 @@ from essence.core.errors import DataLoadError, SpecError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Resizing larger than this is refused: a 3×8192×8192 float32 image alone is 805 MB.
+MAX_SIDE = 8192
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,11 @@ class Preprocessing:
             if len(size) != 2 or min(size) < 1:
                 raise SpecError(
                     f"preprocessing size must be (height, width) of positive ints, got {self.size}"
+                )
+            if max(size) > MAX_SIDE:
+                raise SpecError(
+                    f"preprocessing size {size} is above {MAX_SIDE} px a side: no classifier takes such inputs, "
+                    "and one batch would not fit in memory; choose the size the model was trained at"
                 )
             object.__setattr__(self, "size", size)
         object.__setattr__(self, "blur_sigma", float(self.blur_sigma))

@@ -147,3 +147,20 @@ def test_diagnose_names_the_never_predicted_class(model_files, capsys, tmp_path)
         "never predicted; no expert found: not learned — look at the data and preprocessing (recipe: L"
         in text
     )
+
+
+def test_analyses_read_their_profiles_through_the_store(model_files, capsys, tmp_path) -> None:
+    """A second triage / diagnose on the same model and data is served from the store, with the same answer."""
+    _, weights = model_files
+    store = tmp_path / "store.sqlite"
+    answers = {}
+    for command in ("triage", "diagnose"):
+        for attempt in (1, 2):
+            out = tmp_path / f"{command}{attempt}.json"
+            code, _, err = run(capsys, command, *common(weights), "--json", str(out), "--store", str(store))
+            assert code == 0, err
+            assert ("served from the store" in err) == (attempt == 2), (command, attempt, err)
+            answers[command, attempt] = json.loads(out.read_text())
+        assert answers[command, 1] == answers[command, 2]
+    code, _, err = run(capsys, "triage", *common(weights), "--store", str(store), "--no-cache")
+    assert code == 0 and "served from the store" not in err

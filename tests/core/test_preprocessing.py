@@ -108,3 +108,9 @@ def test_16_bit_images_are_scaled_not_clipped() -> None:
     assert float(x.max()) == pytest.approx(65472 / 65535, abs=1 / 255)
     assert float((x >= 0.999).float().mean()) < 0.01
     assert float(x.mean()) == pytest.approx(ramp.mean() / 65535, abs=1 / 255)
+
+
+def test_an_absurd_size_is_refused() -> None:
+    with pytest.raises(SpecError, match="8192"):
+        Preprocessing(size=(100_000, 100_000))
+    assert Preprocessing(size=(8192, 8192)).size == (8192, 8192)

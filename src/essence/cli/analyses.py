@@ -11,9 +11,11 @@ from essence.cli.common import (
     BatchOpt,
     DataOpt,
     DeviceOpt,
+    Inputs,
     JsonOpt,
     LayerOpt,
     ModelOpt,
+    NoCacheOpt,
     StoreOpt,
     TrustPickleOpt,
     WeightsOpt,
@@ -21,7 +23,9 @@ from essence.cli.common import (
     progress_bar,
     write_json,
 )
+from essence.cli.profile import compute_profiles
 from essence.core.errors import SpecError
+from essence.core.profiles import ClassProfiles
 
 GranOpt = Annotated[str, typer.Option("--granularity", help="channel (conv: whole channels) or neuron")]
 
@@ -50,6 +54,37 @@ def verdict_status(store: str | None, dataset_fingerprint: str) -> dict[int, str
     return {int(i): v.verdict for i, v in latest.items()}
 
 
+def _profiles(
+    inputs: Inputs,
+    granularity: str,
+    kind: str,
+    batch_size: int,
+    device: str,
+    store: str | None,
+    no_cache: bool,
+    keep_instances: bool = False,
+) -> ClassProfiles:
+    """The class profiles an analysis starts from, read through the store (and saying so when served)."""
+    profiles = compute_profiles(
+        inputs,
+        granularity=granularity,
+        kind=kind,  # type: ignore[arg-type]
+        batch_size=batch_size,
+        device=device,
+        allow_empty=True,
+        store=store,
+        no_cache=no_cache,
+        keep_instances=keep_instances,
+    )
+    return profiles
+
+
+def _say_if_cached(profiles: ClassProfiles) -> None:
+    # Said last, after the result, so that an error found later stays the only line on stderr.
+    if profiles.cached:
+        typer.echo(f"class profiles at {profiles.layer!r} served from the store", err=True)
+
+
 def register(app: typer.Typer) -> None:
     """Add ``triage``, ``experts`` and ``diagnose`` to the root app."""
 
@@ -69,6 +104,7 @@ def register(app: typer.Typer) -> None:
         batch_size: BatchOpt = 64,
         json_path: JsonOpt = None,
         store: StoreOpt = None,
+        no_cache: NoCacheOpt = False,
     ) -> None:
         """Instances ranked for review: the most suspect first, with why (units departing from the class)."""
         from essence.core.triage import SCORES, deviation_scores
@@ -78,19 +114,19 @@ def register(app: typer.Typer) -> None:
         if kind not in ("prob", "logit"):
             raise SpecError(f"--kind {kind!r} is not known: use prob or logit")
         inputs = load_inputs(model, weights, trust_pickle, data, layer)
-        with progress_bar(f"triage at {inputs.layer}") as bar:
-            result = deviation_scores(
-                inputs.model.module,
-                inputs.data,
-                inputs.layer,
-                kind=kind,
-                granularity=granularity,  # type: ignore[arg-type]
-                top_k=units,
-                score=score,
-                batch_size=batch_size,
-                device=device,
-                progress=bar,  # type: ignore[arg-type]
-            )
+        profiles = _profiles(inputs, granularity, kind, batch_size, device, store, no_cache, keep_instances=True)
+        result = deviation_scores(
+            inputs.model.module,
+            inputs.data,
+            inputs.layer,
+            profiles=profiles,
+            kind=kind,
+            granularity=granularity,  # type: ignore[arg-type]
+            top_k=units,
+            score=score,
+            batch_size=batch_size,
+            device=device,
+        )
         verdicts = verdict_status(store, inputs.data.fingerprint)
         rows = result.rows(top)
         for row in rows:
@@ -112,6 +148,7 @@ def register(app: typer.Typer) -> None:
         out = result.to_json()
         out["scores"] = rows
         write_json(json_path, out)
+        _say_if_cached(profiles)
 
     @app.command("experts")
     def experts(
@@ -128,27 +165,19 @@ def register(app: typer.Typer) -> None:
         device: DeviceOpt = "auto",
         batch_size: BatchOpt = 256,
         json_path: JsonOpt = None,
+        store: StoreOpt = None,
+        no_cache: NoCacheOpt = False,
     ) -> None:
         """Expert masks of one class over an α×β grid (paper Fig. 5), with the activation-ranked control."""
         from essence.core.experts import cache_slice, expert_sweep
-        from essence.core.profiles import class_profiles
 
         inputs = load_inputs(model, weights, trust_pickle, data, layer)
         m, d, lay = inputs.model.module, inputs.data, inputs.layer
         d.class_index(cls)  # fail early on an unknown class, before any pass
         a, b = _ints(alphas, "alphas"), _ints(betas, "betas")
-        with progress_bar(f"profiles at {lay}") as bar:
-            profiles = class_profiles(
-                m,
-                d,
-                lay,
-                granularity=granularity,
-                kind=kind,
-                allow_empty=True,  # type: ignore[arg-type]
-                batch_size=batch_size,
-                device=device,
-                progress=bar,
-            )
+        if kind not in ("prob", "logit"):
+            raise SpecError(f"--kind {kind!r} is not known: use prob or logit")
+        profiles = _profiles(inputs, granularity, kind, batch_size, device, store, no_cache)
         cache = cache_slice(m, d, lay, batch_size=batch_size, device=device)
         common = dict(profiles=profiles, alphas=a, betas=b, granularity=granularity, cache=cache)
         sweep = expert_sweep(m, d, lay, cls, rank_by="influence", **common)  # type: ignore[arg-type]
@@ -181,6 +210,7 @@ def register(app: typer.Typer) -> None:
             if k in ("alphas", "betas", "recall", "precision", "predicted", "best")
         }
         write_json(json_path, out)
+        _say_if_cached(profiles)
 
     @app.command("diagnose")
     def diagnose_cmd(
@@ -196,6 +226,8 @@ def register(app: typer.Typer) -> None:
         device: DeviceOpt = "auto",
         batch_size: BatchOpt = 256,
         json_path: JsonOpt = None,
+        store: StoreOpt = None,
+        no_cache: NoCacheOpt = False,
     ) -> None:
         """The whole recipe: per-class recall/precision, rarely predicted classes, and why (experts)."""
         from essence.core.diagnosis import DiagnosisSettings, diagnose
@@ -204,11 +236,13 @@ def register(app: typer.Typer) -> None:
             raise SpecError(f"--rare-share {rare_share} must lie in (0, 1]")
         inputs = load_inputs(model, weights, trust_pickle, data, layer)
         settings = DiagnosisSettings(rare_share=rare_share, granularity=granularity)  # type: ignore[arg-type]
+        profiles = _profiles(inputs, granularity, settings.kind, batch_size, device, store, no_cache)
         with progress_bar(f"diagnosis at {inputs.layer}") as bar:
             result = diagnose(
                 inputs.model.module,
                 inputs.data,
                 inputs.layer,
+                profiles=profiles,
                 settings=settings,
                 batch_size=batch_size,
                 device=device,
@@ -230,6 +264,7 @@ def register(app: typer.Typer) -> None:
                 typer.echo(f"      {c.advice}")
             typer.echo(f"      top units + {c.top_positive}  − {c.top_negative}")
         write_json(json_path, result.to_json())
+        _say_if_cached(profiles)
 
 
 def _grid(sweep: object) -> None:

@@ -233,7 +233,22 @@ def _load_file_model(path: Path, spec: str, trust_pickle: bool) -> LoadedModel:
     raise ModelLoadError(f"{path} is neither a TorchScript model nor a state_dict{detail}")
 
 
+def _looks_like_torch_file(path: Path) -> bool:
+    """A torch.save file is a zip archive (since 1.6) or a raw pickle (first byte 0x80, the PROTO opcode)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    return head.startswith(b"PK") or head[:1] == b"\x80"
+
+
 def _torch_load(path: Path, trust_pickle: bool) -> Any:
+    if not _looks_like_torch_file(path):
+        raise ModelLoadError(
+            f"{path} is not a PyTorch file (neither a torch.save archive nor a pickle): point at the weights "
+            "(.safetensors, or a state_dict saved with torch.save)"
+        )
     try:
         with warnings.catch_warnings():  # torch's pickle-protocol chatter would break the one-line error
             warnings.simplefilter("ignore")

@@ -158,3 +158,14 @@ def test_malformed_specs():
     for spec in ("", "what is this?"):
         with pytest.raises(SpecError):
             load_model(spec)
+
+
+def test_bytes_that_are_no_torch_file_are_not_called_a_pickle(tmp_path) -> None:
+    """Random bytes named .pt get 'not a PyTorch file', not the pickle refusal (which would mislead)."""
+    from essence.core.loading import load_weights
+
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(bytes(range(7, 107)))
+    with pytest.raises(ModelLoadError, match="not a PyTorch file") as info:
+        load_weights(junk)
+    assert "pickle, which can run" not in str(info.value)

@@ -31,9 +31,9 @@ from torch import nn
 from essence.core.data import labels_of
 from essence.core.devices import resolve_device
 from essence.core.distributions import ClassConditional
-from essence.core.errors import EmptyClassError, EssenceError, LabelMismatchError, SpecError
+from essence.core.errors import EssenceError, SpecError
 from essence.core.influence import Autocast, CancelFlag, InfluenceSums, Progress, influence
-from essence.core.profiles import ClassProfiles
+from essence.core.profiles import ClassProfiles, checked_class_names
 from essence.core.quantities import Kind, OwnLabel
 from essence.core.slices import Granularity
 
@@ -367,19 +367,7 @@ def sharded_class_profiles(
     agree(error)
     assert result is not None
     sums = all_reduce_sums(result.sums)
-    num_classes = int(sums.sum.shape[0])
-    if names and len(names) != num_classes:
-        raise LabelMismatchError(
-            f"the data has {len(names)} classes {names[:6]} but the model has {num_classes} outputs: "
-            "use data labelled with the model's classes"
-        )
-    names = names or [f"class {i}" for i in range(num_classes)]
-    empty = [names[i] for i in range(num_classes) if int(sums.count[i]) == 0]
-    if empty and not allow_empty:
-        raise EmptyClassError(
-            f"classes {empty} have no instances in the data (of {len(labels)}): add their images, or allow "
-            "empty classes (CLI: --allow-empty)"
-        )
+    names = checked_class_names(names, sums.count, len(labels), allow_empty)
     return ClassProfiles.from_sums(
         sums,
         class_names=names,

@@ -105,6 +105,31 @@ class ClassProfiles:
         )
 
 
+def checked_class_names(
+    names: Sequence[str] | None, counts: torch.Tensor, num_instances: int, allow_empty: bool
+) -> list[str]:
+    """The class names of a profile pass, checked against its per-class counts ``[C]``.
+
+    Raises:
+        LabelMismatchError: the names are not one per model output.
+        EmptyClassError: a class has no instances (unless ``allow_empty``).
+    """
+    num_classes = int(counts.shape[0])
+    if names and len(names) != num_classes:
+        raise LabelMismatchError(
+            f"the data has {len(names)} classes {list(names)[:6]} but the model has {num_classes} outputs: "
+            "use data labelled with the model's classes"
+        )
+    names = list(names) if names else [f"class {i}" for i in range(num_classes)]
+    empty = [names[i] for i in range(num_classes) if int(counts[i]) == 0]
+    if empty and not allow_empty:
+        raise EmptyClassError(
+            f"classes {empty} have no instances in the data (of {num_instances}): add their images, or allow "
+            "empty classes (CLI: --allow-empty)"
+        )
+    return names
+
+
 def class_profiles(
     model: nn.Module,
     data: ImageData | object,
@@ -161,19 +186,7 @@ def class_profiles(
         cancel=cancel,
         channels_last=channels_last,
     )
-    num_classes = result.mean.shape[0]
-    if names and len(names) != num_classes:
-        raise LabelMismatchError(
-            f"the data has {len(names)} classes {names[:6]} but the model has {num_classes} outputs: "
-            "use data labelled with the model's classes"
-        )
-    names = names or [f"class {i}" for i in range(num_classes)]
-    empty = [names[i] for i in range(num_classes) if int(result.counts[i]) == 0]
-    if empty and not allow_empty:
-        raise EmptyClassError(
-            f"classes {empty} have no instances in the data (of {len(labels)}): add their images, or allow "
-            "empty classes (CLI: --allow-empty)"
-        )
+    names = checked_class_names(names, result.counts, len(labels), allow_empty)
     return ClassProfiles(
         mean=result.mean,
         stderr=result.stderr,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import typer
@@ -32,7 +33,7 @@ from essence.cli.common import (
     write_json,
 )
 from essence.core.devices import resolve_device
-from essence.core.errors import EmptyClassError
+from essence.core.errors import EmptyClassError, SpecError
 from essence.core.influence import InfluenceSums, Progress
 from essence.core.profiles import ClassProfiles, class_profiles
 from essence.core.quantities import Kind
@@ -191,58 +192,84 @@ def print_summary(p: ClassProfiles, seconds: float, top: int = 5, stored: bool =
         typer.echo(f"  {name} (n={int(p.counts[c])})  top + [{pos}]  top − [{neg}]")
 
 
+@dataclass(frozen=True)
+class ProfileRequest:
+    """What ``profile`` and ``precompute`` are asked for on the command line (the same options for both)."""
+
+    model: str
+    data: str
+    weights: Path | None = None
+    trust_pickle: bool = False
+    layer: str | None = None
+    granularity: str = "channel"
+    kind: str = "logit"
+    device: str = "auto"
+    batch_size: int = 64
+    json_path: Path | None = None
+    store: str | None = None
+    allow_empty: bool = False
+    size: tuple[int, int] | None = None
+    blur: float | None = None
+    recipe: Path | None = None
+    skip_bad: bool = False
+
+    def check(self) -> None:
+        """Refuse an unknown granularity or quantity kind before anything is loaded."""
+        check_granularity(self.granularity)
+        if self.kind not in ("logit", "prob"):
+            raise SpecError(f"--kind {self.kind!r} is not known: use logit or prob")
+
+    def load(self) -> Inputs:
+        """The model, data and slice, loaded and cross-checked."""
+        return load_inputs(
+            self.model,
+            self.weights,
+            self.trust_pickle,
+            self.data,
+            self.layer,
+            size=self.size,
+            blur=self.blur,
+            recipe_file=self.recipe,
+            skip_bad_images=self.skip_bad,
+        )
+
+    def to_args(self) -> list[str]:
+        """The command-line options that reproduce this request (for the processes of a sharded run)."""
+        args = ["--model", self.model, "--data", self.data, "--granularity", self.granularity]
+        args += ["--kind", self.kind, "--device", self.device, "--batch-size", str(self.batch_size)]
+        optional = {"--weights": self.weights, "--layer": self.layer, "--json": self.json_path}
+        optional |= {"--store": self.store, "--blur-sigma": self.blur, "--preprocessing": self.recipe}
+        for flag, value in optional.items():
+            if value is not None:
+                args += [flag, str(value)]
+        if self.size is not None:
+            args += ["--size", str(self.size[0]), str(self.size[1])]
+        flags = {"--trust-pickle": self.trust_pickle, "--allow-empty": self.allow_empty}
+        flags["--skip-bad-images"] = self.skip_bad
+        return args + [flag for flag, on in flags.items() if on]
+
+
 def run_profiles(
-    model: str,
-    weights: Path | None,
-    trust_pickle: bool,
-    data: str,
-    layer: str | None,
-    granularity: str,
-    kind: str,
-    device: str,
-    batch_size: int,
-    json_path: Path | None,
-    store: str | None,
-    no_cache: bool,
-    allow_empty: bool,
-    size: tuple[int, int] | None,
-    blur: float | None,
-    recipe: Path | None,
-    skip_bad: bool,
-    *,
-    refresh: bool = False,
-    keep_instances: bool = False,
+    request: ProfileRequest, *, no_cache: bool = False, refresh: bool = False, keep_instances: bool = False
 ) -> None:
     """Load the inputs, get the profiles through the store, print a summary and write the JSON."""
-    check_granularity(granularity)
-    if kind not in ("logit", "prob"):
-        raise typer.BadParameter(f"--kind {kind!r}: use logit or prob")
-    inputs = load_inputs(
-        model,
-        weights,
-        trust_pickle,
-        data,
-        layer,
-        size=size,
-        blur=blur,
-        recipe_file=recipe,
-        skip_bad_images=skip_bad,
-    )
+    request.check()
+    inputs = request.load()
     start = time.perf_counter()
     profiles = compute_profiles(
         inputs,
-        granularity=granularity,
-        kind=kind,
-        batch_size=batch_size,
-        device=device,  # type: ignore[arg-type]
-        allow_empty=allow_empty,
-        store=store,
+        granularity=request.granularity,
+        kind=request.kind,  # type: ignore[arg-type]
+        batch_size=request.batch_size,
+        device=request.device,
+        allow_empty=request.allow_empty,
+        store=request.store,
         no_cache=no_cache,
         refresh=refresh,
         keep_instances=keep_instances,
     )
     print_summary(profiles, time.perf_counter() - start, stored=not no_cache)
-    write_json(json_path, profiles.to_json())
+    write_json(request.json_path, profiles.to_json())
 
 
 def register(app: typer.Typer) -> None:
@@ -269,22 +296,22 @@ def register(app: typer.Typer) -> None:
         skip_bad: SkipBadOpt = False,
     ) -> None:
         """Every class's influence profile at a slice (q = the class's score, P = its instances)."""
-        run_profiles(
-            model,
-            weights,
-            trust_pickle,
-            data,
-            layer,
-            granularity,
-            kind,
-            device,
-            batch_size,
-            json_path,
-            store,
-            no_cache,
-            allow_empty,
-            size,
-            blur,
-            recipe,
-            skip_bad,
+        request = ProfileRequest(
+            model=model,
+            data=data,
+            weights=weights,
+            trust_pickle=trust_pickle,
+            layer=layer,
+            granularity=granularity,
+            kind=kind,
+            device=device,
+            batch_size=batch_size,
+            json_path=json_path,
+            store=store,
+            allow_empty=allow_empty,
+            size=size,
+            blur=blur,
+            recipe=recipe,
+            skip_bad=skip_bad,
         )
+        run_profiles(request, no_cache=no_cache)

@@ -11,12 +11,11 @@ import dataclasses
 import sys
 import time
 from contextlib import nullcontext
-from pathlib import Path
 
 import typer
 
-from essence.cli.common import check_granularity, load_inputs, progress_bar, write_json
-from essence.cli.profile import check_no_empty_class, command_line, print_summary
+from essence.cli.common import progress_bar, write_json
+from essence.cli.profile import ProfileRequest, check_no_empty_class, command_line, print_summary
 from essence.core.distributed import (
     DistEnv,
     DistributedError,
@@ -37,63 +36,7 @@ def wants_shards(distributed: bool) -> bool:
     return distributed or launched_by_torchrun()
 
 
-def _child_args(
-    *,
-    model: str,
-    weights: Path | None,
-    trust_pickle: bool,
-    data: str,
-    layer: str | None,
-    granularity: str,
-    kind: str,
-    device: str,
-    batch_size: int,
-    json_path: Path | None,
-    store: str | None,
-    force: bool,
-    allow_empty: bool,
-    size: tuple[int, int] | None,
-    blur: float | None,
-    recipe: Path | None,
-    skip_bad: bool,
-) -> list[str]:
-    """The ``precompute`` arguments each process is started with (all but ``--distributed``/``--nproc``)."""
-    args = ["--model", model, "--data", data, "--granularity", granularity, "--kind", kind]
-    args += ["--device", device, "--batch-size", str(batch_size)]
-    optional = {"--weights": weights, "--layer": layer, "--json": json_path, "--store": store}
-    optional |= {"--blur-sigma": blur, "--preprocessing": recipe}
-    for flag, value in optional.items():
-        if value is not None:
-            args += [flag, str(value)]
-    if size is not None:
-        args += ["--size", str(size[0]), str(size[1])]
-    flags = {"--trust-pickle": trust_pickle, "--force": force, "--allow-empty": allow_empty}
-    flags["--skip-bad-images"] = skip_bad
-    return args + [flag for flag, on in flags.items() if on]
-
-
-def precompute(
-    *,
-    model: str,
-    weights: Path | None,
-    trust_pickle: bool,
-    data: str,
-    layer: str | None,
-    granularity: str,
-    kind: str,
-    device: str,
-    batch_size: int,
-    json_path: Path | None,
-    store: str | None,
-    force: bool,
-    instances: bool,
-    allow_empty: bool,
-    size: tuple[int, int] | None,
-    blur: float | None,
-    recipe: Path | None,
-    skip_bad: bool,
-    nproc: int,
-) -> None:
+def precompute(request: ProfileRequest, *, force: bool, instances: bool, nproc: int) -> None:
     """Sharded ``precompute``: start ``nproc`` local processes, or be one process of a torchrun job.
 
     Raises:
@@ -105,33 +48,11 @@ def precompute(
             "--instances cannot be sharded (each process keeps only its own instances' vectors): run "
             "precompute --instances without --distributed or torchrun"
         )
-    check_granularity(granularity)
-    if kind not in ("logit", "prob"):
-        raise typer.BadParameter(f"--kind {kind!r}: use logit or prob")
-    options = dict(
-        model=model,
-        weights=weights,
-        trust_pickle=trust_pickle,
-        data=data,
-        layer=layer,
-        granularity=granularity,
-        kind=kind,
-        device=device,
-        batch_size=batch_size,
-        json_path=json_path,
-        store=store,
-        force=force,
-        allow_empty=allow_empty,
-        size=size,
-        blur=blur,
-        recipe=recipe,
-        skip_bad=skip_bad,
-    )
-    env = DistEnv.from_environ()
-    if env is None:
-        _launch(nproc, _child_args(**options))  # type: ignore[arg-type]
+    request.check()
+    if DistEnv.from_environ() is None:
+        _launch(nproc, request.to_args() + (["--force"] if force else []))
     else:
-        run_process(**options)  # type: ignore[arg-type]
+        run_process(request, force=force)
 
 
 def _launch(nproc: int, args: list[str]) -> None:
@@ -145,40 +66,12 @@ def _launch(nproc: int, args: list[str]) -> None:
     typer.echo(f"{nproc} processes in {time.perf_counter() - start:.1f} s (start-up included)")
 
 
-def run_process(
-    *,
-    model: str,
-    weights: Path | None,
-    trust_pickle: bool,
-    data: str,
-    layer: str | None,
-    granularity: str,
-    kind: str,
-    device: str,
-    batch_size: int,
-    json_path: Path | None,
-    store: str | None,
-    force: bool,
-    allow_empty: bool,
-    size: tuple[int, int] | None,
-    blur: float | None,
-    recipe: Path | None,
-    skip_bad: bool,
-) -> None:
+def run_process(request: ProfileRequest, *, force: bool) -> None:
     """One process of the job: its shard, the merge, and (rank 0) the store and the output."""
     from essence.storage import ProfileKey, RunInfo, Store
 
-    inputs = load_inputs(
-        model,
-        weights,
-        trust_pickle,
-        data,
-        layer,
-        size=size,
-        blur=blur,
-        recipe_file=recipe,
-        skip_bad_images=skip_bad,
-    )
+    inputs = request.load()
+    granularity, kind, device, store = request.granularity, request.kind, request.device, request.store
     names = inputs.model.class_names or inputs.data.class_names
     with process_group(device) as env:
         key = ProfileKey.for_profiles(inputs.model, inputs.data, inputs.layer, granularity, kind)
@@ -196,10 +89,10 @@ def run_process(
             if env.is_writer and hit is not None:
                 if names and len(names) == len(hit.class_names):
                     hit = dataclasses.replace(hit, class_names=list(names))
-                if not allow_empty:
+                if not request.allow_empty:
                     check_no_empty_class(hit)
                 print_summary(hit, time.perf_counter() - start)
-                write_json(json_path, hit.to_json())
+                write_json(request.json_path, hit.to_json())
             return
         shown = (
             progress_bar(f"shard 1/{env.world_size} at {inputs.layer}") if env.is_writer else nullcontext()
@@ -212,8 +105,8 @@ def run_process(
                 granularity=granularity,  # type: ignore[arg-type]
                 kind=kind,  # type: ignore[arg-type]
                 class_names=names,
-                allow_empty=allow_empty,
-                batch_size=batch_size,
+                allow_empty=request.allow_empty,
+                batch_size=request.batch_size,
                 device=device,
                 progress=bar,
             )
@@ -231,4 +124,4 @@ def run_process(
         with Store.open(store) as opened:
             opened.put_profiles(key, profiles, info)
         print_summary(profiles, seconds, stored=True)
-        write_json(json_path, profiles.to_json())
+        write_json(request.json_path, profiles.to_json())

@@ -204,49 +204,27 @@ def register(app: typer.Typer) -> None:
         ``--distributed --nproc N`` (see docs/scale.md).
         """
         from essence.cli import shard
-        from essence.cli.profile import run_profiles
+        from essence.cli.profile import ProfileRequest, run_profiles
 
-        if shard.wants_shards(distributed):
-            shard.precompute(
-                model=model,
-                weights=weights,
-                trust_pickle=trust_pickle,
-                data=data,
-                layer=layer,
-                granularity=granularity,
-                kind=kind,
-                device=device,
-                batch_size=batch_size,
-                json_path=json_path,
-                store=store,
-                force=force,
-                instances=instances,
-                allow_empty=allow_empty,
-                size=size,
-                blur=blur,
-                recipe=recipe,
-                skip_bad=skip_bad,
-                nproc=nproc,
-            )
-            return
-        run_profiles(
-            model,
-            weights,
-            trust_pickle,
-            data,
-            layer,
-            granularity,
-            kind,
-            device,
-            batch_size,
-            json_path,
-            store,
-            False,
-            allow_empty,
-            size,
-            blur,
-            recipe,
-            skip_bad,
-            refresh=force,
-            keep_instances=instances,
+        request = ProfileRequest(
+            model=model,
+            data=data,
+            weights=weights,
+            trust_pickle=trust_pickle,
+            layer=layer,
+            granularity=granularity,
+            kind=kind,
+            device=device,
+            batch_size=batch_size,
+            json_path=json_path,
+            store=store,
+            allow_empty=allow_empty,
+            size=size,
+            blur=blur,
+            recipe=recipe,
+            skip_bad=skip_bad,
         )
+        if shard.wants_shards(distributed):
+            shard.precompute(request, force=force, instances=instances, nproc=nproc)
+            return
+        run_profiles(request, refresh=force, keep_instances=instances)

@@ -5,6 +5,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 # torch: a range, never a pin above what the machine can have; pip picks the newest allowed.
 PIP    := $(BIN)/python -m pip
+# setuptools announces every editable install of a package-dir mapping ("Editable installation": a folder named
+# like the package could shadow it). The root package lives in src/essence/ for that reason (DESIGN §4), so the
+# notice says nothing new; only that message is silenced, every other build warning still shows.
+EDITABLE := PYTHONWARNINGS="ignore:Editable installation"
 
 .PHONY: install install-dev app test lint browser-deps clean
 
@@ -13,10 +17,10 @@ $(BIN)/python:
 	$(PIP) install -q --upgrade pip "setuptools>=77" wheel
 
 install: $(BIN)/python
-	$(PIP) install -q -e .
+	$(EDITABLE) $(PIP) install -q -e .
 
 install-dev: $(BIN)/python
-	$(PIP) install -q -e ".[dev]"
+	$(EDITABLE) $(PIP) install -q -e ".[dev]"
 
 app: install
 	$(BIN)/essence app

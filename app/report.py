@@ -20,7 +20,7 @@ from PIL import Image
 
 from essence.app import charts
 from essence.core.data import ImageData
-from essence.core.loading import LoadedModel
+from essence.core.models import LoadedModel
 
 CASE_IMAGE_PX = 160  # reviewed cases: large enough to see the lesions, small enough for a long list
 

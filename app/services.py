@@ -24,14 +24,9 @@ import torch
 
 from essence.app.state import DataChoice, ModelChoice
 from essence.core.data import ImageData
+from essence.core.datasets import environment_data_root, load_dataset
 from essence.core.errors import LayerNotFoundError
-from essence.core.loading import (
-    LoadedModel,
-    check_compatible,
-    environment_data_root,
-    load_dataset,
-    load_model,
-)
+from essence.core.models import LoadedModel, check_compatible, load_model
 from essence.core.preprocessing import Preprocessing
 from essence.core.profiles import ClassProfiles, class_profiles
 from essence.core.slices import inference_state, layer_names, resolve_layer

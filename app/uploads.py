@@ -23,8 +23,10 @@ from pathlib import Path, PurePosixPath
 
 from essence.app.state import DataChoice, ModelChoice
 from essence.cli.appcmd import UPLOAD_LIMIT_MB
+from essence.core.datasets import load_dataset
 from essence.core.errors import DataLoadError, ModelLoadError, SpecError
-from essence.core.loading import IMAGE_SUFFIXES, load_dataset, load_model
+from essence.core.formats import IMAGE_SUFFIXES
+from essence.core.models import load_model
 from essence.core.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from essence.storage import default_store_path
 

@@ -135,7 +135,7 @@ def main() -> None:
 
 def _demo(top_k: int | None) -> dict:
     try:
-        from essence.core.loading import load_dataset, load_model
+        from essence.core import load_dataset, load_model
 
         model = load_model("demo:blurred")
     except Exception as exc:  # the demo's weights are not built yet

@@ -1,6 +1,7 @@
 """Essence's influence engine and analyses (pure PyTorch + NumPy: no Streamlit, no SQL)."""
 
 from essence.core.data import ImageData
+from essence.core.datasets import load_dataset
 from essence.core.distributions import ClassConditional, GaussianNoise, Instance, LinearPath, WholeDataset
 from essence.core.errors import (
     Cancelled,
@@ -16,7 +17,7 @@ from essence.core.errors import (
     StoreError,
 )
 from essence.core.influence import Influence, InfluenceSums, influence
-from essence.core.loading import LoadedModel, load_dataset, load_model
+from essence.core.models import LoadedModel, load_model
 from essence.core.preprocessing import Preprocessing
 from essence.core.profiles import ClassProfiles, class_profiles
 from essence.core.quantities import ClassScore, Comparative, CustomQuantity, OwnLabel, PredictedClass
@@ -30,8 +31,8 @@ _LAZY = {
     "ExpertSweep": "essence.core.experts",
     "diagnose": "essence.core.diagnosis",
     "Diagnosis": "essence.core.diagnosis",
-    "compare_models": "essence.core.comparison",
-    "Comparison": "essence.core.comparison",
+    "compare_models": "essence.core.compare",
+    "Comparison": "essence.core.compare",
     "explain": "essence.core.explain",
     "Explanation": "essence.core.explain",
     "suggest_layer": "essence.core.layers",

@@ -13,7 +13,7 @@ from typing import Literal, get_args
 
 from essence.core.data import ImageData
 from essence.core.distributions import ClassConditional
-from essence.core.loading import LoadedModel
+from essence.core.models import LoadedModel
 from essence.core.quantities import OwnLabel, quantity_name
 
 # Version of the numbers' definition. Bump it whenever the engine's meaning of a stored profile changes

@@ -30,7 +30,7 @@ from essence import __version__
 from essence.core.data import ImageData
 from essence.core.errors import SpecError, StoreError
 from essence.core.influence import Influence, InfluenceSums
-from essence.core.loading import LoadedModel
+from essence.core.models import LoadedModel
 from essence.core.profiles import ClassProfiles
 from essence.storage import connect
 from essence.storage.matrices import FileBlobs, from_bytes, sha256, to_bytes

@@ -10,7 +10,7 @@ from essence.app import services
 from essence.app.state import recipe
 from essence.core.data import ImageData
 from essence.core.errors import EssenceError
-from essence.core.loading import LoadedModel
+from essence.core.models import LoadedModel
 
 UPLOAD_PAGE = "views/upload.py"
 OVERVIEW_PAGE = "views/overview.py"

@@ -12,7 +12,7 @@ import streamlit as st
 from essence.app import services
 from essence.app.state import RecipeState, recipe
 from essence.core.errors import EssenceError
-from essence.core.loading import LoadedModel
+from essence.core.models import LoadedModel
 
 
 def render() -> None:

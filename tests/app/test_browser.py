@@ -115,7 +115,7 @@ def wait_until_idle(page: object) -> None:
 def test_overview_to_triage_to_a_stored_verdict(tmp_path: Path) -> None:
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (make browser-deps)")
-    from essence.core.loading import load_dataset, load_model
+    from essence.core import load_dataset, load_model
     from essence.storage import Store
 
     with serve_app(tmp_path) as url, browser_page() as page:

@@ -71,7 +71,7 @@ def test_pick_class_then_triage_then_record_a_verdict(open_app, essence_home, cl
     clean(at)
     assert at.session_state[STATE_KEY].triage_position == 1
     with Store.open(essence_home / "essence.sqlite") as store:
-        from essence.core.loading import load_dataset, load_model
+        from essence.core import load_dataset, load_model
 
         model = load_model("demo:blurred")
         data = load_dataset("demo:test", model.preprocessing)
@@ -139,7 +139,7 @@ def test_a_cancelled_computation_stays_cancelled_and_stores_nothing(
     open_app, essence_home, clean, text_of, pages
 ) -> None:
     from essence.app.services import profile_key
-    from essence.core.loading import load_dataset, load_model
+    from essence.core import load_dataset, load_model
 
     model = load_model("demo:blurred")
     data = load_dataset("demo:test", model.preprocessing)

@@ -37,7 +37,7 @@ def test_charts_render_to_svg_offline() -> None:
 @pytest.mark.slow
 def test_essence_report_writes_a_self_contained_review(tmp_path: Path, monkeypatch) -> None:
     from essence.cli import app
-    from essence.core.loading import load_dataset, load_model
+    from essence.core import load_dataset, load_model
 
     monkeypatch.setenv("ESSENCE_HOME", str(tmp_path))
     model = load_model("demo:blurred")

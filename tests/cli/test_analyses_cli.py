@@ -79,7 +79,7 @@ def common(weights: Path) -> list[str]:
 
 def test_triage_json(model_files, capsys, tmp_path) -> None:
     _, weights = model_files
-    from essence.core.loading import load_dataset
+    from essence.core import load_dataset
     from essence.storage import Store
 
     out = tmp_path / "t.json"

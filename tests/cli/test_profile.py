@@ -15,7 +15,7 @@ import torchvision
 from safetensors.torch import save_file
 
 from essence.cli import main
-from essence.core.loading import load_dataset, load_model
+from essence.core import load_dataset, load_model
 from essence.core.profiles import class_profiles
 
 KEYS = {"layer", "granularity", "quantity", "classes", "counts", "unit_shape", "profiles", "stderr", "cached"}

@@ -123,7 +123,7 @@ DEMO = Path(__file__).resolve().parents[2] / "sample_data" / "models"
 @pytest.mark.slow
 @pytest.mark.skipif(not list(DEMO.glob("*.safetensors")), reason="the demo's weights are not built")
 def test_demo_blurred_class_2_not_learned_sharp_ok() -> None:
-    from essence.core.loading import load_dataset, load_model
+    from essence.core import load_dataset, load_model
 
     for name, want in (("blurred", NOT_LEARNED), ("sharp", OK)):
         m = load_model(f"demo:{name}")

@@ -21,10 +21,9 @@ from hypothesis.extra import numpy as hnp
 from PIL import Image
 from reliability_helpers import images_and_labels, png_bytes
 
-from essence.core import loading
+from essence.core import load_dataset, load_model, models
 from essence.core.data import open_image
 from essence.core.errors import EssenceError
-from essence.core.loading import load_dataset, load_model
 from essence.core.preprocessing import Preprocessing
 
 FUZZ = settings(
@@ -212,7 +211,7 @@ class _NoImports:
 def test_model_spec_parser(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, prefix: str, rest: str, weights
 ) -> None:
-    monkeypatch.setattr(loading, "importlib", types.SimpleNamespace(import_module=_NoImports.import_module))
+    monkeypatch.setattr(models, "importlib", types.SimpleNamespace(import_module=_NoImports.import_module))
     monkeypatch.chdir(tmp_path)  # relative spec paths resolve in an empty folder
     only_essence_errors(load_model, prefix + rest, weights)
 

@@ -21,7 +21,7 @@ CHILD_MID_PROFILE = r"""
 import sys, time
 import numpy as np, torch
 from essence.core.data import ImageData, hash_arrays
-from essence.core.loading import LoadedModel, model_fingerprint
+from essence.core.models import LoadedModel, model_fingerprint
 from essence.core.preprocessing import Preprocessing
 from essence.core.profiles import class_profiles
 from essence.storage import ProfileKey, Store

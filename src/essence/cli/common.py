@@ -17,14 +17,9 @@ from typing import Annotated, Any
 import typer
 
 from essence.core.data import ImageData
+from essence.core.datasets import environment_data_root, load_dataset
 from essence.core.errors import LayerNotFoundError, SpecError
-from essence.core.loading import (
-    LoadedModel,
-    check_compatible,
-    environment_data_root,
-    load_dataset,
-    load_model,
-)
+from essence.core.models import LoadedModel, check_compatible, load_model
 from essence.core.preprocessing import Preprocessing
 from essence.core.slices import resolve_layer
 

@@ -21,8 +21,9 @@ from essence.cli.common import (
     load_model_spec,
     write_json,
 )
+from essence.core.datasets import environment_data_root, load_dataset
 from essence.core.errors import LabelMismatchError, LayerNotFoundError, SpecError
-from essence.core.loading import check_compatible, environment_data_root, load_dataset
+from essence.core.models import check_compatible
 
 
 def _fmt(v: float) -> str:
@@ -49,7 +50,7 @@ def run_compare(
     batch_size: int = 64,
     json_path: Path | None = None,
 ) -> None:
-    from essence.core.comparison import compare_models
+    from essence.core.compare import compare_models
 
     check_granularity(granularity)
     if kind not in ("logit", "prob"):
@@ -100,8 +101,8 @@ def run_compare(
     for c in result.classes:
         typer.echo(
             f"{c.name:<16}{c.support:>5}  {_fmt(c.recall_a)} → {_fmt(c.recall_b)}  {_fmt(c.precision_a)} → "
-            f"{_fmt(c.precision_b)}   {c.predicted_a:>4} → {c.predicted_b:<4} {_fmt(c.drift.cosine)} "
-            f"{_fmt(c.drift.spearman)}"
+            f"{_fmt(c.precision_b)}   {c.predicted_a:>4} → {c.predicted_b:<4} {_fmt(c.drift['cosine'])} "
+            f"{_fmt(c.drift['spearman'])}"
         )
     m = result.matching
     assert m is not None

@@ -1,10 +1,8 @@
-"""Model specs, safe weights, and fingerprints."""
+"""Model specs: torchvision architectures, factories, TorchScript files, full pickles; fingerprints."""
 
 from __future__ import annotations
 
-import pickle
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +11,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from essence.core.errors import ModelLoadError, SpecError
-from essence.core.loading import load_model, load_weights, model_fingerprint
+from essence.core.models import load_model, model_fingerprint
 
 
 @pytest.fixture(scope="module")
@@ -105,42 +103,6 @@ def test_full_pickle_refused_unless_trusted(tmp_path):
     assert same_outputs(loaded.module, model, (2, 3))
 
 
-class Sentinel:
-    """Unpickling this creates a file: what a malicious pickle would do (here, harmlessly)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __reduce__(self):
-        return (Path.touch, (self.path,))
-
-
-def test_a_malicious_pickle_runs_nothing(tmp_path):
-    sentinel = tmp_path / "pwned"
-    for name in ("evil.pt", "evil.pth"):
-        path = tmp_path / name
-        torch.save({"weight": torch.zeros(1), "payload": Sentinel(sentinel)}, path)
-        with pytest.raises(ModelLoadError, match="refused"):
-            load_weights(path)
-        with pytest.raises(ModelLoadError):
-            load_model(str(path))
-        assert not sentinel.exists()
-    plain = tmp_path / "evil.pkl"
-    plain.write_bytes(pickle.dumps(Sentinel(sentinel)))
-    with pytest.raises(ModelLoadError):
-        load_weights(plain)
-    assert not sentinel.exists()
-
-
-def test_missing_and_garbage_weights(tmp_path):
-    with pytest.raises(ModelLoadError, match="does not exist"):
-        load_weights(tmp_path / "nope.safetensors")
-    junk = tmp_path / "junk.safetensors"
-    junk.write_bytes(b"not a safetensors file")
-    with pytest.raises(ModelLoadError, match="safetensors"):
-        load_weights(junk)
-
-
 def test_fingerprint_changes_with_one_weight(resnet):
     before = model_fingerprint(resnet, "r")
     changed = torchvision.models.resnet18(weights=None, num_classes=4)
@@ -158,14 +120,3 @@ def test_malformed_specs():
     for spec in ("", "what is this?"):
         with pytest.raises(SpecError):
             load_model(spec)
-
-
-def test_bytes_that_are_no_torch_file_are_not_called_a_pickle(tmp_path) -> None:
-    """Random bytes named .pt get 'not a PyTorch file', not the pickle refusal (which would mislead)."""
-    from essence.core.loading import load_weights
-
-    junk = tmp_path / "junk.pt"
-    junk.write_bytes(bytes(range(7, 107)))
-    with pytest.raises(ModelLoadError, match="not a PyTorch file") as info:
-        load_weights(junk)
-    assert "pickle, which can run" not in str(info.value)

@@ -9,8 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
+from essence.core.datasets import load_dataset
 from essence.core.errors import DataLoadError, LabelMismatchError, SpecError
-from essence.core.loading import check_compatible, load_dataset
+from essence.core.models import check_compatible
 from essence.core.preprocessing import Preprocessing
 
 RNG = np.random.default_rng(0)
@@ -153,7 +154,7 @@ def test_fingerprints_change_with_an_image_or_a_label(tmp_path):
 
 
 def test_malformed_specs_and_compatibility(tmp_path):
-    for spec in ("", "npz:", "parquet:x"):
+    for spec in ("", "npz:", "parquet:x", "digits:x", "folder:", "csv:"):
         with pytest.raises(SpecError):
             load_dataset(spec)
     with pytest.raises(DataLoadError, match="not found"):

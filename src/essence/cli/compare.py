@@ -50,7 +50,7 @@ def run_compare(
     batch_size: int = 64,
     json_path: Path | None = None,
 ) -> None:
-    from essence.core.compare import compare_models
+    from essence.core.comparison import compare_models
 
     check_granularity(granularity)
     if kind not in ("logit", "prob"):
@@ -101,8 +101,8 @@ def run_compare(
     for c in result.classes:
         typer.echo(
             f"{c.name:<16}{c.support:>5}  {_fmt(c.recall_a)} → {_fmt(c.recall_b)}  {_fmt(c.precision_a)} → "
-            f"{_fmt(c.precision_b)}   {c.predicted_a:>4} → {c.predicted_b:<4} {_fmt(c.drift['cosine'])} "
-            f"{_fmt(c.drift['spearman'])}"
+            f"{_fmt(c.precision_b)}   {c.predicted_a:>4} → {c.predicted_b:<4} {_fmt(c.drift.cosine)} "
+            f"{_fmt(c.drift.spearman)}"
         )
     m = result.matching
     assert m is not None

@@ -1,4 +1,4 @@
-"""Datasets as the engine sees them: preprocessed batches with labels and stable instance indices."""
+"""Datasets as the engine sees them (preprocessed batches with labels and stable instance indices), and image files."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from torch import nn
 
 from essence.core.errors import DataLoadError, EmptyClassError, SpecError
 from essence.core.preprocessing import Preprocessing
+from essence.core.slices import inference_state
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # x [B, C, H, W], labels [B], indices [B]
 
@@ -167,6 +169,68 @@ def open_image(path: Path | str | bytes) -> Image.Image:
         ) from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise DataLoadError(f"{name}: image is truncated or corrupt ({exc}); remove or replace it") from exc
+
+
+def read_image(
+    source: str | Path | bytes,
+    preprocessing: Preprocessing,
+    *,
+    model: nn.Module | None = None,
+    expected_size: tuple[int, int] | None = None,
+    convert_mode: bool = False,
+) -> torch.Tensor:
+    """Read one image file and preprocess it with the model's recipe, checking it fits the model.
+
+    A recipe with a size resizes any image to it. Without one, the image must already have the size the model
+    was built for: ``expected_size`` (from the model's card) when known, otherwise the model is run once and a
+    failure names the image's size. An image whose channels differ
+    from the recipe's mode (a greyscale photo for an RGB model, or the reverse) is refused unless
+    ``convert_mode``: making up or dropping colour changes what the model is asked.
+
+    Args:
+        source: a file path, or the file's bytes (an upload).
+        preprocessing: the model's recipe.
+        model: the model, run once on the image when the recipe has no size, to check it can take it.
+        expected_size: ``(H, W)`` the model was built for, when known.
+        convert_mode: convert a greyscale image to RGB or the reverse, instead of refusing it.
+
+    Returns:
+        float32 ``[C, H, W]``.
+
+    Raises:
+        DataLoadError: unreadable file, wrong mode (without ``convert_mode``), a size the model cannot take.
+    """
+    img = open_image(source)
+    name = "uploaded image" if isinstance(source, bytes) else str(source)
+    has_colour = img.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr", "LAB", "HSV", "RGBX", "RGBa", "PA")
+    if not convert_mode and has_colour != (preprocessing.mode == "RGB"):
+        want = "colour (RGB)" if preprocessing.mode == "RGB" else "greyscale (L)"
+        raise DataLoadError(
+            f"{name} is mode {img.mode}, but the model takes {want} images: pass an image of that mode, or "
+            "allow the conversion (CLI: --convert-mode)"
+        )
+    if (
+        preprocessing.size is None
+        and expected_size is not None
+        and (img.height, img.width) != tuple(expected_size)
+    ):
+        h, w = expected_size
+        raise DataLoadError(
+            f"{name} is {img.height}×{img.width} px but the model takes {h}×{w} images: resize it to {h}×{w}, "
+            f"or give the recipe a size (CLI: --size {h} {w})"
+        )
+    x = preprocessing.apply_pil(img)
+    if model is not None and preprocessing.size is None:
+        try:
+            with inference_state(model), torch.no_grad():
+                dev = next(iter(model.parameters()), torch.empty(0)).device
+                model(x[None].to(dev))
+        except RuntimeError as exc:
+            raise DataLoadError(
+                f"{name} is {img.height}×{img.width} px, which the model cannot take ({str(exc).splitlines()[0][:120]}); "
+                "resize it to the size the model was trained on, or give the recipe a size (CLI: --size H W)"
+            ) from exc
+    return x
 
 
 def hash_arrays(*arrays: np.ndarray, extra: str = "") -> str:

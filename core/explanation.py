@@ -4,8 +4,9 @@ The quantity is A's score (or the comparative score A − B), the distribution i
 distribution, so a unit's influence is ∂q/∂z_j at this image. The top units (most positive: they push towards
 A, or towards A over B; most negative: against) are each interpreted by the input gradient of that unit
 (:mod:`essence.core.interpret`), scaled onto the image. Integrated gradients of the same quantity is the
-input-level baseline shown beside them. :func:`unit_exemplars` finds, for a unit, the images of a class where
-its influence is largest: what the unit responds to across the data, not only in this image.
+input-level baseline shown beside them. What a unit responds to across the data, not only in this image, is
+:func:`~essence.core.exemplars.unit_exemplars`; the picture of an explanation is
+:func:`~essence.core.render.render_panel`.
 """
 
 from __future__ import annotations
@@ -13,24 +14,17 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from essence.core.data import ImageData, class_index, labels_of, open_image
+from essence.core.data import class_index
 from essence.core.devices import resolve_device
 from essence.core.distributions import Instance
-from essence.core.errors import (
-    ClassNotFoundError,
-    DataLoadError,
-    EmptyClassError,
-    LayerNotFoundError,
-    SpecError,
-)
-from essence.core.influence import influence, on_device
+from essence.core.engine import influence
+from essence.core.errors import LayerNotFoundError, SpecError
 from essence.core.interpret import (
     METHODS,
     Method,
@@ -43,8 +37,9 @@ from essence.core.interpret import (
     unit_gradients,
 )
 from essence.core.preprocessing import Preprocessing
-from essence.core.quantities import ClassScore, Comparative, Kind, OwnLabel, quantity_name
+from essence.core.quantities import ClassScore, Comparative, Kind, quantity_name
 from essence.core.slices import Granularity, inference_state, is_input_layer, resolve_layer
+from essence.core.state import on_device
 
 
 @dataclass(frozen=True)
@@ -150,7 +145,7 @@ def explain(
 
     Args:
         model: the classifier (run in eval mode, frozen; its state is restored).
-        image: one preprocessed input ``[C, H, W]`` (see :func:`read_image`).
+        image: one preprocessed input ``[C, H, W]`` (see :func:`~essence.core.data.read_image`).
         cls: class A, by index or name.
         layer: module path of the slice (not the input: the input-level view is integrated gradients).
         vs: class B for the comparative question "why A rather than B".
@@ -284,215 +279,3 @@ def _one_image(image: torch.Tensor | np.ndarray) -> torch.Tensor:
             "read_image)"
         )
     return x
-
-
-def read_image(
-    source: str | Path | bytes,
-    preprocessing: Preprocessing,
-    *,
-    model: nn.Module | None = None,
-    expected_size: tuple[int, int] | None = None,
-    convert_mode: bool = False,
-) -> torch.Tensor:
-    """Read one image file and preprocess it with the model's recipe, checking it fits the model.
-
-    A recipe with a size resizes any image to it. Without one, the image must already have the size the model
-    was built for: ``expected_size`` (from the model's card) when known, otherwise the model is run once and a
-    failure names the image's size. An image whose channels differ
-    from the recipe's mode (a greyscale photo for an RGB model, or the reverse) is refused unless
-    ``convert_mode``: making up or dropping colour changes what the model is asked.
-
-    Returns:
-        float32 ``[C, H, W]``.
-
-    Raises:
-        DataLoadError: unreadable file, wrong mode (without ``convert_mode``), a size the model cannot take.
-    """
-    img = open_image(source)
-    name = "uploaded image" if isinstance(source, bytes) else str(source)
-    has_colour = img.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr", "LAB", "HSV", "RGBX", "RGBa", "PA")
-    if not convert_mode and has_colour != (preprocessing.mode == "RGB"):
-        want = "colour (RGB)" if preprocessing.mode == "RGB" else "greyscale (L)"
-        raise DataLoadError(
-            f"{name} is mode {img.mode}, but the model takes {want} images: pass an image of that mode, or "
-            "allow the conversion (CLI: --convert-mode)"
-        )
-    if (
-        preprocessing.size is None
-        and expected_size is not None
-        and (img.height, img.width) != tuple(expected_size)
-    ):
-        h, w = expected_size
-        raise DataLoadError(
-            f"{name} is {img.height}×{img.width} px but the model takes {h}×{w} images: resize it to {h}×{w}, "
-            f"or give the recipe a size (CLI: --size {h} {w})"
-        )
-    x = preprocessing.apply_pil(img)
-    if model is not None and preprocessing.size is None:
-        try:
-            with inference_state(model), torch.no_grad():
-                dev = next(iter(model.parameters()), torch.empty(0)).device
-                model(x[None].to(dev))
-        except RuntimeError as exc:
-            raise DataLoadError(
-                f"{name} is {img.height}×{img.width} px, which the model cannot take ({str(exc).splitlines()[0][:120]}); "
-                "resize it to the size the model was trained on, or give the recipe a size (CLI: --size H W)"
-            ) from exc
-    return x
-
-
-# -- reference images of a unit ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class UnitExemplars:
-    """The images of a class where a unit's influence is largest.
-
-    Attributes:
-        unit: the unit's flat index; cls: the class index.
-        indices: int64 ``[k]`` dataset positions, largest influence first.
-        influence: float32 ``[k]`` the unit's influence at each (q = the class's score, P = that image).
-        class_mean: the unit's influence in the class profile (the mean over the class's images).
-    """
-
-    unit: int
-    cls: int
-    indices: torch.Tensor
-    influence: torch.Tensor
-    class_mean: float
-
-
-def unit_exemplars(
-    model: nn.Module,
-    data: ImageData | tuple[torch.Tensor, torch.Tensor],
-    layer: str,
-    unit: int,
-    cls: int | str,
-    *,
-    k: int = 6,
-    granularity: Granularity = "channel",
-    kind: Kind = "logit",
-    instance_vectors: torch.Tensor | None = None,
-    instance_indices: torch.Tensor | None = None,
-    batch_size: int = 64,
-    device: str | torch.device = "auto",
-) -> UnitExemplars:
-    """Reference images for a unit: the instances of ``cls`` where its influence on ``cls``'s score is largest.
-
-    The per-instance vectors of a class profile (``class_profiles(..., keep_instances=True).instances``) are
-    exactly these influences; pass them as ``instance_vectors``/``instance_indices`` to reuse that pass.
-    Otherwise one pass over the class's instances computes them.
-
-    Raises:
-        ClassNotFoundError: unknown class; EmptyClassError: the class has no instances;
-        SpecError: a unit index out of range or ``k < 1``.
-    """
-    if k < 1:
-        raise SpecError(f"k must be ≥ 1, got {k}")
-    labels = labels_of(data)
-    names = getattr(data, "class_names", None)
-    if names:
-        c = class_index(cls, names)
-    elif isinstance(cls, int) or (isinstance(cls, str) and cls.strip().isdigit()):
-        c = int(cls)  # no class names: any index is a class, and one without instances is empty
-        if c < 0:
-            raise ClassNotFoundError(f"class index {c} is negative: give a class index 0, 1, ...")
-    else:
-        raise ClassNotFoundError(
-            f"unknown class {cls!r}: the data has no class names, give the class by index"
-        )
-    members = np.flatnonzero(labels == c)
-    if members.size == 0:
-        label = names[c] if names else c
-        raise EmptyClassError(
-            f"class {label!r} has no instances in the data: choose another class or add data"
-        )
-    if instance_vectors is None:
-        sub = _subset(data, members)
-        result = influence(
-            model,
-            sub,
-            layer,
-            OwnLabel(kind),
-            Instance(),
-            granularity,
-            batch_size=batch_size,
-            device=device,
-            keep_instances=True,
-        )
-        vectors = result.instance_vectors
-        positions = torch.as_tensor(members)[result.instance_indices]
-    else:
-        if instance_indices is None:
-            raise SpecError("instance_indices must come with instance_vectors (both from the same pass)")
-        keep = torch.as_tensor(np.isin(instance_indices.numpy(), members))
-        vectors, positions = instance_vectors[keep], instance_indices[keep]
-    if not 0 <= unit < vectors.shape[1]:
-        raise SpecError(f"unit {unit} is out of range: the slice {layer!r} has {vectors.shape[1]} units")
-    column = vectors[:, unit]
-    order = torch.argsort(column, descending=True)[:k]
-    return UnitExemplars(
-        unit=int(unit),
-        cls=c,
-        indices=positions[order].long(),
-        influence=column[order].float(),
-        class_mean=float(column.double().mean()),
-    )
-
-
-def _subset(data: ImageData | tuple, idx: np.ndarray) -> ImageData | tuple:
-    """The instances ``idx`` of a dataset, as a dataset of its own (positions 0..len(idx)-1)."""
-    if isinstance(data, ImageData):
-        from dataclasses import replace
-
-        return replace(
-            data,
-            labels=data.labels[idx],
-            arrays=None if data.arrays is None else data.arrays[idx],
-            paths=None if data.paths is None else [data.paths[i] for i in idx],
-        )
-    x, y = data
-    t = torch.as_tensor(idx)
-    return torch.as_tensor(x)[t], torch.as_tensor(np.asarray(y))[t]
-
-
-# -- the PNG panel ---------------------------------------------------------------------------------------
-
-
-def render_panel(expl: Explanation, tile: int = 160) -> Any:
-    """A PIL image: the input, the IG map, and each top unit's overlay (top row) and heat map (bottom row).
-
-    Small inputs are enlarged with nearest-neighbour sampling so pixels stay visible.
-    """
-    from PIL import Image, ImageDraw, ImageFont
-
-    font = ImageFont.load_default()
-    caption = 28
-    cols = 2 + len(expl.unit_ids)
-    panel = Image.new("RGB", (cols * tile, 2 * (tile + caption) + caption), "white")
-    draw = ImageDraw.Draw(panel)
-    draw.text(
-        (4, 4),
-        f"{expl.question} at {expl.layer}; predicted {expl.class_names[expl.prediction]!r}",
-        fill="black",
-        font=font,
-    )
-
-    def put(a: np.ndarray, col: int, row: int, text: str) -> None:
-        img = Image.fromarray(a).resize((tile, tile), Image.Resampling.NEAREST)
-        y = caption + row * (tile + caption)
-        panel.paste(img, (col * tile, y))
-        draw.text((col * tile + 3, y + tile + 2), text, fill="black", font=font)
-
-    put(expl.image, 0, 0, "input (as the model sees it)")
-    put(expl.ig_map, 1, 0, "integrated gradients")
-    put(
-        overlay(expl.image, np.abs(expl.ig.sum(0).numpy()) / max(float(expl.ig.sum(0).abs().max()), 1e-12)),
-        1,
-        1,
-        "|IG| on image",
-    )
-    for i, (u, v) in enumerate(zip(expl.unit_ids.tolist(), expl.unit_influence.tolist(), strict=True)):
-        put(expl.overlays[i], 2 + i, 0, f"unit {u}: {v:+.3g}")
-        put(expl.heatmaps[i], 2 + i, 1, f"unit {u} ({expl.method})")
-    return panel

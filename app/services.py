@@ -439,7 +439,7 @@ def explanation(
     """Why the model gives ``image`` class ``cls`` (rather than ``vs``): :class:`~essence.core.explain.Explanation`."""
     import hashlib
 
-    from essence.core.explain import explain
+    from essence.core.explanation import explain
 
     digest = hashlib.sha256(image.detach().float().cpu().numpy().tobytes()).hexdigest()[:16]
     key = ("explain", model.fingerprint, digest, cls, vs, layer, top_k)

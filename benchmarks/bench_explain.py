@@ -5,7 +5,7 @@ Routes, for one image (batch of 1), on two models: the demo-sized CNN (64×64 RG
 
 - ``fwd+bwd``: one forward of the whole model and one backward of the class score to the input — the unit of
   cost (what a plain saliency map costs);
-- ``explain``: :func:`essence.core.explain.explain` with ``top_k=5`` (influence at the slice, 5 unit maps,
+- ``explain``: :func:`essence.core.explanation.explain` with ``top_k=5`` (influence at the slice, 5 unit maps,
   integrated gradients with 32 points), everything the ``Explanation`` holds;
 - ``  influence``, ``  units``, ``  ig``: its three parts alone;
 - ``captum``: the same answers the usual Captum way — ``LayerGradientXActivation`` (``multiply_by_inputs=False``)
@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from essence.core.distributions import Instance
-from essence.core.explain import explain
+from essence.core.explanation import explain
 from essence.core.influence import influence
 from essence.core.interpret import integrated_gradients, unit_gradients
 from essence.core.quantities import ClassScore

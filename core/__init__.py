@@ -33,8 +33,8 @@ _LAZY = {
     "Diagnosis": "essence.core.diagnosis",
     "compare_models": "essence.core.comparison",
     "Comparison": "essence.core.comparison",
-    "explain": "essence.core.explain",
-    "Explanation": "essence.core.explain",
+    "explain": "essence.core.explanation",
+    "Explanation": "essence.core.explanation",
     "suggest_layer": "essence.core.layers",
     "LayerSuggestion": "essence.core.layers",
 }

@@ -77,7 +77,7 @@ def _pick_image(inputs):
             st.info("Upload an image, or pick one from the dataset.")
             st.stop()
         check_upload_size(file.size, file.name)
-        from essence.core.explain import read_image
+        from essence.core.data import read_image
 
         with services.holding(inputs.model):
             image = read_image(

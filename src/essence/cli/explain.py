@@ -49,7 +49,9 @@ def run_explain(
     out: Path | None = None,
     json_path: Path | None = None,
 ) -> None:
-    from essence.core.explain import explain, read_image, render_panel
+    from essence.core.data import read_image
+    from essence.core.explanation import explain
+    from essence.core.render import render_panel
 
     check_granularity(granularity)
     if kind not in ("logit", "prob"):

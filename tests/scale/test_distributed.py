@@ -14,12 +14,12 @@ from essence.core.distributed import (
     DistributedError,
     agree,
     all_reduce_sums,
-    launch_local,
     launched_by_torchrun,
     shard_indices,
     sharded_class_profiles,
 )
 from essence.core.errors import EmptyClassError, SpecError
+from essence.core.launch import launch_local
 from essence.core.influence import InfluenceSums
 from essence.core.profiles import class_profiles
 
@@ -172,11 +172,6 @@ def test_a_broken_collective_becomes_a_distributed_error(monkeypatch):
     own = SpecError("my own cause")
     with pytest.raises(SpecError, match="my own cause"):  # a process's own error beats the echo
         agree(own)
-
-
-def test_launcher_refuses_zero_processes():
-    with pytest.raises(SpecError, match="at least 1"):
-        launch_local([sys.executable, "-c", "pass"], 0)
 
 
 def test_profiles_of_new_images_merged_into_stored_ones_equal_a_full_recompute(rel_close):

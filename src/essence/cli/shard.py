@@ -22,12 +22,12 @@ from essence.core.distributed import (
     agree,
     any_process,
     device_for,
-    launch_local,
     launched_by_torchrun,
     process_group,
     sharded_class_profiles,
 )
 from essence.core.errors import SpecError
+from essence.core.launch import launch_local
 from essence.core.profiles import ClassProfiles
 
 

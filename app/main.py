@@ -2,10 +2,12 @@
 
 import streamlit as st
 
+from essence.app import cache
 from essence.app.components.boundary import run_page
 from essence.app.components.sidebar import render as sidebar
 
 st.set_page_config(page_title="Essence", page_icon=":material/biotech:", layout="wide")
+cache.install()  # the services share Streamlit-cached resources (cleared with its resource cache)
 
 pages = {
     "The recipe": [

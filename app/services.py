@@ -1,154 +1,103 @@
-"""What the pages call: models, datasets, the store and the analyses, cached and guarded.
+"""What the pages call: models, datasets, class profiles and the analyses, remembered and guarded.
 
-Models, datasets and the store are held with ``st.cache_resource`` (one copy for every browser session).
-Results holding tensors are kept in one bounded in-memory table (``st.cache_data`` would copy them on every
-hit and hash large arrays from a sample), keyed on explicit fingerprints: model, dataset, recipe, slice,
-quantity. Class profiles also land in the store, so a reload of the app is instant.
-
-A forward hook on a shared model would be seen by every session running that model, so every computation
-that runs a model holds that model's lock (:func:`model_lock`); two models are always locked in the same
-order (by fingerprint), so two sessions comparing A with B and B with A cannot deadlock.
+Plain Python: no Streamlit here. The shared resources (the store, the result table, the models' locks) come
+from :mod:`essence.app.shared`; how long they live is :mod:`essence.app.cache`'s business, which also caches
+the loaded models and datasets. Results holding tensors are kept in the bounded result table (``st.cache_data``
+would copy them on every hit and hash large arrays from a sample), keyed on explicit fingerprints: model,
+dataset, recipe, slice, quantity. Class profiles also land in the store, so a reload of the app is instant.
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
+import hashlib
+import json
 import threading
-from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterator
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NamedTuple
 
-import numpy as np
-import streamlit as st
 import torch
 
-from essence.app.state import DataChoice, ModelChoice
-from essence.core.data import ImageData
-from essence.core.datasets import environment_data_root, load_dataset
-from essence.core.errors import LayerNotFoundError
-from essence.core.models import LoadedModel, check_compatible, load_model
-from essence.core.preprocessing import Preprocessing
-from essence.core.profiles import ClassProfiles, class_profiles
-from essence.core.slices import inference_state, layer_names, resolve_layer
-from essence.storage import ProfileKey, RunInfo, Store, default_store_path
+from essence.app.evaluation import BATCH
+from essence.app.shared import holding, remembered, shared, store
+from essence.app.state import ModelChoice
+from essence.core import (
+    ClassProfiles,
+    ImageData,
+    LayerNotFoundError,
+    LoadedModel,
+    Preprocessing,
+    class_profiles,
+    layer_names,
+    load_dataset,
+    load_model,
+    resolve_layer,
+)
+from essence.core.datasets import environment_data_root
+from essence.core.models import check_compatible
+from essence.storage import ProfileKey, RunInfo
 
-# Results kept in memory (per process): enough for every page of a few model/dataset pairs.
-RESULTS_KEPT = 48
-# Batch of the app's passes: small enough for a laptop CPU's cache, large enough to amortise Python overhead.
-BATCH = 128
+if TYPE_CHECKING:
+    from essence.core import Comparison, Diagnosis, ExpertSweep, Explanation, LayerSuggestion, Triage
+
+__all__ = ["holding", "remembered", "store"]  # re-exported: the pages reach the shared resources here
 
 Progress = Callable[[int, int], None]
 Cancel = Callable[[], bool] | threading.Event | None
 
 
-# ----------------------------------------------------------------------------------- shared resources
+class ExpertSweeps(NamedTuple):
+    """The expert sweep of one class and its control (a tuple, so a page can unpack ``sweep, control``).
 
+    Attributes:
+        influence: units ranked by the class's influence profile (the paper's experts).
+        activation: units ranked by activation, the baseline that should fail.
+    """
 
-@st.cache_resource(show_spinner=False)
-def _store_at(location: str) -> Store:
-    return Store.open(location)
-
-
-def store() -> Store:
-    """The app's store: ``$ESSENCE_HOME/essence.sqlite`` (read at each call, so tests can point it elsewhere)."""
-    return _store_at(str(default_store_path()))
-
-
-@st.cache_resource(show_spinner=False)
-def _locks() -> dict[str, threading.RLock]:
-    return {}
-
-
-_LOCKS_GUARD = threading.Lock()
-
-
-def model_lock(fingerprint: str) -> threading.RLock:
-    """The lock every computation running the model ``fingerprint`` holds (shared by all sessions)."""
-    locks = _locks()
-    with _LOCKS_GUARD:
-        return locks.setdefault(fingerprint, threading.RLock())
-
-
-@contextlib.contextmanager
-def holding(*models: LoadedModel) -> Iterator[None]:
-    """Hold the locks of ``models`` (in fingerprint order: no deadlock between sessions)."""
-    with contextlib.ExitStack() as stack:
-        for fp in sorted({m.fingerprint for m in models}):
-            stack.enter_context(model_lock(fp))
-        yield
-
-
-class Results:
-    """A bounded, thread-safe table of computed results (least recently used out first)."""
-
-    def __init__(self, size: int = RESULTS_KEPT) -> None:
-        self._items: OrderedDict[Hashable, object] = OrderedDict()
-        self._size = size
-        self._lock = threading.Lock()
-
-    def get(self, key: Hashable) -> object | None:
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
-            return None
-
-    def put(self, key: Hashable, value: object) -> object:
-        with self._lock:
-            self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self._size:
-                self._items.popitem(last=False)
-        return value
-
-
-@st.cache_resource(show_spinner=False)
-def results() -> Results:
-    """The process-wide result table (cleared with Streamlit's resource cache)."""
-    return Results()
-
-
-def remembered(key: Hashable, compute: Callable[[], object]) -> object:
-    """The result under ``key``, computed once (the computation runs outside the table's lock)."""
-    table = results()
-    hit = table.get(key)
-    if hit is not None:
-        return hit
-    return table.put(key, compute())
+    influence: ExpertSweep
+    activation: ExpertSweep
 
 
 # ----------------------------------------------------------------------------------- models and data
 
 
-@st.cache_resource(show_spinner="Loading the model…", max_entries=8)
-def _load_model(
-    spec: str,
-    weights: str | None,
-    class_names: tuple[str, ...] | None,
-    preprocessing: tuple[tuple[str, object], ...] | None,
-    default_layer: str | None,
-) -> LoadedModel:
-    model = load_model(spec, weights)
-    if class_names:
-        model.class_names = list(class_names)
-    if preprocessing:
-        model.preprocessing = Preprocessing.from_dict(dict(preprocessing))
-    if default_layer:
-        model.default_layer = default_layer
+def open_model(choice: ModelChoice) -> LoadedModel:
+    """A chosen model loaded, with what an upload gave beside it (class names, recipe, slice).
+
+    Args:
+        choice: the model spec and, for uploads, its weights file, class names, recipe and default slice.
+
+    Returns:
+        The loaded model.
+
+    Raises:
+        ModelLoadError, SpecError: the model cannot be loaded (named in the message).
+    """
+    model = load_model(choice.spec, choice.weights)
+    if choice.class_names:
+        model.class_names = list(choice.class_names)
+    if choice.preprocessing:
+        model.preprocessing = Preprocessing.from_dict(dict(choice.preprocessing))
+    if choice.default_layer:
+        model.default_layer = choice.default_layer
     return model
 
 
-def model_of(choice: ModelChoice) -> LoadedModel:
-    """The loaded model of a sidebar choice (cached for every session)."""
-    return _load_model(
-        choice.spec, choice.weights, choice.class_names, choice.preprocessing, choice.default_layer
-    )
+def open_data(spec: str, recipe: str, class_names: tuple[str, ...] | None) -> ImageData:
+    """A data spec loaded with a preprocessing recipe (unreadable images skipped).
 
+    Args:
+        spec: the data spec (``demo:test``, ``folder:PATH``, ``csv:PATH``).
+        recipe: the recipe as sorted JSON (``""``: none).
+        class_names: the model's class names, to match labels against (``None``: the data's own).
 
-@st.cache_resource(show_spinner="Loading the images…", max_entries=8)
-def _load_data(spec: str, recipe: str, class_names: tuple[str, ...] | None) -> ImageData:
-    import json
+    Returns:
+        The dataset.
 
+    Raises:
+        DataLoadError, LabelMismatchError, SpecError: the data cannot be read (named in the message).
+    """
     preprocessing = Preprocessing.from_dict(json.loads(recipe)) if recipe else None
     return load_dataset(
         spec,
@@ -159,19 +108,20 @@ def _load_data(spec: str, recipe: str, class_names: tuple[str, ...] | None) -> I
     )
 
 
-def data_for(choice: DataChoice, model: LoadedModel) -> ImageData:
-    """The dataset of a sidebar choice with the model's preprocessing, checked to fit the model.
+def recipe_of(model: LoadedModel) -> str:
+    """The model's preprocessing recipe as sorted JSON (``""``: none): the data cache's key."""
+    return json.dumps(model.preprocessing.to_dict(), sort_keys=True) if model.preprocessing else ""
+
+
+def check_fits(model: LoadedModel, data: ImageData) -> None:
+    """Check once (remembered) that ``data`` fits ``model``.
 
     Raises:
-        DataLoadError, LabelMismatchError, SpecError: the data cannot be read or does not fit the model.
+        LabelMismatchError, DataLoadError: the data does not fit the model.
     """
-    import json
-
-    recipe = json.dumps(model.preprocessing.to_dict(), sort_keys=True) if model.preprocessing else ""
-    names = tuple(model.class_names) if model.class_names else None
-    data = _load_data(choice.spec, recipe, names)
-    remembered(("compatible", model.fingerprint, data.fingerprint, recipe), lambda: _check(model, data))
-    return data
+    remembered(
+        ("compatible", model.fingerprint, data.fingerprint, recipe_of(model)), lambda: _check(model, data)
+    )
 
 
 def _check(model: LoadedModel, data: ImageData) -> bool:
@@ -200,63 +150,17 @@ def check_layer(model: LoadedModel, layer: str) -> str:
     return layer
 
 
-# ----------------------------------------------------------------------------------- evaluation
+def default_layer(model: LoadedModel) -> str:
+    """The model's default slice.
 
-
-@dataclass(frozen=True)
-class Evaluation:
-    """The model's use on a dataset (argmax), per class.
-
-    Attributes:
-        labels: int64 ``[N]``; predicted: int64 ``[N]``; probabilities: float32 ``[N, K]``.
-        confusion: int64 ``[K, K]`` rows = true class, columns = predicted.
-        recall, precision: float64 ``[K]`` (NaN: no instances / never predicted).
-        accuracy: share of instances predicted right.
+    Raises:
+        LayerNotFoundError: the model has none (the user must pick one).
     """
-
-    labels: np.ndarray
-    predicted: np.ndarray
-    probabilities: np.ndarray
-    confusion: np.ndarray
-    recall: np.ndarray
-    precision: np.ndarray
-    accuracy: float
-
-    @property
-    def never_predicted(self) -> list[int]:
-        """Classes with instances that the model never predicts."""
-        support = self.confusion.sum(1)
-        predicted = self.confusion.sum(0)
-        return [int(c) for c in np.nonzero((support > 0) & (predicted == 0))[0]]
-
-
-def evaluation(model: LoadedModel, data: ImageData, num_classes: int) -> Evaluation:
-    """Accuracy, confusion matrix and per-class recall/precision (one forward pass, remembered)."""
-    key = ("evaluation", model.fingerprint, data.fingerprint, data.preprocessing.fingerprint())
-    return remembered(key, lambda: _evaluate(model, data, num_classes))  # type: ignore[return-value]
-
-
-def predict(model: LoadedModel, x: torch.Tensor) -> np.ndarray:
-    """Softmax probabilities ``[B, K]`` of preprocessed inputs ``x [B, C, H, W]`` (eval mode, model locked)."""
-    with holding(model), inference_state(model.module), torch.no_grad():
-        return torch.softmax(model.module(x).float(), dim=1).numpy()
-
-
-def _evaluate(model: LoadedModel, data: ImageData, k: int) -> Evaluation:
-    probs = []
-    with holding(model), inference_state(model.module), torch.no_grad():
-        for x, _, _ in data.batches(BATCH):
-            probs.append(torch.softmax(model.module(x).float(), dim=1))
-    p = torch.cat(probs).numpy()
-    y = data.labels
-    pred = p.argmax(1)
-    conf = np.zeros((k, k), dtype=np.int64)
-    np.add.at(conf, (y, pred), 1)
-    tp = np.diag(conf).astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        recall = np.where(conf.sum(1) > 0, tp / conf.sum(1), np.nan)
-        precision = np.where(conf.sum(0) > 0, tp / conf.sum(0), np.nan)
-    return Evaluation(y, pred, p, conf, recall, precision, float((pred == y).mean()))
+    if model.default_layer:
+        return model.default_layer
+    raise LayerNotFoundError(
+        f"{model.name} has no default slice: pick a layer in the sidebar (or ask for a suggestion)"
+    )
 
 
 # ----------------------------------------------------------------------------------- class profiles
@@ -270,13 +174,14 @@ def profile_key(model: LoadedModel, data: ImageData, layer: str, kind: str) -> P
 def ready_profiles(model: LoadedModel, data: ImageData, layer: str, kind: str) -> ClassProfiles | None:
     """Class profiles with their per-instance vectors if already computed (memory, then store), else ``None``."""
     key = ("profiles", profile_key(model, data, layer, kind).digest())
-    hit = results().get(key)
-    if hit is not None:
-        return hit  # type: ignore[return-value]
+    table = shared().results
+    hit = table.get(key)
+    if isinstance(hit, ClassProfiles):
+        return hit
     stored = store().get_profiles(profile_key(model, data, layer, kind), with_instances=True)
     if stored is None:
         return None
-    return results().put(key, _named(stored, class_names(model, data)))  # type: ignore[return-value]
+    return table.put(key, _named(stored, class_names(model, data)))
 
 
 def compute_profiles(
@@ -289,6 +194,15 @@ def compute_profiles(
     cancel: Cancel = None,
 ) -> ClassProfiles:
     """Class profiles with per-instance vectors: from memory or the store, else computed and stored.
+
+    Args:
+        model, data, layer: what to profile, at which slice.
+        kind: the quantity (``"logit"`` or ``"prob"``).
+        progress: called with (instances done, total).
+        cancel: a flag that stops the computation.
+
+    Returns:
+        The class profiles, named with :func:`class_names`.
 
     Raises:
         Cancelled: ``cancel`` was set (nothing is stored).
@@ -325,12 +239,10 @@ def compute_profiles(
             run_info=RunInfo(command="essence app", device="auto"),
         )
     key = ("profiles", profile_key(model, data, layer, kind).digest())
-    return results().put(key, _named(profiles, names))  # type: ignore[return-value]
+    return shared().results.put(key, _named(profiles, names))
 
 
 def _named(profiles: ClassProfiles, names: list[str]) -> ClassProfiles:
-    import dataclasses
-
     if len(names) == len(profiles.class_names):
         return dataclasses.replace(profiles, class_names=list(names))
     return profiles
@@ -339,28 +251,26 @@ def _named(profiles: ClassProfiles, names: list[str]) -> ClassProfiles:
 # ----------------------------------------------------------------------------------- analyses
 
 
-def triage(model: LoadedModel, data: ImageData, layer: str, profiles: ClassProfiles) -> object:
-    """The ranked review queue (:class:`~essence.core.triage.Triage`) from the ``prob`` profiles."""
-    from essence.core.triage import deviation_scores
+def triage(model: LoadedModel, data: ImageData, layer: str, profiles: ClassProfiles) -> Triage:
+    """The ranked review queue from the ``prob`` profiles (remembered)."""
+    from essence.core import deviation_scores
 
     key = ("triage", profile_key(model, data, layer, "prob").digest())
 
-    def run() -> object:
+    def run() -> Triage:
         with holding(model):
             return deviation_scores(model.module, data, layer, profiles=profiles)
 
     return remembered(key, run)
 
 
-def diagnosis(model: LoadedModel, data: ImageData, layer: str, profiles: ClassProfiles) -> object:
-    """The drowning-expert diagnosis (:class:`~essence.core.diagnosis.Diagnosis`), recorded as a run."""
-    import time
-
-    from essence.core.diagnosis import diagnose
+def diagnosis(model: LoadedModel, data: ImageData, layer: str, profiles: ClassProfiles) -> Diagnosis:
+    """The drowning-expert diagnosis from the ``logit`` profiles, recorded as a run (remembered)."""
+    from essence.core import diagnose
 
     key = ("diagnosis", profile_key(model, data, layer, "logit").digest())
 
-    def run() -> object:
+    def run() -> Diagnosis:
         start = time.perf_counter()
         with holding(model):
             result = diagnose(
@@ -385,31 +295,32 @@ def diagnosis(model: LoadedModel, data: ImageData, layer: str, profiles: ClassPr
     return remembered(key, run)
 
 
-def sweep(model: LoadedModel, data: ImageData, layer: str, cls: int, profiles: ClassProfiles) -> tuple:
-    """``(influence sweep, activation control)`` :class:`~essence.core.experts.ExpertSweep` for one class."""
-    from essence.core.experts import cache_slice, expert_sweep
+def sweep(model: LoadedModel, data: ImageData, layer: str, cls: int, profiles: ClassProfiles) -> ExpertSweeps:
+    """The expert sweep of class ``cls`` and its activation-ranked control, on the slice cached once."""
+    from essence.core import expert_sweep
+    from essence.core.slice_cache import cache_slice
 
     base = profile_key(model, data, layer, "logit").digest()
 
-    def run() -> tuple:
+    def run() -> ExpertSweeps:
         z = remembered(("slice", base), lambda: cache_slice(model.module, data, layer, batch_size=BATCH))
         with holding(model):
             a = expert_sweep(model.module, data, layer, cls, profiles=profiles, cache=z)
             b = expert_sweep(model.module, data, layer, cls, rank_by="activation", profiles=profiles, cache=z)
-        return a, b
+        return ExpertSweeps(a, b)
 
-    return remembered(("sweep", base, cls), run)  # type: ignore[return-value]
+    return remembered(("sweep", base, cls), run)
 
 
 def comparison(
     a: LoadedModel, b: LoadedModel, data_a: ImageData, data_b: ImageData, layer_a: str, layer_b: str
-) -> object:
-    """Model A against model B on the same images (:class:`~essence.core.compare.Comparison`)."""
-    from essence.core.compare import compare_models
+) -> Comparison:
+    """Model A against model B on the same images (remembered)."""
+    from essence.core import compare_models
 
     key = ("compare", a.fingerprint, b.fingerprint, data_a.fingerprint, layer_a, layer_b)
 
-    def run() -> object:
+    def run() -> Comparison:
         with holding(a, b):
             return compare_models(
                 a.module,
@@ -435,16 +346,14 @@ def explanation(
     vs: int | None,
     names: list[str],
     top_k: int = 4,
-) -> object:
-    """Why the model gives ``image`` class ``cls`` (rather than ``vs``): :class:`~essence.core.explain.Explanation`."""
-    import hashlib
-
-    from essence.core.explanation import explain
+) -> Explanation:
+    """Why the model gives ``image`` ``[C, H, W]`` class ``cls`` (rather than ``vs``), at ``layer`` (remembered)."""
+    from essence.core import explain
 
     digest = hashlib.sha256(image.detach().float().cpu().numpy().tobytes()).hexdigest()[:16]
     key = ("explain", model.fingerprint, digest, cls, vs, layer, top_k)
 
-    def run() -> object:
+    def run() -> Explanation:
         with holding(model):
             return explain(
                 model.module,
@@ -460,27 +369,14 @@ def explanation(
     return remembered(key, run)
 
 
-def layer_suggestion(model: LoadedModel, data: ImageData) -> object:
-    """The suggested slice (:class:`~essence.core.layers.LayerSuggestion`)."""
-    from essence.core.layers import suggest_layer
+def layer_suggestion(model: LoadedModel, data: ImageData) -> LayerSuggestion:
+    """The suggested slice: where few units carry most influence (remembered)."""
+    from essence.core import suggest_layer
 
     key = ("layers", model.fingerprint, data.fingerprint)
 
-    def run() -> object:
+    def run() -> LayerSuggestion:
         with holding(model):
             return suggest_layer(model.module, data)
 
     return remembered(key, run)
-
-
-def default_layer(model: LoadedModel) -> str:
-    """The model's default slice.
-
-    Raises:
-        LayerNotFoundError: the model has none (the user must pick one).
-    """
-    if model.default_layer:
-        return model.default_layer
-    raise LayerNotFoundError(
-        f"{model.name} has no default slice: pick a layer in the sidebar (or ask for a suggestion)"
-    )

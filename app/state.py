@@ -1,4 +1,4 @@
-"""The recipe's state: one typed object under one ``session_state`` key.
+"""The recipe's state: one typed object, kept under one ``session_state`` key (see ``components.session``).
 
 Widget keys vanish from ``st.session_state`` when a page does not draw them, so nothing the recipe needs
 lives in a widget key: widgets read their defaults from this object and write their choices back into it.
@@ -7,8 +7,6 @@ lives in a widget key: widgets read their defaults from this object and write th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-import streamlit as st
 
 STATE_KEY = "essence_recipe"
 
@@ -94,10 +92,3 @@ class RecipeState:
     @property
     def data_choice(self) -> DataChoice:
         return self.datasets[self.data]
-
-
-def recipe() -> RecipeState:
-    """The session's recipe state (created on first use)."""
-    if STATE_KEY not in st.session_state:
-        st.session_state[STATE_KEY] = RecipeState()
-    return st.session_state[STATE_KEY]

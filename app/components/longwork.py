@@ -12,7 +12,7 @@ import streamlit as st
 
 from essence.app import services
 from essence.app.components.prereq import Inputs
-from essence.app.state import recipe
+from essence.app.components.session import recipe
 from essence.core.profiles import ClassProfiles
 
 WHAT = {

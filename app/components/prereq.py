@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from essence.app import services
-from essence.app.state import recipe
+from essence.app import cache, services
+from essence.app.components.session import recipe
 from essence.core.data import ImageData
 from essence.core.errors import EssenceError
 from essence.core.models import LoadedModel
@@ -48,12 +48,12 @@ def current_inputs() -> Inputs:
     """The sidebar's model, dataset and slice, or a message and a link (the page stops there)."""
     state = recipe()
     try:
-        model = services.model_of(state.model_choice)
+        model = cache.model_of(state.model_choice)
     except EssenceError as exc:
         st.error(f"The model {state.model!r} cannot be loaded: {exc}", icon=":material/warning:")
         missing("Choose another model in the sidebar, or upload it again.", UPLOAD_PAGE, "Upload a model")
     try:
-        data = services.data_for(state.data_choice, model)
+        data = cache.data_for(state.data_choice, model)
     except EssenceError as exc:
         st.error(f"The dataset {state.data!r} does not fit {model.name}: {exc}", icon=":material/warning:")
         missing("Choose another dataset in the sidebar, or upload one.", UPLOAD_PAGE, "Upload a dataset")

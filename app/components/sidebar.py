@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from essence.app import services
-from essence.app.state import RecipeState, recipe
+from essence.app import cache, services
+from essence.app.components.session import recipe
+from essence.app.state import RecipeState
 from essence.core.errors import EssenceError
 from essence.core.models import LoadedModel
 
@@ -23,7 +24,7 @@ def render() -> None:
         _pick_model(state)
         _pick_data(state)
         try:
-            model = services.model_of(state.model_choice)
+            model = cache.model_of(state.model_choice)
         except EssenceError as exc:
             st.error(f"Model not loaded: {exc}", icon=":material/warning:")
             return
@@ -75,7 +76,7 @@ def _pick_layer(state: RecipeState, model: LoadedModel) -> None:
 
 def _suggest(state: RecipeState, model: LoadedModel) -> None:
     try:
-        data = services.data_for(state.data_choice, model)
+        data = cache.data_for(state.data_choice, model)
         with st.spinner("Scoring layers…"):
             suggestion = services.layer_suggestion(model, data)
     except EssenceError as exc:

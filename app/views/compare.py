@@ -4,11 +4,12 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from essence.app import charts, services
+from essence.app import cache, charts, services
 from essence.app.components.boundary import run_page
 from essence.app.components.prereq import UPLOAD_PAGE, current_inputs, missing
+from essence.app.components.session import recipe
 from essence.app.components.sidebar import recipe_box
-from essence.app.state import DEMO_MODEL, DEMO_RETRAINED, recipe
+from essence.app.state import DEMO_MODEL, DEMO_RETRAINED
 
 
 def render() -> None:
@@ -23,8 +24,8 @@ def render() -> None:
         default = DEMO_RETRAINED if state.model == DEMO_MODEL and DEMO_RETRAINED in others else others[0]
     chosen = st.selectbox("Compare with", others, index=others.index(default))
     state.compare_with = chosen
-    model_b = services.model_of(state.models[chosen])
-    data_b = services.data_for(state.data_choice, model_b)
+    model_b = cache.model_of(state.models[chosen])
+    data_b = cache.data_for(state.data_choice, model_b)
     layer_b = model_b.default_layer or inputs.layer
     services.check_layer(model_b, layer_b)
     with st.spinner(f"Comparing {inputs.model.name} with {model_b.name}…"):

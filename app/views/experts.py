@@ -8,8 +8,8 @@ from essence.app import charts, services
 from essence.app.components import longwork
 from essence.app.components.boundary import run_page
 from essence.app.components.prereq import COMPARE_PAGE, current_inputs
+from essence.app.components.session import recipe
 from essence.app.components.sidebar import recipe_box
-from essence.app.state import recipe
 
 ICONS = {
     "ok": ":material/check_circle:",

@@ -7,7 +7,8 @@ from essence.app import services
 from essence.app.components.boundary import run_page
 from essence.app.components.images import READABLE, enlarge
 from essence.app.components.prereq import current_inputs
-from essence.app.state import recipe
+from essence.app.components.session import recipe
+from essence.app.evaluation import predict
 from essence.app.uploads import check_upload_size
 from essence.core.errors import DataLoadError
 
@@ -23,7 +24,7 @@ def render() -> None:
     )
     inputs = current_inputs()
     image, caption = _pick_image(inputs)
-    predicted = int(services.predict(inputs.model, image[None])[0].argmax())
+    predicted = int(predict(inputs.model, image[None])[0].argmax())
     k = len(inputs.names)
     left, right = st.columns(2)
     cls = left.selectbox(

@@ -3,17 +3,18 @@
 import pandas as pd
 import streamlit as st
 
-from essence.app import charts, services
+from essence.app import charts
 from essence.app.components.boundary import run_page
 from essence.app.components.prereq import PROFILES_PAGE, current_inputs
 from essence.app.components.sidebar import recipe_box
+from essence.app.evaluation import evaluation
 
 
 def render() -> None:
     st.title("Overview")
     inputs = current_inputs()
     k = len(inputs.names)
-    ev = services.evaluation(inputs.model, inputs.data, k)
+    ev = evaluation(inputs.model, inputs.data, k)
     st.caption(f"{inputs.model.name} on {inputs.data.spec}: {len(inputs.data)} images, {k} classes")
     recipe_box(inputs.model)
     never = ev.never_predicted

@@ -3,12 +3,13 @@
 import numpy as np
 import streamlit as st
 
-from essence.app import charts, services
+from essence.app import charts
 from essence.app.components import longwork
 from essence.app.components.boundary import run_page
 from essence.app.components.images import enlarge
 from essence.app.components.prereq import TRIAGE_PAGE, current_inputs
-from essence.app.state import recipe
+from essence.app.components.session import recipe
+from essence.app.evaluation import evaluation
 
 
 def render() -> None:
@@ -21,7 +22,7 @@ def render() -> None:
     inputs = current_inputs()
     profiles = longwork.profiles(inputs, "logit", key="profiles")
     state = recipe()
-    ev = services.evaluation(inputs.model, inputs.data, len(inputs.names))
+    ev = evaluation(inputs.model, inputs.data, len(inputs.names))
     default = state.cls if state.cls is not None else (ev.never_predicted or [0])[0]
     cls = st.selectbox(
         "Class", range(len(inputs.names)), index=default, format_func=lambda c: inputs.names[c]

@@ -6,6 +6,7 @@ import streamlit as st
 from essence.app import services
 from essence.app.components.boundary import run_page
 from essence.app.components.prereq import current_inputs
+from essence.app.evaluation import evaluation
 
 
 def render() -> None:
@@ -71,7 +72,7 @@ def _report(inputs) -> None:
 
         profiles = longwork.profiles(inputs, "logit", key="report")
         diag = services.diagnosis(inputs.model, inputs.data, inputs.layer, profiles)
-        ev = services.evaluation(inputs.model, inputs.data, len(inputs.names))
+        ev = evaluation(inputs.model, inputs.data, len(inputs.names))
         html = review_report(
             inputs.model, inputs.data, inputs.layer, diag, services.store(), predicted=ev.predicted
         )

@@ -9,7 +9,8 @@ from essence.app.components import longwork
 from essence.app.components.boundary import run_page
 from essence.app.components.images import enlarge
 from essence.app.components.prereq import EXPERTS_PAGE, Inputs, current_inputs
-from essence.app.state import RecipeState, recipe
+from essence.app.components.session import recipe
+from essence.app.state import RecipeState
 
 # Verdict buttons: (stored verdict, label, keyboard shortcut).
 VERDICTS = (

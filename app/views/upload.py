@@ -5,7 +5,7 @@ import streamlit as st
 from essence.app import uploads
 from essence.app.components.boundary import run_page
 from essence.app.components.prereq import OVERVIEW_PAGE
-from essence.app.state import recipe
+from essence.app.components.session import recipe
 
 
 def render() -> None:

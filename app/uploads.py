@@ -1,6 +1,6 @@
 """Uploads of a user's own model and dataset: size-checked, saved by content hash, extracted safely.
 
-Limits (documented in ``docs/app.md``):
+Limits (:mod:`essence.app.limits`, documented in ``docs/app.md``):
 
 - every uploaded file: at most :data:`UPLOAD_LIMIT_MB` MB — the same figure ``essence app`` gives Streamlit
   as ``server.maxUploadSize``, and checked here too, so the limit holds in tests and behind any server;
@@ -21,8 +21,8 @@ import stat
 import zipfile
 from pathlib import Path, PurePosixPath
 
+from essence.app.limits import EXTRACT_LIMIT_MB, MAX_MEMBERS, MB, UPLOAD_LIMIT, UPLOAD_LIMIT_MB
 from essence.app.state import DataChoice, ModelChoice
-from essence.cli.appcmd import UPLOAD_LIMIT_MB
 from essence.core.datasets import load_dataset
 from essence.core.errors import DataLoadError, ModelLoadError, SpecError
 from essence.core.formats import IMAGE_SUFFIXES
@@ -30,12 +30,6 @@ from essence.core.models import load_model
 from essence.core.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from essence.storage import default_store_path
 
-MB = 1024 * 1024  # Streamlit's server.maxUploadSize counts megabytes of 2**20 bytes
-UPLOAD_LIMIT = UPLOAD_LIMIT_MB * MB
-# A zip of PNG/JPEG images barely compresses; 4× the upload limit leaves room for BMP/TIFF trees while
-# refusing a zip bomb long before it fills the disk.
-EXTRACT_LIMIT_MB = 4 * UPLOAD_LIMIT_MB
-MAX_MEMBERS = 100_000
 CHUNK = 1 << 20
 
 TORCHSCRIPT = "TorchScript (architecture inside the file)"

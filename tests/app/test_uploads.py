@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from essence.app import uploads
-from essence.cli.appcmd import UPLOAD_LIMIT_MB, streamlit_command
+from essence.app.limits import UPLOAD_LIMIT_MB
+from essence.cli.appcmd import streamlit_command
 from essence.core.errors import DataLoadError, ModelLoadError
 
 

@@ -8,10 +8,13 @@ with a :class:`StoreError`, and the file is left byte-for-byte as it was.
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import sqlite3
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import platformdirs
 from alembic import command
@@ -78,8 +81,15 @@ class Location:
 def resolve(url_or_path: str | os.PathLike | None) -> Location:
     """Turn ``None`` (the default store), a path (a file or a folder) or a SQLAlchemy URL into a location.
 
+    Every SQLite URL that names a file, in whichever form (``sqlite:////abs/path``, ``sqlite:///file:PATH?uri=true``,
+    ``file://localhost/...``, percent-encoded), becomes that file's plain path, so that :func:`check_sqlite_file`
+    inspects the very file SQLite will open. Query parameters are refused on SQLite URLs: ``mode``,
+    ``immutable``, ``nolock``, ``vfs`` or ``cache`` change how SQLite opens the file behind that check (and
+    Essence sets its own journal, lock wait and foreign keys); only ``uri=true``, which merely announces the
+    ``file:`` form, is accepted.
+
     Raises:
-        StoreError: a malformed URL.
+        StoreError: a malformed URL (its password never shown), or a SQLite URL with query parameters.
     """
     if url_or_path is None:
         path = default_store_path()
@@ -88,14 +98,17 @@ def resolve(url_or_path: str | os.PathLike | None) -> Location:
             url = make_url(url_or_path)
         except (ArgumentError, ValueError) as exc:
             raise StoreError(
-                f"{url_or_path!r} is not a database URL ({exc}): use a path or e.g. "
-                "sqlite:////abs/path.sqlite or postgresql+psycopg://user@host/db"
+                f"{mask_password(url_or_path)!r} is not a database URL ({mask_password(str(exc))}): use a path "
+                "or e.g. sqlite:////abs/path.sqlite or postgresql+psycopg://user@host/db in --store"
             ) from exc
         if url.get_backend_name() != "sqlite":
             return Location(url, None)
+        _refuse_sqlite_options(url)
         database = url.database or ""
-        if database in ("", ":memory:") or database.startswith("file:"):
-            return Location(url, None)
+        if database.startswith("file:"):
+            database = _uri_file_path(database, url)
+        if database in ("", ":memory:"):
+            return Location(URL.create(url.drivername), None)
         path = Path(database)
     else:
         path = Path(url_or_path)
@@ -104,6 +117,36 @@ def resolve(url_or_path: str | os.PathLike | None) -> Location:
         path = path / STORE_FILENAME
     path = path.absolute()
     return Location(URL.create("sqlite", database=str(path)), path)
+
+
+def mask_password(text: str) -> str:
+    """``text`` with the password of any ``scheme://user:password@`` in it replaced by ``***``."""
+    return _PASSWORD.sub(r"\1***@", text)
+
+
+_PASSWORD = re.compile(r"(://[^:/@\s]*:)\S*@")
+
+
+def _refuse_sqlite_options(url: URL) -> None:
+    options = sorted(k for k in url.query if k != "uri")
+    if options:
+        shown = url.render_as_string(hide_password=True)
+        raise StoreError(
+            f"{shown}: query parameters ({', '.join(options)}) are not accepted on a SQLite store URL (they "
+            "change how SQLite opens the file, past Essence's checks): name the file alone, e.g. "
+            "sqlite:////abs/path.sqlite, and set the lock wait with ESSENCE_STORE_TIMEOUT"
+        )
+
+
+def _uri_file_path(database: str, url: URL) -> str:
+    """The file named by SQLite's URI form ``file:PATH`` / ``file://localhost/PATH`` (percent-decoded)."""
+    parts = urlsplit(database)
+    if parts.netloc not in ("", "localhost"):
+        raise StoreError(
+            f"{url.render_as_string(hide_password=True)}: SQLite file URIs name a file on this machine "
+            f"(host {parts.netloc!r} is not allowed): use sqlite:////abs/path.sqlite"
+        )
+    return unquote(parts.path)
 
 
 def script_directory() -> ScriptDirectory:
@@ -232,7 +275,7 @@ def create(location: Location, timeout: float) -> Engine:
             engine = create_engine(location.url, pool_pre_ping=True)
     except (ArgumentError, NoSuchModuleError, ImportError) as exc:
         raise StoreError(
-            f"cannot use the store URL {location.name} ({exc}): check the URL and its driver"
+            f"cannot use the store URL {location.name} ({mask_password(str(exc))}): check the URL and its driver"
         ) from exc
     return engine
 
@@ -307,7 +350,7 @@ def open_engine(location: Location, timeout: float) -> tuple[Engine, str]:
 
 def operational_error(location: Location, exc: BaseException, timeout: float) -> StoreError:
     """A driver's operational error (locked, read-only, unreachable, full) as a StoreError naming the fix."""
-    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    text = mask_password(str(getattr(exc, "orig", None) or exc).strip().splitlines()[0])
     lowered = text.lower()
     if "locked" in lowered or "busy" in lowered:
         return locked_error(location.name, timeout)
@@ -315,8 +358,16 @@ def operational_error(location: Location, exc: BaseException, timeout: float) ->
         return StoreError(
             f"{location.name} is read-only ({text}): make the file and its folder writable, or {_FIX_LOCATION}"
         )
-    if "disk" in lowered and "full" in lowered:
-        return StoreError(f"{location.name}: the disk is full ({text}): free space, or {_FIX_LOCATION}")
+    if ("disk" in lowered and "full" in lowered) or ("i/o error" in lowered and _looks_full(location)):
+        return StoreError(
+            f"{location.name}: the disk is full or a file-size limit was reached ({text}): free space (or raise "
+            f"the limit), or {_FIX_LOCATION}"
+        )
+    if "i/o error" in lowered:
+        return StoreError(
+            f"{location.name}: the disk reported an I/O error ({text}): check the disk and its free space, or "
+            f"{_FIX_LOCATION}"
+        )
     if location.is_sqlite:
         return StoreError(
             f"cannot use {location.name} ({text}): check the file and folder, or {_FIX_LOCATION}"
@@ -325,6 +376,30 @@ def operational_error(location: Location, exc: BaseException, timeout: float) ->
         f"cannot use the database {location.name} ({text}): check the server is running, the URL, user and "
         f"password, or {_FIX_LOCATION}"
     )
+
+
+# Free space below which an I/O error while writing is taken for a full disk: SQLite names a short write
+# "disk I/O error" unless errno is ENOSPC exactly (a quota, EFBIG from a file-size limit, a full disk seen at
+# fsync all read so), and a few MiB are what its journal and a page cache flush need at once.
+_NEARLY_FULL_BYTES = 16 * 1024 * 1024
+
+
+def _looks_full(location: Location) -> bool:
+    """Whether an I/O error on ``location`` is most likely a full disk or a file-size limit."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+        if soft != resource.RLIM_INFINITY:
+            return True
+    except (ImportError, ValueError, OSError):  # pragma: no cover - not on POSIX
+        pass
+    if location.path is None:
+        return False
+    try:
+        return shutil.disk_usage(location.path.parent).free < _NEARLY_FULL_BYTES
+    except OSError:
+        return False
 
 
 def remove_quietly(path: Path) -> None:

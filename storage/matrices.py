@@ -7,6 +7,7 @@ hash is checked on every read: a damaged or swapped file is detected, never serv
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -19,7 +20,9 @@ import torch
 from essence.core.errors import StoreError
 
 # An unreferenced matrix file younger than this may belong to a write whose transaction has not committed yet
-# (files are written first, then referenced in one transaction): prune leaves it alone.
+# (files are written first, then referenced in one transaction): prune leaves it alone. This guards files
+# still being written; a file being reused, or a write slower than this, is guarded by the write lock
+# (see ``Store.prune``).
 ORPHAN_GRACE_S = 3600.0
 
 
@@ -60,7 +63,11 @@ class FileBlobs:
         digest = sha256(data)
         target = self.path(digest)
         if target.is_file() and target.stat().st_size == len(data) and sha256(target.read_bytes()) == digest:
-            return digest  # same content, same name: already there (a damaged copy is rewritten below)
+            # Same content, same name: already there (a damaged copy is rewritten below). Made young again,
+            # so that a prune's grace period covers it as it covers a new file.
+            with contextlib.suppress(OSError):
+                os.utime(target)
+            return digest
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")

@@ -28,10 +28,11 @@ from sqlalchemy.orm import Session
 
 from essence import __version__
 from essence.core.data import ImageData
+from essence.core.engine import Influence
 from essence.core.errors import SpecError, StoreError
-from essence.core.influence import Influence, InfluenceSums
 from essence.core.models import LoadedModel
 from essence.core.profiles import ClassProfiles
+from essence.core.sums import InfluenceSums
 from essence.storage import connect
 from essence.storage.matrices import FileBlobs, from_bytes, sha256, to_bytes
 from essence.storage.models import BlobRow, MatrixRow, ProfileRow, RunRow, VerdictRow
@@ -231,6 +232,7 @@ class Store:
             try:
                 with self._session(write=True) as s:
                     s.execute(delete(ProfileRow).where(ProfileRow.key_digest == key.digest()))
+                    self._restore_files(encoded, digests)  # under the write lock: see ``prune``
                     run = self._new_run("profiles", key.model_fp, key.dataset_fp, key.layer, info)
                     s.add(run)
                     s.flush()
@@ -264,6 +266,16 @@ class Store:
                 if attempt:
                     raise
         raise AssertionError("unreachable")
+
+    def _restore_files(
+        self, encoded: dict[str, tuple[bytes, str, list[int]]], digests: dict[str, str]
+    ) -> None:
+        """Rewrite any matrix file a concurrent ``prune`` removed between writing it and taking the write lock."""
+        if self._files is None:
+            return
+        for name, (data, _, _) in encoded.items():
+            if not self._files.path(digests[name]).is_file():
+                self._files.put(data)
 
     def _add_matrices(
         self,
@@ -452,6 +464,8 @@ class Store:
     def export_verdicts(self, fmt: Literal["csv", "json"] = "csv", dataset_fp: str | None = None) -> str:
         """The full verdict history as CSV or JSON text; a ``latest`` column marks each instance's current one.
 
+        CSV cells are made safe for spreadsheets (:func:`spreadsheet_safe`); JSON keeps the text as typed.
+
         Raises:
             SpecError: an unknown format.
         """
@@ -477,7 +491,7 @@ class Store:
         ]
         writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
-        writer.writerows(records)
+        writer.writerows({k: spreadsheet_safe(v) for k, v in r.items()} for r in records)
         return out.getvalue()
 
     # ------------------------------------------------------------------------------------------- upkeep
@@ -515,6 +529,17 @@ class Store:
         With neither filter no profile is removed; unreferenced matrix blobs are removed in every case.
         Verdicts and runs are never removed.
 
+        Racing a write. A profile's matrix files are written before its rows (so a crash leaves at most an
+        unreferenced file), and a file of the same content is reused, not rewritten. So "unreferenced" is only
+        true at one moment: a writer may be about to reference a file that looks orphaned, even an old one it
+        is reusing. A grace period alone cannot close this (an old reused file, or a computation slower than
+        the period). The lock does: prune reads the references and deletes the orphan files while holding the
+        database's write lock, and a writer checks that its files still exist after taking that lock, rewriting
+        any that vanished (it holds the bytes) before it commits. Writers are serialised by the same lock, so
+        either prune sees the writer's rows, or the writer sees prune's deletions. The grace period
+        (:data:`~essence.storage.matrices.ORPHAN_GRACE_S`) stays for files still being written (temporary names
+        renamed into place outside any transaction).
+
         Raises:
             SpecError: a negative age.
         """
@@ -546,19 +571,41 @@ class Store:
             blob_bytes += sum(int(n or 0) for _, n in stale)
             if stale and not dry_run:
                 s.execute(delete(BlobRow).where(BlobRow.sha256.in_([d for d, _ in stale])))
-        if self._files is not None:
-            orphans = self._files.orphans(referenced)
-            blob_count += len(orphans)
-            blob_bytes += sum(p.stat().st_size for p in orphans)
-            if not dry_run:
-                for p in orphans:
-                    connect.remove_quietly(p)
+            if self._files is not None:
+                orphans = self._files.orphans(referenced)
+                blob_count += len(orphans)
+                blob_bytes += sum(_size_of(p) for p in orphans)
+                if not dry_run:
+                    for p in orphans:
+                        connect.remove_quietly(p)
         return PruneReport(
             profiles=len(ids), matrices=n_matrices, blobs=blob_count, bytes_freed=blob_bytes, dry_run=dry_run
         )
 
 
 # ----------------------------------------------------------------------------------------------- helpers
+
+# A spreadsheet reads a cell starting with one of these as a formula (or, for tab and CR, strips them and
+# reads what follows): OWASP's list for CSV injection.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: object) -> object:
+    """A CSV cell that a spreadsheet shows as text: a string starting like a formula gets a leading ``'``.
+
+    OWASP's advice against CSV injection (a note ``=HYPERLINK(...)`` or ``=cmd|...`` run by whoever opens the
+    export). Numbers and booleans are left alone; the JSON export is not changed.
+    """
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
+def _size_of(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:  # removed meanwhile
+        return 0
 
 
 def _sqlite_files(path: Path) -> list[Path]:

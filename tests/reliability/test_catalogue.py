@@ -486,6 +486,45 @@ CASES = [
         ("not an Essence store", "patients"),
     ),
     Case(
+        "another program's database as a SQLite URI",
+        lambda b: [
+            "profile",
+            *M,
+            "-d",
+            b.npz,
+            "-l",
+            "conv",
+            "--store",
+            f"sqlite:///file:{b['foreign_db']}?uri=true",
+        ],
+        ("not an Essence store", "patients"),
+    ),
+    Case(
+        "another program's database as a percent-encoded file URI",
+        lambda b: [
+            "store",
+            "info",
+            "--store",
+            f"sqlite:///file://localhost{str(b['foreign_db']).replace('.sqlite', '%252Esqlite')}?uri=true",
+        ],
+        ("not an Essence store", "patients"),
+    ),
+    Case(
+        "SQLite URL options past the checks",
+        lambda b: ["store", "info", "--store", f"sqlite:///file:{b['foreign_db']}?uri=true&immutable=1"],
+        ("query parameters (immutable)", "sqlite:////abs/path.sqlite"),
+    ),
+    Case(
+        "store URL that does not parse",
+        lambda b: ["store", "info", "--store", "post gres://admin:hunter2@db.example/essence"],
+        ("not a database URL", "admin:***@"),
+    ),
+    Case(
+        "weights given as a folder",
+        lambda b: ["profile", *M, "--weights", str(b.ws.root), "-d", b.npz, "-l", "fc1", *CPU],
+        ("is a folder", "named.safetensors", "name the weights file inside it"),
+    ),
+    Case(
         "store locked by another process",
         lambda b: ["profile", *M, "-d", b.npz, "-l", "conv", *CPU],
         ("locked by another process", "ESSENCE_STORE_TIMEOUT"),

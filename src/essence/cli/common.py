@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import os
+import stat
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -106,6 +107,10 @@ def recipe_for(
 
 
 def load_model_spec(model: str, weights: Path | None, trust_pickle: bool) -> LoadedModel:
+    if weights is not None and Path(weights).is_dir():
+        found = sorted(p.name for p in Path(weights).glob("*") if p.suffix in (".safetensors", ".pt", ".pth"))
+        hint = f" (it holds {', '.join(found[:3])})" if found else ""
+        raise SpecError(f"--weights {weights} is a folder{hint}: name the weights file inside it")
     loaded = load_model(model, weights, trust_pickle=trust_pickle)
     _apply_card(loaded, weights)
     return loaded
@@ -189,22 +194,71 @@ def _clean(obj: Any) -> Any:
 
 
 def write_json(path: Path | None, obj: Any) -> None:
-    """Write ``obj`` as JSON atomically (a temporary file renamed into place); ``-`` writes to stdout."""
+    """Write ``obj`` as JSON to ``path`` (see :func:`write_text_file`); ``-`` writes to stdout."""
     if path is None:
         return
-    text = json.dumps(_clean(obj), indent=2, allow_nan=False)
+    text = json.dumps(_clean(obj), indent=2, allow_nan=False) + "\n"
     if str(path) == "-":
-        sys.stdout.write(text + "\n")
+        sys.stdout.write(text)
         return
-    path = Path(path)
+    write_text_file(Path(path), text, "--json")
+
+
+def write_text_file(path: Path, text: str, option: str) -> None:
+    """Write ``text`` to ``path`` without replacing what is there with something of another kind.
+
+    - A symlink is followed: its target is written, the link stays.
+    - A FIFO, a character device (``/dev/null``, ``/dev/stdout``) or a socket is written through, never
+      replaced (as root, replacing ``/dev/null`` would break the machine).
+    - A regular file, or a new one, is written atomically: a temporary file beside it, flushed to disk and
+      renamed into place, so a reader (or Ctrl-C) never sees half a file. An existing file keeps its mode;
+      a new one gets the usual ``0666 & ~umask``.
+    - A folder is refused.
+
+    Raises:
+        SpecError: the path is a folder, or cannot be written; the message names ``option`` and the fix.
+    """
+    target = Path(os.path.realpath(path))
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.write(text + "\n")
-        os.replace(tmp, path)
+        info: os.stat_result | None = os.stat(target)
+    except FileNotFoundError:
+        info = None
     except OSError as exc:
-        raise SpecError(f"cannot write {path}: {exc.strerror or exc}; choose a writable --json path") from exc
+        raise SpecError(f"cannot write {path}: {exc.strerror or exc}; choose another {option} path") from exc
+    try:
+        if info is not None and stat.S_ISDIR(info.st_mode):
+            raise SpecError(f"{option} {path} is a folder: name a file inside it")
+        if info is not None and not stat.S_ISREG(info.st_mode):
+            with open(target, "w", newline="") as f:
+                f.write(text)
+            return
+        _replace_atomically(target, text, stat.S_IMODE(info.st_mode) if info is not None else None)
+    except OSError as exc:
+        raise SpecError(
+            f"cannot write {path}: {exc.strerror or exc}; choose a writable {option} path (or free space)"
+        ) from exc
+
+
+def _replace_atomically(target: Path, text: str, mode: int | None) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode if mode is not None else 0o666 & ~_umask())
+        os.replace(tmp, target)
+    except BaseException:  # Ctrl-C included: no temporary file is left behind
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -26,7 +24,9 @@ from essence.cli.common import (
     TrustPickleOpt,
     WeightsOpt,
     write_json,
+    write_text_file,
 )
+from essence.cli.profile import AllowEmptyOpt, KindOpt, ProfileRequest, run_profiles
 from essence.core.errors import SpecError
 
 VerdictsOpt = Annotated[
@@ -46,18 +46,6 @@ def _size(n: int | None) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024  # type: ignore[assignment]
     return f"{n} B"
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write atomically (a temporary file renamed into place)."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise SpecError(f"cannot write {path}: {exc.strerror or exc}; choose a writable path") from exc
 
 
 def info(store: str | None, json_path: Path | None) -> None:
@@ -96,7 +84,7 @@ def export(store: str | None, verdicts: Path | None, profiles: Path | None, data
             raise SpecError(f"--verdicts {verdicts}: name a .csv or .json file")
     with Store.open(store) as opened:
         if verdicts is not None:
-            _write_text(verdicts, opened.export_verdicts(fmt, dataset_fp=dataset))  # type: ignore[arg-type]
+            write_text_file(verdicts, opened.export_verdicts(fmt, dataset_fp=dataset), "--verdicts")  # type: ignore[arg-type]
             count = len(opened.all_verdicts(dataset))
             typer.echo(f"wrote {count} verdicts (full history) to {verdicts}")
         if profiles is not None:
@@ -108,8 +96,10 @@ def export(store: str | None, verdicts: Path | None, profiles: Path | None, data
                 if got is None:  # pruned meanwhile
                     continue
                 record = {**got.to_json(), "key": key.__dict__ | {"digest": key.digest()}}
-                _write_text(
-                    profiles / f"profile-{key.digest()[:16]}.json", json.dumps(record, indent=2) + "\n"
+                write_text_file(
+                    profiles / f"profile-{key.digest()[:16]}.json",
+                    json.dumps(record, indent=2) + "\n",
+                    "--profiles",
                 )
                 written += 1
             typer.echo(f"wrote {written} profiles to {profiles}")
@@ -175,7 +165,7 @@ def register(app: typer.Typer) -> None:
         trust_pickle: TrustPickleOpt = False,
         layer: LayerOpt = None,
         granularity: GranularityOpt = "channel",
-        kind: str = typer.Option("logit", "--kind", help="class score differentiated: logit or prob"),
+        kind: KindOpt = "logit",
         device: DeviceOpt = "auto",
         batch_size: BatchOpt = 64,
         json_path: JsonOpt = None,
@@ -184,9 +174,7 @@ def register(app: typer.Typer) -> None:
         instances: bool = typer.Option(
             False, "--instances", help="also store each instance's vector and outputs (for triage)"
         ),
-        allow_empty: bool = typer.Option(
-            False, "--allow-empty", help="keep classes with no instances (NaN rows)"
-        ),
+        allow_empty: AllowEmptyOpt = False,
         size: SizeOpt = None,
         blur: BlurOpt = None,
         recipe: RecipeOpt = None,
@@ -203,27 +191,9 @@ def register(app: typer.Typer) -> None:
         Also runs sharded: under ``torchrun --nproc-per-node N -m essence.cli precompute ...`` or with
         ``--distributed --nproc N`` (see docs/scale.md).
         """
+        request = ProfileRequest.from_options(locals())  # first: locals() are the options alone
         from essence.cli import shard
-        from essence.cli.profile import ProfileRequest, run_profiles
 
-        request = ProfileRequest(
-            model=model,
-            data=data,
-            weights=weights,
-            trust_pickle=trust_pickle,
-            layer=layer,
-            granularity=granularity,
-            kind=kind,
-            device=device,
-            batch_size=batch_size,
-            json_path=json_path,
-            store=store,
-            allow_empty=allow_empty,
-            size=size,
-            blur=blur,
-            recipe=recipe,
-            skip_bad=skip_bad,
-        )
         if shard.wants_shards(distributed):
             shard.precompute(request, force=force, instances=instances, nproc=nproc)
             return

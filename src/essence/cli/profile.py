@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -33,13 +35,15 @@ from essence.cli.common import (
     write_json,
 )
 from essence.core.devices import resolve_device
-from essence.core.errors import EmptyClassError, SpecError
-from essence.core.influence import InfluenceSums, Progress
-from essence.core.profiles import ClassProfiles, class_profiles
+from essence.core.errors import SpecError
+from essence.core.profiles import ClassProfiles, checked_class_names, class_profiles
 from essence.core.quantities import Kind
 
-# Combines this process's running sums with the other processes' (e.g. an all-reduce under torchrun).
-MergeHook = Callable[[InfluenceSums], InfluenceSums]
+# The options ``profile`` and ``precompute`` share beyond those of every command (see ``common``).
+KindOpt = Annotated[str, typer.Option("--kind", help="class score differentiated: logit or prob")]
+AllowEmptyOpt = Annotated[
+    bool, typer.Option("--allow-empty", help="keep classes with no instances (NaN rows)")
+]
 
 
 def command_line() -> str:
@@ -47,71 +51,13 @@ def command_line() -> str:
     return " ".join(["essence", *sys.argv[1:]])
 
 
-def compute_class_profiles(
-    inputs: Inputs,
-    *,
-    granularity: str,
-    kind: Kind,
-    batch_size: int,
-    device: str,
-    allow_empty: bool = False,
-    keep_instances: bool = False,
-    progress: Progress | None = None,
-    merge: MergeHook | None = None,
-) -> ClassProfiles:
-    """The computation behind ``profile`` and ``precompute``, without the store.
-
-    Args:
-        inputs: the model, data (this process's shard of it, when ``merge`` is given) and slice.
-        granularity, kind, batch_size, device: as in :func:`essence.core.class_profiles`.
-        allow_empty: keep classes without instances (checked after merging, when merging).
-        keep_instances: also keep each instance's vector and outputs (not merged: they stay per shard).
-        progress: a ``(done, total)`` callback.
-        merge: combines the shard's :class:`InfluenceSums` with the other shards' (the sums are additive);
-            the profiles are finalised from what it returns.
-
-    Returns:
-        :class:`ClassProfiles` ``[C, U]``.
+def check_no_empty_class(p: ClassProfiles) -> None:
+    """Refuse stored profiles with an empty class (stored by a run that allowed them; this one does not).
 
     Raises:
-        EmptyClassError: a class has no instances (after merging) and ``allow_empty`` is off.
+        EmptyClassError: naming the empty classes and the fix.
     """
-    names = inputs.model.class_names or inputs.data.class_names
-    profiles = class_profiles(
-        inputs.model.module,
-        inputs.data,
-        inputs.layer,
-        granularity=granularity,  # type: ignore[arg-type]
-        kind=kind,
-        class_names=names,
-        allow_empty=allow_empty or merge is not None,  # a shard may lack a class the whole data has
-        keep_instances=keep_instances,
-        batch_size=batch_size,
-        device=device,
-        progress=progress,
-    )
-    if merge is None:
-        return profiles
-    merged = ClassProfiles.from_sums(
-        merge(profiles.sums),
-        class_names=profiles.class_names,
-        layer=profiles.layer,
-        granularity=profiles.granularity,
-        quantity=profiles.quantity,
-        unit_shape=profiles.unit_shape,
-    )
-    if not allow_empty:
-        check_no_empty_class(merged)
-    return merged
-
-
-def check_no_empty_class(p: ClassProfiles) -> None:
-    empty = [p.class_names[i] for i in range(len(p.class_names)) if int(p.counts[i]) == 0]
-    if empty:
-        raise EmptyClassError(
-            f"classes {empty} have no instances in the data: add their images, or allow empty classes "
-            "(--allow-empty)"
-        )
+    checked_class_names(p.class_names, p.counts, int(p.counts.sum()), allow_empty=False)
 
 
 def compute_profiles(
@@ -126,33 +72,40 @@ def compute_profiles(
     no_cache: bool = False,
     refresh: bool = False,
     keep_instances: bool = False,
-    merge: MergeHook | None = None,
 ) -> ClassProfiles:
     """Class profiles for the CLI, read through the store (``cached=True`` when served from it).
 
     Args:
-        inputs, granularity, kind, batch_size, device, allow_empty, keep_instances, merge: as in
-            :func:`compute_class_profiles`.
+        inputs: the model, data and slice.
+        granularity, kind, batch_size, device: as in :func:`essence.core.class_profiles`.
+        allow_empty: keep classes without instances.
+        keep_instances: also keep each instance's vector and outputs.
         store: the store's path or URL (default: ``$ESSENCE_HOME/essence.sqlite``).
         no_cache: neither read nor write the store.
         refresh: recompute and replace what the store holds.
 
+    Returns:
+        :class:`ClassProfiles` ``[C, U]``.
+
     Raises:
+        EmptyClassError: a class has no instances and ``allow_empty`` is off.
         StoreError: the store cannot be opened or written (``--no-cache`` works without it).
     """
 
     def compute() -> ClassProfiles:
         with progress_bar(f"profiles at {inputs.layer}") as bar:
-            return compute_class_profiles(
-                inputs,
-                granularity=granularity,
+            return class_profiles(
+                inputs.model.module,
+                inputs.data,
+                inputs.layer,
+                granularity=granularity,  # type: ignore[arg-type]
                 kind=kind,
-                batch_size=batch_size,
-                device=device,
+                class_names=inputs.model.class_names or inputs.data.class_names,
                 allow_empty=allow_empty,
                 keep_instances=keep_instances,
+                batch_size=batch_size,
+                device=device,
                 progress=bar,
-                merge=merge,
             )
 
     if no_cache:
@@ -212,6 +165,11 @@ class ProfileRequest:
     blur: float | None = None
     recipe: Path | None = None
     skip_bad: bool = False
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, object]) -> ProfileRequest:
+        """The request out of a command's options (its ``locals()``): the fields by name, the rest ignored."""
+        return cls(**{f.name: options[f.name] for f in dataclasses.fields(cls)})  # type: ignore[arg-type]
 
     def check(self) -> None:
         """Refuse an unknown granularity or quantity kind before anything is loaded."""
@@ -281,37 +239,17 @@ def register(app: typer.Typer) -> None:
         trust_pickle: TrustPickleOpt = False,
         layer: LayerOpt = None,
         granularity: GranularityOpt = "channel",
-        kind: str = typer.Option("logit", "--kind", help="class score differentiated: logit or prob"),
+        kind: KindOpt = "logit",
         device: DeviceOpt = "auto",
         batch_size: BatchOpt = 64,
         json_path: JsonOpt = None,
         store: StoreOpt = None,
         no_cache: NoCacheOpt = False,
-        allow_empty: bool = typer.Option(
-            False, "--allow-empty", help="keep classes with no instances (NaN rows)"
-        ),
+        allow_empty: AllowEmptyOpt = False,
         size: SizeOpt = None,
         blur: BlurOpt = None,
         recipe: RecipeOpt = None,
         skip_bad: SkipBadOpt = False,
     ) -> None:
         """Every class's influence profile at a slice (q = the class's score, P = its instances)."""
-        request = ProfileRequest(
-            model=model,
-            data=data,
-            weights=weights,
-            trust_pickle=trust_pickle,
-            layer=layer,
-            granularity=granularity,
-            kind=kind,
-            device=device,
-            batch_size=batch_size,
-            json_path=json_path,
-            store=store,
-            allow_empty=allow_empty,
-            size=size,
-            blur=blur,
-            recipe=recipe,
-            skip_bad=skip_bad,
-        )
-        run_profiles(request, no_cache=no_cache)
+        run_profiles(ProfileRequest.from_options(locals()), no_cache=no_cache)

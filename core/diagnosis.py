@@ -1,171 +1,59 @@
-"""The drowning-expert diagnosis (paper §3.4): why is a class rarely or never predicted?
+"""The diagnosis of a rarely predicted class: drowning experts, not read out, or not learned — and what to suspect.
 
 For every class: recall, precision and how often the model predicts it. A class predicted for fewer than
-``rare_share`` × its true count is *rarely predicted*; the expert sweep of its profile then splits it in two:
+``rare_share`` × its true count is *rarely predicted*, and three questions name the cause:
 
-- **drowning experts** — a mask of the class's own units recovers it (an expert, see
-  :class:`~essence.core.experts.ExpertCriterion`), so the model did learn it, but in the full model other
-  classes' units outweigh it. The classes that drown it are the ones its instances are predicted as whose
-  profiles share positive units with its expert. Remedy: rebalance the training data or reweight the loss.
-- **not learned** — no mask of the grid recovers it: the features are not at this slice. Look at the data and
-  the preprocessing (the paper's case: a Gaussian blur erased the microaneurysms that define class 2); the
-  recipe is shown with the diagnosis.
+1. **Can the model's own read-out be made to predict it?** The honest expert test
+   (:func:`~essence.core.expert_evidence.expert_evidence`: cross-fitted, corrected for the grid, beating the
+   activation-ranked control and random masks). Yes → **drowning experts**: the model learned the class, but
+   in the full model other classes' units outweigh it. Remedy: rebalance the training data or reweight the loss.
+2. **Is its information in the slice?** A held-out linear probe of the class against its *neighbour* — the
+   class it is most confused with (:mod:`essence.core.probe`). Separates beyond chance → **not read out**: the
+   slice carries it but the layers above never use it. Remedy: retrain or rebalance the head.
+3. Otherwise **not learned**: the information is not at the slice. Each lossy step of the recorded recipe is
+   tested on the raw images for erasing what separates the class from its neighbour
+   (:mod:`essence.core.suspect_steps`); the suspects are named with their evidence. Remedy: change that step
+   (the paper's case: a Gaussian blur erased the microaneurysms that define class 2), or, with no suspect,
+   look at the data itself.
 
-Everything else is "ok".
+Everything else is "ok". Every class also gets its probe, so the JSON is the same shape for all.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from essence.core.experts import ExpertCriterion, ExpertSweep, cache_slice, expert_sweep
-from essence.core.influence import CancelFlag, Progress
+from essence.core.data import ImageData
+from essence.core.diagnosis_results import (
+    DROWNING,
+    NOT_LEARNED,
+    NOT_READ_OUT,
+    OK,
+    ClassDiagnosis,
+    Diagnosis,
+    DiagnosisSettings,
+)
+from essence.core.engine import CancelFlag, Progress
+from essence.core.expert_evidence import expert_evidence
+from essence.core.probe import probe_class, probe_features
 from essence.core.profiles import ClassProfiles, class_profiles
-from essence.core.quantities import Kind
-from essence.core.slices import Granularity
+from essence.core.slice_cache import SliceCache, cache_slice
+from essence.core.suspect_steps import StepAudit, audit_steps
 
-OK, DROWNING, NOT_LEARNED = "ok", "drowning experts", "not learned"
-
-
-@dataclass(frozen=True)
-class DiagnosisSettings:
-    """Settings of the diagnosis (each a documented choice, the same for every dataset).
-
-    Attributes:
-        rare_share: a class is *rarely predicted* when the model predicts it for fewer than
-            ``rare_share`` × its true count of instances. ½: a class the model names at most half as often
-            as it occurs has lost at least half its recall even if every prediction of it is right — a loss
-            no calibrated classifier shows; a balanced model predicts each class about as often as it occurs.
-        criterion: when a mask counts as an expert (:class:`ExpertCriterion`).
-        alphas, betas: the sweep's grid (default: :func:`~essence.core.experts.default_grid`).
-        kind: the quantity of the class profiles the masks are taken from (``"logit"``).
-        granularity: ``"channel"`` or ``"neuron"``.
-        top_units: how many top positive and negative units of each class are listed.
-    """
-
-    rare_share: float = 0.5
-    criterion: ExpertCriterion = field(default_factory=ExpertCriterion)
-    alphas: Sequence[int] | None = None
-    betas: Sequence[int] | None = None
-    kind: Kind = "logit"
-    granularity: Granularity = "channel"
-    top_units: int = 5
-
-
-@dataclass(frozen=True)
-class ClassDiagnosis:
-    """One class's diagnosis.
-
-    Attributes:
-        cls, name: the class.
-        count: its instances in the data.
-        recall: of the model's use (argmax); NaN without instances.
-        precision: NaN when the model never predicts it.
-        predicted_count: how many instances the model predicts as it.
-        diagnosis: ``"ok"``, ``"drowning experts"`` or ``"not learned"``.
-        expert: the best expert ``{"alpha", "beta", "recall", "precision", ...}`` or ``None``.
-        confused_with: ``[(class name, count)]`` what its instances are predicted as instead, most first.
-        drowned_by: names of the classes that drown its expert (drowning experts only).
-        top_positive, top_negative: its profile's top units.
-        advice: one line for people.
-        sweep, control: the influence-ranked sweep and the activation-ranked control (rare classes only).
-    """
-
-    cls: int
-    name: str
-    count: int
-    recall: float
-    precision: float
-    predicted_count: int
-    diagnosis: str
-    expert: dict | None
-    confused_with: list[tuple[str, int]]
-    drowned_by: list[str]
-    top_positive: list[int]
-    top_negative: list[int]
-    advice: str
-    sweep: ExpertSweep | None = field(default=None, repr=False)
-    control: ExpertSweep | None = field(default=None, repr=False)
-
-    def to_json(self) -> dict:
-        expert = None
-        if self.expert is not None:
-            expert = {k: self.expert[k] for k in ("alpha", "beta", "recall", "precision")}
-            expert["units"] = self.expert["positive_units"] + self.expert["negative_units"]
-        control = None
-        if self.control is not None:
-            control = {
-                "best_recall": float(np.max(self.control.recall)),
-                "expert": self.control.best() is not None,
-            }
-        return {
-            "name": self.name,
-            "index": self.cls,
-            "count": self.count,
-            "recall": self.recall,
-            "precision": self.precision,
-            "predicted_count": self.predicted_count,
-            "diagnosis": self.diagnosis,
-            "expert": expert,
-            "confused_with": [{"class": c, "count": n} for c, n in self.confused_with],
-            "drowned_by": self.drowned_by,
-            "top_positive_units": self.top_positive,
-            "top_negative_units": self.top_negative,
-            "activation_control": control,
-            "advice": self.advice,
-        }
-
-
-@dataclass(frozen=True)
-class Diagnosis:
-    """The whole recipe's verdict at one slice.
-
-    Attributes:
-        layer: the slice.
-        classes: one :class:`ClassDiagnosis` per class.
-        accuracy: of the model's use on the data.
-        confusion: int64 ``[C, C]`` rows = true class, columns = predicted.
-        preprocessing: the data's preprocessing recipe, described (``None`` if unknown).
-        route: how g was run (``"fx"`` or ``"hook"``).
-        settings: the settings used.
-    """
-
-    layer: str
-    classes: list[ClassDiagnosis]
-    accuracy: float
-    confusion: np.ndarray = field(repr=False)
-    preprocessing: str | None
-    route: str
-    settings: DiagnosisSettings = field(repr=False)
-
-    @property
-    def never_predicted(self) -> list[str]:
-        return [c.name for c in self.classes if c.predicted_count == 0 and c.count > 0]
-
-    def to_json(self) -> dict:
-        """``{"layer", "classes": [{"name", "recall", "precision", "predicted_count", "diagnosis", "expert"}]}``."""
-        return {
-            "layer": self.layer,
-            "accuracy": self.accuracy,
-            "preprocessing": self.preprocessing,
-            "never_predicted": self.never_predicted,
-            "route": self.route,
-            "settings": {
-                "rare_share": self.settings.rare_share,
-                "precision_tolerance": self.settings.criterion.precision_tolerance,
-                "prevalence_lift": self.settings.criterion.prevalence_lift,
-                "min_recall_gain": self.settings.criterion.min_recall_gain,
-                "kind": self.settings.kind,
-                "granularity": self.settings.granularity,
-            },
-            "classes": [c.to_json() for c in self.classes],
-            "confusion": self.confusion.tolist(),
-        }
+__all__ = [
+    "DROWNING",
+    "NOT_LEARNED",
+    "NOT_READ_OUT",
+    "OK",
+    "ClassDiagnosis",
+    "Diagnosis",
+    "DiagnosisSettings",
+    "diagnose",
+]
 
 
 def diagnose(
@@ -181,14 +69,15 @@ def diagnose(
     progress: Progress | None = None,
     cancel: CancelFlag = None,
 ) -> Diagnosis:
-    """Diagnose every class at ``layer``: ok, drowning experts, or not learned.
+    """Diagnose every class at ``layer``: ok, drowning experts, not read out, or not learned.
 
     Args:
         model: the classifier.
-        data: an :class:`~essence.core.data.ImageData` or ``(x, labels)`` tensors.
+        data: an :class:`~essence.core.data.ImageData` (raw images and recipe: the preprocessing audit runs)
+            or ``(x, labels)`` tensors (no audit).
         layer: module path of the slice.
         settings: thresholds and grid (:class:`DiagnosisSettings`).
-        profiles: class profiles at ``layer`` (computed if not given).
+        profiles: class profiles at ``layer`` (computed if not given; they give each class's top units).
         preprocessing: a description of the inputs' recipe (default: the data's, if it has one).
         batch_size, device, progress, cancel: as elsewhere (progress and cancel cover the profile pass).
 
@@ -219,114 +108,183 @@ def diagnose(
     names = list(getattr(data, "class_names", None) or profiles.class_names)
     confusion = np.zeros((num, num), dtype=np.int64)
     np.add.at(confusion, (labels, predicted), 1)
-    recipe = preprocessing
-    if recipe is None and getattr(data, "preprocessing", None) is not None:
-        recipe = data.preprocessing.describe()
-    classes = []
-    for i in range(num):
-        classes.append(_diagnose_class(model, data, layer, i, names, confusion, profiles, cache, s, recipe))
+    recipe = getattr(data, "preprocessing", None)
+    described = preprocessing or (recipe.describe() if recipe is not None else None)
+    features = probe_features(cache.z, s.probe.max_features)
+    run = _ClassRun(
+        model, data, layer, names, confusion, profiles, cache, features, s, described, batch_size, device
+    )
     return Diagnosis(
         layer=layer,
-        classes=classes,
+        classes=[run.diagnose(i) for i in range(num)],
         accuracy=float((labels == predicted).mean()),
         confusion=confusion,
-        preprocessing=recipe,
+        preprocessing=described,
         route=cache.sliced.route,
         settings=s,
+        recipe=recipe.to_dict() if recipe is not None else None,
     )
 
 
-def _diagnose_class(
-    model: nn.Module,
-    data: object,
-    layer: str,
-    i: int,
-    names: list[str],
-    confusion: np.ndarray,
-    profiles: ClassProfiles,
-    cache: object,
-    s: DiagnosisSettings,
-    recipe: str | None,
-) -> ClassDiagnosis:
-    count = int(confusion[i].sum())
-    pred = int(confusion[:, i].sum())
-    tp = int(confusion[i, i])
-    recall = tp / count if count else float("nan")
-    precision = tp / pred if pred else float("nan")
-    order = profiles.order(i)
-    top_pos = [int(u) for u in order[: s.top_units]]
-    top_neg = [int(u) for u in order.flip(0)[: s.top_units]]
-    confused = [
-        (names[j], int(confusion[i, j]))
-        for j in np.argsort(-confusion[i], kind="stable")
-        if j != i and confusion[i, j] > 0
-    ]
-    base = dict(
-        cls=i,
-        name=names[i],
-        count=count,
-        recall=recall,
-        precision=precision,
-        predicted_count=pred,
-        confused_with=confused,
-        top_positive=top_pos,
-        top_negative=top_neg,
-    )
-    if count == 0:
-        return ClassDiagnosis(
-            **base,
-            diagnosis=OK,
-            expert=None,
-            drowned_by=[],
-            advice="no instances in the data: cannot be judged here",
+@dataclass
+class _ClassRun:
+    """What every class's diagnosis shares (one slice cache, one set of probe features)."""
+
+    model: nn.Module
+    data: object
+    layer: str
+    names: list[str]
+    confusion: np.ndarray
+    profiles: ClassProfiles
+    cache: SliceCache
+    features: np.ndarray
+    s: DiagnosisSettings
+    recipe: str | None
+    batch_size: int
+    device: str | torch.device
+
+    def diagnose(self, i: int) -> ClassDiagnosis:
+        cm, names, s = self.confusion, self.names, self.s
+        count, pred, tp = int(cm[i].sum()), int(cm[:, i].sum()), int(cm[i, i])
+        order = self.profiles.order(i)
+        confused = [
+            (names[j], int(cm[i, j])) for j in np.argsort(-cm[i], kind="stable") if j != i and cm[i, j]
+        ]
+        base = dict(
+            cls=i,
+            name=names[i],
+            count=count,
+            recall=tp / count if count else float("nan"),
+            precision=tp / pred if pred else float("nan"),
+            predicted_count=pred,
+            confused_with=confused,
+            top_positive=[int(u) for u in order[: s.top_units]],
+            top_negative=[int(u) for u in order.flip(0)[: s.top_units]],
         )
-    if pred >= s.rare_share * count:
-        return ClassDiagnosis(**base, diagnosis=OK, expert=None, drowned_by=[], advice="")
-    sweep_args = dict(
-        profiles=profiles, alphas=s.alphas, betas=s.betas, granularity=s.granularity, cache=cache
-    )
-    sweep = expert_sweep(model, data, layer, i, rank_by="influence", **sweep_args)
-    control = expert_sweep(model, data, layer, i, rank_by="activation", **sweep_args)
-    expert = sweep.best(s.criterion)
-    how = "never predicted" if pred == 0 else f"rarely predicted ({pred} predictions for {count} instances)"
-    if expert is None:
+        if count == 0:
+            return ClassDiagnosis(
+                **base,
+                diagnosis=OK,
+                expert=None,
+                drowned_by=[],
+                advice="no instances in the data: not judged",
+            )
+        j = self.neighbour(i)
+        labels = self.cache.labels.numpy()
+        probe = None if j is None else probe_class(self.features, labels, i, j, names, s.probe)
+        rest = probe_class(self.features, labels, i, None, names, s.probe)
+        base.update(neighbour=None if j is None else names[j], probe=probe, probe_rest=rest)
+        if pred >= s.rare_share * count:
+            return ClassDiagnosis(**base, diagnosis=OK, expert=None, drowned_by=[], advice="")
+        evidence = expert_evidence(
+            self.model, self.data, self.layer, i, cache=self.cache, criterion=s.criterion, alphas=s.alphas,
+            betas=s.betas, kind=s.kind, granularity=s.granularity, seed=s.seed, batch_size=self.batch_size,
+            device=self.device,
+        )  # fmt: skip
+        how = (
+            "never predicted" if pred == 0 else f"rarely predicted ({pred} predictions for {count} instances)"
+        )
+        best = evidence.best
+        if best is not None:
+            drowned = _drowned_by(best, confused, names, self.profiles)
+            culprits = ", ".join(drowned or [c for c, _ in confused]) or "other classes"
+            remedy = f"rebalance the training data or reweight the loss for {names[i]}"
+            return ClassDiagnosis(
+                **base, diagnosis=DROWNING, expert=best, drowned_by=drowned, evidence=evidence,
+                advice=(
+                    f"{how}; an expert exists (α={best['alpha']}, β={best['beta']}: cross-fitted recall "
+                    f"{best['recall']:.2f} at precision {best['precision']:.2f}, against the model's "
+                    f"{base['recall']:.2f} and {best['reference_recall']:.2f} for the best control or random mask "
+                    f"of its size) but is drowned by the units of {culprits}. Remedy: {remedy}"
+                ),
+                remedy=remedy,
+            )  # fmt: skip
+        top = float(np.max(evidence.sweep.recall))
+        where = f"the slice separates it from {base['neighbour']}" if probe else "the slice separates it"
+        if probe is not None and probe.separates:
+            remedy = (
+                "the layers above the slice never read it out: retrain or rebalance the head (e.g. fine-tune "
+                f"the layers above {self.layer} with a class-balanced loss)"
+            )
+            return ClassDiagnosis(
+                **base, diagnosis=NOT_READ_OUT, expert=None, drowned_by=[], evidence=evidence,
+                advice=(
+                    f"{how}; {where} (held-out probe AUC {probe.auc:.2f}, chance up to {probe.threshold:.2f}) but "
+                    f"no mask of its units makes the head predict it (best cross-fitted recall {top:.2f}). "
+                    f"Remedy: {remedy}"
+                ),
+                remedy=remedy,
+            )  # fmt: skip
+        audit = self.audit(i, j)
+        auc = (
+            ""
+            if probe is None
+            else f" (held-out probe AUC {probe.auc:.2f}, chance up to {probe.threshold:.2f})"
+        )
+        remedy = _remedy(audit, self.recipe, base["neighbour"])
+        return ClassDiagnosis(
+            **base, diagnosis=NOT_LEARNED, expert=None, drowned_by=[], evidence=evidence, audit=audit,
+            advice=(
+                f"{how}; no expert, and the slice does not separate it from {base['neighbour']}{auc}: not "
+                f"learned. Remedy: {remedy}"
+            ),
+            remedy=remedy,
+        )  # fmt: skip
+
+    def neighbour(self, i: int) -> int | None:
+        """The class most confused with ``i`` (either way); without confusion, the nearest class mean of z."""
+        cm = self.confusion
+        present = [j for j in range(len(cm)) if j != i and cm[j].sum() > 0]
+        if not present:
+            return None
+        both = {j: int(cm[i, j] + cm[j, i]) for j in present}
+        best = max(present, key=lambda j: both[j])
+        if both[best] > 0:
+            return best
+        labels = self.cache.labels.numpy()
+        f = self.features
+        scale = f.std(0) + 1e-12
+        mine = f[labels == i].mean(0) / scale
+        return min(present, key=lambda j: float(np.linalg.norm(f[labels == j].mean(0) / scale - mine)))
+
+    def audit(self, i: int, j: int | None) -> StepAudit | None:
+        """The preprocessing audit of ``i`` against ``j``, when the data has raw images and a recipe."""
+        if j is None or not isinstance(self.data, ImageData):
+            return None
+        return audit_steps(self.data, i, j, self.s.suspects)
+
+
+def _remedy(audit: StepAudit | None, recipe: str | None, neighbour: str | None) -> str:
+    """What to do about a class that was not learned, from the preprocessing audit."""
+    if audit is None:
         where = f" (recipe: {recipe})" if recipe else ""
-        return ClassDiagnosis(
-            **base,
-            diagnosis=NOT_LEARNED,
-            expert=None,
-            drowned_by=[],
-            sweep=sweep,
-            control=control,
-            advice=f"{how}; no expert found: not learned — look at the data and preprocessing{where}",
+        return f"look at the data and the preprocessing{where}"
+    if audit.suspects:
+        named = "; ".join(f"{t.step} — {t.evidence}" for t in audit.suspects)
+        return f"suspect the preprocessing: {named}; retrain without that step or with a milder one"
+    if not audit.raw_separates:
+        return (
+            f"no step of the recipe is to blame: even the raw images do not separate it from {neighbour} on their "
+            f"contrast (AUC {audit.raw_auc:.2f}, chance up to {audit.threshold:.2f}); check the labels and "
+            "whether the images can show the class"
         )
-    drowned = _drowned_by(i, expert, confused, names, profiles)
-    culprits = ", ".join(drowned or [c for c, _ in confused]) or "other classes"
-    return ClassDiagnosis(
-        **base,
-        diagnosis=DROWNING,
-        expert=expert,
-        drowned_by=drowned,
-        sweep=sweep,
-        control=control,
-        advice=(
-            f"{how}; an expert exists (α={expert['alpha']}, β={expert['beta']}: recall {expert['recall']:.2f} "
-            f"at precision {expert['precision']:.2f}, the model's recall {recall:.2f}) but is drowned by the "
-            f"units of {culprits}: rebalance the training data or reweight the loss for {names[i]}"
-        ),
+    tested = ", ".join(t.step for t in audit.steps) or "none"
+    return (
+        f"the raw images separate it from {neighbour} (contrast AUC {audit.raw_auc:.2f}) and no lossy step of "
+        f"the recipe (tested: {tested}) erases that: the layers below the slice do not extract it — more "
+        "images of the class, or more capacity or resolution below the slice"
     )
 
 
 def _drowned_by(
-    i: int, expert: dict, confused: list[tuple[str, int]], names: list[str], profiles: ClassProfiles
+    expert: dict, confused: list[tuple[str, int]], names: list[str], profiles: ClassProfiles
 ) -> list[str]:
     """Classes its instances are predicted as whose top positive units overlap the expert's positive units."""
     mine = set(expert["positive_units"])
     alpha = max(1, expert["alpha"])
     out = []
     for name, _ in confused:
-        j = names.index(name)
-        theirs = {int(u) for u in profiles.order(j)[:alpha]}
+        theirs = {int(u) for u in profiles.order(names.index(name))[:alpha]}
         if mine & theirs:
             out.append(name)
     return out

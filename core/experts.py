@@ -26,133 +26,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from essence.core.data import as_batches, class_index
+from essence.core.data import class_index
 from essence.core.devices import resolve_device
 from essence.core.errors import EmptyClassError, LabelMismatchError, SpecError
-from essence.core.influence import on_device
+from essence.core.expert_criterion import ExpertCriterion
 from essence.core.profiles import ClassProfiles, class_profiles
 from essence.core.quantities import Kind
+from essence.core.slice_cache import SliceCache, cache_slice, halves_of, rank_units, unit_values
 from essence.core.slices import Granularity, inference_state
-from essence.core.split import SlicedModel, split_model
+from essence.core.state import on_device
 
-RankBy = Literal["influence", "activation"]
+__all__ = ["ExpertCriterion", "ExpertSweep", "SliceCache", "cache_slice", "default_grid", "expert_sweep"]
+
+RankBy = Literal["influence", "activation", "random"]
 # Rows pushed through g at once (masks × instances), bounded by the slice's size so memory stays small.
 MAX_ELEMENTS_PER_PASS = 1 << 24
-
-
-@dataclass(frozen=True)
-class SliceCache:
-    """z = h(x) of every instance at a slice, computed once and kept in CPU memory.
-
-    Attributes:
-        layer: module path of the slice.
-        sliced: the model cut at the slice (``route`` says whether g runs alone).
-        z: float32 ``[N, *z_shape]`` the slice's values.
-        labels: int64 ``[N]``.
-        outputs: float32 ``[N, K]`` the unmasked model's outputs.
-        data: the data z came from (the hook route re-reads its inputs).
-    """
-
-    layer: str
-    sliced: SlicedModel = field(repr=False)
-    z: torch.Tensor = field(repr=False)
-    labels: torch.Tensor = field(repr=False)
-    outputs: torch.Tensor = field(repr=False)
-    data: object = field(repr=False)
-
-    @property
-    def num_classes(self) -> int:
-        return int(self.outputs.shape[1])
-
-    def inputs(self, idx: torch.Tensor) -> torch.Tensor:
-        """The preprocessed inputs of the given instances (only the hook route needs them)."""
-        batches, _ = as_batches(self.data, len(idx), idx.numpy())
-        return next(iter(batches))[0]
-
-
-def cache_slice(
-    model: nn.Module,
-    data: object,
-    layer: str,
-    *,
-    batch_size: int = 256,
-    device: str | torch.device = "auto",
-) -> SliceCache:
-    """Run h once over the data and keep z (and the model's outputs) in CPU memory.
-
-    Raises:
-        LayerNotFoundError: unknown layer.
-    """
-    dev = resolve_device(device)
-    zs: list[torch.Tensor] = []
-    ys: list[torch.Tensor] = []
-    outs: list[torch.Tensor] = []
-    batches, n = as_batches(data, batch_size)
-    if n == 0:
-        raise EmptyClassError("the data holds no instances")
-    sliced: SlicedModel | None = None
-    with inference_state(model), on_device(model, dev), torch.no_grad():
-        for x, y, _ in batches:
-            x = x.to(dev)
-            if sliced is None:
-                sliced = split_model(model, layer, example=x[:4])
-            z = sliced.h(x)
-            outs.append(sliced.g(z, x).float().cpu())
-            zs.append(z.float().cpu())
-            ys.append(y.long().cpu())
-    assert sliced is not None
-    return SliceCache(layer, sliced, torch.cat(zs), torch.cat(ys), torch.cat(outs), data)
-
-
-@dataclass(frozen=True)
-class ExpertCriterion:
-    """When a mask counts as an expert for class i (one rule for every dataset).
-
-    A mask is an expert iff both hold:
-
-    - **recall gain**: recall_mask − recall_model ≥ max(``min_recall_gain``, 1/√nᵢ). 1/√nᵢ is twice the
-      largest standard error of a recall measured on nᵢ instances (√(r(1−r)/nᵢ) ≤ ½/√nᵢ): a smaller gain is
-      within sampling noise. It also means the expert finds at least √nᵢ instances of i.
-    - **precision**: precision_mask ≥ max(precision_model − ``precision_tolerance``, floor), floor =
-      min(``prevalence_lift`` · πᵢ, (1 + πᵢ)/2), πᵢ the prevalence of class i. A classifier that guesses i at
-      random has precision πᵢ whatever its rate of guessing, so an expert must be ``prevalence_lift`` times
-      as precise as chance (capped halfway between chance and perfect, for a class so common that the lift
-      exceeds 1). When the model never predicts i its precision is undefined and the floor alone applies:
-      this is what still separates "an expert exists" from "nothing was learned" for a never-predicted class.
-
-    Attributes:
-        precision_tolerance: precision an expert may lose against the model's (the paper relaxes "about the
-            same precision" for the class under suspicion; 0.1 = ten points).
-        prevalence_lift: how many times chance precision an expert needs.
-        min_recall_gain: the smallest recall gain worth calling an expert on very large classes.
-    """
-
-    precision_tolerance: float = 0.1
-    prevalence_lift: float = 2.0
-    min_recall_gain: float = 0.05
-
-    def precision_floor(self, model_precision: float, prevalence: float) -> float:
-        chance = min(self.prevalence_lift * prevalence, (1.0 + prevalence) / 2.0)
-        if math.isnan(model_precision):
-            return chance
-        return max(model_precision - self.precision_tolerance, chance)
-
-    def recall_gain(self, count: int) -> float:
-        return max(self.min_recall_gain, 1.0 / math.sqrt(max(count, 1)))
-
-    def experts(
-        self,
-        recall: np.ndarray,
-        precision: np.ndarray,
-        model_recall: float,
-        model_precision: float,
-        prevalence: float,
-        count: int,
-    ) -> np.ndarray:
-        """Boolean mask of the grid cells that are experts (same shape as ``recall``)."""
-        floor = self.precision_floor(model_precision, prevalence)
-        ok_precision = np.nan_to_num(precision, nan=-1.0) >= floor
-        return (recall - model_recall >= self.recall_gain(count) - 1e-12) & ok_precision
 
 
 @dataclass(frozen=True)
@@ -177,6 +65,7 @@ class ExpertSweep:
         positive_units: int ``[max α]`` units in the order they are added to the α side.
         negative_units: int ``[max β]`` same for the β side.
         route: ``"fx"`` (g alone) or ``"hook"``.
+        crossfit: whether the units were ranked on one half and scored on the other (and swapped).
     """
 
     cls: int
@@ -195,6 +84,7 @@ class ExpertSweep:
     positive_units: np.ndarray = field(repr=False)
     negative_units: np.ndarray = field(repr=False)
     route: str = "fx"
+    crossfit: bool = False
 
     def experts(self, criterion: ExpertCriterion | None = None) -> np.ndarray:
         """Boolean ``[A, B]``: which cells are experts under ``criterion`` (default settings)."""
@@ -208,9 +98,16 @@ class ExpertSweep:
             self.count,
         )
 
-    def best(self, criterion: ExpertCriterion | None = None) -> dict | None:
-        """The expert with the highest recall (then precision, then fewest units), or ``None``."""
-        ok = self.experts(criterion)
+    def best(
+        self, criterion: ExpertCriterion | None = None, experts: np.ndarray | None = None
+    ) -> dict | None:
+        """The expert with the highest recall (then precision, then fewest units), or ``None``.
+
+        Args:
+            criterion: the criterion against the model alone (default settings).
+            experts: bool ``[A, B]`` which cells are experts, when decided elsewhere (overrides ``criterion``).
+        """
+        ok = self.experts(criterion) if experts is None else experts
         if not ok.any():
             return None
         cells = [
@@ -243,6 +140,7 @@ class ExpertSweep:
             "count": self.count,
             "prevalence": self.prevalence,
             "route": self.route,
+            "crossfit": self.crossfit,
             "best": self.best(),
         }
 
@@ -282,6 +180,8 @@ def expert_sweep(
     kind: Kind = "logit",
     granularity: Granularity = "channel",
     cache: SliceCache | None = None,
+    crossfit: bool = False,
+    seed: int = 0,
     batch_size: int = 256,
     device: str | torch.device = "auto",
 ) -> ExpertSweep:
@@ -296,11 +196,18 @@ def expert_sweep(
             needed for ``rank_by="influence"``).
         alphas: positive units to keep (default: :func:`default_grid`).
         betas: negative units to keep (0 allowed).
-        rank_by: ``"influence"`` (the class's profile) or ``"activation"`` (mean activation of the class's
-            instances: the control).
+        rank_by: ``"influence"`` (the class's profile), ``"activation"`` (mean activation of the class's
+            instances: the control) or ``"random"`` (a random order of the units, drawn from ``seed``: the
+            α first and β last units are a random mask of α+β units).
         kind: quantity of the profiles computed here (``"logit"``, the class profiles of the recipe).
         granularity: ``"channel"`` (conv slices: whole channels are kept or zeroed) or ``"neuron"``.
         cache: z cached by :func:`cache_slice` (reused across classes and rankings).
+        crossfit: rank the units on one half of the data and score the masks on the other, then swap the
+            halves and add the counts (halves stratified by class, drawn from ``seed``): every instance is
+            scored by masks ranked without it. The influence ranking of each half is computed from the
+            cached z through g (:func:`~essence.core.slice_cache.unit_gradients`), not from ``profiles``.
+            ``positive_units``/``negative_units`` are then the ranking on all the data, for display.
+        seed: seed of the halves and of the random order.
         batch_size, device: as elsewhere.
 
     Returns:
@@ -310,8 +217,8 @@ def expert_sweep(
         ClassNotFoundError: unknown class. EmptyClassError: the class has no instances.
         SpecError: α or β out of 0..U (α ≥ 1), unknown ``rank_by``, profiles of another slice.
     """
-    if rank_by not in ("influence", "activation"):
-        raise SpecError(f"rank_by {rank_by!r} is not known: use 'influence' or 'activation'")
+    if rank_by not in ("influence", "activation", "random"):
+        raise SpecError(f"rank_by {rank_by!r} is not known: use 'influence', 'activation' or 'random'")
     cache = cache or cache_slice(model, data, layer, batch_size=batch_size, device=device)
     names = _class_names(data, cache.num_classes, profiles)
     i = class_index(cls, names)
@@ -321,20 +228,22 @@ def expert_sweep(
         raise EmptyClassError(
             f"class {names[i]!r} has no instances in the data: an expert for it cannot be measured; add its images"
         )
-    units = _unit_values(cache.z, granularity)
+    units = unit_values(cache.z, granularity)
     width = units.shape[1]
-    if rank_by == "influence":
-        if profiles is None:
-            profiles = class_profiles(
-                model,
-                data,
-                layer,
-                granularity=granularity,
-                kind=kind,
-                allow_empty=True,
-                batch_size=batch_size,
-                device=device,
-            )
+    default_a, default_b = default_grid(width)
+    a = _check_counts(alphas, default_a, width, "alpha", minimum=1)
+    b = _check_counts(betas, default_b, width, "beta", minimum=0)
+    if rank_by == "influence" and not crossfit:
+        profiles = profiles or class_profiles(
+            model,
+            data,
+            layer,
+            granularity=granularity,
+            kind=kind,
+            allow_empty=True,
+            batch_size=batch_size,
+            device=device,
+        )
         if profiles.layer != layer or profiles.num_units != width:
             raise SpecError(
                 f"the profiles are of slice {profiles.layer!r} with {profiles.num_units} units, not {layer!r} "
@@ -342,14 +251,25 @@ def expert_sweep(
             )
         order = torch.argsort(profiles.mean[i].double(), descending=True, stable=True)
     else:
-        order = torch.argsort(units[labels == i].double().mean(0), descending=True, stable=True)
-    default_a, default_b = default_grid(width)
-    a = _check_counts(alphas, default_a, width, "alpha", minimum=1)
-    b = _check_counts(betas, default_b, width, "beta", minimum=0)
+        every = torch.arange(len(labels))
+        order = rank_units(cache, units, i, every, rank_by, kind, granularity, seed, batch_size, device)
+
+    def run(order: torch.Tensor, rows: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray]:
+        pos = order[: int(a.max())]
+        neg = order.flip(0)[: int(b.max()) if len(b) and b.max() > 0 else 0]
+        return _run_masks(cache, _masks(a, b, pos, neg, width), i, granularity, batch_size, device, rows)
+
+    if crossfit and rank_by != "random":
+        halves = halves_of(labels, seed)
+        tp, predicted = np.zeros(len(a) * len(b)), np.zeros(len(a) * len(b), dtype=np.int64)
+        for rank_on, score_on in (halves, halves[::-1]):
+            fold = rank_units(cache, units, i, rank_on, rank_by, kind, granularity, seed, batch_size, device)
+            t, p = run(fold, score_on)
+            tp, predicted = tp + t, predicted + p
+    else:
+        tp, predicted = run(order, None)
     pos = order[: int(a.max())]
     neg = order.flip(0)[: int(b.max()) if len(b) and b.max() > 0 else 0]
-    masks = _masks(a, b, pos, neg, width)  # [A*B, U]
-    tp, predicted = _run_masks(cache, masks, i, granularity, batch_size, device)
     tp = tp.reshape(len(a), len(b))
     predicted = predicted.reshape(len(a), len(b))
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -371,6 +291,7 @@ def expert_sweep(
         positive_units=pos.numpy().astype(np.int64),
         negative_units=neg.numpy().astype(np.int64),
         route=cache.sliced.route,
+        crossfit=bool(crossfit and rank_by != "random"),
     )
 
 
@@ -382,15 +303,6 @@ def _class_names(data: object, num_classes: int, profiles: ClassProfiles | None)
             "use data labelled with the model's classes"
         )
     return names or [f"class {k}" for k in range(num_classes)]
-
-
-def _unit_values(z: torch.Tensor, granularity: Granularity) -> torch.Tensor:
-    """Per-instance unit values ``[N, U]`` (channel granularity: mean over positions)."""
-    if z.ndim <= 2 or granularity == "neuron":
-        return z.reshape(len(z), -1)
-    if granularity != "channel":
-        raise SpecError(f"unknown granularity {granularity!r}: use 'channel' or 'neuron'")
-    return z.reshape(z.shape[0], z.shape[1], -1).mean(-1)
 
 
 def _check_counts(
@@ -426,10 +338,12 @@ def _run_masks(
     granularity: Granularity,
     batch_size: int,
     device: object,
+    rows: torch.Tensor | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """True positives and predicted counts of class ``cls`` per mask, all masks batched through g."""
+    """True positives and predicted counts of class ``cls`` per mask on ``rows`` (default all), batched."""
     dev = resolve_device(device)
-    z_all, labels = cache.z, cache.labels
+    rows = torch.arange(len(cache.z)) if rows is None else rows
+    z_all, labels = cache.z[rows], cache.labels[rows]
     z_shape = tuple(z_all.shape[1:])
     per_instance = max(1, math.prod(z_shape))
     # Broadcast a unit mask onto z: whole channels on a conv slice at channel granularity.
@@ -450,7 +364,7 @@ def _run_masks(
         for s in range(0, len(z_all), b):
             z = z_all[s : s + b].to(dev)
             is_i = (labels[s : s + b] == cls).to(dev)
-            x = cache.inputs(torch.arange(s, s + len(z))).to(dev) if cache.sliced.needs_input else None
+            x = cache.inputs(rows[s : s + len(z)]).to(dev) if cache.sliced.needs_input else None
             for c in range(0, m, chunk):
                 mk = masks[c : c + chunk]
                 zz = (z.unsqueeze(0) * mk.unsqueeze(1)).reshape(-1, *z_shape)

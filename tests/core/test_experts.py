@@ -130,11 +130,19 @@ def test_criterion_floor_for_a_never_predicted_class() -> None:
     assert c.precision_floor(float("nan"), 0.1) == pytest.approx(0.2)  # twice chance
     assert c.precision_floor(0.9, 0.1) == pytest.approx(0.8)  # the model's minus the tolerance
     assert c.precision_floor(float("nan"), 0.8) == pytest.approx(0.9)  # capped halfway to perfect
-    assert c.recall_gain(100) == pytest.approx(0.1) and c.recall_gain(10_000) == pytest.approx(0.05)
+    # One cell: 1.96 standard errors of a recall on 100 instances (≤ 0.05 each); the floor binds on large classes.
+    assert c.recall_gain(100) == pytest.approx(1.96 / 20, abs=1e-3) and c.recall_gain(10_000) == pytest.approx(0.05)
+    # The best of 80 cells pays for the choice (Bonferroni): z = Φ⁻¹(1 − 0.025/80) ≈ 3.42.
+    assert c.recall_gain(100, cells=80) == pytest.approx(3.42 / 20, abs=2e-3)
     recall = np.array([[0.05, 0.3, 0.3]])
     precision = np.array([[0.9, 0.15, 0.5]])
-    ok = c.experts(recall, precision, 0.0, float("nan"), 0.1, 100)
+    ok = c.experts(recall, precision, 0.0, float("nan"), 0.1, 100, cells=1)
     assert ok.tolist() == [[False, False, True]]
+    # Chosen as the best of 3 cells, the same gain still clears the margin; against a reference it must beat
+    # the reference by the margin too.
+    assert c.experts(recall, precision, 0.0, float("nan"), 0.1, 100).tolist() == [[False, False, True]]
+    refs = np.array([[0.0, 0.0, 0.2]])
+    assert not c.experts(recall, precision, 0.0, float("nan"), 0.1, 100, references=refs).any()
 
 
 def test_bad_input(trained) -> None:

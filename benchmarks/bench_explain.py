@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 from essence.core.distributions import Instance
+from essence.core.engine import influence
 from essence.core.explanation import explain
-from essence.core.influence import influence
 from essence.core.interpret import integrated_gradients, unit_gradients
 from essence.core.quantities import ClassScore
 from essence.core.slices import resolve_layer

@@ -3,6 +3,7 @@
 from essence.core.data import ImageData
 from essence.core.datasets import load_dataset
 from essence.core.distributions import ClassConditional, GaussianNoise, Instance, LinearPath, WholeDataset
+from essence.core.engine import Influence, influence
 from essence.core.errors import (
     Cancelled,
     ClassNotFoundError,
@@ -16,12 +17,12 @@ from essence.core.errors import (
     SpecError,
     StoreError,
 )
-from essence.core.influence import Influence, InfluenceSums, influence
 from essence.core.models import LoadedModel, load_model
 from essence.core.preprocessing import Preprocessing
 from essence.core.profiles import ClassProfiles, class_profiles
 from essence.core.quantities import ClassScore, Comparative, CustomQuantity, OwnLabel, PredictedClass
 from essence.core.slices import capture, layer_names, resolve_layer
+from essence.core.sums import InfluenceSums
 
 # The analyses are imported on first use (they pull in SciPy and scikit-learn).
 _LAZY = {

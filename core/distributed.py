@@ -32,11 +32,12 @@ from torch import nn
 from essence.core.data import labels_of
 from essence.core.devices import resolve_device
 from essence.core.distributions import ClassConditional
+from essence.core.engine import Autocast, CancelFlag, Progress, influence
 from essence.core.errors import EssenceError, SpecError
-from essence.core.influence import Autocast, CancelFlag, InfluenceSums, Progress, influence
 from essence.core.profiles import ClassProfiles, checked_class_names
 from essence.core.quantities import Kind, OwnLabel
 from essence.core.slices import Granularity
+from essence.core.sums import InfluenceSums
 
 # Seconds a process waits in a collective for the others before giving up. Shards are balanced, so the
 # wait is the difference between the slowest and the fastest shard plus rank 0's store look-up: 10 minutes
@@ -328,9 +329,9 @@ def sharded_class_profiles(
         layer, granularity, kind, class_names, allow_empty, batch_size, autocast: as in
             :func:`~essence.core.profiles.class_profiles`.
         device: ``auto`` picks ``cuda:LOCAL_RANK`` when CUDA is present, else the CPU.
-        channels_last: see :func:`~essence.core.influence.influence`.
+        channels_last: see :func:`~essence.core.engine.influence`.
         progress: ``(done, total)`` of this process's batches.
-        cancel: as in :func:`~essence.core.influence.influence` (cancelling one process stops all).
+        cancel: as in :func:`~essence.core.engine.influence` (cancelling one process stops all).
 
     Returns:
         :class:`~essence.core.profiles.ClassProfiles` ``[C, U]`` of the whole data (no instance vectors).

@@ -30,8 +30,8 @@ import torch
 from torch import nn
 
 from essence.core.distributions import Instance, LinearPath
+from essence.core.engine import influence
 from essence.core.errors import LayerNotFoundError, SpecError
-from essence.core.influence import influence
 from essence.core.quantities import Quantity
 from essence.core.slices import Granularity, inference_state, resolve_layer
 

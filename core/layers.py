@@ -37,10 +37,12 @@ from torch import nn
 
 from essence.core.data import as_batches, labels_of
 from essence.core.devices import resolve_device
+from essence.core.engine import CancelFlag, Progress
 from essence.core.errors import Cancelled, EmptyClassError, LayerNotFoundError, SpecError
-from essence.core.influence import CancelFlag, InfluenceSums, Progress, _cancelled, on_device
 from essence.core.quantities import Kind, OwnLabel
 from essence.core.slices import Granularity, inference_state, layer_names, reduce_units, resolve_layer
+from essence.core.state import cancelled, on_device
+from essence.core.sums import InfluenceSums
 
 
 @dataclass(frozen=True)
@@ -316,7 +318,7 @@ def _gradients_at(
         handles = [m.register_forward_hook(hook_for(name)) for name, m in modules.items()]
         try:
             for done, (x, y, _idx) in enumerate(batches, start=1):
-                if _cancelled(cancel):
+                if cancelled(cancel):
                     raise Cancelled("cancelled by the user; nothing was kept")
                 outputs.clear()
                 x = x.to(dev).requires_grad_(True)

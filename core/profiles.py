@@ -15,10 +15,11 @@ from torch import nn
 
 from essence.core.data import ImageData, labels_of
 from essence.core.distributions import ClassConditional
+from essence.core.engine import Autocast, CancelFlag, Influence, Progress, influence
 from essence.core.errors import EmptyClassError, LabelMismatchError
-from essence.core.influence import Autocast, CancelFlag, Influence, InfluenceSums, Progress, influence
 from essence.core.quantities import Kind, OwnLabel
 from essence.core.slices import Granularity
+from essence.core.sums import InfluenceSums
 
 
 @dataclass(frozen=True)
@@ -159,7 +160,7 @@ def class_profiles(
         allow_empty: keep classes without instances (their row is NaN) instead of raising.
         keep_instances: also keep every instance's own vector (for triage) from the same pass.
         batch_size, device, autocast, progress, cancel, channels_last: as in
-            :func:`~essence.core.influence.influence`.
+            :func:`~essence.core.engine.influence`.
 
     Returns:
         :class:`ClassProfiles` with ``mean``/``stderr`` ``[C, U]``.

@@ -41,8 +41,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from essence.core.engine import CancelFlag, Progress
 from essence.core.errors import SpecError
-from essence.core.influence import CancelFlag, Progress
 from essence.core.profiles import ClassProfiles, class_profiles
 from essence.core.quantities import Kind
 from essence.core.slices import Granularity
@@ -168,7 +168,7 @@ def deviation_scores(
         granularity: ``"channel"`` or ``"neuron"``.
         top_k: units of each class's profile the rank scores look at (default ``min(16, U)``).
         score: the ranking score (see the module docstring); default ``"self_confidence"`` (measured best).
-        batch_size, device, progress, cancel: as in :func:`~essence.core.influence.influence`.
+        batch_size, device, progress, cancel: as in :func:`~essence.core.engine.influence`.
 
     Returns:
         A :class:`Triage`.

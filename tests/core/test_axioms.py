@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from essence.core.distributions import ClassConditional, GaussianNoise, Instance, LinearPath, WholeDataset
-from essence.core.influence import influence
+from essence.core.engine import influence
 from essence.core.preprocessing import Preprocessing
 from essence.core.quantities import ClassScore, Comparative, OwnLabel
 

@@ -159,7 +159,7 @@ def test_integrated_gradients_completeness_on_a_smooth_model() -> None:
 
 def test_batched_path_equals_the_engines_linear_path() -> None:
     from essence.core.distributions import LinearPath
-    from essence.core.influence import influence
+    from essence.core.engine import influence
 
     model = tiny_cnn()
     x = torch.randn(1, 8, 8, generator=torch.Generator().manual_seed(4))

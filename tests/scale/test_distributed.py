@@ -20,8 +20,8 @@ from essence.core.distributed import (
 )
 from essence.core.errors import EmptyClassError, SpecError
 from essence.core.launch import launch_local
-from essence.core.influence import InfluenceSums
 from essence.core.profiles import class_profiles
+from essence.core.sums import InfluenceSums
 
 WORKER = Path(__file__).with_name("shard_worker.py")
 sys.path.insert(0, str(WORKER.parent))
@@ -75,7 +75,7 @@ def test_sums_of_disjoint_shards_are_the_sums_of_the_whole(rel_close):
     whole = class_profiles(model, (x, y), "3", batch_size=4, device="cpu")
     merged = InfluenceSums.zeros(*whole.sums.sum.shape)
     from essence.core.distributions import ClassConditional
-    from essence.core.influence import influence
+    from essence.core.engine import influence
     from essence.core.quantities import OwnLabel
 
     for r in range(3):

@@ -1,14 +1,14 @@
-"""The GPU path's options: prefetching, channels-last, autocast; CUDA-only checks are skipped without CUDA."""
+"""The GPU path's options: pinned prefetching, channels-last, autocast; CUDA-only checks are skipped without CUDA.
+
+The prefetch thread and the memory-format context on their own: ``tests/core/test_prefetch.py``, ``test_state.py``.
+"""
 
 from __future__ import annotations
-
-import threading
-import time
 
 import pytest
 import torch
 
-from essence.core.influence import memory_format, prefetch
+from essence.core.prefetch import prefetch
 from essence.core.profiles import class_profiles
 
 
@@ -28,61 +28,12 @@ BF16_BOUND = 1.5e-2
 FP16_BOUND = 1.5e-3
 
 
-def _batches(n: int = 7):
-    for i in range(n):
-        yield torch.full((2, 3), float(i)), torch.tensor([i, i]), torch.tensor([2 * i, 2 * i + 1])
-
-
-def test_prefetch_in_a_thread_keeps_order_and_values():
-    got = list(prefetch(_batches(), pin=False, background=True))
-    want = list(_batches())
-    assert len(got) == len(want)
-    for g, w in zip(got, want, strict=True):
-        assert all(torch.equal(a, b) for a, b in zip(g, w, strict=True))
-
-
-def test_prefetch_raises_the_loaders_error_here():
-    def broken():
-        yield from _batches(2)
-        raise OSError("image 3 is unreadable")
-
-    it = prefetch(broken(), pin=False, background=True)
-    next(it), next(it)
-    with pytest.raises(OSError, match="image 3"):
-        next(it)
-
-
-def test_prefetch_stops_its_thread_when_left_early():
-    before = {t.name for t in threading.enumerate()}
-    it = prefetch(_batches(1000), pin=False, background=True)
-    next(it)
-    it.close()
-    time.sleep(0.3)
-    alive = [t for t in threading.enumerate() if t.name == "essence-prefetch"]
-    assert not alive, alive
-    assert "essence-prefetch" not in before
-
-
-def test_prefetch_on_the_cpu_uses_no_thread():
-    it = prefetch(_batches(3), pin=False)
-    first = next(it)
-    assert torch.equal(first[0], torch.zeros(2, 3))
-    assert not [t for t in threading.enumerate() if t.name == "essence-prefetch"]
-    assert len(list(it)) == 2
-
-
 def test_channels_last_gives_the_same_profiles_and_restores_the_model(cnn, cnn_xy, rel_close):
     plain = class_profiles(cnn, cnn_xy, "block", device="cpu")
     fast = class_profiles(cnn, cnn_xy, "block", device="cpu", channels_last=True)
     rel_close(fast.mean, plain.mean, 1e-5)
     rel_close(fast.stderr, plain.stderr, 1e-4)
     assert all(p.is_contiguous() for p in cnn.parameters())
-
-
-def test_memory_format_converts_inside_the_block_only(cnn):
-    with memory_format(cnn, True):
-        assert cnn.stem.weight.is_contiguous(memory_format=torch.channels_last)
-    assert cnn.stem.weight.is_contiguous()
 
 
 @pytest.mark.parametrize("amp,bound", [("bf16", BF16_BOUND), ("fp16", FP16_BOUND)])
@@ -119,5 +70,6 @@ def test_cuda_autocast_and_channels_last_stay_within_the_bound(cnn, cnn_xy):
 
 @needs_cuda
 def test_cuda_prefetch_pins_host_batches():
-    got = list(prefetch(_batches(3), pin=True))
+    batches = ((torch.full((2, 3), float(i)), torch.tensor([i, i])) for i in range(3))
+    got = list(prefetch(batches, pin=True))
     assert all(t.is_pinned() for batch in got for t in batch)

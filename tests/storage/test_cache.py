@@ -9,10 +9,10 @@ import torch
 
 from essence.core.data import ImageData, hash_arrays
 from essence.core.errors import StoreError
-from essence.core.influence import InfluenceSums
 from essence.core.models import model_fingerprint
 from essence.core.preprocessing import Preprocessing
 from essence.core.profiles import ClassProfiles, class_profiles
+from essence.core.sums import InfluenceSums
 from essence.storage import ENGINE_VERSION, ProfileKey, RunInfo, Store
 
 

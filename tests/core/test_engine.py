@@ -24,6 +24,7 @@ from essence.core.distributions import (
     WholeDataset,
     path_points,
 )
+from essence.core.engine import influence
 from essence.core.errors import (
     Cancelled,
     ClassNotFoundError,
@@ -31,7 +32,6 @@ from essence.core.errors import (
     LayerNotFoundError,
     NonFiniteOutputError,
 )
-from essence.core.influence import InfluenceSums, influence
 from essence.core.profiles import class_profiles
 from essence.core.quantities import ClassScore, Comparative, OwnLabel, PredictedClass
 
@@ -264,30 +264,7 @@ def test_path_at_the_input_is_integrated_gradients_and_complete(rel_close):
     rel_close(attributions.sum(1), delta, 1e-5)
 
 
-# ------------------------------------------------------------------------------------- streaming and shards
-
-
-def test_merging_two_shards_equals_one_pass(cnn, cnn_xy):
-    x, y = cnn_xy
-    whole = influence(cnn, (x, y), "block", "logit", ClassConditional(), "channel", batch_size=4)
-    a = influence(cnn, (x[:7], y[:7]), "block", "logit", ClassConditional(), "channel", num_groups=3)
-    b = influence(cnn, (x[7:], y[7:]), "block", "logit", ClassConditional(), "channel", num_groups=3)
-    merged = a.sums.merge(b.sums)
-    assert torch.equal(merged.count, whole.sums.count)
-    torch.testing.assert_close(merged.sum, whole.sums.sum, rtol=1e-9, atol=1e-9)
-    torch.testing.assert_close(merged.sumsq, whole.sums.sumsq, rtol=1e-9, atol=1e-9)
-    torch.testing.assert_close(merged.mean(), whole.sums.mean(), rtol=1e-9, atol=1e-9)
-    torch.testing.assert_close(merged.stderr(), whole.sums.stderr(), rtol=1e-7, atol=1e-9)
-    torch.testing.assert_close(b.sums.merge(a.sums).sum, merged.sum, rtol=0, atol=0)
-
-
-def test_sums_of_an_empty_group_give_nan_and_merge_checks_shapes():
-    s = InfluenceSums.zeros(2, 3)
-    s.add(torch.ones(2, 3), torch.tensor([0, 0]))
-    assert s.mean()[0].tolist() == [1.0, 1.0, 1.0] and torch.isnan(s.mean()[1]).all()
-    assert s.stderr()[0].tolist() == [0.0, 0.0, 0.0] and torch.isnan(s.stderr()[1]).all()
-    with pytest.raises(ValueError, match="cannot merge"):
-        s.merge(InfluenceSums.zeros(2, 4))
+# ------------------------------------------------------------------------------------------------ batching
 
 
 @pytest.mark.parametrize("layer", ["stem", "bn", "block.conv1", "block.bn1", "block", "head", "fc"])
@@ -534,3 +511,22 @@ def test_bf16_autocast_on_cpu_is_close_to_fp32(cnn, cnn_xy):
     err = float((bf16.mean - fp32.mean).abs().max() / fp32.mean.abs().max())
     assert err < 5e-2, err
     assert not torch.equal(bf16.mean, fp32.mean)  # autocast really ran
+
+
+# ----------------------------------------------------------------------------------------- the public name
+
+
+def test_the_package_attribute_influence_is_always_the_function():
+    """``essence.core.influence`` is the engine's function, never a module, whatever was imported before."""
+    import importlib
+    import pkgutil
+    import types
+
+    import essence.core
+
+    for module in pkgutil.iter_modules(essence.core.__path__, "essence.core."):
+        importlib.import_module(module.name)
+    assert essence.core.influence is influence
+    assert not isinstance(essence.core.influence, types.ModuleType)
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("essence.core.influence")

@@ -1,0 +1,363 @@
+"""The influence engine: χ_j = E_{x~P}[∂q/∂z_j at z = h(x)], batched and streamed.
+
+One forward pass through the whole model and one backward pass through the layers above the slice give
+every instance of a batch its own gradient at once: in eval mode the instances are independent, so
+∂(Σᵢ qᵢ)/∂zᵢ = ∂qᵢ/∂zᵢ. Per-group running sums, sums of squares and counts (float64,
+:class:`~essence.core.sums.InfluenceSums`) make the result streamed (memory O(batch)), mergeable across shards,
+and give each profile its standard error.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from essence.core.data import as_batches, labels_of
+from essence.core.devices import resolve_device
+from essence.core.distributions import (
+    ClassConditional,
+    Distribution,
+    GaussianNoise,
+    Instance,
+    LinearPath,
+)
+from essence.core.errors import (
+    Cancelled,
+    ClassNotFoundError,
+    EmptyClassError,
+    NonFiniteOutputError,
+    SpecError,
+)
+from essence.core.prefetch import prefetch
+from essence.core.quantities import Quantity, as_quantity, quantity_name
+from essence.core.slices import (
+    Capture,
+    Granularity,
+    capture,
+    inference_state,
+    is_input_layer,
+    reduce_units,
+    unit_shape,
+)
+from essence.core.state import cancelled, memory_format, on_device
+from essence.core.sums import InfluenceSums
+
+Progress = Callable[[int, int], None]
+CancelFlag = threading.Event | Callable[[], bool] | None
+Autocast = Literal["bf16", "fp16"] | None
+
+
+@dataclass(frozen=True)
+class Influence:
+    """Distributional influence at a slice.
+
+    Attributes:
+        mean: float32 ``[G, U]`` the influence of each unit for each group (class, instance or dataset).
+        stderr: float32 ``[G, U]`` standard error of each mean over the group's instances (NaN if n < 2).
+        counts: int64 ``[G]`` instances per group.
+        groups: int64 ``[G]`` the group ids: class indices, instance indices, or ``[0]`` for the dataset.
+        unit_shape: shape of one instance's units (``(C,)`` at channel granularity of a conv layer).
+        layer, granularity, quantity, distribution: what was asked.
+        sums: the raw running sums (float64), for merging and storing.
+        instance_vectors: float32 ``[N, U]`` each instance's own vector, if kept (``None`` otherwise).
+        instance_indices: int64 ``[N]`` dataset positions of those rows.
+        instance_labels: int64 ``[N]``.
+        outputs: float32 ``[N, K]`` the model's outputs at each instance (if instance vectors were kept).
+    """
+
+    mean: torch.Tensor
+    stderr: torch.Tensor
+    counts: torch.Tensor
+    groups: torch.Tensor
+    unit_shape: tuple[int, ...]
+    layer: str
+    granularity: Granularity
+    quantity: str
+    distribution: str
+    sums: InfluenceSums = field(repr=False)
+    instance_vectors: torch.Tensor | None = field(default=None, repr=False)
+    instance_indices: torch.Tensor | None = field(default=None, repr=False)
+    instance_labels: torch.Tensor | None = field(default=None, repr=False)
+    outputs: torch.Tensor | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class BatchGradient:
+    """What one forward and one backward give for a batch of B instances.
+
+    Attributes:
+        vectors: float32 ``[B, U]`` each instance's ∂q/∂z, reduced to the granularity's units.
+        z_shape: the shape of one instance's z ``[*z_shape]`` (before the reduction).
+        outputs: ``[B, K]`` the model's outputs (detached; in the autocast dtype if one was used).
+    """
+
+    vectors: torch.Tensor
+    z_shape: tuple[int, ...]
+    outputs: torch.Tensor
+
+
+def influence(
+    model: nn.Module,
+    data: object,
+    layer: str,
+    quantity: Quantity | Callable | str = "logit",
+    distribution: Distribution | None = None,
+    granularity: Granularity = "channel",
+    *,
+    batch_size: int = 64,
+    device: str | torch.device = "auto",
+    autocast: Autocast = None,
+    keep_instances: bool = False,
+    num_groups: int | None = None,
+    progress: Progress | None = None,
+    cancel: CancelFlag = None,
+    indices: Sequence[int] | np.ndarray | None = None,
+    channels_last: bool = False,
+) -> Influence:
+    """Distributional influence χ of every unit at ``layer`` for ``quantity`` over ``distribution``.
+
+    Args:
+        model: any ``nn.Module`` mapping ``[B, ...]`` inputs to ``[B, K]`` outputs. It is run in eval mode
+            with frozen parameters; its mode, ``requires_grad`` flags, device and hooks are restored.
+        data: an :class:`~essence.core.data.ImageData`, ``(x [N, ...], labels [N])`` tensors, a bare
+            tensor, or a ``Dataset`` of ``(x, label)``.
+        layer: module path as ``model.named_modules()`` prints it; ``""`` for the input.
+        quantity: a quantity object, a callable ``(logits, labels) -> [B]``, or ``"logit"``/``"prob"``
+            (each instance's own label).
+        distribution: :class:`ClassConditional` (default), :class:`Instance`, :class:`WholeDataset`,
+            :class:`LinearPath` or :class:`GaussianNoise`.
+        granularity: ``"channel"`` (conv layers: gradient summed over positions) or ``"neuron"``.
+        batch_size: instances per forward/backward pass.
+        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+        autocast: run the forward in ``bf16``/``fp16`` autocast (sums stay float64).
+        keep_instances: also return each instance's vector ``[N, U]`` and outputs ``[N, K]``.
+        num_groups: number of classes for class grouping (default: the model's output size).
+        progress: called with ``(batches_done, batches_total)``.
+        cancel: an Event or callable; when set, raises :class:`Cancelled` before the next batch.
+        indices: only these dataset positions (a shard of the data; see :mod:`essence.core.distributed`).
+        channels_last: run 4-d inputs and the model in the channels-last memory format (faster convolutions
+            on GPUs with tensor cores; see ``docs/scale.md`` for where it helps). Numbers are unchanged.
+
+    Returns:
+        An :class:`Influence`: ``mean [G, U]`` with G classes, instances, or 1.
+
+    Raises:
+        LayerNotFoundError, ClassNotFoundError, EmptyClassError, NonFiniteOutputError, Cancelled.
+    """
+    distribution = distribution or ClassConditional()
+    q = as_quantity(quantity)
+    dev = resolve_device(device)
+    labels = labels_of(data)
+    names = getattr(data, "class_names", None)
+    subset = _restrict(distribution, labels, names)
+    if indices is not None:
+        subset = _within(subset, indices, len(labels))
+    points = _neighbourhood(distribution)
+    neighbourhood = isinstance(distribution, LinearPath | GaussianNoise)
+    batches, n = as_batches(data, batch_size, subset)
+    total = -(-n // batch_size) * len(points)
+    if n == 0:
+        raise EmptyClassError("the data holds no instances: nothing to compute influence over")
+    if model.training:
+        warnings.warn(
+            "the model was in train mode; influence is computed in eval mode (batch norm running statistics, "
+            "no dropout) so that instances are independent. The model's mode is restored afterwards.",
+            stacklevel=2,
+        )
+    if autocast is not None and autocast not in ("bf16", "fp16"):
+        raise SpecError(f"autocast must be 'bf16', 'fp16' or None, got {autocast!r}")
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(autocast or "")
+
+    sums: InfluenceSums | None = None
+    kept: tuple[list[torch.Tensor], ...] = ([], [], [], [])  # vectors, indices, labels, outputs
+    z_shape: tuple[int, ...] = ()
+    done = 0
+    group_by = distribution.group_by
+    with inference_state(model), on_device(model, dev), memory_format(model, channels_last):
+        hook: AbstractContextManager = nullcontext() if is_input_layer(layer) else capture(model, layer)
+        with hook as cap:
+            for x, y, idx in prefetch(batches, pin=dev.type == "cuda"):
+                if cancelled(cancel):
+                    raise Cancelled("cancelled by the user; nothing was kept")
+                x = x.to(dev, non_blocking=True)
+                y = y.to(dev, non_blocking=True)
+                if channels_last and x.ndim == 4:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                acc: torch.Tensor | None = None
+                out0: torch.Tensor | None = None
+                for step, (alpha, weight) in enumerate(points):
+                    xs = distribution.transform(x, alpha, step, idx) if neighbourhood else x
+                    grad = batch_gradient(model, xs, y, layer, q, cap, amp_dtype, granularity)
+                    z_shape = grad.z_shape
+                    vec = grad.vectors * weight
+                    acc = vec if acc is None else acc + vec
+                    out0 = grad.outputs if out0 is None else out0
+                    done += 1
+                    if progress is not None:
+                        progress(done, total)
+                assert acc is not None and out0 is not None
+                if sums is None:
+                    sums = _new_sums(group_by, out0.shape[1], acc.shape[1], len(labels), num_groups, dev)
+                sums.add(acc, _group_ids(group_by, y, idx, dev, sums.sum.shape[0]))
+                if keep_instances:
+                    if neighbourhood:  # the outputs at the instance itself, not at a path point
+                        with torch.no_grad():
+                            out0 = model(x).float()
+                    for kept_list, t in zip(kept, (acc.float(), idx, y, out0.detach().float()), strict=True):
+                        kept_list.append(t.cpu())
+    assert sums is not None
+    sums = sums.cpu()
+    if group_by == "instance":
+        groups = torch.nonzero(sums.count > 0).view(-1)
+        sums = sums.select(groups)
+    else:
+        groups = torch.arange(sums.sum.shape[0])
+    vectors, kept_idx, kept_y, outputs = (torch.cat(t) if keep_instances else None for t in kept)
+    return Influence(
+        mean=sums.mean().float(),
+        stderr=sums.stderr().float(),
+        counts=sums.count.clone(),
+        groups=groups,
+        unit_shape=unit_shape(z_shape, granularity),
+        layer=layer,
+        granularity=granularity,
+        quantity=quantity_name(q),
+        distribution=distribution.name,
+        sums=sums,
+        instance_vectors=vectors,
+        instance_indices=kept_idx,
+        instance_labels=kept_y,
+        outputs=outputs,
+    )
+
+
+def batch_gradient(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    layer: str,
+    q: Quantity,
+    cap: Capture | None,
+    amp_dtype: torch.dtype | None,
+    granularity: Granularity,
+) -> BatchGradient:
+    """One forward of the whole model and one backward above the slice: every instance's ∂q/∂z.
+
+    Args:
+        model: the model, already in eval mode with frozen parameters and on ``x``'s device.
+        x: ``[B, ...]`` the inputs.
+        y: int64 ``[B]`` their labels (for quantities of each instance's own class).
+        layer: the slice; ``""`` differentiates with respect to ``x``.
+        q: the quantity, ``(logits [B, K], labels [B]) -> [B]``.
+        cap: the open :func:`~essence.core.slices.capture` of ``layer`` (``None`` for the input slice).
+        amp_dtype: run the forward under autocast in this dtype (``None``: full precision).
+        granularity: ``"channel"`` or ``"neuron"``.
+
+    Returns:
+        A :class:`BatchGradient` with vectors ``[B, U]`` and outputs ``[B, K]``.
+
+    Raises:
+        SpecError: the model does not return ``[B, K]``, or never reaches ``layer``.
+        NonFiniteOutputError: the outputs or the gradient hold NaN or infinity.
+    """
+    amp = torch.autocast(x.device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
+    with torch.enable_grad():
+        if cap is None:
+            leaf = x.detach().requires_grad_(True)
+            with amp:
+                out = model(leaf)
+        else:
+            with amp:
+                out = model(x)
+            leaf = cap.leaf
+        if not isinstance(out, torch.Tensor) or out.ndim != 2:
+            raise SpecError(
+                f"the model must return a [batch, classes] tensor; got {getattr(out, 'shape', type(out).__name__)}"
+            )
+        if not torch.isfinite(out).all():
+            raise NonFiniteOutputError(
+                "the model produced NaN or infinite outputs on this data: check the weights and the "
+                "preprocessing (normalisation) of the inputs"
+            )
+        if leaf is None:
+            raise SpecError(
+                f"layer {layer!r} was not reached in the forward pass: pick a layer the model uses"
+            )
+        values = q(out.float(), y)
+        (grad,) = torch.autograd.grad(values.sum(), leaf, allow_unused=True)
+    if grad is None:
+        grad = torch.zeros_like(leaf)
+    if not torch.isfinite(grad).all():
+        raise NonFiniteOutputError(
+            "the gradient at the slice is NaN or infinite: check the model and its inputs"
+        )
+    return BatchGradient(reduce_units(grad.float(), granularity), tuple(leaf.shape[1:]), out.detach())
+
+
+def _within(subset: np.ndarray | None, indices: Sequence[int] | np.ndarray, n: int) -> np.ndarray:
+    """The positions of ``subset`` (all when ``None``) that are among ``indices``, in ``indices``' order."""
+    chosen = np.asarray(indices, dtype=np.int64).reshape(-1)
+    if chosen.size and (chosen.min() < 0 or chosen.max() >= n):
+        raise SpecError(
+            f"instance indices must lie in 0..{n - 1}; got {int(chosen.min())}..{int(chosen.max())}"
+        )
+    return chosen if subset is None else chosen[np.isin(chosen, subset)]
+
+
+def _neighbourhood(distribution: Distribution) -> list[tuple[float, float]]:
+    """The (α, weight) points around each instance; one point of weight 1 without a neighbourhood."""
+    if isinstance(distribution, LinearPath | GaussianNoise):
+        return distribution.points()
+    return [(1.0, 1.0)]
+
+
+def _restrict(distribution: Distribution, labels: np.ndarray, names: list[str] | None) -> np.ndarray | None:
+    """Instance indices a distribution is restricted to (``None``: all)."""
+    if isinstance(distribution, Instance) and distribution.index is not None:
+        if not 0 <= distribution.index < len(labels):
+            raise SpecError(f"instance index {distribution.index} is out of range 0..{len(labels) - 1}")
+        return np.array([distribution.index])
+    if isinstance(distribution, ClassConditional) and distribution.cls is not None:
+        idx = np.flatnonzero(labels == distribution.cls)
+        if idx.size == 0:
+            label = names[distribution.cls] if names and distribution.cls < len(names) else distribution.cls
+            raise EmptyClassError(
+                f"class {label!r} has no instances in the data: choose another class or add data"
+            )
+        return idx
+    return None
+
+
+def _new_sums(
+    group_by: str, num_outputs: int, units: int, n_data: int, num_groups: int | None, dev: torch.device
+) -> InfluenceSums:
+    """Empty sums: one group per class (of the model's outputs unless given), per instance, or one."""
+    if group_by == "class":
+        return InfluenceSums.zeros(num_groups or num_outputs, units, dev)
+    if group_by == "instance":
+        return InfluenceSums.zeros(n_data, units, dev)
+    return InfluenceSums.zeros(1, units, dev)
+
+
+def _group_ids(
+    group_by: str, y: torch.Tensor, idx: torch.Tensor, dev: torch.device, groups: int
+) -> torch.Tensor:
+    """Each instance's group ``[B]``: its label, its dataset position, or 0."""
+    if group_by == "class":
+        if y.numel() and int(y.max()) >= groups:
+            raise ClassNotFoundError(
+                f"label {int(y.max())} has no class among the model's {groups} outputs: "
+                "the data's classes must match the model's"
+            )
+        return y.long()
+    if group_by == "instance":
+        return idx.to(dev).long()
+    return torch.zeros_like(y, dtype=torch.long)

@@ -9,10 +9,14 @@ deviant one looks scrambled.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import altair as alt
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from essence.core import ExpertSweep
 
 POSITIVE = "#1f77b4"  # blue: pushes towards the class
 NEGATIVE = "#d62728"  # red: pushes against it
@@ -181,17 +185,17 @@ def sweep_heatmap(
     return (cells + marks).properties(width=280, height=240)
 
 
-def sweep_heatmaps(sweep: object, experts: np.ndarray | None = None) -> alt.HConcatChart:
-    """Recall and precision heat maps of an :class:`~essence.core.experts.ExpertSweep`, side by side."""
-    base = sweep.baseline  # type: ignore[attr-defined]
-    name = sweep.class_name  # type: ignore[attr-defined]
-    rank = sweep.rank_by  # type: ignore[attr-defined]
-    a, b = sweep.alphas, sweep.betas  # type: ignore[attr-defined]
+def sweep_heatmaps(sweep: ExpertSweep, experts: np.ndarray | None = None) -> alt.HConcatChart:
+    """Recall and precision heat maps of an :class:`~essence.core.ExpertSweep`, side by side."""
+    base = sweep.baseline
+    name = sweep.class_name
+    rank = sweep.rank_by
+    a, b = sweep.alphas, sweep.betas
     rec = f"model: {_fmt(base['recall'])}"
     pre = f"model: {_fmt(base['precision'])}"
     return alt.hconcat(
-        sweep_heatmap(a, b, sweep.recall, "recall", f"{name} recall ({rank}; {rec})", experts),  # type: ignore[attr-defined]
-        sweep_heatmap(a, b, sweep.precision, "precision", f"{name} precision ({rank}; {pre})", experts),  # type: ignore[attr-defined]
+        sweep_heatmap(a, b, sweep.recall, "recall", f"{name} recall ({rank}; {rec})", experts),
+        sweep_heatmap(a, b, sweep.precision, "precision", f"{name} precision ({rank}; {pre})", experts),
     ).resolve_scale(color="independent")
 
 

@@ -14,6 +14,7 @@ import html
 import io
 from collections import defaultdict
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -21,6 +22,10 @@ from PIL import Image
 from essence.app import charts
 from essence.core.data import ImageData
 from essence.core.models import LoadedModel
+
+if TYPE_CHECKING:
+    from essence.core import Diagnosis
+    from essence.storage import Store
 
 CASE_IMAGE_PX = 160  # reviewed cases: large enough to see the lesions, small enough for a long list
 
@@ -67,8 +72,8 @@ def review_report(
     model: LoadedModel,
     data: ImageData,
     layer: str,
-    diagnosis: object,
-    store: object,
+    diagnosis: Diagnosis,
+    store: Store,
     predicted: np.ndarray | None = None,
     now: datetime | None = None,
 ) -> str:
@@ -155,7 +160,7 @@ def _diagnosis_section(diagnosis: object, names: list[str]) -> str:
     )
 
 
-def _cases_section(data: ImageData, store: object, names: list[str], predicted: np.ndarray | None) -> str:
+def _cases_section(data: ImageData, store: Store, names: list[str], predicted: np.ndarray | None) -> str:
     verdicts = store.all_verdicts(data.fingerprint)  # type: ignore[attr-defined]
     if not verdicts:
         return "<h2>Reviewed cases</h2><p>No case of this dataset has been reviewed yet.</p>"

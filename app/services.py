@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 
 from essence.app.evaluation import BATCH
-from essence.app.shared import holding, remembered, shared, store
+from essence.app.shared import holding, remembered, shared, store  # also the pages' way to them
 from essence.app.state import ModelChoice
 from essence.core import (
     ClassProfiles,
@@ -40,8 +40,6 @@ from essence.storage import ProfileKey, RunInfo
 
 if TYPE_CHECKING:
     from essence.core import Comparison, Diagnosis, ExpertSweep, Explanation, LayerSuggestion, Triage
-
-__all__ = ["holding", "remembered", "store"]  # re-exported: the pages reach the shared resources here
 
 Progress = Callable[[int, int], None]
 Cancel = Callable[[], bool] | threading.Event | None

@@ -1,8 +1,15 @@
 """Fixtures of the app's tests: a fresh store under a temporary ``ESSENCE_HOME``, Streamlit's caches cleared,
-and an :class:`AppTest` opened on a page of the app (the bundled demo is what it opens on)."""
+and an :class:`AppTest` opened on a page of the app (the bundled demo is what it opens on).
+
+The pages' first render computes the demo's class profiles. That is done once per session, into a warm store
+that ``open_app`` copies into each test's home; a test that is about the computation itself (progress,
+cancelling, storing) is marked ``cold_store`` and starts from an empty store as before.
+"""
 
 from __future__ import annotations
 
+import shutil
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +30,8 @@ PAGES = {
 }
 # The first render computes profiles and the diagnosis on 2 shared CPU cores: allow for it.
 RUN_TIMEOUT = 180
+# The pages whose first render computes and stores class profiles (of both demo models: compare loads sharp).
+WARM_PAGES = ("overview", "profiles", "experts", "compare")
 
 
 @pytest.fixture
@@ -36,9 +45,40 @@ def essence_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     st.cache_data.clear()
 
 
+@pytest.fixture(scope="session")
+def warm_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A home whose store holds what the pages of :data:`WARM_PAGES` compute on the demo, built once."""
+    home = tmp_path_factory.mktemp("warm_home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ESSENCE_HOME", str(home))
+        st.cache_resource.clear()
+        st.cache_data.clear()
+        at = AppTest.from_file(str(ENTRY), default_timeout=RUN_TIMEOUT)
+        at.run()
+        for page in WARM_PAGES[1:]:
+            at.switch_page(PAGES[page])
+            at.run()
+            assert_clean(at)
+        st.cache_resource.clear()
+        st.cache_data.clear()
+    with sqlite3.connect(home / "essence.sqlite") as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # everything in the database file: copies need no WAL
+    return home
+
+
+def copy_store(source: Path, home: Path) -> None:
+    """Copy a home's store (the database and its matrix files, not SQLite's scratch files) into ``home``."""
+    shutil.copytree(source, home, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*-wal", "*-shm"))
+
+
 @pytest.fixture
-def open_app(essence_home: Path) -> Callable[..., AppTest]:
-    """``open_app(page=None)``: the app run once, then switched to ``page`` (a key of :data:`PAGES`)."""
+def open_app(essence_home: Path, request: pytest.FixtureRequest) -> Callable[..., AppTest]:
+    """``open_app(page=None)``: the app run once, then switched to ``page`` (a key of :data:`PAGES`).
+
+    The store starts warm (a copy of :func:`warm_home`) unless the test is marked ``cold_store``.
+    """
+    if request.node.get_closest_marker("cold_store") is None:
+        copy_store(request.getfixturevalue("warm_home"), essence_home)
 
     def open_(page: str | None = None) -> AppTest:
         at = AppTest.from_file(str(ENTRY), default_timeout=RUN_TIMEOUT)

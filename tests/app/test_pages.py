@@ -135,6 +135,7 @@ def test_a_bad_dataset_upload_is_a_message_not_an_exception(open_app, clean, tex
     assert any("not a zip" in str(e.value) for e in at.error), [e.value for e in at.error]
 
 
+@pytest.mark.cold_store
 def test_a_cancelled_computation_stays_cancelled_and_stores_nothing(
     open_app, essence_home, clean, text_of, pages
 ) -> None:
@@ -158,6 +159,7 @@ def test_a_cancelled_computation_stays_cancelled_and_stores_nothing(
         assert store.info().profiles == 1
 
 
+@pytest.mark.cold_store
 def test_a_reload_is_served_from_the_store(open_app, essence_home, clean, text_of, pages) -> None:
     import streamlit as st
 

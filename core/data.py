@@ -15,7 +15,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import nn
 
 from essence.core.errors import DataLoadError, EmptyClassError, SpecError
-from essence.core.preprocessing import Preprocessing
+from essence.core.preprocessing import Preprocessing, warn_outside_unit_range
 from essence.core.slices import inference_state
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # x [B, C, H, W], labels [B], indices [B]
@@ -63,6 +63,15 @@ class ImageData:
                 f"{self.spec}: labels must lie in 0..{len(self.class_names) - 1} (one per class name); "
                 f"found {int(self.labels.min())}..{int(self.labels.max())}"
             )
+        # The recipe as applied: the scale made explicit for this container, so every output can show it.
+        if self.preprocessing is None:  # a plug-in's loader may leave the recipe to us
+            grey = self.arrays is not None and (self.arrays.ndim == 3 or 1 in self.arrays.shape[1:4:2])
+            self.preprocessing = Preprocessing(mode="L", mean=(0.0,), std=(1.0,)) if grey else Preprocessing()
+        if self.arrays is not None:
+            warn_outside_unit_range(self.arrays, self.preprocessing, self.spec)
+        self.preprocessing = self.preprocessing.for_container(
+            None if self.arrays is None else self.arrays.dtype
+        )
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -118,23 +127,56 @@ class ImageData:
 
 
 def class_index(cls: int | str, class_names: Sequence[str]) -> int:
-    """Resolve a class by index (int or digit string) or by name.
+    """Resolve a class given by index (an int, or a digit string) or by name.
+
+    A string is matched against the names first (exactly, then ignoring case): class folders are often named
+    "1".."5". A digit string that names one class and indexes another is refused rather than guessed;
+    ``name:2`` and ``index:2`` say which is meant.
 
     Raises:
-        ClassNotFoundError: no such class; the message lists the valid ones.
+        ClassNotFoundError: no such class, or an ambiguous digit string; the message lists the valid ones.
     """
     from essence.core.errors import ClassNotFoundError
 
     names = list(class_names)
-    if isinstance(cls, str) and not cls.strip().lstrip("-").isdigit():
-        lowered = [n.lower() for n in names]
-        if cls.strip().lower() in lowered:
-            return lowered.index(cls.strip().lower())
-        raise ClassNotFoundError(f"unknown class {cls!r}: the classes are {names}")
+    if not isinstance(cls, str):
+        return _checked_index(cls, names)
+    text = cls.strip()
+    by_name = _name_index(text, names)
+    if by_name is None and text.startswith("name:"):
+        by_name = _name_index(text[len("name:") :], names)
+        if by_name is None:
+            raise ClassNotFoundError(f"unknown class name {text[len('name:') :]!r}: the classes are {names}")
+        return by_name
+    if by_name is None and text.startswith("index:"):
+        return _checked_index(text[len("index:") :], names)
+    is_index = text.lstrip("-").isdigit() and 0 <= int(text) < len(names)
+    if by_name is not None and is_index and by_name != int(text):
+        raise ClassNotFoundError(
+            f"class {text!r} is ambiguous: it is the name of class {by_name} and the index of class "
+            f"{names[int(text)]!r}; write name:{text} or index:{text}"
+        )
+    if by_name is not None:
+        return by_name
+    if text.lstrip("-").isdigit():
+        return _checked_index(text, names)
+    raise ClassNotFoundError(f"unknown class {cls!r}: the classes are {names}")
+
+
+def _name_index(text: str, names: list[str]) -> int | None:
+    if text in names:
+        return names.index(text)
+    lowered = [n.lower() for n in names]
+    return lowered.index(text.lower()) if text.lower() in lowered else None
+
+
+def _checked_index(value: object, names: list[str]) -> int:
+    from essence.core.errors import ClassNotFoundError
+
     try:
-        i = int(cls)
+        i = int(value)  # type: ignore[call-overload]
     except (TypeError, ValueError) as exc:
-        raise ClassNotFoundError(f"unknown class {cls!r}: the classes are {names}") from exc
+        raise ClassNotFoundError(f"unknown class {value!r}: the classes are {names}") from exc
     if not 0 <= i < len(names):
         raise ClassNotFoundError(
             f"class index {i} is out of range: the classes are 0..{len(names) - 1} {names}"

@@ -11,6 +11,8 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import math
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -52,11 +54,14 @@ def load_digits(request: DataRequest) -> ImageData:
     d = sklearn_digits()
     images = d.images.astype(np.float32)
     labels = d.target.astype(np.int64)
+    recipe = request.preprocessing or Preprocessing(mode="L", mean=(0.0,), std=(1.0,))
+    if recipe.scale is None:  # the digits are 0..16 greys: their container's range
+        recipe = dataclasses.replace(recipe, scale=16.0)
     return ImageData(
         spec="digits",
         labels=labels,
         class_names=[str(i) for i in range(10)],
-        preprocessing=request.preprocessing or Preprocessing(mode="L", mean=(0.0,), std=(1.0,), scale=16.0),
+        preprocessing=recipe,
         fingerprint=hash_arrays(images, labels),
         arrays=images,
     )
@@ -101,9 +106,7 @@ def load_npz(request: DataRequest) -> ImageData:
     labels, names = labels_to_indices(labels, names or request.class_names, str(path))
     if len(labels) != len(images):
         raise DataLoadError(f"{path}: {len(images)} images but {len(labels)} labels")
-    recipe = request.preprocessing or _default_recipe(images)
-    if images.dtype.kind == "f" and images.size and float(images.max()) <= 1.0 and recipe.scale == 255.0:
-        recipe = dataclasses.replace(recipe, scale=1.0)  # float images already in [0, 1]
+    recipe = request.preprocessing or _default_recipe(images)  # its scale made explicit by ImageData
     return ImageData(
         spec=request.spec,
         labels=labels,
@@ -206,12 +209,7 @@ def load_csv(request: DataRequest) -> ImageData:
             )
         files.append(p)
         raw_labels.append(row[1].strip())
-    as_int = all(s.lstrip("-").isdigit() for s in raw_labels)
-    labels_arr, names = labels_to_indices(
-        np.array([int(s) for s in raw_labels]) if as_int else np.array(raw_labels),
-        request.class_names,
-        str(path),
-    )
+    labels_arr, names = labels_to_indices(np.array(raw_labels), request.class_names, str(path))
     files, labels, skipped = check_images(files, labels_arr.tolist(), request.on_bad_image, spec)
     return ImageData(
         spec=spec,
@@ -228,10 +226,15 @@ def load_csv(request: DataRequest) -> ImageData:
 
 
 def labels_to_indices(raw: Any, names: list[str] | None, where: str) -> tuple[np.ndarray, list[str]]:
-    """Map labels given as ints or names to indices, with the class names they index.
+    """Map labels given as integers or names to indices, with the class names they index.
+
+    Integer-valued labels mean those integers whatever their type: ``3``, ``3.0`` and the strings ``"3"`` and
+    ``"3.0"`` all index class 3, alike in CSV and npz. Other strings are class names. A non-integral number
+    (``1.5``) is refused, and so are digit strings that are also class names meaning other classes (labels
+    "1".."4" for classes named "1".."5"): neither is guessed.
 
     Args:
-        raw: one label per instance, integers (class indices) or strings (class names).
+        raw: one label per instance: integers, integer-valued floats, or strings (digits or class names).
         names: the classes, if known; otherwise ``0..max`` for integers, the sorted distinct names for strings.
         where: the source, for messages.
 
@@ -240,33 +243,74 @@ def labels_to_indices(raw: Any, names: list[str] | None, where: str) -> tuple[np
 
     Raises:
         DataLoadError: labels that are not one per instance.
-        LabelMismatchError: a label outside the classes (or implying over :data:`MAX_CLASSES` of them).
+        LabelMismatchError: a non-integral number, a label outside the classes (or implying over
+            :data:`MAX_CLASSES` of them), or digit labels whose names and indices disagree.
     """
     arr = np.asarray(raw)
     if arr.ndim != 1:
         raise DataLoadError(f"{where}: labels must be one per instance (1-D), got shape {arr.shape}")
-    if arr.dtype.kind in "iu":
-        if names is None:
-            if arr.size and int(arr.max()) >= MAX_CLASSES:
-                raise LabelMismatchError(
-                    f"{where}: label {int(arr.max())} would mean over {MAX_CLASSES:,} classes: labels must be "
-                    "class indices 0..K-1 (or give the class names)"
-                )
-            names = [str(i) for i in range(int(arr.max()) + 1 if arr.size else 0)]
-        if arr.size and (arr.min() < 0 or arr.max() >= len(names)):
+    if arr.dtype.kind in "iub":
+        return _checked_indices(arr.astype(np.int64), names, where)
+    if arr.dtype.kind == "f":
+        return _checked_indices(_integral(arr.tolist(), arr.tolist(), where), names, where)
+    as_str = [str(v).strip() for v in arr.tolist()]
+    numeric = all(_NUMBER.fullmatch(v) for v in as_str) and len(as_str) > 0
+    by_name = (
+        [names.index(v) for v in as_str] if names is not None and all(v in names for v in as_str) else None
+    )
+    if numeric:
+        ints = _integral(
+            [float(v) for v in as_str], as_str, where, names_tried=by_name is None and bool(names)
+        )
+        in_range = names is not None and bool(ints.min() >= 0 and ints.max() < len(names))
+        if by_name is not None and in_range and by_name != ints.tolist():
+            k = next(n for n, (a, b) in enumerate(zip(by_name, ints.tolist(), strict=True)) if a != b)
             raise LabelMismatchError(
-                f"{where}: labels range {arr.min()}..{arr.max()} but there are {len(names)} classes {names[:6]}: "
-                "labels must index the model's classes"
+                f"{where}: labels such as {as_str[k]!r} are both class names and class indices, and they disagree "
+                f"({as_str[k]!r} names class {by_name[k]} but indexes class {names[ints[k]]!r}); write the labels "
+                "as indices 0..K-1, or as names that are not numbers"
             )
-        return arr.astype(np.int64), list(names)
-    as_str = [str(v) for v in arr.tolist()]
+        if by_name is None or in_range:
+            return _checked_indices(ints, names, where)
     if names is None:
         names = sorted(set(as_str))
     lookup = {n: i for i, n in enumerate(names)}
-    unknown = sorted({s for s in as_str if s not in lookup})
+    unknown = sorted({v for v in as_str if v not in lookup})
     if unknown:
         raise LabelMismatchError(f"{where}: labels {unknown[:5]} are not among the classes {names[:8]}")
-    return np.array([lookup[s] for s in as_str], dtype=np.int64), list(names)
+    return np.array([lookup[v] for v in as_str], dtype=np.int64), list(names)
+
+
+# A number as a label file writes it: 3, -1, 3.0, 2.5, 1e1 (not "nan", "inf" or "0x10": those are names).
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _integral(values: list[float], shown: list[Any], where: str, names_tried: bool = False) -> np.ndarray:
+    """The labels as integers, refusing any that is not integer-valued (NaN, 1.5)."""
+    for v, s in zip(values, shown, strict=True):
+        if not (math.isfinite(v) and v == int(v)):
+            among = " and are not among the class names" if names_tried else ""
+            raise LabelMismatchError(
+                f"{where}: label {s!r} is not an integer{among}: labels must be class indices (integers such as "
+                "3 or 3.0) or class names; map such labels to classes before loading"
+            )
+    return np.array([int(v) for v in values], dtype=np.int64)
+
+
+def _checked_indices(arr: np.ndarray, names: list[str] | None, where: str) -> tuple[np.ndarray, list[str]]:
+    if names is None:
+        if arr.size and int(arr.max()) >= MAX_CLASSES:
+            raise LabelMismatchError(
+                f"{where}: label {int(arr.max())} would mean over {MAX_CLASSES:,} classes: labels must be "
+                "class indices 0..K-1 (or give the class names)"
+            )
+        names = [str(i) for i in range(int(arr.max()) + 1 if arr.size else 0)]
+    if arr.size and (arr.min() < 0 or arr.max() >= len(names)):
+        raise LabelMismatchError(
+            f"{where}: labels range {arr.min()}..{arr.max()} but there are {len(names)} classes {names[:6]}: "
+            "labels must index the model's classes"
+        )
+    return arr.astype(np.int64), list(names)
 
 
 _HASH_CACHE: dict[tuple[str, int, int], str] = {}

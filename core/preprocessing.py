@@ -5,6 +5,11 @@ preprocessing erased the lesions of one class. So it travels with every model an
 model is shown, and its fingerprint is part of every cache key.
 
 Order of operations: convert mode → resize → scale to [0, 1] → Gaussian blur → normalise.
+
+What raw values mean is decided by their container, never guessed from the values (docs/data.md): integer
+arrays by their dtype's range (uint8 / 255, uint16 / 65535, as 8- and 16-bit image files), float arrays are
+intensities in [0, 1] and are used as they are. A recipe's explicit ``scale`` overrides this for every
+container (floats written as 0..255, the digits' 0..16).
 """
 
 from __future__ import annotations
@@ -12,7 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field
+import warnings
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -26,6 +32,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Resizing larger than this is refused: a 3×8192×8192 float32 image alone is 805 MB.
 MAX_SIDE = 8192
+# The integer dtypes whose range is an image convention (8- and 16-bit images). Wider integers (int32, int64:
+# numpy's default for Python ints) carry no convention: 0..255 and 0..65535 data both arrive as int64.
+DTYPE_RANGES = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 
 
 @dataclass(frozen=True)
@@ -38,7 +47,10 @@ class Preprocessing:
         blur_sigma: standard deviation in pixels of a Gaussian blur applied after resizing (0 = none).
         mean: per-channel mean subtracted after scaling to [0, 1].
         std: per-channel standard deviation divided by.
-        scale: the value that maps to 1.0 (255 for 8-bit images, 16 for scikit-learn's digits).
+        scale: the raw value that maps to 1.0, or ``None`` for the container's own range: 255 for uint8
+            arrays and 8-bit files, 65535 for uint16 arrays, 1 for float arrays (used as they are). A number
+            overrides the container (16 for scikit-learn's digits, 255 for floats written as 0..255). A
+            dataset's recipe *as applied* always holds the number (see :meth:`for_container`).
     """
 
     mode: Literal["RGB", "L"] = "RGB"
@@ -46,7 +58,7 @@ class Preprocessing:
     blur_sigma: float = 0.0
     mean: tuple[float, ...] = field(default=(0.0, 0.0, 0.0))
     std: tuple[float, ...] = field(default=(1.0, 1.0, 1.0))
-    scale: float = 255.0
+    scale: float | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in ("RGB", "L"):
@@ -65,9 +77,13 @@ class Preprocessing:
             raise SpecError(f"preprocessing std must be positive and finite, got {self.std}")
         if not all(math.isfinite(m) for m in self.mean):
             raise SpecError(f"preprocessing mean must be finite, got {self.mean}")
-        if not (float(self.scale) > 0 and math.isfinite(float(self.scale))):
+        if self.scale is not None and (
+            isinstance(self.scale, bool | str)
+            or not (float(self.scale) > 0 and math.isfinite(float(self.scale)))
+        ):
             raise SpecError(
-                f"preprocessing scale (the raw value that maps to 1.0) must be > 0, got {self.scale}"
+                f"preprocessing scale (the raw value that maps to 1.0) must be > 0 or null (the container's "
+                f"range), got {self.scale!r}"
             )
         if self.blur_sigma < 0 or not math.isfinite(self.blur_sigma):
             raise SpecError(f"blur sigma must be a finite number ≥ 0, got {self.blur_sigma}")
@@ -84,11 +100,27 @@ class Preprocessing:
                 )
             object.__setattr__(self, "size", size)
         object.__setattr__(self, "blur_sigma", float(self.blur_sigma))
-        object.__setattr__(self, "scale", float(self.scale))
+        object.__setattr__(self, "scale", None if self.scale is None else float(self.scale))
 
     @property
     def channels(self) -> int:
         return 3 if self.mode == "RGB" else 1
+
+    def for_container(self, dtype: np.dtype | torch.dtype | None) -> Preprocessing:
+        """The recipe as applied to raw values of ``dtype`` (``None``: image files): the scale made explicit.
+
+        Raises:
+            DataLoadError: an integer dtype without an image convention (int32, int64, ...) and no scale.
+        """
+        if self.scale is not None:
+            return self
+        return replace(self, scale=container_scale(dtype))
+
+    def expects_unit_range(self) -> bool:
+        """Whether the recipe expects raw values / scale in [0, 1]: all do but the explicit identity (scale 1,
+        mean 0, std 1), which passes the model's inputs through as they are and expects nothing of their range."""
+        identity = self.scale == 1.0 and not any(self.mean) and all(s == 1.0 for s in self.std)
+        return not identity
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -134,6 +166,10 @@ class Preprocessing:
         if self.size:
             parts.append(f"resize {self.size[0]}×{self.size[1]}")
         parts.append(f"Gaussian blur σ={self.blur_sigma:g} px" if self.blur_sigma > 0 else "no blur")
+        if self.scale is None:
+            parts.append("values by their type's range (uint8 / 255, uint16 / 65535, floats as they are)")
+        else:
+            parts.append(f"values / {self.scale:g}")
         if any(m != 0 for m in self.mean) or any(s != 1 for s in self.std):
             parts.append("mean " + ",".join(f"{m:.3g}" for m in self.mean))
             parts.append("std " + ",".join(f"{s:.3g}" for s in self.std))
@@ -154,19 +190,24 @@ class Preprocessing:
         arr = np.asarray(image, dtype=np.float32)
         if arr.ndim == 2:
             arr = arr[:, :, None]
-        return self.apply_array(arr[None], already_sized=True)[0]
+        # Files are 8-bit once converted (16-bit ones mapped by their range in _to_8bit).
+        return self.for_container(np.dtype(np.uint8)).apply_array(arr[None], already_sized=True)[0]
 
     def apply_array(self, images: np.ndarray | torch.Tensor, already_sized: bool = False) -> torch.Tensor:
         """Preprocess a batch of raw images.
 
         Args:
             images: ``[N, H, W, C]`` or ``[N, C, H, W]`` (C in {1, 3}) or ``[N, H, W]`` of raw values
-                (0..``scale``).
+                (0..``scale``; without a scale, by their dtype's range: see the module docstring).
             already_sized: skip resizing (the caller resized already).
 
         Returns:
             A float32 tensor ``[N, C, H, W]``.
+
+        Raises:
+            DataLoadError: a layout or channel count the recipe cannot take, or wide integers without a scale.
         """
+        scale = self.scale if self.scale is not None else container_scale(images.dtype)
         if isinstance(images, torch.Tensor):
             x = images.to(torch.float32)
         else:  # a float32 copy: the source may be a read-only cached array
@@ -187,7 +228,7 @@ class Preprocessing:
             raise DataLoadError(
                 f"images have {x.shape[1]} channels, the recipe needs {self.channels} (mode {self.mode})"
             )
-        x = x.contiguous() / self.scale
+        x = x.contiguous() / scale
         if not already_sized and self.size is not None and tuple(x.shape[-2:]) != self.size:
             x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False, antialias=True)
         if self.blur_sigma > 0:
@@ -195,6 +236,52 @@ class Preprocessing:
         mean = torch.tensor(self.mean).view(1, -1, 1, 1)
         std = torch.tensor(self.std).view(1, -1, 1, 1)
         return (x - mean) / std
+
+
+def container_scale(dtype: np.dtype | torch.dtype | None) -> float:
+    """The raw value that means 1.0 in a container of ``dtype`` (``None``: an image file, 8-bit once read).
+
+    Raises:
+        DataLoadError: an integer dtype without an image convention.
+    """
+    if dtype is None:
+        return 255.0
+    if isinstance(dtype, torch.dtype):
+        if dtype.is_floating_point:
+            return 1.0
+        dtype = torch.empty(0, dtype=dtype).numpy().dtype
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        return 1.0
+    if dtype in DTYPE_RANGES:
+        return DTYPE_RANGES[dtype]
+    raise DataLoadError(
+        f"images of dtype {dtype} have no conventional range: store them as uint8 (0..255), uint16 (0..65535) "
+        "or floats in [0, 1], or give the recipe a scale (the raw value that means 1.0)"
+    )
+
+
+def warn_outside_unit_range(images: np.ndarray, recipe: Preprocessing, where: str) -> None:
+    """One warning line when the values after scaling leave the [0, 1] the recipe expects.
+
+    ``recipe`` is the recipe as given (before :meth:`Preprocessing.for_container`): only an explicit identity
+    (scale 1, mean 0, std 1) says "these are the model's inputs already" and silences the check.
+
+    Nothing is changed: the values are what the data says. The warning names the range found and the fixes.
+    """
+    if images.size == 0 or not recipe.expects_unit_range():
+        return
+    scale = recipe.for_container(images.dtype).scale or 1.0
+    low, high = float(images.min()) / scale, float(images.max()) / scale
+    if low >= 0.0 and high <= 1.0:
+        return
+    warnings.warn(
+        f"{where}: image values after scaling (/ {scale:g}) span {low:.4g}..{high:.4g}, outside [0, 1] "
+        "where the recipe expects them; they are used as they are: clip them, give the recipe the scale that "
+        "means 1.0, or for inputs already normalised a recipe with scale 1, mean 0 and std 1",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def _to_8bit(image: Image.Image) -> Image.Image:
@@ -207,7 +294,9 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     top = 65535.0 if image.mode.startswith("I;16") else max(float(np.nanmax(arr)) if arr.size else 1.0, 1e-12)
     if image.mode == "I" and top <= 65535 and arr.min() >= 0 and top > 255:
         top = 65535.0
-    return Image.fromarray(np.clip(np.nan_to_num(arr) / top * 255.0, 0, 255).round().astype(np.uint8), mode="L")
+    return Image.fromarray(
+        np.clip(np.nan_to_num(arr) / top * 255.0, 0, 255).round().astype(np.uint8), mode="L"
+    )
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -177,9 +177,9 @@ class _ClassRun:
         if pred >= s.rare_share * count:
             return ClassDiagnosis(**base, diagnosis=OK, expert=None, drowned_by=[], advice="")
         evidence = expert_evidence(
-            self.model, self.data, self.layer, i, cache=self.cache, criterion=s.criterion, alphas=s.alphas,
-            betas=s.betas, kind=s.kind, granularity=s.granularity, seed=s.seed, batch_size=self.batch_size,
-            device=self.device,
+            self.model, self.data, self.layer, i, cache=self.cache, neighbour=j, criterion=s.criterion,
+            alphas=s.alphas, betas=s.betas, kind=s.kind, granularity=s.granularity, seed=s.seed,
+            batch_size=self.batch_size, device=self.device,
         )  # fmt: skip
         how = (
             "never predicted" if pred == 0 else f"rarely predicted ({pred} predictions for {count} instances)"

@@ -29,6 +29,9 @@ class ExpertCriterion:
       random has precision πᵢ whatever its rate of guessing, so an expert must be ``prevalence_lift`` times
       as precise as chance (capped halfway between chance and perfect, for a class so common that the lift
       exceeds 1). When the model never predicts i its precision is undefined and the floor alone applies.
+      When i's neighbour j (the class it is confused with) is known, the floor is at least the pair share
+      nᵢ / (nᵢ + nⱼ): a mask that fires on "i or j" without telling them apart has exactly that precision, so
+      an expert for i must beat it — otherwise it is an expert for the pair, not for i.
 
     Attributes:
         precision_tolerance: precision an expert may lose against the model's (the paper relaxes "about the
@@ -50,9 +53,9 @@ class ExpertCriterion:
     false_alarm: float = 0.025
     random_masks: int = 9
 
-    def precision_floor(self, model_precision: float, prevalence: float) -> float:
-        """The precision an expert needs (see the class docstring)."""
-        chance = min(self.prevalence_lift * prevalence, (1.0 + prevalence) / 2.0)
+    def precision_floor(self, model_precision: float, prevalence: float, pair_share: float = 0.0) -> float:
+        """The precision an expert needs (see the class docstring); ``pair_share`` = nᵢ / (nᵢ + nⱼ)."""
+        chance = max(min(self.prevalence_lift * prevalence, (1.0 + prevalence) / 2.0), pair_share)
         if math.isnan(model_precision):
             return chance
         return max(model_precision - self.precision_tolerance, chance)
@@ -73,6 +76,7 @@ class ExpertCriterion:
         count: int,
         references: np.ndarray | None = None,
         cells: int | None = None,
+        pair_share: float = 0.0,
     ) -> np.ndarray:
         """Boolean mask of the grid cells that are experts.
 
@@ -84,11 +88,12 @@ class ExpertCriterion:
             references: float ``[A, B]`` the best recall of the reference masks (control, random) at each
                 cell, or ``None`` to compare against the model alone.
             cells: how many cells the best is chosen from (default: all of ``recall``).
+            pair_share: nᵢ / (nᵢ + nⱼ) for i's neighbour j (0: no neighbour known).
 
         Returns:
             bool ``[A, B]``.
         """
-        floor = self.precision_floor(model_precision, prevalence)
+        floor = self.precision_floor(model_precision, prevalence, pair_share)
         ok_precision = np.nan_to_num(precision, nan=-1.0) >= floor
         reference = np.full(np.shape(recall), float(model_recall))
         if references is not None:

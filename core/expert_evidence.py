@@ -75,6 +75,7 @@ def expert_evidence(
     cls: int,
     *,
     cache: SliceCache,
+    neighbour: int | None = None,
     criterion: ExpertCriterion | None = None,
     alphas: Sequence[int] | None = None,
     betas: Sequence[int] | None = None,
@@ -92,6 +93,8 @@ def expert_evidence(
         layer: module path of the slice.
         cls: the class index.
         cache: z cached by :func:`~essence.core.slice_cache.cache_slice`.
+        neighbour: the class ``cls`` is confused with; an expert must then be more precise than the pair's
+            share nᵢ / (nᵢ + nⱼ) (see :class:`~essence.core.expert_criterion.ExpertCriterion`).
         criterion: when a cell is an expert (default settings); its ``random_masks`` sets the draws.
         alphas, betas: the grid (default: :func:`~essence.core.experts.default_grid`).
         kind, granularity: the profile's quantity and unit granularity.
@@ -129,6 +132,7 @@ def expert_evidence(
         sweep.prevalence,
         sweep.count,
         references=reference,
+        pair_share=_pair_share(cache, cls, neighbour),
     )
     best = _best(sweep, experts, reference)
     return ExpertEvidence(
@@ -141,6 +145,14 @@ def expert_evidence(
         gain=c.recall_gain(sweep.count, int(experts.size)),
         criterion=c,
     )
+
+
+def _pair_share(cache: SliceCache, cls: int, neighbour: int | None) -> float:
+    """nᵢ / (nᵢ + nⱼ), or 0 without a neighbour."""
+    if neighbour is None:
+        return 0.0
+    n_i, n_j = int((cache.labels == cls).sum()), int((cache.labels == neighbour).sum())
+    return n_i / (n_i + n_j)
 
 
 def _best(sweep: ExpertSweep, experts: np.ndarray, reference: np.ndarray) -> dict | None:

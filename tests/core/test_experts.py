@@ -13,6 +13,7 @@ from torch import nn
 from essence.core.errors import ClassNotFoundError, EmptyClassError, SpecError
 from essence.core.experts import ExpertCriterion, cache_slice, default_grid, expert_sweep
 from essence.core.profiles import class_profiles
+from essence.core.slice_cache import halves_of, unit_gradients
 from essence.core.slices import capture
 
 
@@ -131,7 +132,9 @@ def test_criterion_floor_for_a_never_predicted_class() -> None:
     assert c.precision_floor(0.9, 0.1) == pytest.approx(0.8)  # the model's minus the tolerance
     assert c.precision_floor(float("nan"), 0.8) == pytest.approx(0.9)  # capped halfway to perfect
     # One cell: 1.96 standard errors of a recall on 100 instances (≤ 0.05 each); the floor binds on large classes.
-    assert c.recall_gain(100) == pytest.approx(1.96 / 20, abs=1e-3) and c.recall_gain(10_000) == pytest.approx(0.05)
+    assert c.recall_gain(100) == pytest.approx(1.96 / 20, abs=1e-3) and c.recall_gain(
+        10_000
+    ) == pytest.approx(0.05)
     # The best of 80 cells pays for the choice (Bonferroni): z = Φ⁻¹(1 − 0.025/80) ≈ 3.42.
     assert c.recall_gain(100, cells=80) == pytest.approx(3.42 / 20, abs=2e-3)
     recall = np.array([[0.05, 0.3, 0.3]])
@@ -159,3 +162,31 @@ def test_bad_input(trained) -> None:
         expert_sweep(model, (x, few), "fc1", 5, device="cpu")
     with pytest.raises(SpecError, match="rank_by"):
         expert_sweep(model, (x, y), "fc1", 1, rank_by="magic")
+
+
+@pytest.mark.parametrize("layer", ["fc1", "conv2"])
+def test_unit_gradients_are_the_profiles_vectors(trained, layer: str) -> None:
+    """Influence vectors computed above the slice from cached z average to the engine's class profile."""
+    model, x, y = trained
+    cache = cache_slice(model, (x, y), layer, device="cpu")
+    rows = torch.nonzero(y == 3).flatten()
+    grads = unit_gradients(cache, 3, rows, device="cpu")
+    p = class_profiles(model, (x, y), layer, device="cpu")
+    assert torch.allclose(grads.mean(0), p.mean[3], atol=1e-4, rtol=1e-4)
+
+
+def test_crossfit_scores_every_instance_once_and_random_masks(trained) -> None:
+    model, x, y = trained
+    first, second = halves_of(y, seed=0)
+    assert len(first) + len(second) == len(y) and not set(first.tolist()) & set(second.tolist())
+    for c in range(10):  # each class split as evenly as it can be
+        assert abs(int((y[first] == c).sum()) - int((y[second] == c).sum())) <= 1
+    cache = cache_slice(model, (x, y), "fc1", device="cpu")
+    whole = expert_sweep(model, (x, y), "fc1", 4, alphas=[24], betas=[0], cache=cache, crossfit=True)
+    # Keeping every unit, the mask is the model whichever half ranked it: cross-fitting changes nothing.
+    assert whole.crossfit and whole.recall[0, 0] == pytest.approx(whole.baseline["binary"]["recall"])
+    a = expert_sweep(model, (x, y), "fc1", 4, rank_by="random", seed=1, cache=cache)
+    b = expert_sweep(model, (x, y), "fc1", 4, rank_by="random", seed=2, cache=cache)
+    # A random mask of α+β units: distinct units, a different draw per seed, no ranking to cross-fit.
+    assert len(set(a.positive_units.tolist())) == len(a.positive_units)
+    assert a.positive_units.tolist() != b.positive_units.tolist() and not a.crossfit

@@ -168,7 +168,9 @@ def register(app: typer.Typer) -> None:
         store: StoreOpt = None,
         no_cache: NoCacheOpt = False,
     ) -> None:
-        """Expert masks of one class over an α×β grid (paper Fig. 5), with the activation-ranked control."""
+        """Expert masks of one class over an α×β grid (paper Fig. 5), the activation-ranked control, and the
+        honest test (cross-fitted, against the control and random masks)."""
+        from essence.core.expert_evidence import expert_evidence
         from essence.core.experts import cache_slice, expert_sweep
 
         inputs = load_inputs(model, weights, trust_pickle, data, layer)
@@ -203,7 +205,23 @@ def register(app: typer.Typer) -> None:
             f"activation-ranked control: best recall {control.recall.max():.2f}, "
             f"expert {'found' if control.best() else 'none'}"
         )
+        evidence = expert_evidence(
+            m, d, lay, d.class_index(cls), cache=cache, alphas=a, betas=b, kind=kind,  # type: ignore[arg-type]
+            granularity=granularity, batch_size=batch_size, device=device,  # type: ignore[arg-type]
+        )  # fmt: skip
+        honest = evidence.best
+        typer.echo(
+            f"honest test (cross-fitted; must beat the model, the control and {len(evidence.random)} random masks "
+            f"of each size by {evidence.gain:.2f} recall): "
+            + (
+                f"expert α={honest['alpha']} β={honest['beta']} recall {honest['recall']:.2f} precision "
+                f"{honest['precision']:.2f} (best reference {honest['reference_recall']:.2f})"
+                if honest
+                else "no expert"
+            )
+        )
         out = sweep.to_json()
+        out["honest"] = evidence.to_json()
         out["activation_control"] = {
             k: out_c
             for k, out_c in control.to_json().items()
@@ -229,7 +247,8 @@ def register(app: typer.Typer) -> None:
         store: StoreOpt = None,
         no_cache: NoCacheOpt = False,
     ) -> None:
-        """The whole recipe: per-class recall/precision, rarely predicted classes, and why (experts)."""
+        """Per class: ok, drowning experts, not read out or not learned — with the evidence, the remedy, and the
+        preprocessing step to suspect (docs/analyses.md)."""
         from essence.core.diagnosis import DiagnosisSettings, diagnose
 
         if not 0 < rare_share <= 1:
@@ -255,13 +274,19 @@ def register(app: typer.Typer) -> None:
         if result.never_predicted:
             typer.echo(f"never predicted: {', '.join(result.never_predicted)}")
         for c in result.classes:
-            line = (
-                f"  {c.name:>14}  n={c.count:<5} recall {_fmt(c.recall)}  precision {_fmt(c.precision)}  "
-                f"predicted {c.predicted_count:<5} {c.diagnosis}"
+            probe = (
+                f"probe vs {c.probe.against} AUC {_fmt(c.probe.auc)} (chance ≤ {_fmt(c.probe.threshold)})"
+                if c.probe
+                else "probe —"
             )
-            typer.echo(line)
+            typer.echo(
+                f"  {c.name:>14}  n={c.count:<5} recall {_fmt(c.recall)}  precision {_fmt(c.precision)}  "
+                f"predicted {c.predicted_count:<5} {probe}  {c.diagnosis}"
+            )
             if c.advice:
                 typer.echo(f"      {c.advice}")
+            for step in c.suspect_steps:
+                typer.echo(f"      suspect step: {step.step} — {step.evidence}")
             typer.echo(f"      top units + {c.top_positive}  − {c.top_negative}")
         write_json(json_path, result.to_json())
         _say_if_cached(profiles)

@@ -284,6 +284,7 @@ def diagnosis(model: LoadedModel, data: ImageData, layer: str, profiles: ClassPr
             device="auto",
             seconds=time.perf_counter() - start,
             description=f"diagnosis of {model.name} on {data.spec} at {layer}",
+            preprocessing=data.preprocessing.to_dict(),
         )
         store().record_run(
             "diagnose", info, model_fp=model.fingerprint, dataset_fp=data.fingerprint, layer=layer

@@ -73,6 +73,8 @@ class RunRow(Base):
     # Added in schema 0002.
     command: Mapped[str] = mapped_column(Text, default="", server_default="")
     host: Mapped[str] = mapped_column(String(255), default="", server_default="")
+    # Added in schema 0003: the preprocessing recipe as applied, as JSON ("" when unknown).
+    preprocessing: Mapped[str] = mapped_column(Text, default="", server_default="")
 
 
 class ProfileRow(Base):

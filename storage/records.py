@@ -9,7 +9,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from essence.core.data import ImageData
 from essence.core.distributions import ClassConditional
@@ -83,17 +83,21 @@ class RunInfo:
         device: the device it ran on (``cpu``, ``cuda``).
         seconds: wall-clock seconds of the computation (``None``: unknown).
         description: one line for people (what was computed).
+        preprocessing: the preprocessing recipe as applied (``Preprocessing.to_dict()``), when known; the
+            store fills it from the data where it has the data (``cached_profiles``).
     """
 
     command: str = ""
     device: str = ""
     seconds: float | None = None
     description: str = ""
+    preprocessing: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
 class Run:
-    """One stored computation (a row of the runs table)."""
+    """One stored computation (a row of the runs table); ``preprocessing`` is the recipe as applied, or
+    ``None`` for runs recorded without one (and before schema 0003)."""
 
     id: int
     created_at: datetime
@@ -107,6 +111,7 @@ class Run:
     command: str
     host: str
     essence_version: str
+    preprocessing: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

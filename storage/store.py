@@ -347,6 +347,7 @@ class Store:
         info = run_info or RunInfo()
         info = dataclasses.replace(
             info,
+            preprocessing=info.preprocessing or data.preprocessing.to_dict(),
             seconds=seconds if info.seconds is None else info.seconds,
             description=info.description or f"class profiles of {model.name} on {data.spec} at {layer}",
         )
@@ -368,6 +369,7 @@ class Store:
             essence_version=__version__,
             command=info.command,
             host=socket.gethostname(),
+            preprocessing=json.dumps(info.preprocessing, sort_keys=True) if info.preprocessing else "",
         )
 
     def record_run(
@@ -673,7 +675,19 @@ def _run_of(r: RunRow) -> Run:
         command=r.command,
         host=r.host,
         essence_version=r.essence_version,
+        preprocessing=_recipe_of(r.preprocessing),
     )
+
+
+def _recipe_of(text: str | None) -> dict | None:
+    """The recorded recipe, or ``None`` (not recorded, or not readable: a run record is never an error)."""
+    if not text:
+        return None
+    try:
+        recipe = json.loads(text)
+    except ValueError:
+        return None
+    return recipe if isinstance(recipe, dict) else None
 
 
 def _verdict_of(r: VerdictRow) -> Verdict:

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from essence.cli import main
+from essence.storage import head_revision
 
 FACTORY = """
 from collections import OrderedDict
@@ -112,7 +113,7 @@ def test_store_info_shows_counts_schema_and_runs(files, capsys, monkeypatch):
     assert run(capsys, monkeypatch, "precompute", *_spec(files), "--instances", "--device", "cpu")[0] == 0
     code, out, err = run(capsys, monkeypatch, "store", "info")
     assert code == 0, err
-    assert str(files["home"] / "essence.sqlite") in out and "schema version: 0002" in out
+    assert str(files["home"] / "essence.sqlite") in out and f"schema version: {head_revision()}" in out
     assert "profiles: 1 (per-instance matrices: 4)" in out and "verdicts: 0" in out
     assert "essence precompute --model essence_store_cli_net:build" in out and " on cpu@" in out
 

@@ -147,7 +147,7 @@ def register(app: typer.Typer) -> None:
             )
         out = result.to_json()
         out["scores"] = rows
-        write_json(json_path, out)
+        write_json(json_path, out, inputs.data.preprocessing)
         _say_if_cached(profiles)
 
     @app.command("experts")
@@ -227,7 +227,7 @@ def register(app: typer.Typer) -> None:
             for k, out_c in control.to_json().items()
             if k in ("alphas", "betas", "recall", "precision", "predicted", "best")
         }
-        write_json(json_path, out)
+        write_json(json_path, out, inputs.data.preprocessing)
         _say_if_cached(profiles)
 
     @app.command("diagnose")
@@ -288,7 +288,7 @@ def register(app: typer.Typer) -> None:
             for step in c.suspect_steps:
                 typer.echo(f"      suspect step: {step.step} — {step.evidence}")
             typer.echo(f"      top units + {c.top_positive}  − {c.top_negative}")
-        write_json(json_path, result.to_json())
+        write_json(json_path, result.to_json(), inputs.data.preprocessing)
         _say_if_cached(profiles)
 
 

@@ -1,4 +1,10 @@
-"""Options and plumbing shared by the CLI's commands: specs → model, data and slice; JSON; progress."""
+"""Options and plumbing shared by the CLI's commands: specs → model, data and slice; model cards; JSON; progress.
+
+Model cards (docs/data.md): ``W.card.json`` beside the weights ``W.safetensors`` supplies class names, the
+preprocessing recipe and the default slice. An older ``W.json`` is still read, but only when it is a valid card
+(every key a card key) and not an Essence output: every JSON file Essence writes carries the marker key
+``essence_output``, so ``--json W.json`` can never be taken for the model's card.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,8 @@ import os
 import stat
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+import warnings
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -116,19 +123,105 @@ def load_model_spec(model: str, weights: Path | None, trust_pickle: bool) -> Loa
     return loaded
 
 
-def _apply_card(loaded: LoadedModel, weights: Path | None) -> None:
-    """A JSON card beside the weights (``W.json``) supplies class names, recipe and default slice."""
+# The key every JSON output of Essence carries (its value: the output format's version). A card never has it.
+OUTPUT_MARKER = "essence_output"
+OUTPUT_VERSION = 1
+# A card may say which card schema it follows; 1 is the only one.
+CARD_MARKER = "essence_card"
+# What a card may hold: what Essence reads from it, and the facts the demo's cards record beside them.
+CARD_KEYS = frozenset(
+    {CARD_MARKER, "class_names", "preprocessing", "default_layer", "input_size", "image_size", "name"}
+    | {"architecture", "arch_kwargs", "weights", "description", "seed", "data", "training", "metrics"}
+)
+
+
+def card_path(weights: Path) -> Path:
+    """Where the model card of ``weights`` lies: ``W.card.json`` beside ``W.safetensors``."""
+    return Path(weights).with_name(Path(weights).stem + ".card.json")
+
+
+def read_card(weights: Path | None) -> tuple[dict[str, Any], Path] | None:
+    """The model card beside ``weights``, if there is one (see the module docstring).
+
+    Returns:
+        ``(card, its path)``, or ``None``: no card, or only an older ``W.json`` that is not a card (an Essence
+        output is passed over silently; any other such file with one warning line that names the fix).
+
+    Raises:
+        SpecError: a ``W.card.json`` that is not valid JSON, not an object, an Essence output, of an unknown
+            schema, or with values of the wrong type.
+    """
     if weights is None:
-        return
-    card_path = Path(weights).with_suffix(".json")
-    if not card_path.is_file():
-        return
+        return None
+    path = card_path(weights)
+    if path.is_file():
+        card = _read_json_object(path)
+        if OUTPUT_MARKER in card:
+            raise SpecError(
+                f"{path} is an Essence output (it has {OUTPUT_MARKER!r}), not a model card: write the card "
+                "(class_names, preprocessing, default_layer) there, and --json outputs elsewhere"
+            )
+        _check_card(card, path)
+        return card, path
+    legacy = Path(weights).with_suffix(".json")
+    if not legacy.is_file():
+        return None
     try:
-        card = json.loads(card_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SpecError(f"{card_path}: the model card beside the weights is not valid JSON ({exc})") from exc
+        card = json.loads(legacy.read_text())
+    except (OSError, ValueError):
+        card = None
+    if isinstance(card, dict) and OUTPUT_MARKER in card:
+        return None  # an Essence output written beside the weights: never a card
+    unknown = sorted(map(str, set(card) - CARD_KEYS)) if isinstance(card, dict) else None
+    if unknown is None or unknown:
+        what = f"it has keys {unknown[:4]} that no card has" if unknown else "it is not a JSON object"
+        warnings.warn(
+            f"{legacy} is not read as the model card ({what}); a card beside {Path(weights).name} is named "
+            f"{path.name}",
+            UserWarning,
+            stacklevel=2,
+        )
+        return None
+    _check_card(card, legacy)
+    return card, legacy
+
+
+def _read_json_object(path: Path) -> dict[str, Any]:
+    try:
+        card = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SpecError(f"{path}: the model card beside the weights is not valid JSON ({exc})") from exc
     if not isinstance(card, dict):
+        raise SpecError(
+            f"{path}: a model card is a JSON object of {sorted(CARD_KEYS)[:6]}..., got {type(card).__name__}"
+        )
+    return card
+
+
+def _check_card(card: dict[str, Any], path: Path) -> None:
+    """Refuse a card of another schema or with values of the wrong type, naming the key."""
+    if card.get(CARD_MARKER, 1) != 1:
+        raise SpecError(
+            f"{path}: card schema {card[CARD_MARKER]!r} is not known: this Essence reads schema 1"
+        )
+    names = card.get("class_names")
+    if names is not None and not (isinstance(names, list) and all(isinstance(n, str | int) for n in names)):
+        raise SpecError(f"{path}: class_names must be a list of names, got {type(names).__name__}")
+    if card.get("default_layer") is not None and not isinstance(card["default_layer"], str):
+        raise SpecError(f"{path}: default_layer must be a module path (a string)")
+    if card.get("preprocessing") is not None:
+        try:
+            Preprocessing.from_dict(card["preprocessing"])
+        except SpecError as exc:
+            raise SpecError(f"{path}: {exc}") from exc
+
+
+def _apply_card(loaded: LoadedModel, weights: Path | None) -> None:
+    """The model card beside the weights (:func:`read_card`) supplies class names, recipe and default slice."""
+    found = read_card(weights)
+    if found is None:
         return
+    card, _ = found
     loaded.card = {**loaded.card, **card}
     if card.get("class_names"):
         loaded.class_names = [str(c) for c in card["class_names"]]
@@ -163,6 +256,7 @@ def load_inputs(
     )
     if dataset.skipped:
         typer.echo(f"note: {len(dataset.skipped)} unreadable images were skipped", err=True)
+    say_recipe(dataset.preprocessing)
     check_compatible(loaded, dataset)
     chosen = layer if layer is not None else loaded.default_layer
     if chosen is None and need_layer:
@@ -172,6 +266,12 @@ def load_inputs(
     if chosen is not None:
         resolve_layer(loaded.module, chosen)
     return Inputs(loaded, dataset, chosen or "")
+
+
+def say_recipe(recipe: Preprocessing | None, who: str = "") -> None:
+    """Print the recipe as applied (one line): it is part of the question asked of the model."""
+    described = recipe.describe() if recipe is not None else "none (the inputs are used as they are)"
+    typer.echo(f"preprocessing{f' of {who}' if who else ''}: {described}")
 
 
 def check_granularity(value: str) -> str:
@@ -193,15 +293,35 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
-def write_json(path: Path | None, obj: Any) -> None:
-    """Write ``obj`` as JSON to ``path`` (see :func:`write_text_file`); ``-`` writes to stdout."""
+Recipe = Preprocessing | Mapping[str, Preprocessing | None] | None
+
+
+def write_json(path: Path | None, obj: Any, preprocessing: Recipe = None) -> None:
+    """Write an output ``obj`` as JSON to ``path`` (see :func:`write_text_file`); ``-`` writes to stdout.
+
+    An object gets the marker :data:`OUTPUT_MARKER` (so no output is ever read as a model card) and, unless it
+    has one already, ``"preprocessing"``: the recipe as applied (a mapping of them, e.g. ``{"a", "b"}`` for
+    ``compare``), or ``null`` where no recipe was applied (DESIGN §4).
+    """
     if path is None:
         return
+    if isinstance(obj, dict):
+        obj = {OUTPUT_MARKER: OUTPUT_VERSION, **obj}
+        if "preprocessing" not in obj:
+            obj["preprocessing"] = _recipe_json(preprocessing)
     text = json.dumps(_clean(obj), indent=2, allow_nan=False) + "\n"
     if str(path) == "-":
         sys.stdout.write(text)
         return
     write_text_file(Path(path), text, "--json")
+
+
+def _recipe_json(recipe: Recipe) -> dict[str, Any] | None:
+    if isinstance(recipe, Preprocessing):
+        return recipe.to_dict()
+    if isinstance(recipe, Mapping):
+        return {k: _recipe_json(v) for k, v in recipe.items()}
+    return None
 
 
 def write_text_file(path: Path, text: str, option: str) -> None:

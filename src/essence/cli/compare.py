@@ -19,6 +19,7 @@ from essence.cli.common import (
     WeightsOpt,
     check_granularity,
     load_model_spec,
+    say_recipe,
     write_json,
 )
 from essence.core.datasets import environment_data_root, load_dataset
@@ -68,6 +69,8 @@ def run_compare(
     data_b = load_dataset(data, model_b.preprocessing, class_names=names, data_root=environment_data_root())
     check_compatible(model_a, data_a)
     check_compatible(model_b, data_b)
+    say_recipe(data_a.preprocessing, "A")
+    say_recipe(data_b.preprocessing, "B")
     la = layer if layer is not None else model_a.default_layer
     if la is None:
         raise LayerNotFoundError(
@@ -126,7 +129,7 @@ def run_compare(
                 f"diagnosis of {c.name!r}: {c.diagnosis_a} → {c.diagnosis_b} "
                 f"(expert found: {yes[c.expert_a]} → {yes[c.expert_b]})"
             )
-    write_json(json_path, result.to_json())
+    write_json(json_path, result.to_json(), {"a": data_a.preprocessing, "b": data_b.preprocessing})
 
 
 def register(app: typer.Typer) -> None:

@@ -22,6 +22,7 @@ from essence.cli.common import (
     load_inputs,
     load_model_spec,
     recipe_for,
+    say_recipe,
     write_json,
 )
 from essence.core.errors import LayerNotFoundError, SpecError
@@ -69,6 +70,7 @@ def run_explain(
         if isinstance(card_size, list | tuple) and len(card_size) >= 2
         else None
     )
+    say_recipe(recipe.for_container(None))  # an image file: 8-bit once read
     x = read_image(image, recipe, model=loaded.module, expected_size=expected, convert_mode=convert_mode)
     result = explain(
         loaded.module,
@@ -114,7 +116,7 @@ def run_explain(
                 f"cannot write {out}: {exc}; choose a writable --out path ending in .png"
             ) from exc
         typer.echo(f"  panel written to {out}")
-    write_json(json_path, result.to_json())
+    write_json(json_path, result.to_json(), recipe.for_container(None))
 
 
 def run_layers(
@@ -144,7 +146,7 @@ def run_layers(
         for name, module in loaded.module.named_modules():
             if name:
                 typer.echo(f"  {name:<32} {type(module).__name__}")
-        write_json(json_path, {"all_layers": layer_names(loaded.module)})
+        write_json(json_path, {"all_layers": layer_names(loaded.module)}, loaded.preprocessing)
         return
     inputs = load_inputs(model, weights, trust_pickle, data, None, need_layer=False)
     chosen = [s.strip() for s in layers.split(",") if s.strip()] if layers else None
@@ -169,7 +171,7 @@ def run_layers(
         shape = "×".join(str(d) for d in s.output_shape)
         typer.echo(f"{s.name:<24}{shape:<18}{s.units:>6}{s.share80:>9.3f}{s.gini:>7.3f}{s.depth:>7.2f}{mark}")
     typer.echo(f"suggested slice: {result.reason}")
-    write_json(json_path, result.to_json())
+    write_json(json_path, result.to_json(), inputs.data.preprocessing)
 
 
 def register(app: typer.Typer) -> None:

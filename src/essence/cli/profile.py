@@ -227,7 +227,7 @@ def run_profiles(
         keep_instances=keep_instances,
     )
     print_summary(profiles, time.perf_counter() - start, stored=not no_cache)
-    write_json(request.json_path, profiles.to_json())
+    write_json(request.json_path, profiles.to_json(), inputs.data.preprocessing)
 
 
 def register(app: typer.Typer) -> None:

@@ -127,6 +127,7 @@ def _model_section(model: LoadedModel) -> str:
 def _diagnosis_section(diagnosis: object, names: list[str]) -> str:
     d = diagnosis
     rows = []
+    flagged = []
     for c in d.classes:  # type: ignore[attr-defined]
         e = c.expert
         expert = (
@@ -134,28 +135,53 @@ def _diagnosis_section(diagnosis: object, names: list[str]) -> str:
             if e
             else ""
         )
+        probe = (
+            f"{_f(c.probe.auc)} vs {c.probe.against} (chance ≤ {_f(c.probe.threshold)})" if c.probe else "—"
+        )
         flag = " class='flag'" if c.diagnosis != "ok" else ""
         rows.append(
             f"<tr><td>{_e(c.name)}</td><td>{c.count}</td><td>{c.predicted_count}</td><td>{_f(c.recall)}</td>"
-            f"<td>{_f(c.precision)}</td><td{flag}>{_e(c.diagnosis)}</td><td>{_e(expert)}</td>"
-            f"<td>{_e(c.advice)}</td></tr>"
+            f"<td>{_f(c.precision)}</td><td{flag}>{_e(c.diagnosis)}</td><td>{_e(probe)}</td><td>{_e(expert)}</td>"
+            f"<td>{_e(', '.join(t.step for t in c.suspect_steps))}</td></tr>"
         )
+        if c.diagnosis != "ok":
+            flagged.append(_flagged_class(c))
     recall = np.array([c.recall for c in d.classes])  # type: ignore[attr-defined]
     precision = np.array([c.precision for c in d.classes])  # type: ignore[attr-defined]
     figures = [
         svg(charts.class_bars(names, recall, precision)),
         svg(charts.confusion_chart(np.asarray(d.confusion), names)),  # type: ignore[attr-defined]
     ]
-    for c in d.classes:  # type: ignore[attr-defined]
-        if c.sweep is not None:
-            figures.append(svg(charts.sweep_heatmaps(c.sweep, c.sweep.experts(d.settings.criterion))))  # type: ignore[attr-defined]
     return (
         "<h2>Diagnosis</h2>"
         f"<p>Accuracy {d.accuracy:.1%}.</p>"  # type: ignore[attr-defined]
         "<table><tr><th>class</th><th>images</th><th>predicted as it</th><th>recall</th><th>precision</th>"
-        "<th>diagnosis</th><th>expert</th><th>advice</th></tr>"
+        "<th>diagnosis</th><th>probe AUC of the slice</th><th>expert</th><th>suspect steps</th></tr>"
         + "".join(rows)
         + "</table>"
+        + "".join(f"<div>{f}</div>" for f in figures)
+        + "".join(flagged)
+    )
+
+
+def _flagged_class(c: object) -> str:
+    """A flagged class: the verdict with its evidence, the remedy, the suspect steps, and the charts."""
+    steps = "".join(
+        f"<li><b>{_e(t.step)}</b>: {_e(t.evidence)}</li>"
+        for t in c.suspect_steps  # type: ignore[attr-defined]
+    )
+    figures = []
+    chart = charts.diagnosis_evidence(c)
+    if chart is not None:
+        figures.append(svg(chart))
+    evidence = c.evidence  # type: ignore[attr-defined]
+    if evidence is not None:
+        figures.append(svg(charts.sweep_heatmaps(evidence.sweep, evidence.experts)))
+    return (
+        f"<h3>{_e(c.name)}: {_e(c.diagnosis)}</h3>"  # type: ignore[attr-defined]
+        f"<p>{_e(c.advice.split('. Remedy:')[0])}.</p>"  # type: ignore[attr-defined]
+        f"<p><b>What to do:</b> {_e(c.remedy)}</p>"  # type: ignore[attr-defined]
+        + (f"<p>Suspect preprocessing steps:</p><ul>{steps}</ul>" if steps else "")
         + "".join(f"<div>{f}</div>" for f in figures)
     )
 

@@ -1,4 +1,4 @@
-"""Experts & diagnosis (recipe steps 4–5): is a rarely predicted class drowned by others, or not learned?"""
+"""Experts & diagnosis (recipe steps 4–5): why is a class rarely predicted, and what to do about it?"""
 
 import numpy as np
 import pandas as pd
@@ -14,7 +14,13 @@ from essence.app.components.sidebar import recipe_box
 ICONS = {
     "ok": ":material/check_circle:",
     "drowning experts": ":material/waves:",
+    "not read out": ":material/visibility_off:",
     "not learned": ":material/block:",
+}
+MEANING = {
+    "drowning experts": "the model learned it, but other classes' units outweigh it",
+    "not read out": "the network's features carry it, but its last layers never use them",
+    "not learned": "the network's features do not carry it",
 }
 
 
@@ -22,8 +28,11 @@ def render() -> None:
     st.title("Experts & diagnosis")
     st.caption(
         "An expert for class i keeps the α most positive and β most negative units of i's profile, zeroes the "
-        "rest of the slice, and reads the model as “i or not i” (paper Fig. 5). A rarely predicted class with an "
-        "expert is *drowning* (learned, outweighed by other classes); without one it was *not learned*."
+        "rest of the slice, and reads the model as “i or not i” (paper Fig. 5). For a rarely predicted class: "
+        "an honest expert (ranked on half the images, scored on the other half, beating masks of the same size "
+        "chosen by activation or at random) means it is *drowning*; without one, a probe of the slice says "
+        "whether it is *not read out* (the slice separates it) or *not learned* (it does not) — and then each "
+        "lossy preprocessing step is tested for erasing it."
     )
     inputs = current_inputs()
     profiles = longwork.profiles(inputs, "logit", key="experts")
@@ -31,7 +40,7 @@ def render() -> None:
         diag = services.diagnosis(inputs.model, inputs.data, inputs.layer, profiles)
     for c in diag.classes:
         if c.diagnosis != "ok":
-            st.error(f"**{c.name}: {c.diagnosis}** — {c.advice}", icon=ICONS[c.diagnosis])
+            _flagged(c)
     if any(c.diagnosis == "not learned" for c in diag.classes):
         st.markdown(
             "The preprocessing is part of the question: this is what the model's inputs went through."
@@ -42,6 +51,25 @@ def render() -> None:
     st.page_link(
         COMPARE_PAGE, label="Next: compare with the retrained model", icon=":material/arrow_forward:"
     )
+
+
+def _flagged(c) -> None:
+    """One flagged class: the verdict, its evidence as a chart, and the remedy in words."""
+    st.error(
+        f"{plain(c.name)}: {c.diagnosis} — {MEANING[c.diagnosis]}.\n\n{plain(c.advice.split('. Remedy:')[0])}.",
+        icon=ICONS[c.diagnosis],
+    )
+    chart = charts.diagnosis_evidence(c)
+    if chart is not None:
+        st.altair_chart(chart)
+    for step in c.suspect_steps:
+        st.warning(f"Suspect step: {plain(step.step)} — {plain(step.evidence)}", icon=":material/blur_on:")
+    st.info(f"What to do: {plain(c.remedy)}", icon=":material/build:")
+
+
+def plain(text: str) -> str:
+    """Text from data or analysis shown as it is (markdown's special characters escaped)."""
+    return "".join("\\" + ch if ch in "\\`*_{}[]<>()#+-.!|~$" else ch for ch in str(text))
 
 
 def _table(diag) -> pd.DataFrame:
@@ -56,6 +84,11 @@ def _table(diag) -> pd.DataFrame:
                 "recall": round(c.recall, 3) if np.isfinite(c.recall) else None,
                 "precision": round(c.precision, 3) if np.isfinite(c.precision) else None,
                 "diagnosis": c.diagnosis,
+                "probe AUC vs neighbour": round(c.probe.auc, 3)
+                if c.probe and np.isfinite(c.probe.auc)
+                else None,
+                "chance up to": round(c.probe.threshold, 3) if c.probe else None,
+                "suspect steps": ", ".join(t.step for t in c.suspect_steps),
                 "expert": f"α={e['alpha']}, β={e['beta']}: recall {e['recall']:.2f}, precision {e['precision']:.2f}"
                 if e
                 else "",
@@ -85,16 +118,23 @@ def _sweep(inputs, profiles, diag) -> None:
     else:
         with st.spinner(f"Sweeping α × β for {entry.name}…"):
             sweep, control = services.sweep(inputs.model, inputs.data, inputs.layer, cls, profiles)
-    experts = sweep.experts(diag.settings.criterion)
+    honest = entry.evidence
+    experts = honest.experts if honest is not None else sweep.experts(diag.settings.criterion)
     st.altair_chart(charts.sweep_heatmaps(sweep, experts))
-    best = sweep.best(diag.settings.criterion)
+    best = honest.best if honest is not None else sweep.best(diag.settings.criterion)
+    how = (
+        "cross-fitted, and must beat the control and random masks of its size"
+        if honest is not None
+        else "against the model, corrected for choosing the best of the grid"
+    )
     if best:
         st.success(
-            f"Best expert: α={best['alpha']}, β={best['beta']} — recall {best['recall']:.2f} at precision "
-            f"{best['precision']:.2f} (model: recall {sweep.baseline['recall']:.2f}). Outlined cells are experts."
+            f"Best expert ({how}): α={best['alpha']}, β={best['beta']} — recall {best['recall']:.2f} at "
+            f"precision {best['precision']:.2f} (model: recall {sweep.baseline['recall']:.2f}). Outlined cells "
+            "are experts."
         )
     else:
-        st.warning(f"No cell of the grid is an expert for {entry.name}.")
+        st.warning(f"No cell of the grid is an expert for {plain(entry.name)} ({how}).")
     with st.expander("Control: units ranked by activation instead of influence (should fail)"):
         st.altair_chart(charts.sweep_heatmaps(control, control.experts(diag.settings.criterion)))
 

@@ -92,6 +92,9 @@ def test_diagnosis_finds_class_2_not_learned(open_app, clean, text_of, pages) ->
     row = table[table["class"] == name].iloc[0]
     assert "not learned" in row["diagnosis"]
     assert row["predicted as it"] == 0
+    # The suspect step is named with its evidence, and the remedy is given in words.
+    assert any("Gaussian blur σ=2 px" in str(w.value) for w in at.warning)
+    assert any("What to do" in str(i.value) for i in at.info)
 
 
 def test_compare_blurred_with_sharp(open_app, clean, text_of, pages) -> None:

@@ -30,8 +30,9 @@ PAGES = {
 }
 # The first render computes profiles and the diagnosis on 2 shared CPU cores: allow for it.
 RUN_TIMEOUT = 180
-# The pages whose first render computes and stores class profiles (of both demo models: compare loads sharp).
-WARM_PAGES = ("overview", "profiles", "experts", "compare")
+# The pages whose first render computes what the store keeps (the blurred model's profiles and diagnosis).
+# Not experts or compare: their sweeps and comparisons are not stored, warming on them would only add work.
+WARM_PAGES = ("overview", "profiles")
 
 
 @pytest.fixture

@@ -188,6 +188,12 @@ def test_json_through_a_symlink_writes_its_target_and_keeps_the_link(ws: Workspa
     assert os.path.islink(to_null) and os.readlink(to_null) == "/dev/null"
     assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
 
+    to_stdout = tmp_path / "stdout-link"  # what /dev/stdout is: a link to the process's own descriptor
+    os.symlink("/proc/self/fd/1", to_stdout)
+    result = run_cli(ws, "store", "info", "--json", str(to_stdout), ESSENCE_HOME=home)
+    assert result.returncode == 0, result.stderr
+    assert '"schema_version"' in result.stdout and os.path.islink(to_stdout)
+
     target = tmp_path / "real.json"
     target.write_text("old\n")
     link = tmp_path / "link.json"

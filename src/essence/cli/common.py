@@ -338,9 +338,8 @@ def write_text_file(path: Path, text: str, option: str) -> None:
     Raises:
         SpecError: the path is a folder, or cannot be written; the message names ``option`` and the fix.
     """
-    target = Path(os.path.realpath(path))
     try:
-        info: os.stat_result | None = os.stat(target)
+        info: os.stat_result | None = os.stat(path)  # follows links, /dev/stdout's into /proc included
     except FileNotFoundError:
         info = None
     except OSError as exc:
@@ -349,9 +348,10 @@ def write_text_file(path: Path, text: str, option: str) -> None:
         if info is not None and stat.S_ISDIR(info.st_mode):
             raise SpecError(f"{option} {path} is a folder: name a file inside it")
         if info is not None and not stat.S_ISREG(info.st_mode):
-            with open(target, "w", newline="") as f:
+            with open(path, "w", newline="") as f:  # the kernel resolves the path: written through
                 f.write(text)
             return
+        target = Path(os.path.realpath(path))  # the file a link names is the one replaced
         _replace_atomically(target, text, stat.S_IMODE(info.st_mode) if info is not None else None)
     except OSError as exc:
         raise SpecError(

@@ -23,6 +23,7 @@ from essence.core.errors import SpecError
 
 GroupBy = Literal["instance", "class", "dataset"]
 PathMethod = Literal["riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre"]
+PATH_METHODS: tuple[str, ...] = PathMethod.__args__
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ def path_points(steps: int, method: PathMethod) -> tuple[np.ndarray, np.ndarray]
         nodes, w = np.polynomial.legendre.leggauss(steps)
         alphas, weights = (nodes + 1) / 2, w / 2
     else:
-        raise SpecError(f"unknown path method {method!r}: use one of {PathMethod.__args__}")
+        raise SpecError(f"unknown path method {method!r}: use one of {', '.join(PATH_METHODS)}")
     return alphas.astype(np.float64), weights.astype(np.float64)
 
 
@@ -100,9 +101,15 @@ class LinearPath:
 
     Attributes:
         steps: number of points on the path.
-        baseline: a constant (in the preprocessed input space) or a tensor broadcastable to one input.
-        method: quadrature rule (see :func:`path_points`).
+        baseline: a constant (in the preprocessed input space); a tensor broadcastable to one input
+            (``[*x_shape]`` or ``[1, *x_shape]``); or per-row baselines ``[N, *x_shape]``, one per dataset
+            instance, picked by each instance's dataset position (so batches may cut the data anywhere).
+        method: quadrature rule, one of ``riemann_left``, ``riemann_right``, ``riemann_middle``,
+            ``riemann_trapezoid``, ``gausslegendre`` (see :func:`path_points`).
         group_by: one vector per instance, per class, or for the dataset.
+
+    Raises:
+        SpecError: an unknown quadrature rule or too few steps for it (when the object is made).
     """
 
     steps: int = 50
@@ -110,12 +117,36 @@ class LinearPath:
     method: PathMethod = "gausslegendre"
     group_by: GroupBy = "instance"
 
+    def __post_init__(self) -> None:
+        path_points(self.steps, self.method)  # an unknown rule or too few steps fails here, not mid-run
+
     def points(self) -> list[tuple[float, float]]:
         alphas, weights = path_points(self.steps, self.method)
         return list(zip(alphas.tolist(), weights.tolist(), strict=True))
 
     def transform(self, x: torch.Tensor, alpha: float, step: int, indices: torch.Tensor) -> torch.Tensor:
+        """The path point ``baseline + α (x − baseline)`` of each row of ``x`` ``[B, ...]``.
+
+        Raises:
+            SpecError: per-row baselines that do not cover an instance's position, or a baseline that does
+                not broadcast to the inputs.
+        """
         base = torch.as_tensor(self.baseline, dtype=x.dtype, device=x.device)
+        if base.ndim == x.ndim and base.shape[0] > 1:  # per-row baselines: each instance's own
+            rows = indices.to(device=base.device, dtype=torch.long)
+            if rows.numel() and int(rows.max()) >= base.shape[0]:
+                raise SpecError(
+                    f"per-row baselines hold {base.shape[0]} rows but instance {int(rows.max())} was asked "
+                    "for: give one baseline per dataset instance, or one baseline for all"
+                )
+            base = base[rows]
+        try:
+            torch.broadcast_shapes(base.shape, x.shape)
+        except RuntimeError as exc:
+            raise SpecError(
+                f"a baseline of shape {tuple(base.shape)} does not fit inputs {tuple(x.shape[1:])}: give a "
+                "constant, one input-shaped tensor, or one per dataset instance"
+            ) from exc
         return base + alpha * (x - base)
 
     @property
@@ -129,7 +160,9 @@ class GaussianNoise:
     """A Gaussian neighbourhood of each instance: ``samples`` draws of x + σ·ε, equally weighted.
 
     The noise of an instance depends only on ``seed``, the sample number and the instance's index in the
-    dataset, so an instance's influence does not depend on the batch it is computed in.
+    dataset, so an instance's influence does not depend on the batch it is computed in. The three are mixed
+    by NumPy's ``SeedSequence`` (a hash), so no two (instance, sample) pairs share a stream (a linear
+    combination of them would: instance 7919's first sample was instance 0's second).
     """
 
     samples: int = 16
@@ -149,13 +182,28 @@ class GaussianNoise:
         gen = torch.Generator()
         for row, idx in enumerate(indices.tolist()):
             # one generator per instance keeps the draw independent of batching (a seeding loop, no model call)
-            gen.manual_seed((self.seed * 1_000_003 + step * 7_919 + int(idx)) % (2**63))
+            gen.manual_seed(noise_seed(self.seed, int(idx), step))
             noise[row] = torch.randn(x.shape[1:], generator=gen, dtype=x.dtype)
         return x + self.sigma * noise.to(x.device)
 
     @property
     def name(self) -> str:
         return f"noise(samples={self.samples},sigma={self.sigma:g},seed={self.seed})/{self.group_by}"
+
+
+def noise_seed(seed: int, index: int, sample: int) -> int:
+    """The generator seed of one instance's one noise sample: a hash of the three (``SeedSequence``).
+
+    Args:
+        seed: the distribution's seed (any integer).
+        index: the instance's dataset position.
+        sample: the sample number.
+
+    Returns:
+        A 64-bit seed for ``torch.Generator.manual_seed``.
+    """
+    entropy = [seed % 2**64, index, sample]
+    return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0])
 
 
 Distribution = Instance | ClassConditional | WholeDataset | LinearPath | GaussianNoise

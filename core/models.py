@@ -2,14 +2,18 @@
 
 Model specs: ``PREFIX:ARG`` answered by the spec registry (:mod:`essence.core.specs`: ``torchvision:ARCH``
 with weights is built in, ``demo:blurred|sharp`` is registered by the bundled demo); ``package.module:function``
-with weights (a factory of the user's); ``PATH.pt`` (TorchScript, or a full pickle with ``trust_pickle``).
-Weights are read by :mod:`essence.core.weights`.
+with weights (a factory of the user's); ``PATH.pt2`` (a ``torch.export`` program, unflattened into ordinary
+modules so that every analysis can hook its layers); ``PATH.pt`` holding a full pickle (with ``trust_pickle``).
+
+TorchScript files are recognised and refused with the fix: PyTorch runs no Python hooks on ScriptModules, and every
+analysis reads its slice through one (``docs/formats.md``). Weights are read by :mod:`essence.core.weights`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib
+import types
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -23,6 +27,7 @@ from torch import nn
 from essence.core import specs
 from essence.core.data import ImageData
 from essence.core.errors import DataLoadError, LabelMismatchError, ModelLoadError, SpecError
+from essence.core.independence import check_batch_independent
 from essence.core.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from essence.core.specs import ModelRequest
 from essence.core.weights import apply_state_dict, load_weights, torch_load
@@ -30,7 +35,12 @@ from essence.core.weights import apply_state_dict, load_weights, torch_load
 MODEL_FILE_SUFFIXES = {".pt", ".pth", ".ts", ".jit", ".pt2", ".torchscript"}
 SPEC_FORMS = (
     "demo:blurred|sharp, torchvision:ARCH --weights FILE, package.module:function --weights FILE, "
-    "or a TorchScript PATH.pt"
+    "or an exported program PATH.pt2 (torch.export.save)"
+)
+TORCHSCRIPT_REFUSAL = (
+    "is a TorchScript model, which Essence cannot analyse (PyTorch runs no hooks on ScriptModules and every "
+    "analysis reads its slice through one): save it with torch.export.save(torch.export.export(model, (x,)), "
+    "'model.pt2') and pass the .pt2, or use package.module:function --weights FILE"
 )
 
 
@@ -85,7 +95,7 @@ def load_model(
     """
     if not isinstance(spec, str) or not spec.strip():
         raise SpecError(
-            "empty model spec: use demo:blurred, torchvision:ARCH, package.module:function or PATH.pt"
+            "empty model spec: use demo:blurred, torchvision:ARCH, package.module:function or PATH.pt2"
         )
     spec = spec.strip()
     prefix, colon, arg = spec.partition(":")
@@ -188,28 +198,54 @@ def _load_factory(spec: str, weights: str | Path | None, trust_pickle: bool) -> 
     )
 
 
+def _archive_kind(path: Path) -> str | None:
+    """``"export"`` for a torch.export archive, ``"torchscript"`` for a TorchScript one, else None."""
+    if not zipfile.is_zipfile(path):
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return None
+    if any(n.endswith("/archive_format") or n.endswith("/models/model.json") for n in names):
+        return "export"
+    if any("/code/__torch__" in n for n in names) or any(n.endswith("/constants.pkl") for n in names):
+        return "torchscript"
+    return None
+
+
+def _load_exported(path: Path, spec: str) -> LoadedModel:
+    """A ``torch.export`` program unflattened into ordinary modules (the original module paths kept)."""
+    try:
+        with warnings.catch_warnings():  # torch's chatter would break the one-line error
+            warnings.simplefilter("ignore")
+            program = torch.export.load(str(path))
+            module = torch.export.unflatten(program)
+    except Exception as exc:  # a damaged or foreign archive fails in many ways; each means "not loadable"
+        raise ModelLoadError(
+            f"{path} is not a loadable torch.export program ({type(exc).__name__}: {str(exc)[:160]}): save it "
+            "with torch.export.save(torch.export.export(model, (x,)), 'model.pt2')"
+        ) from exc
+    return LoadedModel(
+        module=module.eval(),
+        spec=spec,
+        fingerprint=model_fingerprint(module, "torch.export"),
+        card={"name": path.name, "architecture": "torch.export program", "weights": str(path)},
+    )
+
+
 def _load_file_model(path: Path, spec: str, trust_pickle: bool) -> LoadedModel:
     if not path.is_file():
         raise ModelLoadError(f"model file {str(path)!r} does not exist; check the path")
-    if zipfile.is_zipfile(path):
-        try:
-            with warnings.catch_warnings():  # torch's deprecation chatter would break the one-line error
-                warnings.simplefilter("ignore")
-                module = torch.jit.load(str(path), map_location="cpu")
-        except Exception as exc:  # a corrupt archive can fail in many ways; each means "not TorchScript"
-            module = None
-            jit_error = exc
-        if module is not None:
-            return LoadedModel(
-                module=module.eval(),
-                spec=spec,
-                fingerprint=model_fingerprint(module, "torchscript"),
-                card={"name": path.name, "architecture": "TorchScript", "weights": str(path)},
-            )
-    else:
-        jit_error = None
-    # Not TorchScript: a plain state_dict has no architecture; a full pickle is refused unless trusted.
+    kind = _archive_kind(path)
+    if kind == "export" or (kind is None and path.suffix == ".pt2"):
+        return _load_exported(path, spec)
+    if kind == "torchscript":
+        raise ModelLoadError(f"{path.name} {TORCHSCRIPT_REFUSAL}")
+    # A plain state_dict has no architecture; a full pickle is refused unless trusted.
     obj = torch_load(path, trust_pickle)
+    if isinstance(obj, torch.jit.ScriptModule):
+        raise ModelLoadError(f"{path.name} {TORCHSCRIPT_REFUSAL}")
     if isinstance(obj, nn.Module):
         return LoadedModel(
             module=obj.eval(),
@@ -222,12 +258,20 @@ def _load_file_model(path: Path, spec: str, trust_pickle: bool) -> LoadedModel:
             f"{path} holds weights (a state_dict) but no architecture: use --model torchvision:ARCH or "
             f"package.module:function with --weights {path}"
         )
-    detail = f" (TorchScript: {jit_error})" if jit_error else ""
-    raise ModelLoadError(f"{path} is neither a TorchScript model nor a state_dict{detail}")
+    raise ModelLoadError(
+        f"{path} is neither an exported program (.pt2), a whole pickled module nor a state_dict: use {SPEC_FORMS}"
+    )
 
 
 def model_fingerprint(module: nn.Module, architecture: str = "") -> str:
-    """Hash of the architecture name, the module structure and every parameter and buffer.
+    """Hash of what the model computes: its architecture and code, and every parameter and buffer.
+
+    The architecture part covers, for every submodule: its path and class, its hyper-parameters (the plain
+    attributes such as a stride or a dropout rate, and ``extra_repr``), and its code: the bytecode of a
+    user-defined ``forward``, the graph of an fx or exported (unflattened) module, the code of a TorchScript
+    module. So ReLU → GELU, a changed stride or rate, or an edited ``forward`` changes the fingerprint even
+    when the weights do not (a stored profile is never served for another computation). torch's own modules
+    are identified by class and hyper-parameters: their code is torch's, not the model's.
 
     Args:
         module: the model.
@@ -238,6 +282,8 @@ def model_fingerprint(module: nn.Module, architecture: str = "") -> str:
     """
     h = hashlib.sha256(architecture.encode())
     h.update(type(module).__qualname__.encode())
+    for name, m in module.named_modules():
+        h.update(f"\x00{name}\x00{_module_description(m)}".encode())
     for name, t in sorted(module.state_dict().items()):
         t = t.detach().cpu().contiguous()
         h.update(f"{name}{t.dtype}{tuple(t.shape)}".encode())
@@ -245,8 +291,56 @@ def model_fingerprint(module: nn.Module, architecture: str = "") -> str:
     return h.hexdigest()[:16]
 
 
+_PLAIN = (bool, int, float, str, type(None))
+# Bookkeeping of nn.Module, not what the model computes (the mode is restored around every analysis).
+_NOT_HYPERPARAMETERS = {"training", "dump_patches", "call_super_init"}
+
+
+def _module_description(m: nn.Module) -> str:
+    """One submodule's class, hyper-parameters and code, as text (see :func:`model_fingerprint`)."""
+    cls = type(m)
+    parts = [f"{cls.__module__}.{cls.__qualname__}"]
+    try:
+        parts.append(m.extra_repr())
+    except Exception:  # a user's extra_repr may fail on a half-built module; the attributes still count
+        parts.append("?")
+    for key, value in sorted(vars(m).items()):
+        if key.startswith("_") or key in _NOT_HYPERPARAMETERS:
+            continue
+        if isinstance(value, _PLAIN) or (
+            isinstance(value, tuple | list) and all(isinstance(v, _PLAIN) for v in value)
+        ):
+            parts.append(f"{key}={value!r}")
+    parts.append(_module_code(m))
+    return "|".join(parts)
+
+
+def _module_code(m: nn.Module) -> str:
+    if isinstance(m, torch.jit.ScriptModule):
+        try:
+            return str(m.code)
+        except Exception:  # a ScriptModule without Python-visible code: its graph says what it computes
+            return str(m.graph)
+    graph = getattr(m, "graph", None)
+    if isinstance(graph, torch.fx.Graph):  # fx GraphModules and unflattened torch.export modules
+        return str(graph)
+    forward = getattr(type(m), "forward", None)
+    if isinstance(forward, types.FunctionType) and not type(m).__module__.startswith("torch."):
+        return _code_digest(forward.__code__)
+    return ""
+
+
+def _code_digest(code: types.CodeType) -> str:
+    """The bytecode, names and constants of a function (nested functions included), as a hash."""
+    h = hashlib.sha256(code.co_code)
+    h.update(repr(code.co_names).encode())
+    for const in code.co_consts:
+        h.update(_code_digest(const).encode() if isinstance(const, types.CodeType) else repr(const).encode())
+    return h.hexdigest()
+
+
 def check_compatible(model: LoadedModel | nn.Module, data: ImageData) -> int:
-    """Run the model on two instances: check it accepts the data and its outputs match the data's classes.
+    """Run the model on a few instances: check it accepts the data and its outputs match the data's classes.
 
     Args:
         model: the model (or its module).
@@ -258,15 +352,19 @@ def check_compatible(model: LoadedModel | nn.Module, data: ImageData) -> int:
     Raises:
         DataLoadError: the model cannot run on these inputs (size, channels).
         LabelMismatchError: the model's number of outputs differs from the data's number of classes.
+        BatchCouplingError: an instance's output depends on the rest of its batch (see
+            :mod:`essence.core.independence`).
     """
     module = model.module if isinstance(model, LoadedModel) else model
-    x = data.tensors(np.arange(min(2, len(data))))
+    x = data.tensors(np.arange(min(4, len(data))))
     was = module.training
     try:
         module.eval()
         with torch.no_grad():
             device = next(iter(module.parameters()), torch.empty(0)).device
             out = module(x.to(device))
+        if isinstance(out, torch.Tensor) and out.ndim == 2:
+            check_batch_independent(module, x.to(device), out)
     except RuntimeError as exc:
         msg = str(exc).splitlines()[0][:200]
         raise DataLoadError(

@@ -2,6 +2,19 @@
 
 A slice is named by a module path exactly as ``model.named_modules()`` prints it; the empty string (or
 ``"input"``) is the input slice, where z = x.
+
+Units. ``neuron`` keeps every element of z. The coarser units depend on the slice's *layout*, which is read from
+the modules that produce z (:func:`record_layout`), never guessed from its shape:
+
+* ``channels_first`` (``[B, C, *spatial]``: conv, batch norm, pooling outputs, the input images): ``channel``
+  sums each channel over its positions;
+* ``channels_last`` (``[B, H, W, C]``, Swin-like) and ``tokens`` (``[B, T, D]``, ViT-like; a linear layer or
+  layer norm over the last axis): ``feature`` sums each of the last axis's features over the positions or
+  tokens, ``token`` sums each position or token over its features;
+* ``features`` (``[B, U]``): every granularity is the same;
+* ``unknown`` (a custom leaf or a reshape after the last known module): only ``neuron``.
+
+A granularity that does not fit the layout is refused (:class:`LayoutError`) with the ones that do.
 """
 
 from __future__ import annotations
@@ -15,10 +28,24 @@ from typing import Literal
 import torch
 from torch import nn
 
-from essence.core.errors import LayerNotFoundError
+from essence.core.errors import LayerNotFoundError, SpecError
 
-Granularity = Literal["channel", "neuron"]
+Granularity = Literal["channel", "neuron", "feature", "token"]
+GRANULARITIES: tuple[str, ...] = ("channel", "neuron", "feature", "token")
+Layout = Literal["features", "channels_first", "channels_last", "tokens", "unknown"]
 INPUT_LAYER = ""
+# Which granularities each layout supports (neuron always; the same units as neuron on ``features``).
+FITS: dict[str, tuple[str, ...]] = {
+    "features": GRANULARITIES,
+    "channels_first": ("channel", "neuron"),
+    "channels_last": ("feature", "token", "neuron"),
+    "tokens": ("feature", "token", "neuron"),
+    "unknown": ("neuron",),
+}
+
+
+class LayoutError(SpecError):
+    """A unit granularity that does not fit the layout of the slice's output."""
 
 
 def is_input_layer(layer: str) -> bool:
@@ -52,23 +79,223 @@ def resolve_layer(model: nn.Module, layer: str) -> nn.Module | None:
 
 
 def reduce_units(grad: torch.Tensor, granularity: Granularity) -> torch.Tensor:
-    """Flatten a per-instance gradient ``[B, *unit_shape]`` into ``[B, U]``.
+    """Flatten a per-instance gradient ``[B, *z_shape]`` into ``[B, U]``.
 
-    ``channel`` sums over every axis after the channel axis (conv layers: over positions); for a layer whose
-    output is ``[B, U]`` both granularities are the same. ``neuron`` keeps every element, flattened C-order.
+    ``channel`` sums over every axis after axis 1 (channels-first conv outputs: over positions); ``feature``
+    sums over every axis between the batch and the last one (``[B, T, D]`` → ``[B, D]``); ``token`` sums over
+    the last axis (``[B, T, D]`` → ``[B, T]``, flattened C-order). For a layer whose output is ``[B, U]``
+    all granularities are the same. ``neuron`` keeps every element, flattened C-order. Which granularity fits
+    a slice is :func:`check_granularity`'s to say.
+
+    Raises:
+        SpecError: an unknown granularity.
     """
+    if granularity not in GRANULARITIES:
+        raise SpecError(f"unknown granularity {granularity!r}: use one of {', '.join(GRANULARITIES)}")
+    b = grad.shape[0]
     if granularity == "neuron" or grad.ndim <= 2:
-        return grad.reshape(grad.shape[0], -1)
+        return grad.reshape(b, -1)
     if granularity == "channel":
-        return grad.reshape(grad.shape[0], grad.shape[1], -1).sum(-1)
-    raise ValueError(f"unknown granularity {granularity!r}: use 'channel' or 'neuron'")
+        return grad.reshape(b, grad.shape[1], -1).sum(-1)
+    if granularity == "feature":
+        return grad.reshape(b, -1, grad.shape[-1]).sum(1)
+    return grad.sum(-1).reshape(b, -1)
 
 
 def unit_shape(z_shape: tuple[int, ...], granularity: Granularity) -> tuple[int, ...]:
     """Shape of one instance's units at a slice whose output is ``[B, *z_shape]``."""
     if granularity == "neuron" or len(z_shape) <= 1:
         return tuple(z_shape)
+    if granularity == "feature":
+        return (z_shape[-1],)
+    if granularity == "token":
+        return tuple(z_shape[:-1])
     return (z_shape[0],)
+
+
+def check_granularity(layout: Layout, granularity: str, layer: str, z_shape: tuple[int, ...]) -> None:
+    """Refuse a granularity that does not fit the slice's layout, naming the ones that do.
+
+    Args:
+        layout: the layout of the slice's output (see :func:`record_layout`).
+        granularity: the granularity asked for.
+        layer: the slice's module path (for the message).
+        z_shape: one instance's z shape (for the message).
+
+    Raises:
+        LayoutError: ``granularity`` does not fit ``layout``.
+        SpecError: an unknown granularity.
+    """
+    if granularity not in GRANULARITIES:
+        raise SpecError(f"unknown granularity {granularity!r}: use one of {', '.join(GRANULARITIES)}")
+    fits = FITS[layout]
+    if granularity in fits:
+        return
+    what = {
+        "channels_last": "channels last ([B, H, W, C]): its channels are the last axis",
+        "tokens": "tokens ([B, T, D]): one feature vector per token",
+        "channels_first": "channels first ([B, C, H, W])",
+        "unknown": "not known (no module Essence knows produces it)",
+    }[layout]
+    shape = ", ".join(str(d) for d in z_shape)
+    raise LayoutError(
+        f"layer {layer or 'input'!r} outputs [B, {shape}] whose layout is {what}, so {granularity} units do "
+        f"not apply: use --granularity {' or '.join(fits)}"
+    )
+
+
+# Modules that act elementwise keep whatever layout their input has: look past them.
+_ELEMENTWISE_NAMES = (
+    "ReLU ReLU6 GELU SiLU Sigmoid Tanh Hardswish Hardsigmoid LeakyReLU ELU SELU CELU Mish Softplus Hardtanh "
+    "Identity Dropout Dropout1d Dropout2d Dropout3d AlphaDropout StochasticDepth"
+)
+_ELEMENTWISE = frozenset(_ELEMENTWISE_NAMES.split())
+# The same facts for the operators of a graph module (an unflattened torch.export program's leaves): the
+# first match of the last operator that is not elementwise decides.
+_OPS_CHANNELS_FIRST = (
+    "conv",
+    "batch_norm",
+    "max_pool",
+    "avg_pool",
+    "group_norm",
+    "upsample",
+    "pixel_shuffle",
+)
+_OPS_LAST_AXIS = ("linear", "layer_norm", "rms_norm", "addmm")
+_OPS_ELEMENTWISE = (
+    "relu",
+    "gelu",
+    "silu",
+    "sigmoid",
+    "tanh",
+    "hardswish",
+    "hardsigmoid",
+    "hardtanh",
+    "elu",
+    "mish",
+    "softplus",
+    "dropout",
+    "getitem",
+    "clone",
+    "alias",
+    "detach",
+    "add",
+    "mul",
+    "_assert",
+    "sym_",
+)
+_CHANNELS_FIRST = (
+    nn.modules.conv._ConvNd,
+    nn.modules.batchnorm._NormBase,
+    nn.GroupNorm,
+    nn.LocalResponseNorm,
+    nn.modules.pooling._MaxPoolNd,
+    nn.modules.pooling._AvgPoolNd,
+    nn.modules.pooling._AdaptiveAvgPoolNd,
+    nn.modules.pooling._AdaptiveMaxPoolNd,
+    nn.Upsample,
+    nn.PixelShuffle,
+)
+_LAST_AXIS = (nn.Linear, nn.LayerNorm, nn.RMSNorm)
+
+
+@dataclass
+class LayoutRecord:
+    """The leaf modules run during a forward up to the slice's output, in order: ``(module, output shape)``.
+
+    Attributes:
+        calls: every leaf module's call, in order (the slice's own output marks where to read).
+        reached: how many calls had been made when the slice's output was produced (None: not yet).
+    """
+
+    calls: list[tuple[nn.Module, tuple[int, ...]]]
+    reached: int | None = None
+
+    def layout(self, z_shape: tuple[int, ...]) -> Layout:
+        """The layout of the slice's output ``[B, *z_shape]``, read from the last module that fixed it."""
+        if len(z_shape) <= 1:
+            return "features"
+        for module, shape in reversed(self.calls[: self.reached]):
+            if shape != tuple(z_shape):
+                return "unknown"  # reshaped or permuted by code Essence cannot read
+            kind = _layout_of(module, len(z_shape))
+            if kind is not None:
+                return kind
+        return "unknown"
+
+
+def _layout_of(module: nn.Module, rank: int) -> Layout | None:
+    """The layout a leaf module's ``[B, *rank dims]`` output has (None: elementwise, look further back)."""
+    name = type(module).__name__
+    graph = getattr(module, "graph", None)
+    if isinstance(graph, torch.fx.Graph):
+        return _graph_layout(graph, rank)
+    if isinstance(module, nn.PReLU):
+        return "channels_first" if module.num_parameters > 1 else None
+    if name in _ELEMENTWISE:
+        return None
+    if isinstance(module, _CHANNELS_FIRST):
+        return "channels_first"
+    if isinstance(module, _LAST_AXIS):
+        return "tokens" if rank == 2 else "channels_last"
+    dims = getattr(module, "dims", None)
+    if name == "Permute" and isinstance(dims, list | tuple) and rank == 3:  # torchvision's Permute (Swin)
+        return {(0, 2, 3, 1): "channels_last", (0, 3, 1, 2): "channels_first"}.get(tuple(dims), "unknown")
+    return "unknown"
+
+
+def _graph_layout(graph: torch.fx.Graph, rank: int) -> Layout | None:
+    for node in reversed(list(graph.nodes)):
+        if node.op != "call_function":
+            continue
+        target = str(getattr(node.target, "__name__", node.target)).lower()
+        op = target.split(".")[1] if target.startswith("aten.") and "." in target else target
+        if any(op.startswith(e) or op == e for e in _OPS_ELEMENTWISE):
+            continue
+        if any(k in op for k in _OPS_CHANNELS_FIRST):
+            return "channels_first"
+        if any(k in op for k in _OPS_LAST_AXIS):
+            return "tokens" if rank == 2 else "channels_last"
+        return "unknown"
+    return None
+
+
+@contextmanager
+def record_layout(model: nn.Module, layer: str) -> Iterator[LayoutRecord]:
+    """Record the leaf modules run up to ``layer``'s output during the forward passes in the context.
+
+    Every leaf of the model is watched, not only those inside the slice: a slice that is itself elementwise
+    (a ReLU) keeps the layout of the module before it. For the input slice nothing is recorded: the inputs'
+    layout is the data's (:func:`input_layout`).
+
+    Raises:
+        LayerNotFoundError: unknown layer.
+    """
+    record = LayoutRecord([])
+    module = resolve_layer(model, layer)
+    leaves = [] if module is None else [m for m in model.modules() if next(m.children(), None) is None]
+
+    def hook(m: nn.Module, _inputs: tuple, output: object) -> None:
+        if isinstance(output, torch.Tensor) and record.reached is None:
+            record.calls.append((m, tuple(output.shape[1:])))
+
+    def reached(_m: nn.Module, _inputs: tuple, _output: object) -> None:
+        if record.reached is None:
+            record.reached = len(record.calls)
+
+    handles = [leaf.register_forward_hook(hook) for leaf in leaves]
+    if module is not None:  # registered last: a leaf slice's own call is recorded before the mark
+        handles.append(module.register_forward_hook(reached))
+    try:
+        yield record
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def input_layout(x_shape: tuple[int, ...]) -> Layout:
+    """The layout of inputs ``[B, *x_shape]``: images are channels-first by the data's contract."""
+    return {1: "features", 3: "channels_first"}.get(len(x_shape), "unknown")
 
 
 @dataclass

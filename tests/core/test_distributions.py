@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from essence.core.distributions import GaussianNoise, LinearPath, path_points
+from essence.core.distributions import PATH_METHODS, GaussianNoise, LinearPath, noise_seed, path_points
 from essence.core.errors import SpecError
 
 METHODS = ["riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre"]
@@ -58,3 +58,35 @@ def test_gaussian_noise_depends_on_the_instance_not_the_batch():
     other_step = noise.transform(x, 2.0, 2, torch.tensor([10, 11, 12, 13]))
     assert not torch.equal(other_step, together)
     assert abs(float(noise.transform(torch.zeros(200, 50), 0, 0, torch.arange(200)).std()) - 0.5) < 0.02
+
+
+def test_noise_seeds_do_not_collide():
+    """A linear mix of (seed, sample, index) gave instance 7919 at sample 0 instance 0's sample 1."""
+    noise = GaussianNoise(samples=2, sigma=1.0, seed=0)
+    x = torch.zeros(1, 4)
+    sample0_of_7919 = noise.transform(x, 0.0, 0, torch.tensor([7919]))
+    sample1_of_0 = noise.transform(x, 1.0, 1, torch.tensor([0]))
+    assert not torch.equal(sample0_of_7919, sample1_of_0)
+    seeds = {noise_seed(s, i, k) for s in range(3) for i in range(200) for k in range(8)}
+    assert len(seeds) == 3 * 200 * 8
+
+
+def test_unknown_quadrature_rules_are_refused_when_the_path_is_made():
+    with pytest.raises(SpecError, match="riemann_trapezoid"):
+        LinearPath(steps=8, method="trapezoid")  # type: ignore[arg-type]
+    with pytest.raises(SpecError):
+        LinearPath(steps=1, method="riemann_trapezoid")
+    assert tuple(METHODS) == PATH_METHODS
+
+
+def test_per_row_baselines_follow_the_dataset_positions():
+    """One baseline per dataset instance: a batch is any run of rows, indexed by dataset position."""
+    baselines = torch.arange(5.0).reshape(5, 1).expand(5, 3)
+    path = LinearPath(steps=2, baseline=baselines, method="riemann_trapezoid")
+    x = torch.full((2, 3), 10.0)
+    at_start = path.transform(x, 0.0, 0, torch.tensor([3, 4]))
+    torch.testing.assert_close(at_start, baselines[[3, 4]])
+    with pytest.raises(SpecError, match="per-row"):
+        path.transform(x, 0.0, 0, torch.tensor([4, 5]))
+    with pytest.raises(SpecError, match="does not fit"):
+        LinearPath(steps=2, baseline=torch.zeros(4)).transform(x, 0.5, 0, torch.tensor([0, 1]))

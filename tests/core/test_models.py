@@ -80,16 +80,82 @@ def test_factory_spec(tmp_path, monkeypatch):
         load_model("essence_no_such_module:build")
 
 
-@pytest.mark.filterwarnings("ignore:.*torch.jit.script.*:FutureWarning")
-def test_torchscript(tmp_path):
-    torch.manual_seed(3)
-    model = nn.Sequential(
-        nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)
-    )
+def _small_cnn(seed: int, act: type[nn.Module] = nn.ReLU, stride: int = 1) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, stride=stride), act(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)
+    ).eval()
+
+
+@pytest.mark.filterwarnings("ignore:.*torch.jit.*:FutureWarning")
+@pytest.mark.filterwarnings("ignore:.*torch.jit.*:DeprecationWarning")
+def test_torchscript_is_refused_with_the_format_that_works(tmp_path):
+    """PyTorch runs no hooks on ScriptModules, so no analysis could run: refused at load, naming .pt2."""
     path = tmp_path / "m.pt"
-    torch.jit.script(model.eval()).save(str(path))
+    torch.jit.script(_small_cnn(3)).save(str(path))
+    with pytest.raises(ModelLoadError, match=r"TorchScript.*torch\.export.*\.pt2") as info:
+        load_model(str(path))
+    assert "\n" not in str(info.value)
+
+
+def test_exported_program_loads_as_ordinary_modules(tmp_path):
+    model = _small_cnn(3)
+    x = torch.randn(2, 3, 8, 8)
+    program = torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    path = tmp_path / "m.pt2"
+    torch.export.save(program, str(path))
     loaded = load_model(str(path))
-    assert same_outputs(loaded.module, model, (2, 3, 8, 8))
+    assert same_outputs(loaded.module, model, (5, 3, 8, 8))
+    assert {"0", "1", "4"} <= {name for name, _ in loaded.module.named_modules()}
+    seen: list[tuple[int, ...]] = []
+    handle = dict(loaded.module.named_modules())["0"].register_forward_hook(
+        lambda m, i, o: seen.append(o.shape)
+    )
+    loaded.module(x)
+    handle.remove()
+    assert seen == [(2, 4, 6, 6)]
+    gelu = tmp_path / "gelu.pt2"
+    torch.export.save(torch.export.export(_small_cnn(3, nn.GELU), (x,)), str(gelu))
+    assert load_model(str(gelu)).fingerprint != loaded.fingerprint  # same weights, other program
+
+
+def test_fingerprint_hashes_what_the_model_computes():
+    """Same weights, other computation: the store must not serve one's answers for the other."""
+    base = model_fingerprint(_small_cnn(0), "f")
+    assert model_fingerprint(_small_cnn(0), "f") == base
+    assert model_fingerprint(_small_cnn(0, nn.GELU), "f") != base
+    assert model_fingerprint(_small_cnn(0, stride=2), "f") != base
+    with_dropout = [nn.Sequential(nn.Flatten(), nn.Dropout(p), nn.Linear(12, 2)) for p in (0.1, 0.5)]
+    with_dropout[1].load_state_dict(with_dropout[0].state_dict())
+    assert model_fingerprint(with_dropout[0]) != model_fingerprint(with_dropout[1])
+    trained = _small_cnn(0).train()
+    assert model_fingerprint(trained, "f") == base  # the mode is not what the model computes
+
+    class Head(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(torch.relu(x))
+
+    class OtherHead(Head):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(torch.nn.functional.gelu(x))
+
+    torch.manual_seed(0)
+    a = Head()
+    b = OtherHead()
+    b.load_state_dict(a.state_dict())
+    b.__class__.__qualname__ = a.__class__.__qualname__  # even under the same class name
+    assert model_fingerprint(a) != model_fingerprint(b)
+
+
+@pytest.mark.filterwarnings("ignore:.*torch.jit.*:FutureWarning")
+@pytest.mark.filterwarnings("ignore:.*torch.jit.*:DeprecationWarning")
+def test_fingerprint_of_scripted_code():
+    scripted = [torch.jit.script(_small_cnn(0, act)) for act in (nn.ReLU, nn.GELU)]
+    assert model_fingerprint(scripted[0]) != model_fingerprint(scripted[1])
 
 
 def test_full_pickle_refused_unless_trusted(tmp_path):

@@ -24,12 +24,22 @@ And the plain baselines from the outputs alone, for comparison on the same table
 - ``self_confidence``: 1 − softmax_y (cleanlab's self-confidence, as a suspicion score).
 - ``mistakenness``: (m · e^(−H(softmax)) + 1) / 2, m = +1 if predicted ≠ y else −1, H in nats (FiftyOne).
 
-The default ranking is ``self_confidence``, because that is what finds problems best where we measured it
-(``benchmarks/bench_triage.py``, table in ``docs/analyses.md``): on digits with 10 % of labels flipped it
-finds the flipped ones with ROC AUC ≈ 0.99–1.0, and every mix with a deviation score (``combined``, or any
-smaller weight on the deviation) ranks them worse; the deviation scores alone reach 0.6–0.85. The deviation
-scores answer a different question — does the instance's *reasoning* look like its class's? — and come with
-every row, as does the "why flagged" list of units, which no confidence score gives.
+And the reasoning score (:mod:`essence.core.reasoning`), which the outputs cannot give:
+
+- ``reasoning``: how far the instance's per-unit contributions to its label's logit (each unit's value times
+  its influence, :mod:`essence.core.contributions`) depart from its class's, a leave-one-out, shrunk
+  Mahalanobis distance to the class's reference instances, in units of the class's median. It finds
+  instances predicted *right* for a reason unlike their class's (a shortcut mark), which every output score
+  ranks as the least suspect.
+- ``merged``: max(rank(``self_confidence``), rank(``reasoning`` among the instances predicted as labelled)),
+  ranks scaled to [0, 1]: two queues interleaved — the doubtful, and the confidently right for unusual
+  reasons — so that the top of each stays at the top and neither score hides the other's finds.
+
+The default ranking is ``merged`` (``benchmarks/bench_triage.py``, table in ``docs/analyses.md``): on digits
+``self_confidence`` finds flipped labels with ROC AUC ≈ 0.99–1.0 and no influence score beats it there, while a
+planted shortcut is ranked least suspect by it (AUC ≈ 0.1) and found by ``reasoning`` (AUC ≈ 0.9 at mid-network
+slices); the merged queue keeps both kinds near its top. ``--score self_confidence`` gives the plain
+cleanlab queue.
 """
 
 from __future__ import annotations
@@ -41,16 +51,29 @@ import numpy as np
 import torch
 from torch import nn
 
+from essence.core.contributions import UnitContributions, unit_contributions
 from essence.core.engine import CancelFlag, Progress
 from essence.core.errors import SpecError
 from essence.core.profiles import ClassProfiles, class_profiles
 from essence.core.quantities import Kind
+from essence.core.reasoning import Reasoning, reasoning_scores
 from essence.core.slices import Granularity
 
 ScoreName = Literal[
-    "combined", "spearman", "kendall", "cosine", "mass", "confidence", "self_confidence", "mistakenness"
+    "merged",
+    "reasoning",
+    "combined",
+    "spearman",
+    "kendall",
+    "cosine",
+    "mass",
+    "confidence",
+    "self_confidence",
+    "mistakenness",
 ]
 SCORES: tuple[str, ...] = (
+    "merged",
+    "reasoning",
     "combined",
     "spearman",
     "kendall",
@@ -60,9 +83,8 @@ SCORES: tuple[str, ...] = (
     "self_confidence",
     "mistakenness",
 )
-DEFAULT_SCORE: ScoreName = "self_confidence"
+DEFAULT_SCORE: ScoreName = "merged"
 DEFAULT_TOP_K = 16
-WHY_UNITS = 5
 
 
 @dataclass(frozen=True)
@@ -80,12 +102,15 @@ class Triage:
         predicted: int64 ``[N]`` the model's argmax.
         confidence: float64 ``[N]`` softmax probability of the predicted class.
         label_probability: float64 ``[N]`` softmax probability of the given label.
+        probabilities: float64 ``[N, K]`` the model's softmax.
         scores: every score by name, float64 ``[N]`` each (higher = more suspect).
         deviation: float64 ``[N]`` the ranking score (``scores[score]``).
         ranking: int64 ``[N]`` row numbers ordered most deviant first (ties: lower dataset index first).
-        why_units: int64 ``[N, m]`` per row, the units whose influence departs most from the class profile.
-        why_z: float64 ``[N, m]`` their departures (v_j − χ_yj) / sd_yj, sd the class's per-instance
-            standard deviation (the profile's standard error × √n; the order is the same as by the error).
+        reasoning: the reasoning score and the misclassified read through profiles
+            (:class:`~essence.core.reasoning.Reasoning`, ``[N]`` arrays in the same row order).
+        why_units: int64 ``[N, m]`` per row, the units whose contributions to the label's logit depart most
+            from the class's (``reasoning.why_units``).
+        why_z: float64 ``[N, m]`` their departures (c_j − μ_j) / σ_j against the class's reference spread.
     """
 
     layer: str
@@ -98,9 +123,11 @@ class Triage:
     predicted: np.ndarray
     confidence: np.ndarray
     label_probability: np.ndarray
+    probabilities: np.ndarray = field(repr=False)
     scores: dict[str, np.ndarray] = field(repr=False)
     deviation: np.ndarray = field(repr=False)
     ranking: np.ndarray = field(repr=False)
+    reasoning: Reasoning = field(repr=False)
     why_units: np.ndarray = field(repr=False)
     why_z: np.ndarray = field(repr=False)
 
@@ -108,7 +135,11 @@ class Triage:
         return len(self.indices)
 
     def rows(self, top: int | None = None) -> list[dict]:
-        """The ranking as records, most deviant first (the CLI's JSON ``scores``)."""
+        """The ranking as records, most suspect first (the CLI's JSON ``scores``).
+
+        Args:
+            top: keep the first ``top`` rows only (default: every ranked instance).
+        """
         order = self.ranking if top is None else self.ranking[: max(0, top)]
         out = []
         for r in order:
@@ -122,6 +153,8 @@ class Triage:
                 "deviation": float(self.deviation[r]),
             }
             row.update({name: float(values[r]) for name, values in self.scores.items()})
+            row["reasoning_predicted"] = float(self.reasoning.to_predicted[r])
+            row["reading"] = self.reasoning.reading[r] or None
             row["why"] = [
                 {"unit": int(u), "z": float(z)} for u, z in zip(self.why_units[r], self.why_z[r], strict=True)
             ]
@@ -129,7 +162,7 @@ class Triage:
         return out
 
     def to_json(self, top: int | None = None) -> dict:
-        """The stable JSON layout of ``essence triage --json`` (DESIGN §4)."""
+        """The stable JSON layout of ``essence triage --json`` (DESIGN §4): every ranked instance by default."""
         return {
             "layer": self.layer,
             "score": self.score,
@@ -145,6 +178,7 @@ def deviation_scores(
     layer: str,
     *,
     profiles: ClassProfiles | None = None,
+    contributions: UnitContributions | None = None,
     kind: Kind = "prob",
     granularity: Granularity = "channel",
     top_k: int | None = None,
@@ -162,19 +196,22 @@ def deviation_scores(
         layer: module path of the slice.
         profiles: class profiles computed with ``keep_instances=True`` (reused: no pass is run);
             by default they are computed here, in one pass, with the ``kind`` quantity.
+        contributions: the per-unit contributions of the same data at the same slice (reused); by default
+            computed here, in a second pass (:func:`~essence.core.contributions.unit_contributions`).
         kind: the label's score the instance vectors are of: ``"prob"`` (softmax, the paper's; default) or
             ``"logit"``. Where the layers above the slice are linear, a logit's gradient is the same for every
             instance and carries nothing; the softmax's is weighted by the instance's own output.
         granularity: ``"channel"`` or ``"neuron"``.
         top_k: units of each class's profile the rank scores look at (default ``min(16, U)``).
-        score: the ranking score (see the module docstring); default ``"self_confidence"`` (measured best).
+        score: the ranking score (see the module docstring); default ``"merged"`` (doubt and reasoning).
         batch_size, device, progress, cancel: as in :func:`~essence.core.engine.influence`.
 
     Returns:
         A :class:`Triage`.
 
     Raises:
-        SpecError: unknown score, ``top_k`` < 2, or profiles without instance vectors.
+        SpecError: unknown score, ``top_k`` < 2, profiles without instance vectors, or contributions of
+            other instances.
         EmptyClassError, LabelMismatchError, LayerNotFoundError: from the profile pass.
     """
     if score not in SCORES:
@@ -207,12 +244,21 @@ def deviation_scores(
     y = inst.instance_labels.numpy().astype(np.int64)
     probs = torch.softmax(inst.outputs.double(), dim=1).numpy()
     mean = profiles.mean.double().numpy()
-    sd = (profiles.stderr.double() * profiles.counts.double().clamp(min=1).sqrt().unsqueeze(1)).numpy()
-
-    scores = _scores(v, y, probs, mean, k)
-    why_units, why_z = _why(v, y, mean, sd, min(WHY_UNITS, units))
-    deviation = scores[score]
     indices = inst.instance_indices.numpy().astype(np.int64)
+    if contributions is None:
+        contributions = unit_contributions(
+            model,
+            data,
+            profiles.layer,
+            granularity=profiles.granularity,
+            batch_size=batch_size,
+            device=device,
+            progress=progress,
+            cancel=cancel,
+        )
+    reasoning = reasoning_scores(_aligned(contributions, indices), len(profiles.class_names))
+    scores = _scores(v, y, probs, mean, k, reasoning.score)
+    deviation = scores[score]
     # Most deviant first; equal scores keep dataset order so the queue is stable across runs.
     ranking = np.lexsort((indices, -deviation))
     return Triage(
@@ -226,11 +272,37 @@ def deviation_scores(
         predicted=probs.argmax(1).astype(np.int64),
         confidence=probs.max(1),
         label_probability=probs[np.arange(len(y)), y],
+        probabilities=probs,
         scores=scores,
         deviation=deviation,
         ranking=ranking.astype(np.int64),
-        why_units=why_units,
-        why_z=why_z,
+        reasoning=reasoning,
+        why_units=reasoning.why_units,
+        why_z=reasoning.why_z,
+    )
+
+
+def _aligned(contributions: UnitContributions, indices: np.ndarray) -> UnitContributions:
+    """The contributions in the profile pass's row order (the same dataset, the same instances)."""
+    if np.array_equal(contributions.indices, indices):
+        return contributions
+    order = np.argsort(contributions.indices, kind="stable")
+    at = np.searchsorted(contributions.indices[order], indices)
+    at = np.clip(at, 0, len(order) - 1)
+    if len(contributions) != len(indices) or not np.array_equal(contributions.indices[order][at], indices):
+        raise SpecError(
+            "these contributions are of other instances than the profiles: compute both on the same data"
+        )
+    rows = torch.from_numpy(order[at])
+    return UnitContributions(
+        layer=contributions.layer,
+        granularity=contributions.granularity,
+        indices=contributions.indices[order[at]],
+        labels=contributions.labels[order[at]],
+        predicted=contributions.predicted[order[at]],
+        outputs=contributions.outputs[rows],
+        to_label=contributions.to_label[rows],
+        to_predicted=contributions.to_predicted[rows],
     )
 
 
@@ -238,7 +310,7 @@ def deviation_scores(
 
 
 def _scores(
-    v: np.ndarray, y: np.ndarray, probs: np.ndarray, mean: np.ndarray, k: int
+    v: np.ndarray, y: np.ndarray, probs: np.ndarray, mean: np.ndarray, k: int, reasoning: np.ndarray
 ) -> dict[str, np.ndarray]:
     n = len(y)
     profile = mean[y]  # [N, U] each instance's class profile
@@ -260,6 +332,12 @@ def _scores(
         "mistakenness": (m * np.exp(-entropy) + 1.0) / 2.0,
     }
     out["combined"] = (fractional_rank(out["cosine"]) + fractional_rank(1.0 - label_p)) / 2.0
+    out["reasoning"] = reasoning
+    # The second queue holds only instances predicted as labelled: the ones doubt cannot see. (A misclassified
+    # or mislabelled instance departs from its class's reasons too, and would crowd that queue with what the
+    # first already finds.) A class too small for a reference set has no reasoning score: it ranks last there.
+    unseen = np.where(predicted == y, np.nan_to_num(reasoning, nan=-np.inf), -np.inf)
+    out["merged"] = np.maximum(fractional_rank(out["self_confidence"]), fractional_rank(unseen))
     return {name: out[name] for name in SCORES}
 
 
@@ -315,15 +393,3 @@ def mass_outside(v: np.ndarray, units: np.ndarray) -> np.ndarray:
     total = absv.sum(1)
     inside = np.take_along_axis(absv, units, axis=1).sum(1)
     return np.where(total > 0, 1.0 - inside / np.where(total > 0, total, 1.0), 0.0)
-
-
-def _why(
-    v: np.ndarray, y: np.ndarray, mean: np.ndarray, sd: np.ndarray, m: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """The ``m`` units per instance with the largest |v − χ_y| / sd_y, and those z values."""
-    # A unit that never varies within the class (sd 0: dead, or a linear head) cannot depart from it.
-    floor = np.finfo(np.float64).tiny
-    sdy = np.nan_to_num(sd[y], nan=0.0)
-    z = np.where(sdy > floor, (v - np.nan_to_num(mean[y])) / np.where(sdy > floor, sdy, 1.0), 0.0)
-    units = np.argsort(-np.abs(z), axis=1, kind="stable")[:, :m]
-    return units.astype(np.int64), np.take_along_axis(z, units, axis=1)

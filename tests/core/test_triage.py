@@ -99,7 +99,11 @@ def test_ranking_table_and_why(digits) -> None:
     n = len(x)
     assert set(t.scores) == set(SCORES)
     assert all(v.shape == (n,) and np.isfinite(v).all() for v in t.scores.values())
-    assert t.score == "self_confidence" and np.array_equal(t.deviation, t.scores["self_confidence"])
+    assert t.score == "merged" and np.array_equal(t.deviation, t.scores["merged"])
+    # merged keeps the top of each queue: the most doubtful and the most unusual reasoning both rank first
+    assert t.scores["merged"][np.argmax(t.scores["self_confidence"])] == 1.0
+    correct = np.flatnonzero(t.predicted == t.labels)
+    assert t.scores["merged"][correct[np.argmax(t.scores["reasoning"][correct])]] == 1.0
     assert sorted(t.ranking.tolist()) == list(range(n))
     ordered = t.deviation[t.ranking]
     assert np.all(np.diff(ordered) <= 0)  # most deviant first
@@ -110,11 +114,18 @@ def test_ranking_table_and_why(digits) -> None:
     assert np.all(np.diff(np.abs(t.why_z), axis=1) <= 1e-12)  # largest departures first
     rows = t.rows(10)
     assert len(rows) == 10 and rows[0]["deviation"] == ordered[0]
-    assert {"index", "label", "predicted", "confidence", "deviation", "why"} <= set(rows[0])
-    # The default ranking puts flipped labels first (measured AUC near 1 on digits).
-    assert roc_auc_score(flipped[t.indices], t.deviation) > 0.9
-    js = t.to_json(top=3)
-    assert js["layer"] == "fc1" and len(js["scores"]) == 3
+    assert {"index", "label", "predicted", "confidence", "deviation", "reasoning", "reading", "why"} <= set(
+        rows[0]
+    )
+    # Self-confidence finds flipped labels (measured AUC near 1 on digits); the merged queue keeps most of it.
+    assert roc_auc_score(flipped[t.indices], t.scores["self_confidence"]) > 0.9
+    assert roc_auc_score(flipped[t.indices], t.deviation) > 0.8
+    wrong = t.predicted != t.labels
+    assert all((r["reading"] is None) == (r["label"] == r["predicted"]) for r in t.rows())
+    assert set(t.reasoning.reading[wrong]) <= {"own", "predicted", "both", "neither", "unknown"}
+    js = t.to_json()
+    assert js["layer"] == "fc1" and len(js["scores"]) == n  # every ranked instance
+    assert len(t.to_json(top=3)["scores"]) == 3
 
 
 def test_profiles_are_reused_and_checked(digits) -> None:

@@ -85,6 +85,23 @@ def _say_if_cached(profiles: ClassProfiles) -> None:
         typer.echo(f"class profiles at {profiles.layer!r} served from the store", err=True)
 
 
+def _print_triage(header: str, rows: list[dict]) -> None:
+    """The head of the triage queue as a table: doubt and reasoning side by side, the misclassified's reading."""
+    typer.echo(header)
+    typer.echo(
+        f"  {'index':>6} {'label':>12} {'predicted':>12} {'conf':>5} {'doubt':>5} {'reason':>6} {'score':>6}  "
+        f"{'reading':9} verdict  why (unit:z)"
+    )
+    for row in rows:
+        why = " ".join(f"{w['unit']}:{w['z']:+.1f}" for w in row["why"][:3])
+        reasoning = "—" if not math.isfinite(row["reasoning"]) else f"{row['reasoning']:.2f}"
+        typer.echo(
+            f"  {row['index']:>6} {row['label_name'][:12]:>12} {row['predicted_name'][:12]:>12} "
+            f"{row['confidence']:5.2f} {row['self_confidence']:5.2f} {reasoning:>6} {row['deviation']:6.3f}  "
+            f"{(row['reading'] or '-'):9} {(row['verdict'] or '-'):7}  {why}"
+        )
+
+
 def register(app: typer.Typer) -> None:
     """Add ``triage``, ``experts`` and ``diagnose`` to the root app."""
 
@@ -95,8 +112,10 @@ def register(app: typer.Typer) -> None:
         weights: WeightsOpt = None,
         trust_pickle: TrustPickleOpt = False,
         layer: LayerOpt = None,
-        top: int = typer.Option(20, "--top", min=1, help="rows to show (and to write with --json)"),
-        score: str = typer.Option("self_confidence", "--score", help="ranking score (see docs/analyses.md)"),
+        top: int = typer.Option(20, "--top", min=1, help="rows to print (--json holds every instance)"),
+        score: str = typer.Option(
+            "merged", "--score", help="ranking score: merged (default), reasoning, self_confidence, ..."
+        ),
         kind: str = typer.Option("prob", "--kind", help="quantity of the instance vectors: prob or logit"),
         units: int | None = typer.Option(None, "--units", help="top units per class for the rank scores"),
         granularity: GranOpt = "channel",
@@ -106,7 +125,7 @@ def register(app: typer.Typer) -> None:
         store: StoreOpt = None,
         no_cache: NoCacheOpt = False,
     ) -> None:
-        """Instances ranked for review: the most suspect first, with why (units departing from the class)."""
+        """Instances ranked for review: the doubtful and those right for unusual reasons first, with why."""
         from essence.core.triage import SCORES, deviation_scores
 
         if score not in SCORES:
@@ -115,37 +134,31 @@ def register(app: typer.Typer) -> None:
             raise SpecError(f"--kind {kind!r} is not known: use prob or logit")
         inputs = load_inputs(model, weights, trust_pickle, data, layer)
         profiles = _profiles(inputs, granularity, kind, batch_size, device, store, no_cache, keep_instances=True)
-        result = deviation_scores(
-            inputs.model.module,
-            inputs.data,
-            inputs.layer,
-            profiles=profiles,
-            kind=kind,
-            granularity=granularity,  # type: ignore[arg-type]
-            top_k=units,
-            score=score,
-            batch_size=batch_size,
-            device=device,
-        )
+        with progress_bar("unit contributions") as bar:
+            result = deviation_scores(
+                inputs.model.module,
+                inputs.data,
+                inputs.layer,
+                profiles=profiles,
+                kind=kind,
+                granularity=granularity,  # type: ignore[arg-type]
+                top_k=units,
+                score=score,  # type: ignore[arg-type]
+                batch_size=batch_size,
+                device=device,
+                progress=bar,
+            )
         verdicts = verdict_status(store, inputs.data.fingerprint)
-        rows = result.rows(top)
+        rows = result.rows()  # every ranked instance goes to the JSON; --top limits what is printed
         for row in rows:
             row["verdict"] = verdicts.get(row["index"])
         wrong = int((result.predicted != result.labels).sum())
-        typer.echo(
+        header = (
             f"triage at {result.layer!r} by {result.score} ({result.quantity}): {len(result)} instances, "
-            f"{wrong} misclassified; top {len(rows)}:"
+            f"{wrong} misclassified; top {min(top, len(rows))}:"
         )
-        typer.echo(
-            f"  {'index':>6} {'label':>14} {'predicted':>14} {'conf':>5} {'score':>6}  verdict  why (unit:z)"
-        )
-        for row in rows:
-            why = " ".join(f"{w['unit']}:{w['z']:+.1f}" for w in row["why"][:3])
-            typer.echo(
-                f"  {row['index']:>6} {row['label_name'][:14]:>14} {row['predicted_name'][:14]:>14} "
-                f"{row['confidence']:5.2f} {row['deviation']:6.3f}  {(row['verdict'] or '-'):7}  {why}"
-            )
-        out = result.to_json()
+        _print_triage(header, rows[:top])
+        out = result.to_json(top=0)
         out["scores"] = rows
         write_json(json_path, out, inputs.data.preprocessing)
         _say_if_cached(profiles)

@@ -354,9 +354,11 @@ def _run_masks(
     )
     masks = masks.reshape(view).to(dev)
     m = len(masks)
-    rows = max(1, MAX_ELEMENTS_PER_PASS // per_instance)
-    b = max(1, min(len(z_all), batch_size, rows))
-    chunk = max(1, rows // b)
+    if cache.sliced.needs_input:  # the hook route repeats the inputs per mask and re-runs the model on them
+        per_instance += max(1, math.prod(cache.inputs(rows[:1]).shape[1:]))
+    per_pass = max(1, MAX_ELEMENTS_PER_PASS // per_instance)
+    b = max(1, min(len(z_all), batch_size, per_pass))
+    chunk = max(1, per_pass // b)
     tp = torch.zeros(m, dtype=torch.int64)
     predicted = torch.zeros(m, dtype=torch.int64)
     model = cache.sliced.model

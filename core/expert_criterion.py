@@ -38,8 +38,8 @@ class ExpertCriterion:
             same precision" for the class under suspicion; 0.1 = ten points).
         prevalence_lift: how many times chance precision an expert needs.
         min_recall_gain: the smallest recall gain worth calling an expert on very large classes (it binds
-            above about 1,200 instances on the 8×10 grid, where a statistically real gain below 5 points is not worth a
-            diagnosis).
+            above about 1,200 instances on the 8×10 grid, where a statistically real gain below 5 points is
+            not worth a diagnosis).
         false_alarm: the one-sided chance, per class, of calling a cell an expert when its gain is noise
             (0.025: the one-sided half of the usual 5 %).
         random_masks: random masks of each cell's size drawn as references. A mask no better than random

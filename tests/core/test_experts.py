@@ -190,3 +190,27 @@ def test_crossfit_scores_every_instance_once_and_random_masks(trained) -> None:
     # A random mask of α+β units: distinct units, a different draw per seed, no ranking to cross-fit.
     assert len(set(a.positive_units.tolist())) == len(a.positive_units)
     assert a.positive_units.tolist() != b.positive_units.tolist() and not a.crossfit
+
+
+class _Skip(nn.Module):
+    """A skip connection across the slice ``b``: the hook route."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(10, 12), nn.Linear(12, 10), nn.Linear(10, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c(torch.relu(self.b(self.a(x))) + x)
+
+
+def test_honest_test_on_the_hook_route() -> None:
+    from essence.core.expert_evidence import expert_evidence
+
+    torch.manual_seed(0)
+    model, x, y = _Skip().eval(), torch.randn(200, 10), torch.randint(0, 3, (200,))
+    cache = cache_slice(model, (x, y), "b", device="cpu")
+    assert cache.sliced.route == "hook"
+    grads = unit_gradients(cache, 1, torch.nonzero(y == 1).flatten(), device="cpu")
+    assert torch.allclose(grads.mean(0), class_profiles(model, (x, y), "b", device="cpu").mean[1], atol=1e-5)
+    evidence = expert_evidence(model, (x, y), "b", 1, cache=cache, device="cpu")
+    assert evidence.sweep.route == "hook" and evidence.sweep.crossfit and evidence.experts.shape == (5, 6)

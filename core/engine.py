@@ -36,14 +36,18 @@ from essence.core.errors import (
     NonFiniteOutputError,
     SpecError,
 )
+from essence.core.independence import check_batch_independent
 from essence.core.prefetch import prefetch
 from essence.core.quantities import Quantity, as_quantity, quantity_name
 from essence.core.slices import (
     Capture,
     Granularity,
     capture,
+    check_granularity,
     inference_state,
+    input_layout,
     is_input_layer,
+    record_layout,
     reduce_units,
     unit_shape,
 )
@@ -60,8 +64,9 @@ class Influence:
     """Distributional influence at a slice.
 
     Attributes:
-        mean: float32 ``[G, U]`` the influence of each unit for each group (class, instance or dataset).
-        stderr: float32 ``[G, U]`` standard error of each mean over the group's instances (NaN if n < 2).
+        mean: ``[G, U]`` the influence of each unit for each group (class, instance or dataset): float32, or
+            float64 when the model computes in float64.
+        stderr: ``[G, U]`` standard error of each mean over the group's instances (NaN if n < 2), same dtype.
         counts: int64 ``[G]`` instances per group.
         groups: int64 ``[G]`` the group ids: class indices, instance indices, or ``[0]`` for the dataset.
         unit_shape: shape of one instance's units (``(C,)`` at channel granularity of a conv layer).
@@ -94,7 +99,8 @@ class BatchGradient:
     """What one forward and one backward give for a batch of B instances.
 
     Attributes:
-        vectors: float32 ``[B, U]`` each instance's ∂q/∂z, reduced to the granularity's units.
+        vectors: ``[B, U]`` each instance's ∂q/∂z, reduced to the granularity's units (float32; float64 for
+            a float64 model).
         z_shape: the shape of one instance's z ``[*z_shape]`` (before the reduction).
         outputs: ``[B, K]`` the model's outputs (detached; in the autocast dtype if one was used).
     """
@@ -151,6 +157,8 @@ def influence(
 
     Raises:
         LayerNotFoundError, ClassNotFoundError, EmptyClassError, NonFiniteOutputError, Cancelled.
+        LayoutError: ``granularity`` does not fit the slice's layout (e.g. ``channel`` on ``[B, T, D]`` tokens).
+        BatchCouplingError: the model's output for an instance depends on the rest of its batch.
     """
     distribution = distribution or ClassConditional()
     q = as_quantity(quantity)
@@ -163,6 +171,7 @@ def influence(
     points = _neighbourhood(distribution)
     neighbourhood = isinstance(distribution, LinearPath | GaussianNoise)
     batches, n = as_batches(data, batch_size, subset)
+    asked, slot, positions = _instance_slots(subset, len(labels))
     total = -(-n // batch_size) * len(points)
     if n == 0:
         raise EmptyClassError("the data holds no instances: nothing to compute influence over")
@@ -176,6 +185,7 @@ def influence(
         raise SpecError(f"autocast must be 'bf16', 'fp16' or None, got {autocast!r}")
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(autocast or "")
 
+    model_dtype = _float_dtype(model)
     sums: InfluenceSums | None = None
     kept: tuple[list[torch.Tensor], ...] = ([], [], [], [])  # vectors, indices, labels, outputs
     z_shape: tuple[int, ...] = ()
@@ -189,13 +199,18 @@ def influence(
                     raise Cancelled("cancelled by the user; nothing was kept")
                 x = x.to(dev, non_blocking=True)
                 y = y.to(dev, non_blocking=True)
+                if x.is_floating_point() and model_dtype is not None and x.dtype != model_dtype:
+                    x = x.to(model_dtype)  # a float64 model computes in float64 on the same data
                 if channels_last and x.ndim == 4:
                     x = x.contiguous(memory_format=torch.channels_last)
                 acc: torch.Tensor | None = None
                 out0: torch.Tensor | None = None
                 for step, (alpha, weight) in enumerate(points):
                     xs = distribution.transform(x, alpha, step, idx) if neighbourhood else x
-                    grad = batch_gradient(model, xs, y, layer, q, cap, amp_dtype, granularity)
+                    if sums is None and step == 0:  # the first batch: check what every later one assumes
+                        grad = _first_gradient(model, xs, y, layer, q, cap, amp_dtype, granularity)
+                    else:
+                        grad = batch_gradient(model, xs, y, layer, q, cap, amp_dtype, granularity)
                     z_shape = grad.z_shape
                     vec = grad.vectors * weight
                     acc = vec if acc is None else acc + vec
@@ -205,25 +220,28 @@ def influence(
                         progress(done, total)
                 assert acc is not None and out0 is not None
                 if sums is None:
-                    sums = _new_sums(group_by, out0.shape[1], acc.shape[1], len(labels), num_groups, dev)
-                sums.add(acc, _group_ids(group_by, y, idx, dev, sums.sum.shape[0]))
+                    sums = _new_sums(group_by, out0.shape[1], acc.shape[1], asked, num_groups, dev)
+                sums.add(acc, _group_ids(group_by, y, slot(idx), dev, sums.sum.shape[0]))
                 if keep_instances:
                     if neighbourhood:  # the outputs at the instance itself, not at a path point
                         with torch.no_grad():
                             out0 = model(x).float()
-                    for kept_list, t in zip(kept, (acc.float(), idx, y, out0.detach().float()), strict=True):
+                    vec_kept = acc if acc.dtype == torch.float64 else acc.float()
+                    for kept_list, t in zip(kept, (vec_kept, idx, y, out0.detach().float()), strict=True):
                         kept_list.append(t.cpu())
     assert sums is not None
     sums = sums.cpu()
     if group_by == "instance":
-        groups = torch.nonzero(sums.count > 0).view(-1)
-        sums = sums.select(groups)
+        filled = torch.nonzero(sums.count > 0).view(-1)
+        groups = positions[filled]
+        sums = sums.select(filled)
     else:
         groups = torch.arange(sums.sum.shape[0])
     vectors, kept_idx, kept_y, outputs = (torch.cat(t) if keep_instances else None for t in kept)
+    result_dtype = torch.float64 if model_dtype == torch.float64 and amp_dtype is None else torch.float32
     return Influence(
-        mean=sums.mean().float(),
-        stderr=sums.stderr().float(),
+        mean=sums.mean().to(result_dtype),
+        stderr=sums.stderr().to(result_dtype),
         counts=sums.count.clone(),
         groups=groups,
         unit_shape=unit_shape(z_shape, granularity),
@@ -291,7 +309,7 @@ def batch_gradient(
             raise SpecError(
                 f"layer {layer!r} was not reached in the forward pass: pick a layer the model uses"
             )
-        values = q(out.float(), y)
+        values = q(out if out.dtype == torch.float64 else out.float(), y)
         (grad,) = torch.autograd.grad(values.sum(), leaf, allow_unused=True)
     if grad is None:
         grad = torch.zeros_like(leaf)
@@ -299,7 +317,64 @@ def batch_gradient(
         raise NonFiniteOutputError(
             "the gradient at the slice is NaN or infinite: check the model and its inputs"
         )
-    return BatchGradient(reduce_units(grad.float(), granularity), tuple(leaf.shape[1:]), out.detach())
+    grad = grad if grad.dtype == torch.float64 else grad.float()
+    return BatchGradient(reduce_units(grad, granularity), tuple(leaf.shape[1:]), out.detach())
+
+
+def _first_gradient(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    layer: str,
+    q: Quantity,
+    cap: Capture | None,
+    amp_dtype: torch.dtype | None,
+    granularity: Granularity,
+) -> BatchGradient:
+    """:func:`batch_gradient` on the first batch, checking the layout of the slice and batch independence.
+
+    Raises:
+        LayoutError: ``granularity`` does not fit the slice's layout.
+        BatchCouplingError: an instance alone gives other outputs than inside the batch.
+    """
+    if is_input_layer(layer):
+        grad = batch_gradient(model, x, y, layer, q, cap, amp_dtype, granularity)
+        layout = input_layout(grad.z_shape)
+    else:
+        with record_layout(model, layer) as record:
+            grad = batch_gradient(model, x, y, layer, q, cap, amp_dtype, granularity)
+        layout = record.layout(grad.z_shape)
+    check_granularity(layout, granularity, layer, grad.z_shape)
+    if amp_dtype is None:  # autocast's rounding differs between batch sizes by more than any fixed tolerance
+        check_batch_independent(model, x, grad.outputs)
+    return grad
+
+
+def _float_dtype(model: nn.Module) -> torch.dtype | None:
+    """The floating dtype of the model's parameters (or buffers), None when it has none."""
+    for t in (*model.parameters(), *model.buffers()):
+        if t.is_floating_point():
+            return t.dtype
+    return None
+
+
+def _instance_slots(
+    subset: np.ndarray | None, n_data: int
+) -> tuple[int, Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
+    """Running-sum rows for per-instance grouping: one per instance asked about, not one per dataset instance.
+
+    Returns:
+        ``(rows, slot, positions)``: the number of rows; a map from dataset positions ``[B]`` to rows ``[B]``;
+        int64 ``[rows]`` the dataset position of each row.
+    """
+    if subset is None:
+        return n_data, lambda idx: idx, torch.arange(n_data)
+    positions = torch.from_numpy(np.unique(np.asarray(subset, dtype=np.int64)))
+
+    def slot(idx: torch.Tensor) -> torch.Tensor:
+        return torch.searchsorted(positions.to(idx.device), idx.long())
+
+    return len(positions), slot, positions
 
 
 def _within(subset: np.ndarray | None, indices: Sequence[int] | np.ndarray, n: int) -> np.ndarray:

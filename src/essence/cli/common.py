@@ -62,7 +62,12 @@ StoreOpt = Annotated[
     typer.Option("--store", help="store file or SQLAlchemy URL (default: $ESSENCE_HOME/essence.sqlite)"),
 ]
 GranularityOpt = Annotated[
-    str, typer.Option("--granularity", help="channel (conv: summed over positions) or neuron")
+    str,
+    typer.Option(
+        "--granularity",
+        help="channel (channels-first conv: summed over positions), neuron, or for [B,H,W,C] and [B,T,D] "
+        "slices feature (last axis) or token",
+    ),
 ]
 SizeOpt = Annotated[
     tuple[int, int] | None, typer.Option("--size", help="resize images to H W (overrides the model's recipe)")
@@ -275,8 +280,10 @@ def say_recipe(recipe: Preprocessing | None, who: str = "") -> None:
 
 
 def check_granularity(value: str) -> str:
-    if value not in ("channel", "neuron"):
-        raise SpecError(f"--granularity {value!r} is not known: use channel or neuron")
+    from essence.core.slices import GRANULARITIES
+
+    if value not in GRANULARITIES:
+        raise SpecError(f"--granularity {value!r} is not known: use {', '.join(GRANULARITIES)}")
     return value
 
 

@@ -32,7 +32,9 @@ from essence.storage import default_store_path
 
 CHUNK = 1 << 20
 
-TORCHSCRIPT = "TorchScript (architecture inside the file)"
+# The whole-model choice: a torch.export program (.pt2). TorchScript cannot be analysed (PyTorch runs no hooks
+# on ScriptModules) and load_model refuses it, naming this format.
+TORCHSCRIPT = "Exported program (.pt2 from torch.export, architecture inside the file)"
 
 
 def uploads_root() -> Path:

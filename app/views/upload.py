@@ -26,8 +26,8 @@ def _model_form() -> None:
     st.subheader("A model")
     with st.form("upload-model"):
         file = st.file_uploader(
-            "Weights (.safetensors or a state_dict .pt/.pth) or a TorchScript model (.pt)",
-            type=["safetensors", "pt", "pth", "ts"],
+            "Weights (.safetensors or a state_dict .pt/.pth) or an exported program (.pt2, torch.export)",
+            type=["safetensors", "pt", "pth", "pt2"],
             max_upload_size=uploads.UPLOAD_LIMIT_MB,
         )
         arch = st.selectbox("Architecture", uploads.architectures())

@@ -58,6 +58,7 @@ class Files:
     evil_state: bytes
     script: bytes
     tiny_weights: bytes
+    torchscript: bytes
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +78,12 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Files:
         evil_state = buf.getvalue()
         model = app_factory.cnn().eval()
         buf = io.BytesIO()
-        torch.jit.save(torch.jit.script(model), buf)
+        program = torch.export.export(model, (torch.randn(2, 3, 8, 8),))
+        torch.export.save(program, buf)  # a whole model the app can analyse (TorchScript is refused)
         script = buf.getvalue()
+        buf = io.BytesIO()
+        torch.jit.save(torch.jit.script(model), buf)
+        torchscript = buf.getvalue()
         from safetensors.torch import save
 
         tiny_weights = save({k: v.contiguous() for k, v in model.state_dict().items()})
@@ -87,7 +92,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Files:
         sys.modules.pop("app_payload", None)
         sys.modules.pop("app_factory", None)
     (root / "app_payload.py").unlink()
-    return Files(root, sentinel, evil_pickle, evil_state, script, tiny_weights)
+    return Files(root, sentinel, evil_pickle, evil_state, script, tiny_weights, torchscript)
 
 
 @pytest.fixture(scope="module")
@@ -214,7 +219,8 @@ MODELS = {
     "weights of another architecture": ("w.safetensors", "tiny_weights", "resnet18", "", "do not fit"),
     "garbage safetensors": ("w.safetensors", b"\x08\0\0\0\0\0\0\0{garbage", "resnet18", "", "safetensors"),
     "weights without an architecture": ("w.safetensors", "tiny_weights", TORCHSCRIPT, "", "weights only"),
-    "wrong slice name": ("model.pt", "script", TORCHSCRIPT, "fc9", "'fc9'"),
+    "wrong slice name": ("model.pt2", "script", TORCHSCRIPT, "fc9", "'fc9'"),
+    "TorchScript, which no analysis can hook": ("model.pt", "torchscript", TORCHSCRIPT, "", "torch.export"),
 }
 
 
@@ -235,7 +241,7 @@ def test_a_bad_model_upload_is_a_message(app: AppTest, files: Files, name: str) 
 
 def test_a_good_torchscript_upload_still_works(app: AppTest, files: Files) -> None:
     """The control: the same form takes a valid model, so the messages above are about the files."""
-    app.file_uploader[0].set_value(("tiny.pt", files.script, "application/octet-stream"))
+    app.file_uploader[0].set_value(("tiny.pt2", files.script, "application/octet-stream"))
     _widget(app.selectbox, "Architecture").set_value(TORCHSCRIPT)
     _widget(app.text_input, "Slice").set_value("fc1")
     _widget(app.button, "Add the model").click().run()

@@ -5,7 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from essence.app import charts, services
-from essence.app.components import longwork
+from essence.app.components import longwork, reasons
 from essence.app.components.boundary import run_page
 from essence.app.components.images import enlarge
 from essence.app.components.prereq import EXPERTS_PAGE, Inputs, current_inputs
@@ -86,13 +86,17 @@ def _filtered(result, verdicts: dict, state: RecipeState, inputs: Inputs) -> np.
     shown = right.selectbox("Verdict", options, index=options.index(state.triage_verdict))
     if list(classes) != state.triage_classes or shown != state.triage_verdict:
         state.triage_classes, state.triage_verdict, state.triage_position = list(classes), shown, 0
-    order = result.ranking
+    order = reasons.queue_order(result, on_change=lambda: _reset_position(state))
     if classes:
         order = order[np.isin(result.labels[order], classes)]
     if shown != "all":
         current = np.array([getattr(verdicts.get(int(result.indices[r])), "verdict", None) for r in order])
         order = order[current == (None if shown == "unreviewed" else shown)] if len(order) else order
     return order
+
+
+def _reset_position(state: RecipeState) -> None:
+    state.triage_position = 0
 
 
 def _review(inputs: Inputs, profiles, result, queue: np.ndarray, verdicts: dict, state: RecipeState) -> None:
@@ -124,10 +128,7 @@ def _review(inputs: Inputs, profiles, result, queue: np.ndarray, verdicts: dict,
                 profiles.mean[label].numpy(), inst.instance_vectors[at].numpy(), inputs.names[label], title
             )
         )
-        why = ", ".join(
-            f"unit {u} ({z:+.1f} sd)" for u, z in zip(result.why_units[row], result.why_z[row], strict=True)
-        )
-        st.caption(f"Why flagged: the units departing most from the class profile: {why}.")
+        reasons.reasons_panel(inputs, result, row, profiles.granularity)
     _verdict_buttons(inputs, index, queue, state)
 
 
@@ -172,6 +173,9 @@ def _queue_table(result, queue: np.ndarray, verdicts: dict, inputs: Inputs, stat
             "label": [inputs.names[int(c)] for c in result.labels[rows]],
             "predicted": [inputs.names[int(c)] for c in result.predicted[rows]],
             "confidence": result.confidence[rows],
+            "doubt": result.scores["self_confidence"][rows],
+            "reasoning": result.scores["reasoning"][rows],
+            "reading": [result.reasoning.reading[r] or "" for r in rows],
             "score": result.deviation[rows],
             "verdict": [getattr(verdicts.get(int(result.indices[r])), "verdict", "") for r in rows],
         }
@@ -182,6 +186,8 @@ def _queue_table(result, queue: np.ndarray, verdicts: dict, inputs: Inputs, stat
         hide_index=True,
         column_config={
             "confidence": st.column_config.NumberColumn(format="%.2f"),
+            "doubt": st.column_config.NumberColumn(format="%.2f", help="1 − p(label)"),
+            "reasoning": st.column_config.NumberColumn(format="%.1f", help="× the class's typical departure"),
             "score": st.column_config.NumberColumn(format="%.3f"),
         },
     )

@@ -190,8 +190,10 @@ class Preprocessing:
         arr = np.asarray(image, dtype=np.float32)
         if arr.ndim == 2:
             arr = arr[:, :, None]
-        # Files are 8-bit once converted (16-bit ones mapped by their range in _to_8bit).
-        return self.for_container(np.dtype(np.uint8)).apply_array(arr[None], already_sized=True)[0]
+        # Channels first, so that no image side (a 4-pixel-high image) is taken for the channel axis; files
+        # are 8-bit once converted (16-bit ones mapped by their range in _to_8bit).
+        chw = np.ascontiguousarray(arr.transpose(2, 0, 1))[None]
+        return self.for_container(np.dtype(np.uint8)).apply_array(chw, already_sized=True)[0]
 
     def apply_array(self, images: np.ndarray | torch.Tensor, already_sized: bool = False) -> torch.Tensor:
         """Preprocess a batch of raw images.

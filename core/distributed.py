@@ -35,6 +35,7 @@ from essence.core.distributions import ClassConditional
 from essence.core.engine import Autocast, CancelFlag, Progress, influence
 from essence.core.errors import EssenceError, SpecError
 from essence.core.profiles import ClassProfiles, checked_class_names
+from essence.core.profiles import merge_profiles as merge_profiles  # its former home: the import still works
 from essence.core.quantities import Kind, OwnLabel
 from essence.core.slices import Granularity
 from essence.core.sums import InfluenceSums
@@ -390,47 +391,3 @@ def any_process(flag: bool) -> bool:
         return bool(flag)
     t = torch.tensor([float(flag)], dtype=torch.float64, device=_comm_device())
     return bool(_reduce(t, dist.ReduceOp.MAX).item() > 0)
-
-
-def merge_profiles(*parts: ClassProfiles) -> ClassProfiles:
-    """Class profiles of the union of disjoint datasets, from each one's profiles (their sums add).
-
-    This is what makes profiles incremental: profiles stored for the images seen so far, merged with those
-    of the new images alone, equal the profiles of all of them, without running the model on the old ones.
-
-    Args:
-        parts: profiles of disjoint sets of instances at the same slice, granularity and quantity.
-
-    Returns:
-        :class:`~essence.core.profiles.ClassProfiles` over all the parts (the first part's class names).
-
-    Raises:
-        SpecError: no parts, or parts of different slices, granularities, quantities or shapes.
-    """
-    if not parts:
-        raise SpecError("nothing to merge: give at least one set of class profiles")
-    first = parts[0]
-    what = (
-        first.layer,
-        first.granularity,
-        first.quantity,
-        tuple(first.unit_shape),
-        tuple(first.sums.sum.shape),
-    )
-    sums = first.sums
-    for p in parts[1:]:
-        other = (p.layer, p.granularity, p.quantity, tuple(p.unit_shape), tuple(p.sums.sum.shape))
-        if other != what:
-            raise SpecError(
-                f"cannot merge profiles of {other[:3]} (sums {other[4]}) into {what[:3]} (sums {what[4]}): "
-                "merge profiles of the same model, slice, granularity and quantity"
-            )
-        sums = sums.merge(p.sums)
-    return ClassProfiles.from_sums(
-        sums,
-        class_names=first.class_names,
-        layer=first.layer,
-        granularity=first.granularity,
-        quantity=first.quantity,
-        unit_shape=first.unit_shape,
-    )

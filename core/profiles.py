@@ -16,7 +16,7 @@ from torch import nn
 from essence.core.data import ImageData, labels_of
 from essence.core.distributions import ClassConditional
 from essence.core.engine import Autocast, CancelFlag, Influence, Progress, influence
-from essence.core.errors import EmptyClassError, LabelMismatchError
+from essence.core.errors import EmptyClassError, LabelMismatchError, SpecError
 from essence.core.quantities import Kind, OwnLabel
 from essence.core.slices import Granularity
 from essence.core.sums import InfluenceSums
@@ -199,4 +199,50 @@ def class_profiles(
         unit_shape=result.unit_shape,
         sums=result.sums,
         instances=result if keep_instances else None,
+    )
+
+
+def merge_profiles(*parts: ClassProfiles) -> ClassProfiles:
+    """Class profiles of the union of disjoint datasets, from each one's profiles (their sums add).
+
+    This is what makes profiles incremental: profiles stored for the images seen so far, merged with those
+    of the new images alone, equal the profiles of all of them, without running the model on the old ones.
+    It uses no ``torch.distributed``: a sharded job merges its shards' sums with one all-reduce instead
+    (:mod:`essence.core.distributed`).
+
+    Args:
+        parts: profiles of disjoint sets of instances at the same slice, granularity and quantity.
+
+    Returns:
+        :class:`ClassProfiles` over all the parts (the first part's class names).
+
+    Raises:
+        SpecError: no parts, or parts of different slices, granularities, quantities or shapes.
+    """
+    if not parts:
+        raise SpecError("nothing to merge: give at least one set of class profiles")
+    first = parts[0]
+    what = (
+        first.layer,
+        first.granularity,
+        first.quantity,
+        tuple(first.unit_shape),
+        tuple(first.sums.sum.shape),
+    )
+    sums = first.sums
+    for p in parts[1:]:
+        other = (p.layer, p.granularity, p.quantity, tuple(p.unit_shape), tuple(p.sums.sum.shape))
+        if other != what:
+            raise SpecError(
+                f"cannot merge profiles of {other[:3]} (sums {other[4]}) into {what[:3]} (sums {what[4]}): "
+                "merge profiles of the same model, slice, granularity and quantity"
+            )
+        sums = sums.merge(p.sums)
+    return ClassProfiles.from_sums(
+        sums,
+        class_names=first.class_names,
+        layer=first.layer,
+        granularity=first.granularity,
+        quantity=first.quantity,
+        unit_shape=first.unit_shape,
     )

@@ -172,21 +172,3 @@ def test_a_broken_collective_becomes_a_distributed_error(monkeypatch):
     own = SpecError("my own cause")
     with pytest.raises(SpecError, match="my own cause"):  # a process's own error beats the echo
         agree(own)
-
-
-def test_profiles_of_new_images_merged_into_stored_ones_equal_a_full_recompute(rel_close):
-    from essence.core.distributed import merge_profiles
-
-    model, (x, y) = shard_worker.model(), shard_worker.data()
-    old = class_profiles(model, (x[:25], y[:25]), "3", device="cpu")
-    new = class_profiles(model, (x[25:], y[25:]), "3", device="cpu")
-    full = class_profiles(model, (x, y), "3", device="cpu")
-    merged = merge_profiles(old, new)
-    assert torch.equal(merged.counts, full.counts)
-    rel_close(merged.mean, full.mean, 1e-6)
-    rel_close(merged.stderr, full.stderr, 1e-5)
-    other = class_profiles(model, (x, y), "1", device="cpu")
-    with pytest.raises(SpecError, match="cannot merge"):
-        merge_profiles(old, other)
-    with pytest.raises(SpecError, match="nothing to merge"):
-        merge_profiles()

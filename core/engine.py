@@ -39,9 +39,19 @@ from essence.core.errors import (
 from essence.core.independence import check_batch_independent
 from essence.core.prefetch import prefetch
 from essence.core.quantities import Quantity, as_quantity, quantity_name
+from essence.core.slice_cache import SliceCache
+from essence.core.slice_source import (
+    above_batch_size,
+    gradient_above,
+    slice_batches,
+    slice_layout,
+    slice_recorder,
+    usable_slice,
+)
 from essence.core.slices import (
     Capture,
     Granularity,
+    Layout,
     capture,
     check_granularity,
     inference_state,
@@ -103,11 +113,13 @@ class BatchGradient:
             a float64 model).
         z_shape: the shape of one instance's z ``[*z_shape]`` (before the reduction).
         outputs: ``[B, K]`` the model's outputs (detached; in the autocast dtype if one was used).
+        z: ``[B, *z_shape]`` the slice's values the gradient was taken at (detached; kept for a stored slice).
     """
 
     vectors: torch.Tensor
     z_shape: tuple[int, ...]
     outputs: torch.Tensor
+    z: torch.Tensor | None = field(default=None, repr=False)
 
 
 def influence(
@@ -127,6 +139,7 @@ def influence(
     cancel: CancelFlag = None,
     indices: Sequence[int] | np.ndarray | None = None,
     channels_last: bool = False,
+    slices: SliceCache | None = None,
 ) -> Influence:
     """Distributional influence χ of every unit at ``layer`` for ``quantity`` over ``distribution``.
 
@@ -151,6 +164,12 @@ def influence(
         indices: only these dataset positions (a shard of the data; see :mod:`essence.core.distributed`).
         channels_last: run 4-d inputs and the model in the channels-last memory format (faster convolutions
             on GPUs with tensor cores; see ``docs/scale.md`` for where it helps). Numbers are unchanged.
+        slices: z = h(x) of ``data`` at ``layer`` already computed (a :class:`~essence.core.slice_cache.SliceCache`
+            or a stored :class:`~essence.core.slice_source.StoredSlice`): only the layers above the slice run.
+            Without it, the active slice source (:func:`~essence.core.slice_source.use_slices`) is asked, and a
+            full pass over the whole data hands its z to the source's recorder. Paths and noise move the input:
+            they run h whatever is given (see :mod:`essence.core.slice_source`). On a stored z, g runs on
+            batches of at least ``batch_size`` (:func:`~essence.core.slice_source.above_batch_size`).
 
     Returns:
         An :class:`Influence`: ``mean [G, U]`` with G classes, instances, or 1.
@@ -171,6 +190,10 @@ def influence(
     points = _neighbourhood(distribution)
     neighbourhood = isinstance(distribution, LinearPath | GaussianNoise)
     batches, n = as_batches(data, batch_size, subset)
+    stored = None if is_input_layer(layer) else usable_slice(slices, model, data, layer, distribution)
+    if stored is not None:  # the layers below the slice never run: g forward and backward on the stored z
+        batch_size = above_batch_size(stored, batch_size)  # g alone takes larger batches in the same memory
+        batches = slice_batches(stored, batch_size, subset)
     asked, slot, positions = _instance_slots(subset, len(labels))
     total = -(-n // batch_size) * len(points)
     if n == 0:
@@ -184,6 +207,9 @@ def influence(
     if autocast is not None and autocast not in ("bf16", "fp16"):
         raise SpecError(f"autocast must be 'bf16', 'fp16' or None, got {autocast!r}")
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(autocast or "")
+    whole_pass = stored is None and subset is None and not neighbourhood and amp_dtype is None
+    recording = slice_recorder(model, data, layer, n) if whole_pass and not is_input_layer(layer) else None
+    layout: Layout = "unknown"
 
     model_dtype = _float_dtype(model)
     sums: InfluenceSums | None = None
@@ -192,8 +218,9 @@ def influence(
     done = 0
     group_by = distribution.group_by
     with inference_state(model), on_device(model, dev), memory_format(model, channels_last):
-        hook: AbstractContextManager = nullcontext() if is_input_layer(layer) else capture(model, layer)
-        with hook as cap:
+        below = is_input_layer(layer) or stored is not None
+        hook: AbstractContextManager = nullcontext() if below else capture(model, layer)
+        with hook as cap, recording or nullcontext() as recorder:
             for x, y, idx in prefetch(batches, pin=dev.type == "cuda"):
                 if cancelled(cancel):
                     raise Cancelled("cancelled by the user; nothing was kept")
@@ -207,8 +234,13 @@ def influence(
                 out0: torch.Tensor | None = None
                 for step, (alpha, weight) in enumerate(points):
                     xs = distribution.transform(x, alpha, step, idx) if neighbourhood else x
-                    if sums is None and step == 0:  # the first batch: check what every later one assumes
-                        grad = _first_gradient(model, xs, y, layer, q, cap, amp_dtype, granularity)
+                    if stored is not None:
+                        if sums is None:  # a full pass checks the layer itself; here, the stored layout
+                            layout = slice_layout(stored, model)
+                            check_granularity(layout, granularity, layer, tuple(xs.shape[1:]))
+                        grad = BatchGradient(*gradient_above(stored, xs, y, q, granularity))
+                    elif sums is None and step == 0:  # the first batch: check what every later one assumes
+                        grad, layout = _first_gradient(model, xs, y, layer, q, cap, amp_dtype, granularity)
                     else:
                         grad = batch_gradient(model, xs, y, layer, q, cap, amp_dtype, granularity)
                     z_shape = grad.z_shape
@@ -219,6 +251,8 @@ def influence(
                     if progress is not None:
                         progress(done, total)
                 assert acc is not None and out0 is not None
+                if recorder is not None and grad.z is not None:
+                    recorder.write(grad.z, y, out0, layout)
                 if sums is None:
                     sums = _new_sums(group_by, out0.shape[1], acc.shape[1], asked, num_groups, dev)
                 sums.add(acc, _group_ids(group_by, y, slot(idx), dev, sums.sum.shape[0]))
@@ -318,7 +352,7 @@ def batch_gradient(
             "the gradient at the slice is NaN or infinite: check the model and its inputs"
         )
     grad = grad if grad.dtype == torch.float64 else grad.float()
-    return BatchGradient(reduce_units(grad, granularity), tuple(leaf.shape[1:]), out.detach())
+    return BatchGradient(reduce_units(grad, granularity), tuple(leaf.shape[1:]), out.detach(), leaf.detach())
 
 
 def _first_gradient(
@@ -330,8 +364,11 @@ def _first_gradient(
     cap: Capture | None,
     amp_dtype: torch.dtype | None,
     granularity: Granularity,
-) -> BatchGradient:
+) -> tuple[BatchGradient, Layout]:
     """:func:`batch_gradient` on the first batch, checking the layout of the slice and batch independence.
+
+    Returns:
+        The batch's gradient and the layout of the slice (recorded with a stored z).
 
     Raises:
         LayoutError: ``granularity`` does not fit the slice's layout.
@@ -347,7 +384,7 @@ def _first_gradient(
     check_granularity(layout, granularity, layer, grad.z_shape)
     if amp_dtype is None:  # autocast's rounding differs between batch sizes by more than any fixed tolerance
         check_batch_independent(model, x, grad.outputs)
-    return grad
+    return grad, layout
 
 
 def _float_dtype(model: nn.Module) -> torch.dtype | None:

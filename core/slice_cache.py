@@ -69,11 +69,18 @@ def cache_slice(
         batch_size, device: as elsewhere.
 
     Returns:
-        A :class:`SliceCache`.
+        A :class:`SliceCache`; inside :func:`~essence.core.slice_source.use_slices` the source's stored z when it
+        holds this slice (memory-mapped: h does not run at all).
 
     Raises:
         LayerNotFoundError: unknown layer. EmptyClassError: the data holds no instances.
     """
+    from essence.core.slice_source import active_source  # imports this module
+
+    source = active_source()
+    found = source.find(model, data, layer) if source is not None else None
+    if found is not None:
+        return found
     dev = resolve_device(device)
     zs: list[torch.Tensor] = []
     ys: list[torch.Tensor] = []

@@ -149,6 +149,7 @@ class StoreInfo:
         profiles, matrices, verdicts, runs: row counts.
         size_bytes: bytes on disk (database, WAL and matrix files) for SQLite; ``None`` otherwise.
         recent_runs: the newest runs, newest first.
+        slices: stored slices (z kept for follow-up questions). slice_bytes: bytes they take on disk.
     """
 
     url: str
@@ -160,6 +161,8 @@ class StoreInfo:
     runs: int
     size_bytes: int | None
     recent_runs: list[Run] = field(default_factory=list)
+    slices: int = 0
+    slice_bytes: int = 0
 
     def to_json(self) -> dict:
         return {
@@ -171,6 +174,8 @@ class StoreInfo:
             "verdicts": self.verdicts,
             "runs": self.runs,
             "size_bytes": self.size_bytes,
+            "slices": self.slices,
+            "slice_bytes": self.slice_bytes,
             "recent_runs": [{**asdict(r), "created_at": r.created_at.isoformat()} for r in self.recent_runs],
         }
 
@@ -185,6 +190,7 @@ class PruneReport:
         blobs: matrix blobs (files or rows) no longer referenced by anything, removed.
         bytes_freed: bytes of those blobs.
         dry_run: nothing was removed; the counts say what would be.
+        slices: stored slices removed. slice_bytes: bytes they took.
     """
 
     profiles: int
@@ -192,3 +198,26 @@ class PruneReport:
     blobs: int
     bytes_freed: int
     dry_run: bool
+    slices: int = 0
+    slice_bytes: int = 0
+
+
+UPLOAD_KINDS = ("model", "dataset")
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A model or dataset uploaded in the app and registered in the store (offered in every later session).
+
+    Attributes:
+        id: the row's id. kind: ``"model"`` or ``"dataset"``. label: what the sidebar shows (unique per kind).
+        spec: the model or data spec. details: what the upload gave beside the spec (weights file, class names,
+            preprocessing recipe, default slice), as plain JSON values. created_at: when it was registered.
+    """
+
+    id: int
+    kind: str
+    label: str
+    spec: str
+    details: dict[str, Any]
+    created_at: datetime

@@ -29,22 +29,26 @@ from sqlalchemy.orm import Session
 from essence import __version__
 from essence.core.data import ImageData
 from essence.core.engine import Influence
-from essence.core.errors import SpecError, StoreError
+from essence.core.errors import EssenceError, SpecError, StoreError
 from essence.core.models import LoadedModel
 from essence.core.profiles import ClassProfiles
+from essence.core.slice_source import use_slices
 from essence.core.sums import InfluenceSums
 from essence.storage import connect
 from essence.storage.matrices import FileBlobs, from_bytes, sha256, to_bytes
-from essence.storage.models import BlobRow, MatrixRow, ProfileRow, RunRow, VerdictRow
+from essence.storage.models import BlobRow, MatrixRow, ProfileRow, RunRow, UploadRow, VerdictRow
 from essence.storage.records import (
+    UPLOAD_KINDS,
     VERDICTS,
     ProfileKey,
     PruneReport,
     Run,
     RunInfo,
     StoreInfo,
+    Upload,
     Verdict,
 )
+from essence.storage.slices import SliceFiles, StoreSlices, slice_limit_bytes
 
 # Per-instance matrices kept with a profile, by name: what triage needs from the same pass.
 MATRIX_NAMES = ("vectors", "indices", "labels", "outputs")
@@ -66,6 +70,8 @@ class Store:
         self.schema_version = schema_version
         self.timeout = timeout
         self._files = FileBlobs(location.path.with_suffix(".blobs")) if location.path else None
+        # z of the slices asked about, for follow-up questions (a folder: a database server keeps none).
+        self.slice_files = SliceFiles(location.path.with_suffix(".slices")) if location.path else None
 
     # ------------------------------------------------------------------------------------------- opening
 
@@ -127,6 +133,37 @@ class Store:
                 yield session
         except OperationalError as exc:
             raise connect.operational_error(self.location, exc, self.timeout) from exc
+        except (ValueError, TypeError, KeyError) as exc:
+            if isinstance(exc, EssenceError | UnicodeEncodeError):  # ours, or text on its way in: not a row
+                raise
+            raise damaged_row(self.location.name, exc) from exc
+
+    # ------------------------------------------------------------------------------------------- slices
+
+    def slice_source(self, model: LoadedModel, data: ImageData) -> StoreSlices | None:
+        """The source of stored z for ``model`` on ``data`` (``None``: a server store, or slices turned off).
+
+        Raises:
+            StoreError: ``ESSENCE_SLICE_CACHE_MB`` is not a size.
+        """
+        limit = slice_limit_bytes()
+        if self.slice_files is None or limit <= 0:
+            return None
+        return StoreSlices(self.slice_files, model, data, limit)
+
+    @contextmanager
+    def serving_slices(self, model: LoadedModel, data: ImageData) -> Iterator[StoreSlices | None]:
+        """Within the block, every analysis of ``model.module`` on ``data`` reads z from the store, or stores it.
+
+        The first full pass at a slice stores its z; every later question at that slice runs the layers above
+        it only (:mod:`essence.core.slice_source`).
+        """
+        source = self.slice_source(model, data)
+        if source is None:
+            yield None
+            return
+        with use_slices(source):
+            yield source
 
     # ------------------------------------------------------------------------------------------- profiles
 
@@ -148,6 +185,17 @@ class Store:
             return None
         if with_instances and blobs is None:
             return None
+        try:
+            return self._decode_profiles(row, matrices, blobs, with_instances)
+        except (ValueError, TypeError, KeyError) as exc:
+            if isinstance(exc, EssenceError | UnicodeEncodeError):  # ours, or text on its way in: not a row
+                raise
+            raise damaged_row(self.location.name, exc) from exc
+
+    @staticmethod
+    def _decode_profiles(
+        row: ProfileRow, matrices: list[MatrixRow], blobs: dict[str, bytes] | None, with_instances: bool
+    ) -> ClassProfiles:
         shape = json.loads(row.unit_shape)
         g, u = row.num_groups, row.num_units
         sums = InfluenceSums(
@@ -342,7 +390,8 @@ class Store:
                     hit = dataclasses.replace(hit, class_names=names)
                 return hit
         start = time.perf_counter()
-        profiles = compute()
+        with self.serving_slices(model, data):
+            profiles = compute()
         seconds = time.perf_counter() - start
         info = run_info or RunInfo()
         info = dataclasses.replace(
@@ -360,14 +409,14 @@ class Store:
     def _new_run(kind: str, model_fp: str, dataset_fp: str, layer: str, info: RunInfo) -> RunRow:
         return RunRow(
             kind=kind,
-            description=info.description,
+            description=storable(info.description),  # may name a path that is not UTF-8
             model_fp=model_fp,
             dataset_fp=dataset_fp,
-            layer=layer,
+            layer=storable(layer),
             device=info.device,
             seconds=info.seconds,
             essence_version=__version__,
-            command=info.command,
+            command=storable(info.command),
             host=socket.gethostname(),
             preprocessing=json.dumps(info.preprocessing, sort_keys=True) if info.preprocessing else "",
         )
@@ -496,6 +545,53 @@ class Store:
         writer.writerows({k: spreadsheet_safe(v) for k, v in r.items()} for r in records)
         return out.getvalue()
 
+    # ------------------------------------------------------------------------------------------- uploads
+
+    def register_upload(self, kind: str, label: str, spec: str, details: dict | None = None) -> Upload:
+        """Register a model or dataset uploaded in the app (the same kind and label again replaces it).
+
+        Args:
+            kind: ``"model"`` or ``"dataset"``.
+            label: what the app shows for it (unique per kind).
+            spec: its model or data spec.
+            details: plain JSON values given beside the spec (weights file, class names, recipe, slice).
+
+        Raises:
+            SpecError: an unknown kind or an empty label.
+            StoreError: the store cannot be written.
+        """
+        if kind not in UPLOAD_KINDS:
+            raise SpecError(f"upload kind {kind!r} is not known: use one of {', '.join(UPLOAD_KINDS)}")
+        if not label.strip():
+            raise SpecError("an upload needs a label to be shown under")
+        text = json.dumps(details or {}, sort_keys=True)
+        with self._session(write=True) as s:
+            row = s.scalars(select(UploadRow).where(UploadRow.kind == kind, UploadRow.label == label)).first()
+            if row is None:
+                row = UploadRow(kind=kind, label=label, spec=spec, details=text)
+                s.add(row)
+            else:
+                row.spec, row.details = spec, text
+            s.flush()
+            return _upload_of(row)
+
+    def uploads(self, kind: str | None = None) -> list[Upload]:
+        """The registered uploads (of one kind, or all), oldest first."""
+        with self._session() as s:
+            q = select(UploadRow).order_by(UploadRow.id)
+            if kind is not None:
+                q = q.where(UploadRow.kind == kind)
+            return [_upload_of(r) for r in s.scalars(q)]
+
+    def remove_upload(self, kind: str, label: str) -> bool:
+        """Forget an upload (its files stay on disk, named by their hash). Returns whether it was registered."""
+        with self._session(write=True) as s:
+            row = s.scalars(select(UploadRow).where(UploadRow.kind == kind, UploadRow.label == label)).first()
+            if row is None:
+                return False
+            s.delete(row)
+            return True
+
     # ------------------------------------------------------------------------------------------- upkeep
 
     def info(self, recent: int = 5) -> StoreInfo:
@@ -514,7 +610,10 @@ class Store:
         if self.path is not None:
             size = sum(p.stat().st_size for p in _sqlite_files(self.path) if p.exists())
             size += self._files.size() if self._files is not None else 0
+        slices = self.slice_files.entries() if self.slice_files is not None else []
         return StoreInfo(
+            slices=len(slices),
+            slice_bytes=self.slice_files.size() if self.slice_files is not None else 0,
             url=self.url,
             path=str(self.path) if self.path else None,
             schema_version=self.schema_version,
@@ -524,12 +623,18 @@ class Store:
         )
 
     def prune(
-        self, *, older_than_days: float | None = None, model_fp: str | None = None, dry_run: bool = False
+        self,
+        *,
+        older_than_days: float | None = None,
+        model_fp: str | None = None,
+        slices: bool = False,
+        dry_run: bool = False,
     ) -> PruneReport:
         """Remove cached profiles (and their matrices) older than a number of days and/or of one model.
 
         With neither filter no profile is removed; unreferenced matrix blobs are removed in every case.
-        Verdicts and runs are never removed.
+        Verdicts and runs are never removed. Stored slices (z for follow-up questions) go by the same filters
+        (age counted from their last use), all of them with ``slices``; their temporary leftovers always.
 
         Racing a write. A profile's matrix files are written before its rows (so a crash leaves at most an
         unreferenced file), and a file of the same content is reused, not rewritten. So "unreferenced" is only
@@ -580,8 +685,21 @@ class Store:
                 if not dry_run:
                     for p in orphans:
                         connect.remove_quietly(p)
+        removed, slice_bytes = (
+            self.slice_files.prune(
+                older_than_days=older_than_days, model_fp=model_fp, everything=slices, dry_run=dry_run
+            )
+            if self.slice_files is not None
+            else (0, 0)
+        )
         return PruneReport(
-            profiles=len(ids), matrices=n_matrices, blobs=blob_count, bytes_freed=blob_bytes, dry_run=dry_run
+            profiles=len(ids),
+            matrices=n_matrices,
+            blobs=blob_count,
+            bytes_freed=blob_bytes,
+            dry_run=dry_run,
+            slices=removed,
+            slice_bytes=slice_bytes,
         )
 
 
@@ -590,6 +708,24 @@ class Store:
 # A spreadsheet reads a cell starting with one of these as a formula (or, for tab and CR, strips them and
 # reads what follows): OWASP's list for CSV injection.
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def storable(text: str | None) -> str | None:
+    """Text a SQLite row can hold: a lone surrogate (a file name that was not UTF-8, as Python decodes it) is
+    kept as its escape (``\\udcff``) instead of failing the whole transaction."""
+    if text is None:
+        return None
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def damaged_row(store: str, exc: BaseException) -> StoreError:
+    """The error for a row that no longer decodes (edited by hand, or by another program): a JSON column that is
+    not JSON, a date that is not a date, a dtype that is none. Essence never writes such rows."""
+    text = " ".join(str(exc).split())[:160]
+    return StoreError(
+        f"the store {store} holds a damaged row ({type(exc).__name__}: {text}); it was not written by Essence: "
+        "restore the store from a backup, or move it aside and let Essence start a new one (or use --store PATH)"
+    )
 
 
 def spreadsheet_safe(value: object) -> object:
@@ -688,6 +824,21 @@ def _recipe_of(text: str | None) -> dict | None:
     except ValueError:
         return None
     return recipe if isinstance(recipe, dict) else None
+
+
+def _upload_of(r: UploadRow) -> Upload:
+    try:
+        details = json.loads(r.details or "{}")
+    except ValueError:
+        details = {}
+    return Upload(
+        id=r.id,
+        kind=r.kind,
+        label=r.label,
+        spec=r.spec,
+        details=details if isinstance(details, dict) else {},
+        created_at=r.created_at,
+    )
 
 
 def _verdict_of(r: VerdictRow) -> Verdict:

@@ -38,6 +38,7 @@ from essence.core.devices import resolve_device
 from essence.core.errors import SpecError
 from essence.core.profiles import ClassProfiles, checked_class_names, class_profiles
 from essence.core.quantities import Kind
+from essence.core.slice_source import set_default_slices
 
 # The options ``profile`` and ``precompute`` share beyond those of every command (see ``common``).
 KindOpt = Annotated[str, typer.Option("--kind", help="class score differentiated: logit or prob")]
@@ -124,6 +125,8 @@ def compute_profiles(
             refresh=refresh,
             run_info=RunInfo(command=command_line(), device=resolve_device(device).type),
         )
+        # The rest of this command (a sweep, the diagnosis) reads the slice's stored z too (docs/store.md).
+        set_default_slices(opened.slice_source(inputs.model, inputs.data))
     if profiles.cached and not allow_empty:
         check_no_empty_class(profiles)  # stored by a run that allowed them; this one does not
     return profiles
@@ -189,6 +192,7 @@ class ProfileRequest:
             blur=self.blur,
             recipe_file=self.recipe,
             skip_bad_images=self.skip_bad,
+            batch_size=self.batch_size,
         )
 
     def to_args(self) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -50,6 +51,7 @@ def _size(n: int | None) -> str:
 
 def info(store: str | None, json_path: Path | None) -> None:
     from essence.storage import Store
+    from essence.storage.slices import LIMIT_ENV, slice_limit_bytes
 
     with Store.open(store) as opened:
         facts = opened.info()
@@ -58,6 +60,10 @@ def info(store: str | None, json_path: Path | None) -> None:
     typer.echo(
         f"profiles: {facts.profiles} (per-instance matrices: {facts.matrices}), verdicts: {facts.verdicts}, "
         f"runs: {facts.runs}, size: {_size(facts.size_bytes)}"
+    )
+    typer.echo(
+        f"stored slices (z for follow-up questions): {facts.slices}, {_size(facts.slice_bytes)} "
+        f"(limit {_size(slice_limit_bytes())}, {LIMIT_ENV})"
     )
     if facts.recent_runs:
         typer.echo("recent runs:")
@@ -105,18 +111,30 @@ def export(store: str | None, verdicts: Path | None, profiles: Path | None, data
             typer.echo(f"wrote {written} profiles to {profiles}")
 
 
-def prune(store: str | None, older_than: float | None, model_fp: str | None, dry_run: bool) -> None:
+# Python's dates end in the year 9999: an age beyond that is no date at all (``inf`` or ``1e300`` overflowed).
+MAX_AGE_DAYS = 1_000_000
+
+
+def prune(
+    store: str | None, older_than: float | None, model_fp: str | None, dry_run: bool, slices: bool = False
+) -> None:
     from essence.storage import Store
 
+    if older_than is not None and not (math.isfinite(older_than) and older_than <= MAX_AGE_DAYS):
+        raise SpecError(
+            f"--older-than {older_than:g} is not a number of days Essence can count back (at most "
+            f"{MAX_AGE_DAYS:,}): give a finite age in days, e.g. --older-than 30"
+        )
     with Store.open(store) as opened:
-        report = opened.prune(older_than_days=older_than, model_fp=model_fp, dry_run=dry_run)
+        report = opened.prune(older_than_days=older_than, model_fp=model_fp, slices=slices, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
     typer.echo(
         f"{verb} {report.profiles} profiles ({report.matrices} per-instance matrices) and {report.blobs} "
         f"unreferenced matrix blobs ({_size(report.bytes_freed)}); verdicts are never removed"
     )
-    if older_than is None and model_fp is None:
-        typer.echo("(no --older-than or --model given: only unreferenced blobs are removed)")
+    typer.echo(f"{verb} {report.slices} stored slices ({_size(report.slice_bytes)})")
+    if older_than is None and model_fp is None and not slices:
+        typer.echo("(no --older-than, --model or --slices given: only unreferenced blobs are removed)")
 
 
 def register(app: typer.Typer) -> None:
@@ -152,10 +170,14 @@ def register(app: typer.Typer) -> None:
             help="remove cached profiles of this model fingerprint (see `essence store info`)",
         ),
         dry_run: bool = typer.Option(False, "--dry-run", help="say what would be removed, remove nothing"),
+        slices: bool = typer.Option(
+            False, "--slices", help="remove every stored slice (z kept for follow-up questions; recomputed)"
+        ),
         store: StoreOpt = None,
     ) -> None:
-        """Remove cached profiles (never verdicts) by age and/or model, and unreferenced matrix files."""
-        prune(store, older_than, model_fp, dry_run)
+        """Remove cached profiles (never verdicts) and stored slices by age (slices: last use) and/or model,
+        and unreferenced matrix files."""
+        prune(store, older_than, model_fp, dry_run, slices)
 
     @app.command("precompute")
     def precompute(

@@ -1,0 +1,368 @@
+"""Stored slices: z = h(x) of a dataset at a layer, in files beside the store, for follow-up questions.
+
+A slice is stored once, by the first full pass at it (the engine hands over z batch by batch: no extra pass),
+and read back memory-mapped, so a follow-up question runs the layers above the slice only
+(:mod:`essence.core.slice_source`). Keyed like profiles, without the question: model, dataset and
+preprocessing fingerprints, layer, engine version. Same key → the same z.
+
+Layout: ``essence.slices/<key digest>/`` holds ``z.npy`` ``[N, *z_shape]`` (written in place through a memory
+map, one batch at a time: memory stays O(batch)), ``labels.npy`` ``[N]``, ``outputs.npy`` ``[N, K]`` and
+``slice.json`` (the key, shapes, layout, SHA-256 of each file, sizes). A slice is written under a temporary
+name and renamed into place once complete and flushed, so a crash leaves at most a temporary folder (removed
+by ``prune``); a reader never sees half a slice. On reading, each file's size and header are checked and g is
+run on a few stored z, which must give the stored outputs: a stale or foreign z is recomputed, never served.
+
+Size: at most :func:`slice_limit_bytes` in all (``ESSENCE_SLICE_CACHE_MB``, default
+:data:`DEFAULT_LIMIT_MB`; ``0`` turns stored slices off). A new slice makes room by removing the least
+recently used ones; a slice larger than the whole limit is not stored. Only a store in a file (SQLite) has a
+folder for slices; a database server's store keeps none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from essence.core.data import ImageData
+from essence.core.errors import StoreError
+from essence.core.models import LoadedModel
+from essence.core.slice_source import StoredSlice, open_stored_slice
+from essence.core.slices import Layout
+from essence.storage.matrices import ORPHAN_GRACE_S
+from essence.storage.records import ENGINE_VERSION
+
+LIMIT_ENV = "ESSENCE_SLICE_CACHE_MB"
+DEFAULT_LIMIT_MB = 4096
+MANIFEST = "slice.json"
+_TMP = ".tmp-"
+
+
+def slice_limit_bytes() -> int:
+    """The most bytes stored slices may take (``ESSENCE_SLICE_CACHE_MB``; 0: none are stored or read).
+
+    Raises:
+        StoreError: the variable is not a number ≥ 0.
+    """
+    text = os.environ.get(LIMIT_ENV, "").strip()
+    if not text:
+        return DEFAULT_LIMIT_MB << 20
+    try:
+        mb = float(text)
+    except ValueError:
+        mb = -1.0
+    if not mb >= 0:
+        raise StoreError(f"{LIMIT_ENV}={text!r}: give a size in MB ≥ 0 (0 turns stored slices off)")
+    return int(mb * (1 << 20))
+
+
+@dataclass(frozen=True)
+class SliceKey:
+    """What z depends on: the model, the images, their preprocessing and the layer (not the question)."""
+
+    model_fp: str
+    dataset_fp: str
+    preprocessing_fp: str
+    layer: str
+    engine_version: int = ENGINE_VERSION
+
+    def digest(self) -> str:
+        """SHA-256 (hex) of the key's canonical JSON: the slice's folder name."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
+
+    @classmethod
+    def of(cls, model: LoadedModel, data: ImageData, layer: str) -> SliceKey:
+        return cls(
+            model.fingerprint, data.fingerprint, data.preprocessing.fingerprint(), layer, ENGINE_VERSION
+        )
+
+
+@dataclass(frozen=True)
+class SliceEntry:
+    """One stored slice as ``store info`` lists it.
+
+    Attributes:
+        digest: its key's digest (the folder name). key: the key.
+        num_instances: N. z_shape: one instance's z. nbytes: bytes on disk. used_at: last use (epoch seconds).
+    """
+
+    digest: str
+    key: SliceKey
+    num_instances: int
+    z_shape: tuple[int, ...]
+    nbytes: int
+    used_at: float
+
+
+class SliceWriter:
+    """Receives z, labels and outputs batch by batch (a :class:`~essence.core.slice_source.SliceRecorder`)."""
+
+    def __init__(self, folder: Path, n: int, limit: int) -> None:
+        self.folder = folder
+        self.n = n
+        self.limit = limit
+        self.rows = 0
+        self.layout: Layout = "unknown"
+        self.skipped = False
+        self._z: np.memmap | None = None
+        self._labels: list[np.ndarray] = []
+        self._outputs: list[np.ndarray] = []
+
+    def write(self, z: torch.Tensor, labels: torch.Tensor, outputs: torch.Tensor, layout: Layout) -> None:
+        if self.skipped:
+            return
+        a = z.detach().contiguous().cpu().numpy()
+        if self._z is None:
+            if self.n * a[0].nbytes > self.limit:  # larger than the whole limit: not stored at all
+                self.skipped = True
+                return
+            self.folder.mkdir(parents=True)
+            self._z = np.lib.format.open_memmap(self.folder / "z.npy", "w+", a.dtype, (self.n, *a.shape[1:]))
+            self.layout = layout
+        self._z[self.rows : self.rows + len(a)] = a
+        self.rows += len(a)
+        self._labels.append(labels.detach().long().cpu().numpy())
+        self._outputs.append(outputs.detach().float().cpu().numpy())
+
+    def finish(self, key: SliceKey) -> None:
+        """Flush every file, write the manifest last."""
+        assert self._z is not None
+        self._z.flush()
+        z_shape = list(self._z.shape[1:])
+        dtype = self._z.dtype.str
+        del self._z
+        np.save(self.folder / "labels.npy", np.concatenate(self._labels))
+        np.save(self.folder / "outputs.npy", np.concatenate(self._outputs))
+        files = {}
+        for name in ("z.npy", "labels.npy", "outputs.npy"):
+            path = self.folder / name
+            with open(path, "rb+") as f:
+                os.fsync(f.fileno())
+            files[name] = {"bytes": path.stat().st_size, "sha256": _file_sha256(path)}
+        manifest = {
+            "key": asdict(key),
+            "num_instances": self.n,
+            "z_shape": z_shape,
+            "dtype": dtype,
+            "layout": self.layout,
+            "files": files,
+            "created_at": time.time(),
+        }
+        (self.folder / MANIFEST).write_text(json.dumps(manifest, indent=1))
+
+
+class SliceFiles:
+    """The stored slices of one store: a folder of slice folders, bounded in size."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def folder(self, key: SliceKey) -> Path:
+        return self.root / key.digest()
+
+    def entries(self) -> list[SliceEntry]:
+        """Every complete stored slice, least recently used first."""
+        out: list[SliceEntry] = []
+        for manifest in self.root.glob(f"*/{MANIFEST}") if self.root.is_dir() else []:
+            if manifest.parent.name.startswith(_TMP):  # being written (or left by a crash): not a slice yet
+                continue
+            with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+                m = json.loads(manifest.read_text())
+                out.append(
+                    SliceEntry(
+                        digest=manifest.parent.name,
+                        key=SliceKey(**m["key"]),
+                        num_instances=int(m["num_instances"]),
+                        z_shape=tuple(m["z_shape"]),
+                        nbytes=_folder_bytes(manifest.parent),
+                        used_at=manifest.stat().st_mtime,
+                    )
+                )
+        return sorted(out, key=lambda e: e.used_at)
+
+    def size(self) -> int:
+        """Bytes of every slice folder, temporary ones included."""
+        return sum(_folder_bytes(p) for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else 0
+
+    def find(self, key: SliceKey, model: nn.Module, data: object) -> StoredSlice | None:
+        """The stored z of ``key`` for ``model`` (memory-mapped), or ``None`` (not stored, damaged, or stale)."""
+        folder = self.folder(key)
+        try:
+            m = json.loads((folder / MANIFEST).read_text())
+        except (OSError, ValueError):
+            return None
+        try:
+            if SliceKey(**m["key"]) != key:
+                raise StoreError("its manifest names another key")
+            for name, facts in m["files"].items():
+                if (folder / name).stat().st_size != facts["bytes"]:
+                    raise StoreError(
+                        f"{name} has {(folder / name).stat().st_size} bytes, not {facts['bytes']}"
+                    )
+            z = np.load(folder / "z.npy", mmap_mode="c")  # copy-on-write: the file is never changed
+            labels = np.load(folder / "labels.npy")
+            outputs = np.load(folder / "outputs.npy")
+            if (
+                z.shape != (m["num_instances"], *m["z_shape"])
+                or len(labels) != len(z)
+                or len(outputs) != len(z)
+            ):
+                raise StoreError("its arrays do not have the shapes its manifest records")
+        except (OSError, ValueError, KeyError, TypeError, StoreError) as exc:
+            warnings.warn(
+                f"stored slice {folder.name[:12]} is damaged ({exc}); it will be recomputed", stacklevel=3
+            )
+            return None
+        found = open_stored_slice(
+            model,
+            data,
+            key.layer,
+            torch.from_numpy(z),
+            torch.from_numpy(labels).long(),
+            torch.from_numpy(outputs),
+            layout=m.get("layout", "unknown"),
+            nbytes=int(m["files"]["z.npy"]["bytes"]),
+        )
+        if found is not None:
+            with contextlib.suppress(OSError):
+                os.utime(folder / MANIFEST)  # the least recently used slices go first
+        return found
+
+    @contextmanager
+    def record(self, key: SliceKey, n: int, limit: int) -> Iterator[SliceWriter]:
+        """Collect a full pass's z; on a clean exit with every row written, store it (making room first).
+
+        Nothing is stored when the block raises, when fewer than ``n`` rows arrived, or when the slice alone is
+        larger than ``limit``; the temporary folder is removed in every case.
+        """
+        tmp = self.root / f"{_TMP}{uuid.uuid4().hex}"
+        writer = SliceWriter(tmp, n, limit)
+        try:
+            yield writer
+            if writer.skipped or writer._z is None or writer.rows != n:
+                return
+            writer.finish(key)
+            self._make_room(_folder_bytes(tmp), limit, keep=key.digest())
+            with contextlib.suppress(OSError):  # stored meanwhile by another process: theirs stands
+                os.replace(tmp, self.folder(key))
+        except OSError as exc:
+            warnings.warn(
+                f"the slice at {key.layer!r} was not stored ({exc}): follow-ups will run h again",
+                stacklevel=3,
+            )
+        finally:
+            writer._z = None
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _make_room(self, incoming: int, limit: int, keep: str) -> None:
+        """Remove the least recently used slices until ``incoming`` more bytes fit under ``limit``."""
+        entries = [e for e in self.entries() if e.digest != keep]
+        total = sum(e.nbytes for e in entries)
+        for e in entries:
+            if total + incoming <= limit:
+                break
+            shutil.rmtree(self.root / e.digest, ignore_errors=True)
+            total -= e.nbytes
+
+    def prune(
+        self,
+        *,
+        older_than_days: float | None = None,
+        model_fp: str | None = None,
+        everything: bool = False,
+        dry_run: bool = False,
+    ) -> tuple[int, int]:
+        """Remove slices unused for a number of days, of one model, or all; and temporary leftovers.
+
+        Returns:
+            ``(slices removed, bytes freed)`` (what would be, with ``dry_run``).
+        """
+        now = time.time()
+        chosen = [
+            e
+            for e in self.entries()
+            if everything
+            or (
+                (older_than_days is not None or model_fp is not None)
+                and (older_than_days is None or now - e.used_at > older_than_days * 86400)
+                and (model_fp is None or e.key.model_fp == model_fp)
+            )
+        ]
+        folders = [self.root / e.digest for e in chosen]
+        leftovers = [
+            p
+            for p in (self.root.iterdir() if self.root.is_dir() else [])
+            if p.is_dir() and p.name.startswith(_TMP) and now - p.stat().st_mtime > ORPHAN_GRACE_S
+        ]
+        freed = sum(_folder_bytes(p) for p in folders + leftovers)
+        if not dry_run:
+            for p in folders + leftovers:
+                shutil.rmtree(p, ignore_errors=True)
+        return len(folders), freed
+
+
+class StoreSlices:
+    """The slice source of one (model, data) pair: finds and records their z in a store's slice folder.
+
+    Pass it to :func:`essence.core.slice_source.use_slices` (``Store.serving_slices`` does): every analysis of
+    exactly this model and data object then reads and records z through it.
+    """
+
+    def __init__(self, files: SliceFiles, model: LoadedModel, data: ImageData, limit: int) -> None:
+        self.files = files
+        self.model = model
+        self.data = data
+        self.limit = limit
+        self._found: dict[str, StoredSlice] = {}
+
+    def _key(self, model: nn.Module, data: object, layer: str) -> SliceKey | None:
+        if model is not self.model.module or data is not self.data:
+            return None  # another model or data than this source's: no key to vouch for
+        return SliceKey.of(self.model, self.data, layer)
+
+    def find(self, model: nn.Module, data: object, layer: str) -> StoredSlice | None:
+        key = self._key(model, data, layer)
+        if key is None or self.limit <= 0:
+            return None
+        digest = key.digest()
+        if digest not in self._found:
+            found = self.files.find(key, model, data)
+            if found is None:
+                return None
+            self._found[digest] = found
+        return self._found[digest]
+
+    def recorder(self, model: nn.Module, data: object, layer: str, n: int):  # noqa: ANN201 (a context manager)
+        key = self._key(model, data, layer)
+        if key is None or self.limit <= 0 or self.files.folder(key).is_dir():
+            return None
+        return self.files.record(key, n, self.limit)
+
+
+def _folder_bytes(folder: Path) -> int:
+    total = 0
+    for p in folder.glob("*"):
+        with contextlib.suppress(OSError):
+            total += p.stat().st_size
+    return total
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()

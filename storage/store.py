@@ -29,23 +29,21 @@ from sqlalchemy.orm import Session
 from essence import __version__
 from essence.core.data import ImageData
 from essence.core.engine import Influence
-from essence.core.errors import EssenceError, SpecError, StoreError
+from essence.core.errors import SpecError, StoreError
 from essence.core.models import LoadedModel
 from essence.core.profiles import ClassProfiles
 from essence.core.slice_source import use_slices
 from essence.core.sums import InfluenceSums
 from essence.storage import connect
 from essence.storage.matrices import FileBlobs, from_bytes, sha256, to_bytes
-from essence.storage.models import BlobRow, MatrixRow, ProfileRow, RunRow, UploadRow, VerdictRow
+from essence.storage.models import BlobRow, MatrixRow, ProfileRow, RunRow, VerdictRow
 from essence.storage.records import (
-    UPLOAD_KINDS,
     VERDICTS,
     ProfileKey,
     PruneReport,
     Run,
     RunInfo,
     StoreInfo,
-    Upload,
     Verdict,
 )
 from essence.storage.slices import SliceFiles, StoreSlices, slice_limit_bytes
@@ -133,10 +131,6 @@ class Store:
                 yield session
         except OperationalError as exc:
             raise connect.operational_error(self.location, exc, self.timeout) from exc
-        except (ValueError, TypeError, KeyError) as exc:
-            if isinstance(exc, EssenceError | UnicodeEncodeError):  # ours, or text on its way in: not a row
-                raise
-            raise damaged_row(self.location.name, exc) from exc
 
     # ------------------------------------------------------------------------------------------- slices
 
@@ -185,17 +179,6 @@ class Store:
             return None
         if with_instances and blobs is None:
             return None
-        try:
-            return self._decode_profiles(row, matrices, blobs, with_instances)
-        except (ValueError, TypeError, KeyError) as exc:
-            if isinstance(exc, EssenceError | UnicodeEncodeError):  # ours, or text on its way in: not a row
-                raise
-            raise damaged_row(self.location.name, exc) from exc
-
-    @staticmethod
-    def _decode_profiles(
-        row: ProfileRow, matrices: list[MatrixRow], blobs: dict[str, bytes] | None, with_instances: bool
-    ) -> ClassProfiles:
         shape = json.loads(row.unit_shape)
         g, u = row.num_groups, row.num_units
         sums = InfluenceSums(
@@ -409,14 +392,14 @@ class Store:
     def _new_run(kind: str, model_fp: str, dataset_fp: str, layer: str, info: RunInfo) -> RunRow:
         return RunRow(
             kind=kind,
-            description=storable(info.description),  # may name a path that is not UTF-8
+            description=info.description,
             model_fp=model_fp,
             dataset_fp=dataset_fp,
-            layer=storable(layer),
+            layer=layer,
             device=info.device,
             seconds=info.seconds,
             essence_version=__version__,
-            command=storable(info.command),
+            command=info.command,
             host=socket.gethostname(),
             preprocessing=json.dumps(info.preprocessing, sort_keys=True) if info.preprocessing else "",
         )
@@ -545,53 +528,6 @@ class Store:
         writer.writerows({k: spreadsheet_safe(v) for k, v in r.items()} for r in records)
         return out.getvalue()
 
-    # ------------------------------------------------------------------------------------------- uploads
-
-    def register_upload(self, kind: str, label: str, spec: str, details: dict | None = None) -> Upload:
-        """Register a model or dataset uploaded in the app (the same kind and label again replaces it).
-
-        Args:
-            kind: ``"model"`` or ``"dataset"``.
-            label: what the app shows for it (unique per kind).
-            spec: its model or data spec.
-            details: plain JSON values given beside the spec (weights file, class names, recipe, slice).
-
-        Raises:
-            SpecError: an unknown kind or an empty label.
-            StoreError: the store cannot be written.
-        """
-        if kind not in UPLOAD_KINDS:
-            raise SpecError(f"upload kind {kind!r} is not known: use one of {', '.join(UPLOAD_KINDS)}")
-        if not label.strip():
-            raise SpecError("an upload needs a label to be shown under")
-        text = json.dumps(details or {}, sort_keys=True)
-        with self._session(write=True) as s:
-            row = s.scalars(select(UploadRow).where(UploadRow.kind == kind, UploadRow.label == label)).first()
-            if row is None:
-                row = UploadRow(kind=kind, label=label, spec=spec, details=text)
-                s.add(row)
-            else:
-                row.spec, row.details = spec, text
-            s.flush()
-            return _upload_of(row)
-
-    def uploads(self, kind: str | None = None) -> list[Upload]:
-        """The registered uploads (of one kind, or all), oldest first."""
-        with self._session() as s:
-            q = select(UploadRow).order_by(UploadRow.id)
-            if kind is not None:
-                q = q.where(UploadRow.kind == kind)
-            return [_upload_of(r) for r in s.scalars(q)]
-
-    def remove_upload(self, kind: str, label: str) -> bool:
-        """Forget an upload (its files stay on disk, named by their hash). Returns whether it was registered."""
-        with self._session(write=True) as s:
-            row = s.scalars(select(UploadRow).where(UploadRow.kind == kind, UploadRow.label == label)).first()
-            if row is None:
-                return False
-            s.delete(row)
-            return True
-
     # ------------------------------------------------------------------------------------------- upkeep
 
     def info(self, recent: int = 5) -> StoreInfo:
@@ -710,24 +646,6 @@ class Store:
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
-def storable(text: str | None) -> str | None:
-    """Text a SQLite row can hold: a lone surrogate (a file name that was not UTF-8, as Python decodes it) is
-    kept as its escape (``\\udcff``) instead of failing the whole transaction."""
-    if text is None:
-        return None
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def damaged_row(store: str, exc: BaseException) -> StoreError:
-    """The error for a row that no longer decodes (edited by hand, or by another program): a JSON column that is
-    not JSON, a date that is not a date, a dtype that is none. Essence never writes such rows."""
-    text = " ".join(str(exc).split())[:160]
-    return StoreError(
-        f"the store {store} holds a damaged row ({type(exc).__name__}: {text}); it was not written by Essence: "
-        "restore the store from a backup, or move it aside and let Essence start a new one (or use --store PATH)"
-    )
-
-
 def spreadsheet_safe(value: object) -> object:
     """A CSV cell that a spreadsheet shows as text: a string starting like a formula gets a leading ``'``.
 
@@ -824,21 +742,6 @@ def _recipe_of(text: str | None) -> dict | None:
     except ValueError:
         return None
     return recipe if isinstance(recipe, dict) else None
-
-
-def _upload_of(r: UploadRow) -> Upload:
-    try:
-        details = json.loads(r.details or "{}")
-    except ValueError:
-        details = {}
-    return Upload(
-        id=r.id,
-        kind=r.kind,
-        label=r.label,
-        spec=r.spec,
-        details=details if isinstance(details, dict) else {},
-        created_at=r.created_at,
-    )
 
 
 def _verdict_of(r: VerdictRow) -> Verdict:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Annotated
 
@@ -111,20 +110,11 @@ def export(store: str | None, verdicts: Path | None, profiles: Path | None, data
             typer.echo(f"wrote {written} profiles to {profiles}")
 
 
-# Python's dates end in the year 9999: an age beyond that is no date at all (``inf`` or ``1e300`` overflowed).
-MAX_AGE_DAYS = 1_000_000
-
-
 def prune(
     store: str | None, older_than: float | None, model_fp: str | None, dry_run: bool, slices: bool = False
 ) -> None:
     from essence.storage import Store
 
-    if older_than is not None and not (math.isfinite(older_than) and older_than <= MAX_AGE_DAYS):
-        raise SpecError(
-            f"--older-than {older_than:g} is not a number of days Essence can count back (at most "
-            f"{MAX_AGE_DAYS:,}): give a finite age in days, e.g. --older-than 30"
-        )
     with Store.open(store) as opened:
         report = opened.prune(older_than_days=older_than, model_fp=model_fp, slices=slices, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"

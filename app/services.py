@@ -256,7 +256,7 @@ def triage(model: LoadedModel, data: ImageData, layer: str, profiles: ClassProfi
     key = ("triage", profile_key(model, data, layer, "prob").digest())
 
     def run() -> Triage:
-        with holding(model):
+        with holding(model), store().serving_slices(model, data):  # z from the store where it holds it
             return deviation_scores(model.module, data, layer, profiles=profiles)
 
     return remembered(key, run)
@@ -270,7 +270,7 @@ def diagnosis(model: LoadedModel, data: ImageData, layer: str, profiles: ClassPr
 
     def run() -> Diagnosis:
         start = time.perf_counter()
-        with holding(model):
+        with holding(model), store().serving_slices(model, data):  # the slice's stored z: g alone runs
             result = diagnose(
                 model.module,
                 data,
@@ -297,12 +297,16 @@ def diagnosis(model: LoadedModel, data: ImageData, layer: str, profiles: ClassPr
 def sweep(model: LoadedModel, data: ImageData, layer: str, cls: int, profiles: ClassProfiles) -> ExpertSweeps:
     """The expert sweep of class ``cls`` and its activation-ranked control, on the slice cached once."""
     from essence.core import expert_sweep
-    from essence.core.slice_cache import cache_slice
+    from essence.core.slice_cache import SliceCache, cache_slice
 
     base = profile_key(model, data, layer, "logit").digest()
 
+    def cached() -> SliceCache:
+        with store().serving_slices(model, data):  # the stored z (memory-mapped) when the store holds it
+            return cache_slice(model.module, data, layer, batch_size=BATCH)
+
     def run() -> ExpertSweeps:
-        z = remembered(("slice", base), lambda: cache_slice(model.module, data, layer, batch_size=BATCH))
+        z = remembered(("slice", base), cached)
         with holding(model):
             a = expert_sweep(model.module, data, layer, cls, profiles=profiles, cache=z)
             b = expert_sweep(model.module, data, layer, cls, rank_by="activation", profiles=profiles, cache=z)

@@ -10,6 +10,10 @@ its own formats when its loading modules are imported; anything else registers i
 An entry point's *name* is the prefix it provides, and it is loaded only the first time that prefix is asked
 for: a spec with another prefix never imports it (loading ``torchvision:resnet18`` does not import the
 demo). This is how the bundled demo is found without core importing it.
+
+Core's own formats that need an optional library (``dicom:``, ``timm:``, ``monai:``, ``onnx:``) are found the
+same way, through :data:`OPTIONAL_FORMATS`: their module is imported the first time their prefix is asked for,
+so that no other spec imports pydicom, timm, MONAI or onnx.
 """
 
 from __future__ import annotations
@@ -33,6 +37,13 @@ ENTRY_POINT_GROUP = "essence.specs"
 BadImagePolicy = Literal["error", "skip"]
 # A prefix is a plain name: a dot would shadow ``package.module:function`` factory specs, a colon the argument.
 _PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9_-]*\Z")
+# Prefix → (kind, module registering it on import) for core's formats built on optional libraries.
+OPTIONAL_FORMATS: dict[str, tuple[Literal["model", "data"], str]] = {
+    "dicom": ("data", "essence.core.dicom_data"),
+    "timm": ("model", "essence.core.zoo"),
+    "monai": ("model", "essence.core.zoo"),
+    "onnx": ("model", "essence.core.onnx_models"),
+}
 
 
 @dataclass(frozen=True)
@@ -101,6 +112,7 @@ class SpecRegistry:
     data: dict[str, DataLoader] = field(default_factory=dict)
     _loaded_entry_points: set[str] = field(default_factory=set)
     _entry_point_cache: list[importlib.metadata.EntryPoint] | None = None
+    optional: dict[str, tuple[Literal["model", "data"], str]] = field(default_factory=dict)
     _lock: threading.RLock = field(default_factory=threading.RLock)
 
     def register_model(self, prefix: str, loader: ModelLoader, *, replace: bool = False) -> None:
@@ -123,7 +135,8 @@ class SpecRegistry:
         """The registered prefixes of ``kind`` and the entry-point names not loaded yet, sorted."""
         table = self.models if kind == "model" else self.data
         pending = {ep.name for ep in self._installed() if ep.name not in self._loaded_entry_points}
-        return sorted(set(table) | pending)
+        optional = {p for p, (k, _) in self.optional.items() if k == kind}
+        return sorted(set(table) | pending | optional)
 
     def _register(
         self, table: dict[str, Callable], kind: str, prefix: str, loader: Callable, replace: bool
@@ -159,6 +172,8 @@ class SpecRegistry:
 
     def _discover(self, prefix: str) -> None:
         """Load the not-yet-loaded entry points named ``prefix`` (each calls its registration function)."""
+        if prefix in self.optional:  # core's own module: it registers its prefixes when imported
+            importlib.import_module(self.optional[prefix][1])
         for ep in self._installed():
             if ep.name != prefix or ep.name in self._loaded_entry_points:
                 continue
@@ -177,7 +192,7 @@ def _qualname(loader: Callable) -> str:
     return f"{getattr(loader, '__module__', '?')}.{getattr(loader, '__qualname__', repr(loader))}"
 
 
-REGISTRY = SpecRegistry()
+REGISTRY = SpecRegistry(optional=dict(OPTIONAL_FORMATS))
 
 
 def register_model_spec(prefix: str, loader: ModelLoader, *, replace: bool = False) -> None:

@@ -1,28 +1,18 @@
-"""The synthetic fundus generator: determinism, the class skew, and lesions that a σ=2 px blur does or does not erase."""
+"""The synthetic fundus generator: determinism, the class skew, the splits and their on-disk cache."""
 
 from __future__ import annotations
+
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from essence.core.preprocessing import Preprocessing
 from essence.sample_data import fundus
-from essence.sample_data.build import BLUR_SIGMA
 
-SEVERITY_1, SEVERITY_2, SEVERITY_3 = 0, 1, 2
-
-
-def _blurred(image: np.ndarray) -> np.ndarray:
-    """The image as the blurred model sees it, in grey levels (0..255), ``[3, H, W]``."""
-    return Preprocessing(blur_sigma=BLUR_SIGMA).apply_array(image[None].copy())[0].numpy() * 255.0
-
-
-def _pair(seed: int, label: int, keep: tuple[str, ...] = ()) -> tuple[np.ndarray, np.ndarray, fundus.Fundus]:
-    """One patient rendered with its lesions and with only the lesion kinds in ``keep``."""
-    drawn = fundus.draw_fundus(np.random.default_rng(seed), label)
-    with_all = fundus.render(drawn).astype(np.int16)
-    reduced = fundus.render(fundus.without_lesions(drawn, keep)).astype(np.int16)
-    return with_all, reduced, drawn
+SEVERITY_2 = 1
+# Modules of sample_data that decide no generated pixel: everything else must be in GENERATOR_SOURCES.
+NOT_GENERATOR = {"__init__.py", "build.py", "model.py", "specs.py"}
 
 
 def test_same_seed_gives_byte_identical_images() -> None:
@@ -39,13 +29,13 @@ def test_different_seeds_differ() -> None:
     assert not np.array_equal(a, b)
 
 
-def test_images_look_like_a_fundus() -> None:
-    images, _ = fundus.generate([4, 0, 0, 0, 0], seed=3)
-    corners = images[:, :4, :4].astype(float)
-    centre = images[:, 24:40, 24:40].astype(float)
-    assert corners.max() < 10  # black outside the round field
-    red, green, blue = (centre[..., c].mean() for c in range(3))
-    assert red > green > blue and red > 120  # an orange-red field
+def test_an_image_is_its_drawing_rendered() -> None:
+    images, labels = fundus.generate([1, 1, 0, 0, 0], seed=9)
+    root = np.random.SeedSequence(9)
+    root.spawn(1)  # the shuffle's seed comes first
+    child = root.spawn(3)[1]  # then one per image after a spare one: the first image's own seed
+    drawn = fundus.draw_fundus(np.random.default_rng(child), int(labels[0]))
+    assert np.array_equal(images[0], fundus.render(drawn))
 
 
 def test_splits_are_skewed_and_use_their_own_seeds() -> None:
@@ -68,52 +58,42 @@ def test_load_split_is_cached_and_read_only() -> None:
         fundus.load_split("holdout")  # type: ignore[arg-type]
 
 
-def test_severity_1_has_no_lesions() -> None:
-    with_all, reduced, drawn = _pair(0, SEVERITY_1)
-    assert np.array_equal(with_all, reduced) and len(drawn.lesions.microaneurysms) == 0
-
-
-@pytest.mark.parametrize("seed", range(8))
-def test_severity_2_differs_from_severity_1_only_by_tiny_dots(seed: int) -> None:
-    with_all, reduced, drawn = _pair(seed, SEVERITY_2)
-    n_ma = len(drawn.lesions.microaneurysms)
-    assert 3 <= n_ma <= 8
-    assert len(drawn.lesions.haemorrhages) == len(drawn.lesions.exudates) == 0
-    changed = np.abs(with_all - reduced).max(-1)
-    assert (changed > 2).sum() <= 10 * n_ma  # a handful of pixels per microaneurysm
-    assert changed.max() >= 40  # …with contrast an unblurred CNN can see
-    # After the blur the dots are gone: a few grey levels at most.
-    residue = np.abs(_blurred(with_all.astype(np.uint8)) - _blurred(reduced.astype(np.uint8))).max()
-    assert residue < 12
-
-
-@pytest.mark.parametrize("seed", range(4))
-def test_haemorrhages_of_severity_3_survive_the_blur(seed: int) -> None:
-    with_all, without_haem, drawn = _pair(seed, SEVERITY_3, keep=("microaneurysms",))
-    assert len(drawn.lesions.haemorrhages) >= 2
-    residue = np.abs(_blurred(with_all.astype(np.uint8)) - _blurred(without_haem.astype(np.uint8))).max()
-    assert residue > 30
-
-
-def test_lesion_load_grows_with_severity() -> None:
-    totals = []
-    for label in range(5):
-        drawn = [fundus.draw_fundus(np.random.default_rng(s), label) for s in range(6)]
-        area = [sum(float((les[:, 2] ** 2).sum()) for les in vars(d.lesions).values()) for d in drawn]
-        totals.append(np.mean(area))
-    assert totals == sorted(totals) and totals[0] == 0
-
-
 def test_bad_arguments_are_refused() -> None:
     with pytest.raises(ValueError, match="n_per_class"):
         fundus.generate([1, 2, 3], seed=0)
     with pytest.raises(ValueError, match="size"):
         fundus.generate([1] * 5, seed=0, size=8)
-    with pytest.raises(ValueError, match="label"):
-        fundus.draw_fundus(np.random.default_rng(0), 5)
 
 
-def test_real_fundus_thumbnail() -> None:
-    thumb = fundus.real_fundus_thumbnail(96)
-    assert thumb.shape == (96, 96, 3) and thumb.dtype == np.uint8
-    assert thumb[40:56, 40:56, 0].mean() > thumb[40:56, 40:56, 2].mean()  # red, like a fundus
+def test_the_disk_cache_is_keyed_by_every_generator_module() -> None:
+    folder = Path(fundus.__file__).parent
+    listed = {p.name for p in fundus.GENERATOR_SOURCES}
+    assert all(p.parent == folder and p.is_file() for p in fundus.GENERATOR_SOURCES)
+    assert listed == {p.name for p in folder.glob("*.py")} - NOT_GENERATOR
+    assert {"fundus.py", "drawing.py", "lesions.py", "vessels.py", "rendering.py"} <= listed
+
+
+def test_a_change_to_any_generator_module_changes_the_cache_key(tmp_path: Path) -> None:
+    copies = [Path(shutil.copy(p, tmp_path / p.name)) for p in fundus.GENERATOR_SOURCES]
+    key = fundus.source_hash(copies)
+    assert key == fundus.source_hash(fundus.GENERATOR_SOURCES) and len(key) == 12
+    for copy in copies:
+        original = copy.read_bytes()
+        copy.write_bytes(original + b"# changed\n")
+        assert fundus.source_hash(copies) != key, copy.name
+        copy.write_bytes(original)
+    assert fundus.source_hash(copies) == key
+
+
+def test_a_split_on_disk_is_served_byte_identical(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ESSENCE_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("ESSENCE_NO_DATA_CACHE", raising=False)
+    path = fundus._disk_cache_path("val", 3, 0.001)
+    assert path is not None and fundus.source_hash(fundus.GENERATOR_SOURCES) in path.name
+    made = fundus._generate_split("val", 3, 0.001)
+    assert path.is_file() and len(made[1]) == 10
+    monkeypatch.setattr(fundus, "generate", lambda *a, **k: pytest.fail("regenerated, not read from disk"))
+    served = fundus._generate_split("val", 3, 0.001)
+    assert served[0].tobytes() == made[0].tobytes() and np.array_equal(served[1], made[1])
+    monkeypatch.setenv("ESSENCE_NO_DATA_CACHE", "1")
+    assert fundus._disk_cache_path("val", 3, 0.001) is None

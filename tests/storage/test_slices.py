@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -133,3 +135,53 @@ def test_prune_removes_slices_by_model_age_or_all(tmp_path, model, data, make_mo
         assert store.prune().slices == 0  # no filter: slices stay
         assert store.prune(slices=True).slices == 1
         assert store.info().slices == 0 and store.info().slice_bytes == 0
+
+
+FACTORY = """
+from collections import OrderedDict
+from torch import nn
+
+def build():
+    return nn.Sequential(OrderedDict(
+        conv=nn.Conv2d(3, 6, 3, padding=1), act=nn.Softplus(), pool=nn.AdaptiveAvgPool2d(2),
+        flatten=nn.Flatten(), fc=nn.Linear(24, 3)))
+"""
+
+
+def test_the_cli_stores_the_slice_shows_it_and_prunes_it(tmp_path, monkeypatch, capsys):
+    from safetensors.torch import save_file
+
+    from essence.cli import main
+
+    (tmp_path / "essence_slices_net.py").write_text(FACTORY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("ESSENCE_HOME", str(tmp_path / "home"))
+    import importlib
+
+    torch.manual_seed(0)
+    save_file(
+        importlib.import_module("essence_slices_net").build().state_dict(), str(tmp_path / "w.safetensors")
+    )
+    images = np.random.default_rng(0).integers(0, 256, (30, 8, 8, 3), dtype=np.uint8)
+    np.savez(tmp_path / "d.npz", images=images, labels=np.arange(30) % 3)
+    spec = ["--model", "essence_slices_net:build", "--weights", str(tmp_path / "w.safetensors")]
+    spec += ["--data", f"npz:{tmp_path / 'd.npz'}", "--layer", "act", "--device", "cpu"]
+
+    def run(*args: str) -> str:
+        try:
+            main(list(args))
+        except SystemExit as exc:
+            assert not exc.code, capsys.readouterr().err
+        return capsys.readouterr().out
+
+    first = json.loads((lambda o: o[o.index("{") :])(run("profile", *spec, "--kind", "logit", "--json", "-")))
+    out = run("store", "info")
+    assert "stored slices (z for follow-up questions): 1," in out and LIMIT_ENV in out
+    follow = json.loads((lambda o: o[o.index("{") :])(run("profile", *spec, "--kind", "prob", "--json", "-")))
+    assert first["cached"] is False and follow["cached"] is False  # computed, from the stored z
+    facts = json.loads((lambda o: o[o.index("{") :])(run("store", "info", "--json", "-")))
+    assert facts["slices"] == 1 and facts["slice_bytes"] > 30 * 6 * 8 * 8 * 4
+    assert "would remove 1 stored slices" in run("store", "prune", "--slices", "--dry-run")
+    assert "removed 1 stored slices" in run("store", "prune", "--slices")
+    facts = json.loads((lambda o: o[o.index("{") :])(run("store", "info", "--json", "-")))
+    assert (facts["slices"], facts["slice_bytes"]) == (0, 0)

@@ -89,6 +89,70 @@ def class_and_instance_grids(
     )
 
 
+UNCERTAIN = "#bbbbbb"  # grey: within two standard errors of zero (sign not established)
+
+
+def profiles_frame(
+    mean: np.ndarray, stderr: np.ndarray, names: Sequence[str], columns: int = COLUMNS
+) -> pd.DataFrame:
+    """Every class's grid, each in its own class-wide order, with each unit's standard error.
+
+    Args:
+        mean: float ``[C, U]`` the class profiles; stderr: float ``[C, U]`` their standard errors.
+        names: the ``C`` class names.
+        columns: units per row of each grid.
+
+    Returns:
+        :func:`grid_frame`'s rows for every class, plus ``class``, ``stderr`` and a ``sign`` that is
+        ``"uncertain"`` where |influence| ≤ 2 standard errors (or the unit has no influence at all).
+    """
+    frames = []
+    for c, name in enumerate(names):
+        v, se = _finite(mean[c]), _finite(stderr[c])
+        order = np.argsort(-v, kind="stable")
+        frame = grid_frame(v, order, columns)
+        frame["class"] = name
+        frame["stderr"] = se[order]
+        unsure = (np.abs(v[order]) <= 2 * se[order]) | (v[order] == 0)
+        frame.loc[unsure, "sign"] = "uncertain"
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def all_profiles_grid(
+    mean: np.ndarray, stderr: np.ndarray, names: Sequence[str], columns: int = COLUMNS, cell: int = 14
+) -> alt.FacetChart:
+    """The paper's Fig. 3 for every class side by side: squares sized by |influence|, coloured by sign, and
+    grey where the sign is within two standard errors of zero (the profile does not establish it)."""
+    frame = profiles_frame(mean, stderr, names, columns)
+    rows = int(frame["row"].max()) + 1 if len(frame) else 1
+    return (
+        alt.Chart(frame)
+        .mark_square(opacity=0.9)
+        .encode(
+            x=alt.X("column:O", axis=None),
+            y=alt.Y("row:O", axis=None),
+            size=alt.Size("magnitude:Q", scale=alt.Scale(domain=[0, 1], range=[2, SQUARE // 2]), legend=None),
+            color=alt.Color(
+                "sign:N",
+                scale=alt.Scale(
+                    domain=["positive", "negative", "uncertain"], range=[POSITIVE, NEGATIVE, UNCERTAIN]
+                ),
+                legend=alt.Legend(title="influence", orient="bottom"),
+            ),
+            tooltip=[
+                "class:N",
+                "unit:Q",
+                "rank:Q",
+                alt.Tooltip("influence:Q", format=".3g"),
+                alt.Tooltip("stderr:Q", format=".2g", title="standard error"),
+            ],
+        )
+        .properties(width=columns * cell, height=rows * cell)
+        .facet(facet=alt.Facet("class:N", sort=list(names), title=None), columns=min(len(names), 5))
+    )
+
+
 def class_bars(names: Sequence[str], recall: np.ndarray, precision: np.ndarray) -> alt.Chart:
     """Per-class recall and precision as grouped bars (a missing bar = undefined: never predicted)."""
     rows = []

@@ -1,12 +1,20 @@
 """Essence's app: routing only. Each recipe step is a page file in ``views/``; the sidebar is shared."""
 
+from pathlib import Path
+
 import streamlit as st
 
 from essence.app import cache
 from essence.app.components.boundary import run_page
 from essence.app.components.sidebar import render as sidebar
 
-st.set_page_config(page_title="Essence", page_icon=":material/biotech:", layout="wide")
+# Served by this server (a material or emoji icon would be fetched from the internet by the browser).
+FAVICON = str(Path(__file__).resolve().parent / "assets" / "favicon.png")
+
+st.set_page_config(page_title="Essence", page_icon=FAVICON, layout="wide")
+# Clinicians see the app, not Streamlit's developer menu and "Deploy" button: ``.streamlit/config.toml`` beside
+# this file says so for the whole session (``essence app`` passes it too); this holds it for every later run.
+st.set_option("client.toolbarMode", "viewer")
 cache.install()  # the services share Streamlit-cached resources (cleared with its resource cache)
 
 pages = {

@@ -72,7 +72,7 @@ def open_model(choice: ModelChoice) -> LoadedModel:
     Raises:
         ModelLoadError, SpecError: the model cannot be loaded (named in the message).
     """
-    model = load_model(choice.spec, choice.weights)
+    model = load_model(choice.spec, choice.weights, trust_pickle=choice.trust_pickle)
     if choice.class_names:
         model.class_names = list(choice.class_names)
     if choice.preprocessing:
@@ -262,8 +262,20 @@ def triage(model: LoadedModel, data: ImageData, layer: str, profiles: ClassProfi
     return remembered(key, run)
 
 
-def diagnosis(model: LoadedModel, data: ImageData, layer: str, profiles: ClassProfiles) -> Diagnosis:
-    """The drowning-expert diagnosis from the ``logit`` profiles, recorded as a run (remembered)."""
+def diagnosis(
+    model: LoadedModel,
+    data: ImageData,
+    layer: str,
+    profiles: ClassProfiles,
+    *,
+    progress: Progress | None = None,
+    cancel: Cancel = None,
+) -> Diagnosis:
+    """The drowning-expert diagnosis from the ``logit`` profiles, recorded as a run (remembered).
+
+    Raises:
+        Cancelled: ``cancel`` was set (nothing is remembered or recorded).
+    """
     from essence.core import diagnose
 
     key = ("diagnosis", profile_key(model, data, layer, "logit").digest())
@@ -278,6 +290,8 @@ def diagnosis(model: LoadedModel, data: ImageData, layer: str, profiles: ClassPr
                 profiles=profiles,
                 preprocessing=model.preprocessing.describe() if model.preprocessing else None,
                 batch_size=BATCH,
+                progress=progress,
+                cancel=cancel,
             )
         info = RunInfo(
             command="essence app",
@@ -316,9 +330,20 @@ def sweep(model: LoadedModel, data: ImageData, layer: str, cls: int, profiles: C
 
 
 def comparison(
-    a: LoadedModel, b: LoadedModel, data_a: ImageData, data_b: ImageData, layer_a: str, layer_b: str
+    a: LoadedModel,
+    b: LoadedModel,
+    data_a: ImageData,
+    data_b: ImageData,
+    layer_a: str,
+    layer_b: str,
+    *,
+    cancel: Cancel = None,
 ) -> Comparison:
-    """Model A against model B on the same images (remembered)."""
+    """Model A against model B on the same images (remembered).
+
+    Raises:
+        Cancelled: ``cancel`` was set (nothing is remembered).
+    """
     from essence.core import compare_models
 
     key = ("compare", a.fingerprint, b.fingerprint, data_a.fingerprint, layer_a, layer_b)
@@ -336,6 +361,7 @@ def comparison(
                 class_names=class_names(a, data_a),
                 allow_partial=True,
                 batch_size=BATCH,
+                cancel=cancel,
             )
 
     return remembered(key, run)
@@ -372,14 +398,20 @@ def explanation(
     return remembered(key, run)
 
 
-def layer_suggestion(model: LoadedModel, data: ImageData) -> LayerSuggestion:
-    """The suggested slice: where few units carry most influence (remembered)."""
+def layer_suggestion(
+    model: LoadedModel, data: ImageData, *, progress: Progress | None = None, cancel: Cancel = None
+) -> LayerSuggestion:
+    """The suggested slice: where few units carry most influence (remembered).
+
+    Raises:
+        Cancelled: ``cancel`` was set (nothing is remembered).
+    """
     from essence.core import suggest_layer
 
     key = ("layers", model.fingerprint, data.fingerprint)
 
     def run() -> LayerSuggestion:
         with holding(model):
-            return suggest_layer(model.module, data)
+            return suggest_layer(model.module, data, progress=progress, cancel=cancel)
 
     return remembered(key, run)

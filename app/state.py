@@ -26,6 +26,7 @@ class ModelChoice:
         class_names: names given with an upload (``None``: the model's own, or the data's).
         preprocessing: a recipe given with an upload, as a dict (``None``: the model's own).
         default_layer: the slice given with an upload (``None``: the model's own, or pick one).
+        trust_pickle: the upload is a full pickle its uploader chose to trust (read with code execution).
     """
 
     label: str
@@ -34,6 +35,7 @@ class ModelChoice:
     class_names: tuple[str, ...] | None = None
     preprocessing: tuple[tuple[str, object], ...] | None = None
     default_layer: str | None = None
+    trust_pickle: bool = False
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,9 @@ class RecipeState:
         last_saved: what the last verdict button saved (shown once on the next run).
         explain_index: the dataset instance the explain page shows.
         cancelled: cache keys of long computations the user cancelled (not restarted by themselves).
+        suggesting: the sidebar's layer scores were asked for (shown until a layer is picked from them).
+        notice: a message for the next run (what an upload added), shown once.
+        profiles_view: the Class profiles page's view (``"one"`` class or ``"all"`` classes).
         models, datasets: every model and dataset the user can pick (the demo's, then uploads).
     """
 
@@ -76,6 +81,9 @@ class RecipeState:
     last_saved: str = ""
     explain_index: int = 0
     cancelled: set[str] = field(default_factory=set)
+    suggesting: bool = False
+    notice: str = ""
+    profiles_view: str = "all"
     models: dict[str, ModelChoice] = field(default_factory=dict)
     datasets: dict[str, DataChoice] = field(default_factory=dict)
 

@@ -18,6 +18,7 @@ import io
 import re
 import shutil
 import stat
+import unicodedata
 import zipfile
 from pathlib import Path, PurePosixPath
 
@@ -193,8 +194,15 @@ def dataset_root(root: Path) -> str:
         )
 
 
-def dataset_from_zip(data: bytes, name: str, preprocessing: Preprocessing | None = None) -> DataChoice:
+def dataset_from_zip(
+    data: bytes, name: str, preprocessing: Preprocessing | None = None, *, skip_bad_images: bool = False
+) -> DataChoice:
     """Extract, locate and check an uploaded dataset.
+
+    Args:
+        data, name: the zip's bytes and file name.
+        preprocessing: the recipe to check the images with (default: 64 px).
+        skip_bad_images: leave unreadable images out instead of refusing the dataset.
 
     Returns:
         The choice to add to the sidebar.
@@ -206,8 +214,28 @@ def dataset_from_zip(data: bytes, name: str, preprocessing: Preprocessing | None
     digest = hashlib.sha256(data).hexdigest()[:16]
     root = safe_extract(data, uploads_root() / "datasets" / digest)
     spec = dataset_root(root)
-    load_dataset(spec, preprocessing or Preprocessing(size=(64, 64)), data_root=root)
+    loaded = load_dataset(
+        spec,
+        preprocessing or Preprocessing(size=(64, 64)),
+        data_root=root,
+        on_bad_image="skip" if skip_bad_images else "error",
+    )
+    check_class_names(loaded.class_names)
     return DataChoice(label=f"{safe_name(name)} (uploaded)", spec=spec)
+
+
+def check_class_names(names: list[str]) -> None:
+    """Refuse class names with control characters (a renderer may abort on them; nobody types them).
+
+    Raises:
+        DataLoadError: naming the class (its control characters shown escaped) and the fix.
+    """
+    for name in names:
+        if any(unicodedata.category(ch) in ("Cc", "Cf") for ch in str(name)):
+            raise DataLoadError(
+                f"the class name {ascii(name)} holds control characters: rename that folder (or label) with "
+                "printable characters only"
+            )
 
 
 # ----------------------------------------------------------------------------------------------- models
@@ -254,6 +282,8 @@ def model_from_upload(
     preprocessing: Preprocessing,
     class_names: list[str] | None = None,
     layer: str | None = None,
+    *,
+    trust_pickle: bool = False,
 ) -> ModelChoice:
     """Save and load an uploaded model to check it, and return its sidebar choice.
 
@@ -263,6 +293,7 @@ def model_from_upload(
         preprocessing: the recipe its inputs need.
         class_names: its classes in output order (``None``: the dataset's).
         layer: its default slice (``None``: pick one in the sidebar).
+        trust_pickle: read a full pickle, which can run code: only for a file from a trusted source.
 
     Raises:
         ModelLoadError, SpecError: the file does not load (unsafe pickle, wrong architecture, bad file).
@@ -277,7 +308,7 @@ def model_from_upload(
     else:
         spec, weights = f"torchvision:{architecture}", str(path)
     try:
-        model = load_model(spec, weights)
+        model = load_model(spec, weights, trust_pickle=trust_pickle)
     except (IndexError, KeyError, TypeError) as exc:
         # torch's safe unpickler can fail this way on bytes that are no pickle at all
         raise ModelLoadError(
@@ -298,4 +329,5 @@ def model_from_upload(
             (k, tuple(v) if isinstance(v, list) else v) for k, v in sorted(preprocessing.to_dict().items())
         ),
         default_layer=layer or None,
+        trust_pickle=trust_pickle,
     )

@@ -151,3 +151,21 @@ class BlobRow(Base):
 
     sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
     data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class UploadRow(Base):
+    """A model or dataset uploaded in the app, offered again in every later session until removed.
+
+    Added in schema 0004. ``details`` holds what the upload gave beside its spec, as JSON (weights file, class
+    names, preprocessing recipe, default slice).
+    """
+
+    __tablename__ = "uploads"
+    __table_args__ = (UniqueConstraint("kind", "label", name="uq_uploads_kind_label"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # "model" | "dataset"
+    label: Mapped[str] = mapped_column(Text)
+    spec: Mapped[str] = mapped_column(Text)
+    details: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -200,3 +200,24 @@ class PruneReport:
     dry_run: bool
     slices: int = 0
     slice_bytes: int = 0
+
+
+UPLOAD_KINDS = ("model", "dataset")
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A model or dataset uploaded in the app and registered in the store (offered in every later session).
+
+    Attributes:
+        id: the row's id. kind: ``"model"`` or ``"dataset"``. label: what the sidebar shows (unique per kind).
+        spec: the model or data spec. details: what the upload gave beside the spec (weights file, class names,
+            preprocessing recipe, default slice), as plain JSON values. created_at: when it was registered.
+    """
+
+    id: int
+    kind: str
+    label: str
+    spec: str
+    details: dict[str, Any]
+    created_at: datetime

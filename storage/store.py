@@ -36,14 +36,16 @@ from essence.core.slice_source import use_slices
 from essence.core.sums import InfluenceSums
 from essence.storage import connect
 from essence.storage.matrices import FileBlobs, from_bytes, sha256, to_bytes
-from essence.storage.models import BlobRow, MatrixRow, ProfileRow, RunRow, VerdictRow
+from essence.storage.models import BlobRow, MatrixRow, ProfileRow, RunRow, UploadRow, VerdictRow
 from essence.storage.records import (
+    UPLOAD_KINDS,
     VERDICTS,
     ProfileKey,
     PruneReport,
     Run,
     RunInfo,
     StoreInfo,
+    Upload,
     Verdict,
 )
 from essence.storage.slices import SliceFiles, StoreSlices, slice_limit_bytes
@@ -528,6 +530,53 @@ class Store:
         writer.writerows({k: spreadsheet_safe(v) for k, v in r.items()} for r in records)
         return out.getvalue()
 
+    # ------------------------------------------------------------------------------------------- uploads
+
+    def register_upload(self, kind: str, label: str, spec: str, details: dict | None = None) -> Upload:
+        """Register a model or dataset uploaded in the app (the same kind and label again replaces it).
+
+        Args:
+            kind: ``"model"`` or ``"dataset"``.
+            label: what the app shows for it (unique per kind).
+            spec: its model or data spec.
+            details: plain JSON values given beside the spec (weights file, class names, recipe, slice).
+
+        Raises:
+            SpecError: an unknown kind or an empty label.
+            StoreError: the store cannot be written.
+        """
+        if kind not in UPLOAD_KINDS:
+            raise SpecError(f"upload kind {kind!r} is not known: use one of {', '.join(UPLOAD_KINDS)}")
+        if not label.strip():
+            raise SpecError("an upload needs a label to be shown under")
+        text = json.dumps(details or {}, sort_keys=True)
+        with self._session(write=True) as s:
+            row = s.scalars(select(UploadRow).where(UploadRow.kind == kind, UploadRow.label == label)).first()
+            if row is None:
+                row = UploadRow(kind=kind, label=label, spec=spec, details=text)
+                s.add(row)
+            else:
+                row.spec, row.details = spec, text
+            s.flush()
+            return _upload_of(row)
+
+    def uploads(self, kind: str | None = None) -> list[Upload]:
+        """The registered uploads (of one kind, or all), oldest first."""
+        with self._session() as s:
+            q = select(UploadRow).order_by(UploadRow.id)
+            if kind is not None:
+                q = q.where(UploadRow.kind == kind)
+            return [_upload_of(r) for r in s.scalars(q)]
+
+    def remove_upload(self, kind: str, label: str) -> bool:
+        """Forget an upload (its files stay on disk, named by their hash). Returns whether it was registered."""
+        with self._session(write=True) as s:
+            row = s.scalars(select(UploadRow).where(UploadRow.kind == kind, UploadRow.label == label)).first()
+            if row is None:
+                return False
+            s.delete(row)
+            return True
+
     # ------------------------------------------------------------------------------------------- upkeep
 
     def info(self, recent: int = 5) -> StoreInfo:
@@ -742,6 +791,21 @@ def _recipe_of(text: str | None) -> dict | None:
     except ValueError:
         return None
     return recipe if isinstance(recipe, dict) else None
+
+
+def _upload_of(r: UploadRow) -> Upload:
+    try:
+        details = json.loads(r.details or "{}")
+    except ValueError:
+        details = {}
+    return Upload(
+        id=r.id,
+        kind=r.kind,
+        label=r.label,
+        spec=r.spec,
+        details=details if isinstance(details, dict) else {},
+        created_at=r.created_at,
+    )
 
 
 def _verdict_of(r: VerdictRow) -> Verdict:

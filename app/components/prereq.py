@@ -8,6 +8,7 @@ import streamlit as st
 
 from essence.app import cache, services
 from essence.app.components.session import recipe
+from essence.app.components.text import plain, printable
 from essence.core.data import ImageData
 from essence.core.errors import EssenceError
 from essence.core.models import LoadedModel
@@ -28,13 +29,16 @@ class Inputs:
 
     Attributes:
         model: the loaded model; data: its dataset with the model's preprocessing; layer: the slice.
-        names: the class names (the model's, else the data's).
+        names: the class names (the model's, else the data's), control characters dropped.
+        model_label, data_label: what the sidebar calls them (never a path on the server).
     """
 
     model: LoadedModel
     data: ImageData
     layer: str
     names: list[str]
+    model_label: str = ""
+    data_label: str = ""
 
 
 def missing(what: str, page: str, label: str) -> None:
@@ -50,17 +54,20 @@ def current_inputs() -> Inputs:
     try:
         model = cache.model_of(state.model_choice)
     except EssenceError as exc:
-        st.error(f"The model {state.model!r} cannot be loaded: {exc}", icon=":material/warning:")
+        st.error(f"The model {plain(state.model)} cannot be loaded: {plain(exc)}", icon=":material/warning:")
         missing("Choose another model in the sidebar, or upload it again.", UPLOAD_PAGE, "Upload a model")
     try:
         data = cache.data_for(state.data_choice, model)
     except EssenceError as exc:
-        st.error(f"The dataset {state.data!r} does not fit {model.name}: {exc}", icon=":material/warning:")
+        st.error(
+            f"The dataset {plain(state.data)} does not fit {plain(state.model)}: {plain(exc)}",
+            icon=":material/warning:",
+        )
         missing("Choose another dataset in the sidebar, or upload one.", UPLOAD_PAGE, "Upload a dataset")
     layer = state.layer or model.default_layer
     if not layer:
         missing(
-            f"{model.name} has no default slice: pick a layer in the sidebar (the sidebar's “Suggest a layer” "
+            f"{plain(state.model)} has no default slice: pick a layer in the sidebar (the sidebar's “Suggest a layer” "
             "scores every candidate).",
             OVERVIEW_PAGE,
             "Overview",
@@ -68,6 +75,7 @@ def current_inputs() -> Inputs:
     try:
         services.check_layer(model, layer)
     except EssenceError as exc:
-        st.error(str(exc), icon=":material/warning:")
+        st.error(plain(exc), icon=":material/warning:")
         st.stop()
-    return Inputs(model, data, layer, services.class_names(model, data))
+    names = [printable(n) for n in services.class_names(model, data)]
+    return Inputs(model, data, layer, names, state.model, state.data)

@@ -1,19 +1,29 @@
 """The sidebar: the current model, dataset and slice, and the model's preprocessing recipe (the blur was the bug).
 
-Widgets here carry no keys: their identity follows their options and default, so when another page changes
-the recipe (an upload becomes the current model) the sidebar shows it, and the recipe itself lives in
-:class:`~essence.app.state.RecipeState`, never in widget state.
+Every widget here has a stable key, seeded from :class:`~essence.app.state.RecipeState` and written back by its
+``on_change`` (:mod:`~essence.app.components.bound`): two choices in a row both stick, and when another page
+changes the recipe (an upload made current) the sidebar shows it on the next run.
 """
 
 from __future__ import annotations
 
+import threading
+from pathlib import PurePath
+
 import streamlit as st
 
 from essence.app import cache, services
+from essence.app.components import bound, longwork
 from essence.app.components.session import recipe
+from essence.app.components.text import plain, printable
 from essence.app.state import RecipeState
 from essence.core.errors import EssenceError
 from essence.core.models import LoadedModel
+
+MODEL_KEY = "sidebar-model"
+DATA_KEY = "sidebar-data"
+LAYER_KEY = "sidebar-layer"
+NO_LAYER = "(choose a slice)"
 
 
 def render() -> None:
@@ -26,64 +36,88 @@ def render() -> None:
         try:
             model = cache.model_of(state.model_choice)
         except EssenceError as exc:
-            st.error(f"Model not loaded: {exc}", icon=":material/warning:")
+            st.error(f"Model not loaded: {plain(exc)}", icon=":material/warning:")
             return
         _pick_layer(state, model)
         recipe_box(model)
         if state.reviewer:
-            st.caption(f"Reviewer: **{state.reviewer}**")
+            st.caption(f"Reviewer: **{plain(state.reviewer)}**")
+
+
+def _set_model(state: RecipeState, label: str) -> None:
+    if label != state.model:
+        state.model, state.layer, state.cls, state.triage_position = label, None, None, 0
+
+
+def _set_data(state: RecipeState, label: str) -> None:
+    if label != state.data:
+        state.data, state.triage_position, state.explain_index = label, 0, 0
 
 
 def _pick_model(state: RecipeState) -> None:
-    labels = list(state.models)
-    chosen = st.selectbox(
-        "Model", labels, index=labels.index(state.model), help="upload your own on “Your model & data”"
+    bound.seed(MODEL_KEY, state.model)
+    st.selectbox(
+        "Model",
+        list(state.models),
+        key=MODEL_KEY,
+        format_func=printable,
+        on_change=bound.writer(MODEL_KEY, lambda v: _set_model(state, v)),
+        help="upload your own on “Your model & data”",
     )
-    if chosen != state.model:
-        state.model = chosen
-        state.layer = None
-        state.cls = None
-        state.triage_position = 0
 
 
 def _pick_data(state: RecipeState) -> None:
-    labels = list(state.datasets)
-    chosen = st.selectbox("Dataset", labels, index=labels.index(state.data))
-    if chosen != state.data:
-        state.data = chosen
-        state.triage_position = 0
-        state.explain_index = 0
+    bound.seed(DATA_KEY, state.data)
+    st.selectbox(
+        "Dataset",
+        list(state.datasets),
+        key=DATA_KEY,
+        format_func=printable,
+        on_change=bound.writer(DATA_KEY, lambda v: _set_data(state, v)),
+    )
+
+
+def _set_layer(state: RecipeState, layer: str) -> None:
+    if layer != NO_LAYER:
+        state.layer, state.cls = layer, None
 
 
 def _pick_layer(state: RecipeState, model: LoadedModel) -> None:
     layers = services.layers_of(model)
     current = state.layer or model.default_layer
-    options = layers if current in layers else ["(choose a slice)", *layers]
-    index = options.index(current) if current in options else 0
-    chosen = st.selectbox(
-        "Slice (layer)", options, index=index, help="the layer whose units the influences are measured at"
+    options = layers if current in layers else [NO_LAYER, *layers]
+    bound.seed(LAYER_KEY, current if current in layers else NO_LAYER)
+    st.selectbox(
+        "Slice (layer)",
+        options,
+        key=LAYER_KEY,
+        on_change=bound.writer(LAYER_KEY, lambda v: _set_layer(state, v)),
+        help="the layer whose units the influences are measured at",
     )
-    if chosen in layers and chosen != current:
-        state.layer = chosen
-        state.cls = None
-    with st.expander("Suggest a layer"):
+    with st.expander("Suggest a layer", expanded=state.suggesting):
         st.caption(
             "Scores each candidate layer by how concentrated class influence is there (few units, most influence)."
         )
         if st.button("Score the layers", key="sidebar-suggest"):
+            state.suggesting = True
+        if state.suggesting:
             _suggest(state, model)
 
 
 def _suggest(state: RecipeState, model: LoadedModel) -> None:
     try:
         data = cache.data_for(state.data_choice, model)
-        with st.spinner("Scoring layers…"):
-            suggestion = services.layer_suggestion(model, data)
+
+        def work(progress, cancel: threading.Event):
+            return services.layer_suggestion(model, data, progress=progress, cancel=cancel)
+
+        digest = f"layers-{model.fingerprint}-{data.fingerprint}"
+        suggestion = longwork.run("the layer scores", "sidebar-suggest", digest, work)
     except EssenceError as exc:
-        st.error(str(exc), icon=":material/warning:")
+        st.error(plain(exc), icon=":material/warning:")
         return
     st.success(f"Suggested: `{suggestion.suggested}`")
-    st.caption(suggestion.reason)
+    st.caption(plain(suggestion.reason))
     if suggestion.suggested != (state.layer or model.default_layer):
         st.button(
             f"Use {suggestion.suggested}",
@@ -96,6 +130,13 @@ def _suggest(state: RecipeState, model: LoadedModel) -> None:
 def _use_layer(state: RecipeState, layer: str) -> None:
     state.layer = layer
     state.cls = None
+    state.suggesting = False
+
+
+def shown_spec(model: LoadedModel) -> str:
+    """The model's spec as a person reads it: an uploaded file by its name, never its path on the server."""
+    spec = model.spec
+    return PurePath(spec.replace("\\", "/")).name if "/" in spec or "\\" in spec else spec
 
 
 def recipe_box(model: LoadedModel, where: st.delta_generator.DeltaGenerator | None = None) -> None:
@@ -105,7 +146,7 @@ def recipe_box(model: LoadedModel, where: st.delta_generator.DeltaGenerator | No
         model.preprocessing.describe() if model.preprocessing else "unknown (not recorded with the model)"
     )
     blurred = bool(model.preprocessing and model.preprocessing.blur_sigma > 0)
-    box.markdown(f"**Preprocessing of {model.spec}**  \n{recipe_text}")
+    box.markdown(f"**Preprocessing of {plain(shown_spec(model))}**  \n{recipe_text}")
     if blurred:
         box.caption(
             f"Note: inputs are blurred (σ = {model.preprocessing.blur_sigma:g} px) before the model sees them"
@@ -116,4 +157,4 @@ def recipe_box(model: LoadedModel, where: st.delta_generator.DeltaGenerator | No
         if k in ("description", "trained_on", "architecture", "default_layer")
     }
     if facts:
-        box.caption(" · ".join(f"{k.replace('_', ' ')}: {v}" for k, v in facts.items()))
+        box.caption(" · ".join(f"{k.replace('_', ' ')}: {plain(v)}" for k, v in facts.items()))

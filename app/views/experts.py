@@ -5,7 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from essence.app import charts, services
-from essence.app.components import longwork
+from essence.app.components import bound, longwork
 from essence.app.components.boundary import run_page
 from essence.app.components.prereq import COMPARE_PAGE, current_inputs
 from essence.app.components.session import recipe
@@ -17,6 +17,7 @@ ICONS = {
     "not read out": ":material/visibility_off:",
     "not learned": ":material/block:",
 }
+SWEEP_KEY = "experts-class"
 MEANING = {
     "drowning experts": "the model learned it, but other classes' units outweigh it",
     "not read out": "the network's features carry it, but its last layers never use them",
@@ -36,8 +37,16 @@ def render() -> None:
     )
     inputs = current_inputs()
     profiles = longwork.profiles(inputs, "logit", key="experts")
-    with st.spinner("Diagnosing every class…"):
-        diag = services.diagnosis(inputs.model, inputs.data, inputs.layer, profiles)
+    diag = longwork.run(
+        "the diagnosis",
+        "experts-diagnosis",
+        "diagnosis-" + services.profile_key(inputs.model, inputs.data, inputs.layer, "logit").digest(),
+        lambda progress, cancel: services.diagnosis(
+            inputs.model, inputs.data, inputs.layer, profiles, progress=progress, cancel=cancel
+        ),
+        detail=f"Diagnosing every class of **{plain(inputs.model_label)}**: expert sweeps, probes of the slice "
+        "and the preprocessing audit.",
+    )
     for c in diag.classes:
         if c.diagnosis != "ok":
             _flagged(c)
@@ -102,13 +111,14 @@ def _sweep(inputs, profiles, diag) -> None:
     state = recipe()
     flagged = [c.cls for c in diag.classes if c.diagnosis != "ok"]
     default = state.cls if state.cls is not None else (flagged or [0])[0]
+    bound.seed(SWEEP_KEY, default if 0 <= default < len(inputs.names) else 0)
     cls = st.selectbox(
         "Expert sweep of class",
         range(len(inputs.names)),
-        index=default,
+        key=SWEEP_KEY,
         format_func=lambda c: inputs.names[c],
+        on_change=bound.writer(SWEEP_KEY, lambda c: setattr(state, "cls", c)),
     )
-    state.cls = cls
     entry = diag.classes[cls]
     if entry.count == 0:
         st.warning(f"{entry.name} has no images here: no expert can be measured.")
@@ -121,6 +131,11 @@ def _sweep(inputs, profiles, diag) -> None:
     honest = entry.evidence
     experts = honest.experts if honest is not None else sweep.experts(diag.settings.criterion)
     st.altair_chart(charts.sweep_heatmaps(sweep, experts))
+    if entry.predicted_count == 0:
+        st.caption(
+            f"The model never predicts {plain(entry.name)}, so precision is undefined where a mask predicts it "
+            "nowhere either: those cells of the precision map are empty, not zero."
+        )
     best = honest.best if honest is not None else sweep.best(diag.settings.criterion)
     how = (
         "cross-fitted, and must beat the control and random masks of its size"
@@ -132,6 +147,13 @@ def _sweep(inputs, profiles, diag) -> None:
             f"Best expert ({how}): α={best['alpha']}, β={best['beta']} — recall {best['recall']:.2f} at "
             f"precision {best['precision']:.2f} (model: recall {sweep.baseline['recall']:.2f}). Outlined cells "
             "are experts."
+        )
+    elif entry.diagnosis == "ok":
+        st.info(
+            f"No cell of the grid beats the model on {plain(entry.name)} ({how}). {plain(entry.name)} is "
+            "diagnosed ok: the model already predicts it as well as a mask of its units can, so there is "
+            "nothing to fix here.",
+            icon=":material/check_circle:",
         )
     else:
         st.warning(f"No cell of the grid is an expert for {plain(entry.name)} ({how}).")

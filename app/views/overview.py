@@ -4,9 +4,11 @@ import pandas as pd
 import streamlit as st
 
 from essence.app import charts
+from essence.app.components import longwork
 from essence.app.components.boundary import run_page
 from essence.app.components.prereq import PROFILES_PAGE, current_inputs
 from essence.app.components.sidebar import recipe_box
+from essence.app.components.text import plain
 from essence.app.evaluation import evaluation
 
 
@@ -14,14 +16,24 @@ def render() -> None:
     st.title("Overview")
     inputs = current_inputs()
     k = len(inputs.names)
-    ev = evaluation(inputs.model, inputs.data, k)
-    st.caption(f"{inputs.model.name} on {inputs.data.spec}: {len(inputs.data)} images, {k} classes")
+    ev = longwork.run(
+        "the predictions",
+        "overview",
+        f"evaluation-{inputs.model.fingerprint}-{inputs.data.fingerprint}",
+        lambda progress, cancel: evaluation(inputs.model, inputs.data, k),
+        detail=f"Running **{plain(inputs.model_label)}** on the {len(inputs.data)} images of "
+        f"**{plain(inputs.data_label)}**…",
+    )
+    st.caption(
+        f"{plain(inputs.model_label)} on {plain(inputs.data_label)}: {len(inputs.data)} images, {k} classes"
+    )
     recipe_box(inputs.model)
     never = ev.never_predicted
     for c in never:
         support = int(ev.confusion[c].sum())
         st.error(
-            f"The model never predicts **{inputs.names[c]}** ({support} of the images are {inputs.names[c]}). "
+            f"The model never predicts **{plain(inputs.names[c])}** ({support} of the images are "
+            f"{plain(inputs.names[c])}). "
             "Follow the recipe to find out why.",
             icon=":material/flag:",
         )

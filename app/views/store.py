@@ -6,7 +6,10 @@ import streamlit as st
 from essence.app import services
 from essence.app.components.boundary import run_page
 from essence.app.components.prereq import current_inputs
+from essence.app.components.text import plain
 from essence.app.evaluation import evaluation
+
+REPORT_KEY = "store-report-built"  # (model, data, slice) and the report's HTML, kept for this session
 
 
 def render() -> None:
@@ -26,11 +29,11 @@ def render() -> None:
                 [
                     {
                         "when": r.created_at,
-                        "kind": r.kind,
-                        "what": r.description,
-                        "layer": r.layer,
-                        "seconds": r.seconds,
-                        "command": r.command,
+                        "what was computed": r.kind,
+                        "description": r.description,
+                        "slice": r.layer,
+                        "seconds": round(r.seconds, 1) if r.seconds is not None else None,
+                        "asked by": r.command,
                     }
                     for r in info.recent_runs
                 ]
@@ -40,23 +43,46 @@ def render() -> None:
     else:
         st.info("Nothing computed yet: the class profiles land here once a page computes them.")
     inputs = current_inputs()
-    st.subheader(f"Verdicts on {inputs.data.spec}")
+    st.subheader(f"Verdicts on {plain(inputs.data_label)}")
     verdicts = store.all_verdicts(inputs.data.fingerprint)
     if verdicts:
-        st.dataframe(pd.DataFrame([v.to_json() for v in verdicts]), hide_index=True)
+        st.dataframe(_verdict_table(verdicts), hide_index=True)
         left, right = st.columns(2)
         left.download_button(
-            "Export (CSV)", store.export_verdicts("csv", inputs.data.fingerprint), "verdicts.csv", "text/csv"
+            "Export (CSV)",
+            store.export_verdicts("csv", inputs.data.fingerprint),
+            "verdicts.csv",
+            "text/csv",
+            key="store-export-csv",
+            on_click="ignore",
         )
         right.download_button(
             "Export (JSON)",
             store.export_verdicts("json", inputs.data.fingerprint),
             "verdicts.json",
             "application/json",
+            key="store-export-json",
+            on_click="ignore",
         )
     else:
         st.info("No verdicts on this dataset yet: record them on the Triage page.")
     _report(inputs)
+
+
+def _verdict_table(verdicts) -> pd.DataFrame:
+    """Every verdict, newest last, with the column names a reviewer reads."""
+    return pd.DataFrame(
+        [
+            {
+                "image": v.instance_id,
+                "verdict": v.verdict,
+                "note": v.note,
+                "reviewer": v.reviewer,
+                "when": v.created_at,
+            }
+            for v in verdicts
+        ]
+    )
 
 
 def _report(inputs) -> None:
@@ -67,21 +93,39 @@ def _report(inputs) -> None:
         "One self-contained HTML file (charts and images embedded, nothing fetched when opened): the model and its "
         "preprocessing, the diagnosis, and every reviewed case with its verdict, reviewer and time."
     )
-    if st.button("Build the report", key="store-build-report"):
+    # The built report is kept in the session (for this model, data and slice), so its download button stays
+    # after a download, another click or a visit to another page.
+    which = (inputs.model.fingerprint, inputs.data.fingerprint, inputs.layer)
+    built = st.session_state.get(REPORT_KEY)
+    if st.button(
+        "Build the report" if built is None or built[0] != which else "Build it again",
+        key="store-build-report",
+    ):
         from essence.app.components import longwork
 
         profiles = longwork.profiles(inputs, "logit", key="report")
-        diag = services.diagnosis(inputs.model, inputs.data, inputs.layer, profiles)
+        diag = longwork.run(
+            "the diagnosis",
+            "report-diagnosis",
+            "diagnosis-" + services.profile_key(inputs.model, inputs.data, inputs.layer, "logit").digest(),
+            lambda progress, cancel: services.diagnosis(
+                inputs.model, inputs.data, inputs.layer, profiles, progress=progress, cancel=cancel
+            ),
+        )
         ev = evaluation(inputs.model, inputs.data, len(inputs.names))
         html = review_report(
             inputs.model, inputs.data, inputs.layer, diag, services.store(), predicted=ev.predicted
         )
+        built = (which, html)
+        st.session_state[REPORT_KEY] = built
+    if built is not None and built[0] == which:
         st.download_button(
             "Download the report (HTML)",
-            html,
+            built[1],
             file_name="essence-review.html",
             mime="text/html",
             key="store-report",
+            on_click="ignore",
         )
 
 

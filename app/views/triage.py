@@ -5,11 +5,12 @@ import pandas as pd
 import streamlit as st
 
 from essence.app import charts, services
-from essence.app.components import longwork, reasons
+from essence.app.components import bound, longwork, reasons
 from essence.app.components.boundary import run_page
 from essence.app.components.images import enlarge
 from essence.app.components.prereq import EXPERTS_PAGE, Inputs, current_inputs
-from essence.app.components.session import recipe
+from essence.app.components.session import recipe, remember_reviewer
+from essence.app.components.text import plain
 from essence.app.state import RecipeState
 
 # Verdict buttons: (stored verdict, label, keyboard shortcut).
@@ -20,27 +21,48 @@ VERDICTS = (
     ("fine", "Fine", "4"),
 )
 QUEUE_ROWS = 50  # rows of the queue table shown at once
+CLASSES_KEY = "triage-classes"
+VERDICT_KEY = "triage-verdict-filter"
+QUEUE_KEY = "triage-queue"
+# The ROC of the score against reviewers' verdicts needs this many reviewed images of each kind (flagged as an
+# error, and not): with fewer, one verdict moves the curve by more than the differences it would show.
+ROC_MIN_EACH = 10
+# What the queue is ranked by, in words (the score is named by the analysis: core.triage.SCORES).
+RANKED_BY = {
+    "merged": "the larger of two ranks: how unsure the model is of the given label (self-confidence) and how far "
+    "the image's reasons depart from its class's",
+    "reasoning": "how far the image's reasons depart from its class's",
+    "self_confidence": "how unsure the model is of the given label (1 − its probability)",
+    "confidence": "how unsure the model is of its own prediction",
+    "spearman": "how far the image's own influence order departs from its class's profile (rank correlation)",
+    "kendall": "how far the image's own influence order departs from its class's profile (Kendall's τ)",
+    "cosine": "how far the image's own influences point away from its class's profile (cosine)",
+    "combined": "the mean rank of cosine deviation from the class profile and of self-confidence",
+    "mass": "the share of the image's influence outside its class's top units",
+    "mistakenness": "how confidently the model disagrees with the label",
+}
 
 
 def render() -> None:
     st.title("Triage")
-    st.caption(
-        "Each image's own influence against its class's profile (paper Fig. 3): a correct image follows the "
-        "class-wide order, a mislabelled or misread one looks random. Most suspect first."
-    )
     inputs = current_inputs()
     state = recipe()
     _ask_reviewer(state)
     profiles = longwork.profiles(inputs, "prob", key="triage")
     result = services.triage(inputs.model, inputs.data, inputs.layer, profiles)
+    st.caption(
+        f"Most suspect first, ranked by {RANKED_BY.get(result.score, result.score)} (score “{result.score}”). "
+        "Each image's own influences are drawn against its class's profile (paper Fig. 3): a correct image "
+        "follows the class-wide order, a mislabelled or misread one looks random."
+    )
     verdicts = services.store().latest_verdicts(inputs.data.fingerprint)
     queue = _filtered(result, verdicts, state, inputs)
-    if not len(queue):
-        st.info("No image matches these filters.")
-        return
-    state.triage_position = min(max(state.triage_position, 0), len(queue) - 1)
-    _review(inputs, profiles, result, queue, verdicts, state)
-    _queue_table(result, queue, verdicts, inputs, state)
+    if len(queue):
+        state.triage_position = min(max(state.triage_position, 0), len(queue) - 1)
+        _review(inputs, profiles, result, queue, verdicts, state)
+        _queue_table(result, queue, verdicts, inputs, state)
+    else:
+        st.info("No image matches these filters: widen them to see the queue.")
     _roc(result, verdicts, inputs)
     st.download_button(
         "Export verdicts (CSV)",
@@ -48,6 +70,7 @@ def render() -> None:
         file_name="verdicts.csv",
         mime="text/csv",
         key="triage-export",
+        on_click="ignore",
     )
     st.page_link(
         EXPERTS_PAGE,
@@ -60,10 +83,10 @@ def _ask_reviewer(state: RecipeState) -> None:
     if state.reviewer:
         return
     with st.form("reviewer-form"):
-        name = st.text_input("Your name (stored with each verdict; asked once per session)")
+        name = st.text_input("Your name (stored with each verdict; remembered in this tab's address)")
         if st.form_submit_button("Start reviewing", type="primary"):
             if name.strip():
-                state.reviewer = name.strip()
+                remember_reviewer(name.strip())
                 st.rerun()
             st.error("Enter a name: every verdict records who made it.")
     st.stop()
@@ -75,18 +98,24 @@ def _filtered(result, verdicts: dict, state: RecipeState, inputs: Inputs) -> np.
     if not state.triage_classes and state.cls is not None:
         state.triage_classes = [state.cls]
     left, right = st.columns(2)
+    bound.seed(CLASSES_KEY, [c for c in state.triage_classes if c < k])
     classes = left.multiselect(
         "Classes (label)",
         range(k),
-        default=[c for c in state.triage_classes if c < k],
+        key=CLASSES_KEY,
         format_func=lambda c: inputs.names[c],
         placeholder="all classes",
+        on_change=bound.writer(CLASSES_KEY, lambda v: _set_filter(state, classes=list(v))),
     )
     options = ["all", "unreviewed", *[v for v, _, _ in VERDICTS], "custom"]
-    shown = right.selectbox("Verdict", options, index=options.index(state.triage_verdict))
-    if list(classes) != state.triage_classes or shown != state.triage_verdict:
-        state.triage_classes, state.triage_verdict, state.triage_position = list(classes), shown, 0
-    order = reasons.queue_order(result, on_change=lambda: _reset_position(state))
+    bound.seed(VERDICT_KEY, state.triage_verdict if state.triage_verdict in options else "all")
+    shown = right.selectbox(
+        "Verdict",
+        options,
+        key=VERDICT_KEY,
+        on_change=bound.writer(VERDICT_KEY, lambda v: _set_filter(state, verdict=v)),
+    )
+    order = reasons.queue_order(result, on_change=lambda: _set_filter(state))
     if classes:
         order = order[np.isin(result.labels[order], classes)]
     if shown != "all":
@@ -95,7 +124,11 @@ def _filtered(result, verdicts: dict, state: RecipeState, inputs: Inputs) -> np.
     return order
 
 
-def _reset_position(state: RecipeState) -> None:
+def _set_filter(state: RecipeState, classes: list[int] | None = None, verdict: str | None = None) -> None:
+    if classes is not None:
+        state.triage_classes = classes
+    if verdict is not None:
+        state.triage_verdict = verdict
     state.triage_position = 0
 
 
@@ -112,28 +145,40 @@ def _review(inputs: Inputs, profiles, result, queue: np.ndarray, verdicts: dict,
     with left:
         st.image(enlarge(inputs.data.raw_image(index)), caption=f"image {index}")
         st.markdown(
-            f"**label** {inputs.names[label]}  \n**predicted** {inputs.names[predicted]}  \n"
+            f"**label** {plain(inputs.names[label])}  \n**predicted** {plain(inputs.names[predicted])}  \n"
             f"**confidence** {result.confidence[row]:.2f}  \n**score** {result.deviation[row]:.3f} "
             f"({result.score})"
         )
         current = verdicts.get(index)
         if current is not None:
-            st.caption(f"current verdict: **{current.verdict}** by {current.reviewer or '—'}")
+            st.caption(f"current verdict: **{current.verdict}** by {plain(current.reviewer or '—')}")
+            if current.note:
+                st.caption(f"note: {plain(current.note)}")
     with right:
         inst = profiles.instances
         at = int(np.nonzero(inst.instance_indices.numpy() == index)[0][0])
-        title = f"image {index} (own influences, in the class's order)"
+        title = f"image {index}: influence on p({inputs.names[label]}), in the class's order"
         st.altair_chart(
             charts.class_and_instance_grids(
-                profiles.mean[label].numpy(), inst.instance_vectors[at].numpy(), inputs.names[label], title
+                profiles.mean[label].numpy(),
+                inst.instance_vectors[at].numpy(),
+                f"{inputs.names[label]}: influence on its probability",
+                title,
             )
         )
+        st.caption(
+            "These grids are of the class's softmax probability (what triage compares); Class profiles shows the "
+            "class's logit, so the two pages' colours need not agree."
+        )
         reasons.reasons_panel(inputs, result, row, profiles.granularity)
-    _verdict_buttons(inputs, index, queue, state)
+    _verdict_buttons(inputs, index, queue, state, current)
 
 
-def _verdict_buttons(inputs: Inputs, index: int, queue: np.ndarray, state: RecipeState) -> None:
-    note = st.text_input("Note (optional)", key=f"triage-note-{inputs.data.fingerprint}-{index}")
+def _verdict_buttons(inputs: Inputs, index: int, queue: np.ndarray, state: RecipeState, current) -> None:
+    note_key = f"triage-note-{inputs.data.fingerprint}-{index}"
+    if note_key not in st.session_state and current is not None:
+        st.session_state[note_key] = current.note  # the saved note, to keep or change
+    note = st.text_input("Note (optional)", key=note_key)
     cols = st.columns(len(VERDICTS) + 2)
     for col, (verdict, label, key) in zip(cols, VERDICTS, strict=False):
         if col.button(f"{label} ({key})", key=f"triage-verdict-{verdict}", shortcut=key, width="stretch"):
@@ -180,10 +225,18 @@ def _queue_table(result, queue: np.ndarray, verdicts: dict, inputs: Inputs, stat
             "verdict": [getattr(verdicts.get(int(result.indices[r])), "verdict", "") for r in rows],
         }
     )
-    st.markdown(f"**The queue** (rows {start + 1}–{start + len(rows)} of {len(queue)})")
-    st.dataframe(
+    st.markdown(
+        f"**The queue** (rows {start + 1}–{start + len(rows)} of {len(queue)}; click a row to open it)"
+    )
+    # A fresh key after each opened row: a selection is only ever the click just made, never a stale one
+    # re-sent by the browser after J/K or a verdict moved on.
+    generation = st.session_state.setdefault(f"{QUEUE_KEY}-generation", 0)
+    event = st.dataframe(
         table,
         hide_index=True,
+        key=f"{QUEUE_KEY}-{generation}",
+        on_select="rerun",
+        selection_mode="single-row",
         column_config={
             "confidence": st.column_config.NumberColumn(format="%.2f"),
             "doubt": st.column_config.NumberColumn(format="%.2f", help="1 − p(label)"),
@@ -191,6 +244,11 @@ def _queue_table(result, queue: np.ndarray, verdicts: dict, inputs: Inputs, stat
             "score": st.column_config.NumberColumn(format="%.3f"),
         },
     )
+    picked = event.selection.rows if event is not None else []
+    if picked:
+        state.triage_position = start + int(picked[0])
+        st.session_state[f"{QUEUE_KEY}-generation"] = generation + 1
+        st.rerun()
 
 
 def _roc(result, verdicts: dict, inputs: Inputs) -> None:
@@ -198,18 +256,27 @@ def _roc(result, verdicts: dict, inputs: Inputs) -> None:
     flagged = {
         i: v.verdict in ("label error", "model error") for i, v in verdicts.items() if v.verdict != "custom"
     }
-    if len(set(flagged.values())) == 2:
+    errors = sum(flagged.values())
+    if min(errors, len(flagged) - errors) >= ROC_MIN_EACH:
         rows = np.array([r for r in range(len(result)) if int(result.indices[r]) in flagged])
         positive = np.array([flagged[int(result.indices[r])] for r in rows])
         what = f"images reviewers flagged ({len(rows)} reviewed)"
+        note = ""
     else:
         rows = np.arange(len(result))
         positive = result.predicted != result.labels
         what = "misclassified images"
+        note = (
+            f"Against the reviewers' verdicts once at least {ROC_MIN_EACH} images are flagged as errors and "
+            f"{ROC_MIN_EACH} are not ({errors} and {len(flagged) - errors} so far); until then, against the images "
+            "the model gets wrong."
+        )
     if positive.all() or not positive.any():
         return
     with st.expander("How well does the score find problems? (ROC)"):
         st.altair_chart(charts.roc_chart(result.deviation[rows], positive, what))
+        if note:
+            st.caption(note)
 
 
 run_page(render)

@@ -1,25 +1,45 @@
-"""Your model & data: upload a model (weights + architecture, or TorchScript) and a dataset (a zip)."""
+"""Your model & data: upload a model (weights + architecture, or TorchScript) and a dataset (a zip).
+
+Uploads are registered in the store, so every later session offers them again until they are removed here.
+"""
 
 import streamlit as st
 
-from essence.app import uploads
+from essence.app import registry, uploads
 from essence.app.components.boundary import run_page
 from essence.app.components.prereq import OVERVIEW_PAGE
 from essence.app.components.session import recipe
+from essence.app.components.text import for_people, plain
+from essence.app.state import DEMO_DATA, DEMO_MODEL
+from essence.core.errors import EssenceError
 
 
 def render() -> None:
     st.title("Your model & data")
     st.caption(
         f"Files up to {uploads.UPLOAD_LIMIT_MB} MB each; a dataset zip may expand to at most "
-        f"{uploads.EXTRACT_LIMIT_MB} MB. Uploads are kept beside the store and never leave this machine."
+        f"{uploads.EXTRACT_LIMIT_MB} MB. Uploads are kept beside the store, offered in every later session until "
+        "you remove them, and never leave this machine."
     )
+    state = recipe()
+    if state.notice:
+        st.success(state.notice, icon=":material/check:")
+        state.notice = ""
     left, right = st.columns(2)
     with left:
-        _model_form()
+        _shown_errors(_model_form)
     with right:
-        _data_form()
+        _shown_errors(_data_form)
+    _registered()
     st.page_link(OVERVIEW_PAGE, label="Back to the overview", icon=":material/visibility:")
+
+
+def _shown_errors(form) -> None:
+    """Draw a form; a problem with what was uploaded is a message under it, and the other form stays."""
+    try:
+        form()
+    except EssenceError as exc:
+        st.error(plain(for_people(str(exc), uploads.uploads_root())), icon=":material/warning:")
 
 
 def _model_form() -> None:
@@ -29,30 +49,50 @@ def _model_form() -> None:
             "Weights (.safetensors or a state_dict .pt/.pth) or an exported program (.pt2, torch.export)",
             type=["safetensors", "pt", "pth", "pt2"],
             max_upload_size=uploads.UPLOAD_LIMIT_MB,
+            key="upload-model-file",
         )
-        arch = st.selectbox("Architecture", uploads.architectures())
-        names = st.text_input("Class names, in output order, comma-separated (empty: the dataset's)")
-        layer = st.text_input("Slice (module path, e.g. layer3; empty: choose later)")
-        size = st.number_input("Image size (px, square)", 8, 1024, 224)
-        blur = st.number_input("Gaussian blur σ (px) applied before the model", 0.0, 50.0, 0.0)
-        norm = st.selectbox("Normalisation", ["imagenet", "none"])
+        arch = st.selectbox("Architecture", uploads.architectures(), key="upload-model-arch")
+        names = st.text_input(
+            "Class names, in output order, comma-separated (empty: the dataset's)", key="upload-model-names"
+        )
+        layer = st.text_input(
+            "Slice (module path, e.g. layer3; empty: choose later)", key="upload-model-layer"
+        )
+        size = st.number_input("Image size (px, square)", 8, 1024, 224, key="upload-model-size")
+        blur = st.number_input(
+            "Gaussian blur σ (px) applied before the model", 0.0, 50.0, 0.0, key="upload-model-blur"
+        )
+        norm = st.selectbox("Normalisation", ["imagenet", "none"], key="upload-model-norm")
+        trust = st.checkbox(
+            "Trust this pickle (a full pickle can run any code on this server when read)",
+            key="upload-model-trust",
+            help="Only for a file from a source you trust. Weights as .safetensors or a state_dict need no trust.",
+        )
         submitted = st.form_submit_button("Add the model", type="primary")
     if not submitted:
         return
     if file is None:
         st.error("Choose a model file first.")
         return
+    if trust:
+        st.warning(
+            "Reading this file as a full pickle: it could run code on this server. Only do this for a file "
+            "from a source you trust.",
+            icon=":material/gpp_maybe:",
+        )
     uploads.check_upload_size(file.size, file.name)
     recipe_ = uploads.recipe_of(int(size), float(blur), norm)
     class_names = [n.strip() for n in names.split(",") if n.strip()] or None
     with st.spinner("Checking the model…"):
         choice = uploads.model_from_upload(
-            file.getvalue(), file.name, arch, recipe_, class_names, layer.strip() or None
+            file.getvalue(), file.name, arch, recipe_, class_names, layer.strip() or None, trust_pickle=trust
         )
+    registry.register_model(choice)
     state = recipe()
     state.models[choice.label] = choice
-    state.model, state.layer, state.cls = choice.label, None, None
-    st.success(f"Added {choice.label}; it is now the current model (see the sidebar).")
+    state.model, state.layer, state.cls, state.triage_position = choice.label, None, None, 0
+    state.notice = f"Added {plain(choice.label)}; it is now the current model (see the sidebar)."
+    st.rerun()  # the sidebar, drawn before this page, shows the new model on the next run
 
 
 def _data_form() -> None:
@@ -62,6 +102,10 @@ def _data_form() -> None:
             "A zip of an ImageFolder tree (one folder per class) or of a CSV of path,label with its images",
             type=["zip"],
             max_upload_size=uploads.UPLOAD_LIMIT_MB,
+            key="upload-data-file",
+        )
+        skip = st.checkbox(
+            "Skip unreadable images (leave them out instead of refusing the dataset)", key="upload-data-skip"
         )
         submitted = st.form_submit_button("Add the dataset", type="primary")
     if not submitted:
@@ -71,11 +115,39 @@ def _data_form() -> None:
         return
     uploads.check_upload_size(file.size, file.name)
     with st.spinner("Checking the images…"):
-        choice = uploads.dataset_from_zip(file.getvalue(), file.name)
+        choice = uploads.dataset_from_zip(file.getvalue(), file.name, skip_bad_images=skip)
+    registry.register_dataset(choice)
     state = recipe()
     state.datasets[choice.label] = choice
-    state.data = choice.label
-    st.success(f"Added {choice.label} ({choice.spec.split(':', 1)[0]}); it is now the current dataset.")
+    state.data, state.triage_position, state.explain_index = choice.label, 0, 0
+    kind = "a CSV of path,label" if choice.spec.startswith("csv:") else "class folders"
+    state.notice = f"Added {plain(choice.label)} ({kind}); it is now the current dataset (see the sidebar)."
+    st.rerun()
+
+
+def _registered() -> None:
+    """The uploads this store keeps, each with a button that removes it from every session's lists."""
+    models = [c.label for c in registry.saved_models()]
+    datasets = [c.label for c in registry.saved_datasets()]
+    st.subheader("Your uploads")
+    if not models and not datasets:
+        st.caption("None yet: what you add above is kept here, for every session, until you remove it.")
+        return
+    for kind, labels in (("model", models), ("dataset", datasets)):
+        for i, label in enumerate(labels):
+            left, right = st.columns([4, 1])
+            left.text(f"{kind}: {label}")
+            if right.button("Remove", key=f"upload-remove-{kind}-{i}"):
+                registry.forget(kind, label)
+                state = recipe()
+                if kind == "model" and state.model == label:
+                    state.model, state.layer, state.cls = DEMO_MODEL, None, None
+                if kind == "dataset" and state.data == label:
+                    state.data, state.triage_position, state.explain_index = DEMO_DATA, 0, 0
+                state.notice = (
+                    f"Removed {plain(label)} (its files stay on disk until the uploads folder is cleaned)."
+                )
+                st.rerun()
 
 
 run_page(render)

@@ -1,4 +1,4 @@
-"""Screenshots of the app's main pages for the README (``docs/img/*.png``), on the bundled demo.
+"""Screenshots of every page of the app for the docs (``docs/img/*.png``), on the bundled demo.
 
 Run: ``.venv/bin/python tests/app/screenshots.py`` (needs Debian's chromium: ``make browser-deps``). It serves the
 app with a fresh store in a temporary ``ESSENCE_HOME``, walks the recipe in a real browser and saves one PNG per
@@ -23,6 +23,8 @@ PAGES = [
     ("Experts & diagnosis", "experts"),
     ("Compare models", "compare"),
     ("Explain an image", "explain"),
+    ("Your model & data", "upload"),
+    ("Store & runs", "store"),
 ]
 
 

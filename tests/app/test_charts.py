@@ -85,3 +85,19 @@ def test_compare_bars_put_both_models_side_by_side() -> None:
     data = chart.data
     assert data[(data["class"] == "b") & (data.model == "B")]["recall"].item() == 0.4
     assert chart.to_dict()["encoding"]["xOffset"]["field"] == "model"
+
+
+def test_all_profiles_grid_marks_units_within_two_standard_errors_of_zero() -> None:
+    from essence.app import charts
+
+    mean = np.array([[0.5, -0.4, 0.01, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    stderr = np.array([[0.1, 0.1, 0.1, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    frame = charts.profiles_frame(mean, stderr, ["a", "b"], columns=2)
+    a = frame[frame["class"] == "a"].set_index("unit")
+    assert a.loc[0, "sign"] == "positive" and a.loc[1, "sign"] == "negative"
+    assert a.loc[2, "sign"] == "uncertain"  # 0.01 ± 0.1: its sign is not established
+    assert a.loc[3, "sign"] == "uncertain"  # no influence at all is not "negative"
+    assert list(a.sort_values("rank").index) == [0, 2, 3, 1]  # the class-wide order, most positive first
+    assert set(frame[frame["class"] == "b"]["sign"]) == {"uncertain"}
+    spec = charts.all_profiles_grid(mean, stderr, ["a", "b"]).to_dict()
+    assert spec["facet"]["field"] == "class"

@@ -51,7 +51,8 @@ def test_pick_class_then_triage_then_record_a_verdict(open_app, essence_home, cl
     cls, name = severity_2()
     at = open_app("profiles")
     clean(at)
-    at.selectbox[0].set_value(cls).run()
+    at.radio(key="profiles-view").set_value("one").run()
+    at.selectbox(key="profiles-class").set_value(cls).run()
     assert at.session_state[STATE_KEY].cls == cls
     at.switch_page(pages["triage"]).run()
     clean(at)

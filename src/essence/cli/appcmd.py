@@ -58,6 +58,7 @@ def streamlit_command(extra: list[str]) -> list[str]:
         "--server.maxUploadSize": str(UPLOAD_LIMIT_MB),
         "--browser.gatherUsageStats": "false",
         "--server.fileWatcherType": "none",
+        "--client.toolbarMode": "viewer",  # no developer menu or "Deploy" button for clinicians
     }
     given = {a.split("=", 1)[0] for a in extra if a.startswith("--")}
     cmd = [sys.executable, "-m", "streamlit", "run", str(entry_file())]

@@ -62,7 +62,7 @@ def test_the_window_is_a_recipe_step_shown_and_fingerprinted(tmp_path: Path) -> 
     again = DicomRecipe.from_dict(json.loads(json.dumps(narrow.preprocessing.to_dict())))
     assert again == narrow.preprocessing and again.fingerprint() == narrow.preprocessing.fingerprint()
     x = narrow.tensors([0, 3])
-    assert x.shape == (2, 1, 64, 64) and 0.0 <= float(x.min()) and float(x.max()) <= 1.0
+    assert x.shape == (2, 1, 64, 64) and float(x.min()) >= 0.0 and float(x.max()) <= 1.0
 
 
 def test_labels_from_a_csv_and_patients_kept_as_pseudonyms_only(tmp_path: Path) -> None:

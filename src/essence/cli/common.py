@@ -36,7 +36,8 @@ ModelOpt = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="demo:blurred|sharp, torchvision:ARCH, package.module:function (both with --weights), or PATH.pt",
+        help="demo:blurred|sharp, torchvision:ARCH, package.module:function (both with --weights), or PATH.pt2 "
+        "(a torch.export program; TorchScript is refused)",
     ),
 ]
 WeightsOpt = Annotated[

@@ -1,4 +1,6 @@
-"""Options and plumbing shared by the CLI's commands: specs → model, data and slice; model cards; JSON; progress.
+"""Options and plumbing shared by the CLI's commands: specs → model, data and slice; model cards; progress.
+
+Writing the outputs (``--json`` and the files of ``store export``) is :mod:`essence.cli.output`'s.
 
 Model cards (docs/data.md): ``W.card.json`` beside the weights ``W.safetensors`` supplies class names, the
 preprocessing recipe and the default slice. An older ``W.json`` is still read, but only when it is a valid card
@@ -11,19 +13,17 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
-import os
-import stat
-import sys
-import tempfile
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from essence.cli.output import OUTPUT_MARKER
+from essence.cli.output import write_json as write_json  # re-exported from their former home, for callers
+from essence.cli.output import write_text_file as write_text_file  # that still import them from here
 from essence.core.data import ImageData
 from essence.core.datasets import environment_data_root, load_dataset
 from essence.core.errors import LayerNotFoundError, SpecError
@@ -129,9 +129,6 @@ def load_model_spec(model: str, weights: Path | None, trust_pickle: bool) -> Loa
     return loaded
 
 
-# The key every JSON output of Essence carries (its value: the output format's version). A card never has it.
-OUTPUT_MARKER = "essence_output"
-OUTPUT_VERSION = 1
 # A card may say which card schema it follows; 1 is the only one.
 CARD_MARKER = "essence_card"
 # What a card may hold: what Essence reads from it, and the facts the demo's cards record beside them.
@@ -286,107 +283,6 @@ def check_granularity(value: str) -> str:
     if value not in GRANULARITIES:
         raise SpecError(f"--granularity {value!r} is not known: use {', '.join(GRANULARITIES)}")
     return value
-
-
-def _clean(obj: Any) -> Any:
-    """JSON-safe: NaN/inf → null, tuples → lists, numpy/torch scalars → Python."""
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_clean(v) for v in obj]
-    if hasattr(obj, "tolist") and not isinstance(obj, str):
-        return _clean(obj.tolist())
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
-Recipe = Preprocessing | Mapping[str, Preprocessing | None] | None
-
-
-def write_json(path: Path | None, obj: Any, preprocessing: Recipe = None) -> None:
-    """Write an output ``obj`` as JSON to ``path`` (see :func:`write_text_file`); ``-`` writes to stdout.
-
-    An object gets the marker :data:`OUTPUT_MARKER` (so no output is ever read as a model card) and, unless it
-    has one already, ``"preprocessing"``: the recipe as applied (a mapping of them, e.g. ``{"a", "b"}`` for
-    ``compare``), or ``null`` where no recipe was applied (DESIGN §4).
-    """
-    if path is None:
-        return
-    if isinstance(obj, dict):
-        obj = {OUTPUT_MARKER: OUTPUT_VERSION, **obj}
-        if "preprocessing" not in obj:
-            obj["preprocessing"] = _recipe_json(preprocessing)
-    text = json.dumps(_clean(obj), indent=2, allow_nan=False) + "\n"
-    if str(path) == "-":
-        sys.stdout.write(text)
-        return
-    write_text_file(Path(path), text, "--json")
-
-
-def _recipe_json(recipe: Recipe) -> dict[str, Any] | None:
-    if isinstance(recipe, Preprocessing):
-        return recipe.to_dict()
-    if isinstance(recipe, Mapping):
-        return {k: _recipe_json(v) for k, v in recipe.items()}
-    return None
-
-
-def write_text_file(path: Path, text: str, option: str) -> None:
-    """Write ``text`` to ``path`` without replacing what is there with something of another kind.
-
-    - A symlink is followed: its target is written, the link stays.
-    - A FIFO, a character device (``/dev/null``, ``/dev/stdout``) or a socket is written through, never
-      replaced (as root, replacing ``/dev/null`` would break the machine).
-    - A regular file, or a new one, is written atomically: a temporary file beside it, flushed to disk and
-      renamed into place, so a reader (or Ctrl-C) never sees half a file. An existing file keeps its mode;
-      a new one gets the usual ``0666 & ~umask``.
-    - A folder is refused.
-
-    Raises:
-        SpecError: the path is a folder, or cannot be written; the message names ``option`` and the fix.
-    """
-    try:
-        info: os.stat_result | None = os.stat(path)  # follows links, /dev/stdout's into /proc included
-    except FileNotFoundError:
-        info = None
-    except OSError as exc:
-        raise SpecError(f"cannot write {path}: {exc.strerror or exc}; choose another {option} path") from exc
-    try:
-        if info is not None and stat.S_ISDIR(info.st_mode):
-            raise SpecError(f"{option} {path} is a folder: name a file inside it")
-        if info is not None and not stat.S_ISREG(info.st_mode):
-            with open(path, "w", newline="") as f:  # the kernel resolves the path: written through
-                f.write(text)
-            return
-        target = Path(os.path.realpath(path))  # the file a link names is the one replaced
-        _replace_atomically(target, text, stat.S_IMODE(info.st_mode) if info is not None else None)
-    except OSError as exc:
-        raise SpecError(
-            f"cannot write {path}: {exc.strerror or exc}; choose a writable {option} path (or free space)"
-        ) from exc
-
-
-def _replace_atomically(target: Path, text: str, mode: int | None) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode if mode is not None else 0o666 & ~_umask())
-        os.replace(tmp, target)
-    except BaseException:  # Ctrl-C included: no temporary file is left behind
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 @contextlib.contextmanager

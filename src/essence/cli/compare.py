@@ -20,8 +20,8 @@ from essence.cli.common import (
     check_granularity,
     load_model_spec,
     say_recipe,
-    write_json,
 )
+from essence.cli.output import write_json
 from essence.core.datasets import environment_data_root, load_dataset
 from essence.core.errors import LabelMismatchError, LayerNotFoundError, SpecError
 from essence.core.models import check_compatible

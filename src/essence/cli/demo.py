@@ -61,7 +61,7 @@ def build(
         )
     _print_summary(cards, target, time.perf_counter() - start)
     if json_out is not None:
-        from essence.cli.common import write_json
+        from essence.cli.output import write_json
 
         write_json(json_out, cards)
 

@@ -14,7 +14,8 @@ from contextlib import nullcontext
 
 import typer
 
-from essence.cli.common import progress_bar, write_json
+from essence.cli.common import progress_bar
+from essence.cli.output import write_json
 from essence.cli.profile import ProfileRequest, check_no_empty_class, command_line, print_summary
 from essence.core.distributed import (
     DistEnv,

@@ -8,6 +8,7 @@ deviant one looks scrambled.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,31 @@ POSITIVE = "#1f77b4"  # blue: pushes towards the class
 NEGATIVE = "#d62728"  # red: pushes against it
 COLUMNS = 16  # units per row of the influence grid (the paper's figure uses a square-ish block)
 SQUARE = 260  # area in px² of the largest square of a grid
+
+
+# Characters shown as escapes wherever text from data is drawn: every C0 control (tab and newline too: labels are
+# one line), DEL, C1 controls, the bidirectional overrides and isolates, and lone surrogates (a file name that was
+# not UTF-8). The offline SVG renderer aborts the whole process on a control character.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def printable(text: str) -> str:
+    """``text`` with unprintable characters shown as Python escapes (``"a\\x01b"``), so a name stays visible
+    and distinct and no renderer sees the character itself."""
+    return _UNPRINTABLE.sub(
+        lambda m: m.group().encode("unicode_escape", "backslashreplace").decode("ascii"), text
+    )
+
+
+def printable_spec(spec: object) -> object:
+    """A chart spec (nested dicts and lists) with every string, key or value, made :func:`printable`."""
+    if isinstance(spec, str):
+        return printable(spec)
+    if isinstance(spec, dict):
+        return {printable_spec(k): printable_spec(v) for k, v in spec.items()}
+    if isinstance(spec, list | tuple):
+        return [printable_spec(v) for v in spec]
+    return spec
 
 
 def _finite(x: np.ndarray) -> np.ndarray:

@@ -42,10 +42,15 @@ img.case { image-rendering: pixelated; width: 160px; height: 160px; }
 
 
 def svg(chart: object) -> str:
-    """An Altair chart rendered to inline SVG, offline."""
+    """An Altair chart rendered to inline SVG, offline.
+
+    Every string of the spec is made :func:`~essence.app.charts.printable` first: the renderer aborts the whole
+    process (a Rust panic, exit 134) on a control character in a label, and class names come from data.
+    """
     import vl_convert
 
-    return vl_convert.vegalite_to_svg(chart.to_dict())  # type: ignore[attr-defined]
+    spec = charts.printable_spec(chart.to_dict())  # type: ignore[attr-defined]
+    return vl_convert.vegalite_to_svg(spec)
 
 
 def png_data_uri(image: np.ndarray, size: int = CASE_IMAGE_PX) -> str:
@@ -61,7 +66,7 @@ def png_data_uri(image: np.ndarray, size: int = CASE_IMAGE_PX) -> str:
 
 
 def _e(x: object) -> str:
-    return html.escape(str(x))
+    return html.escape(charts.printable(str(x)))
 
 
 def _f(x: float) -> str:

@@ -13,11 +13,15 @@ Nothing here imports Streamlit: the page calls these and shows their :class:`Ess
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import io
+import os
 import re
 import shutil
 import stat
+import tempfile
 import unicodedata
 import zipfile
 from pathlib import Path, PurePosixPath
@@ -56,11 +60,19 @@ def check_upload_size(size: int, name: str) -> None:
         )
 
 
+# The longest name kept for a saved upload: well under the 255 bytes a file name may have, with room for the
+# temporary suffixes added while it is written.
+MAX_NAME = 120
+
+
 def safe_name(name: str) -> str:
     """A file name with only letters, digits, ``.``, ``_`` and ``-`` (no folders)."""
     base = PurePosixPath(name.replace("\\", "/")).name
-    cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", base).lstrip(".")
-    return cleaned or "upload"
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", base).lstrip(".") or "upload"
+    if len(cleaned) > MAX_NAME:  # file systems take 255 bytes a name: keep the start and the suffix
+        suffix = PurePosixPath(cleaned).suffix[:16]
+        cleaned = cleaned[: MAX_NAME - len(suffix)] + suffix
+    return cleaned
 
 
 def save_upload(data: bytes, name: str, kind: str) -> Path:
@@ -71,9 +83,16 @@ def save_upload(data: bytes, name: str, kind: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / safe_name(name)
     if not path.exists():
-        tmp = path.with_suffix(path.suffix + ".part")
-        tmp.write_bytes(data)
-        tmp.replace(path)
+        # A temporary file of this call's own: two sessions saving the same upload never share one.
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".upload-", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+            os.replace(tmp, path)  # the same bytes either way: the last rename wins, both are whole
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
     return path
 
 
@@ -127,28 +146,34 @@ def safe_extract(data: bytes, dest: Path) -> Path:
         members = [(info, p) for info in infos if (p := _member_path(info)) is not None]
         if not members:
             raise DataLoadError("the zip holds no files: zip the dataset's folder with its images")
-        tmp = dest.with_name(dest.name + ".part")
-        shutil.rmtree(tmp, ignore_errors=True)
+        if dest.is_dir():  # content-addressed and only ever renamed into place whole: already extracted
+            return dest
+        # Each call extracts into a folder of its own, renamed into place at once: two sessions uploading the
+        # same zip never write into, or delete, each other's files.
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part"))
         try:
             _extract(archive, members, tmp)
-        except BaseException:
+            try:
+                tmp.rename(dest)
+            except OSError:
+                if not dest.is_dir():  # not another session's finished copy of the same zip
+                    raise
+        finally:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        shutil.rmtree(dest, ignore_errors=True)
-        tmp.replace(dest)
     return dest
 
 
 def _extract(archive: zipfile.ZipFile, members: list, root: Path) -> None:
     budget = EXTRACT_LIMIT_MB * MB
-    root.mkdir(parents=True)
+    root.mkdir(parents=True, exist_ok=True)
     top = root.resolve()
     for info, rel in members:
         target = (root / Path(*rel.parts)).resolve()
         if top not in target.parents:
             raise DataLoadError(f"the zip's member {info.filename!r} points outside the archive")
-        target.parent.mkdir(parents=True, exist_ok=True)
         try:
+            target.parent.mkdir(parents=True, exist_ok=True)  # a name over the file system's limit fails here
             with archive.open(info) as src, open(target, "wb") as out:
                 while chunk := src.read(CHUNK):
                     budget -= len(chunk)
@@ -157,7 +182,16 @@ def _extract(archive: zipfile.ZipFile, members: list, root: Path) -> None:
                             f"the zip expands to more than {EXTRACT_LIMIT_MB} MB: upload a smaller dataset"
                         )
                     out.write(chunk)
-        except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError) as exc:
+        except OSError as exc:
+            if exc.errno != errno.ENAMETOOLONG:
+                raise DataLoadError(
+                    f"the zip's member {info.filename[:80]!r} cannot be written ({exc.strerror})"
+                ) from exc
+            raise DataLoadError(
+                f"the zip's member {info.filename[:80]!r}... has a name longer than the file system allows: rename "
+                "it (or its folders) shorter and re-create the zip"
+            ) from exc
+        except (zipfile.BadZipFile, RuntimeError, NotImplementedError) as exc:
             raise DataLoadError(
                 f"the zip's member {info.filename!r} cannot be read ({exc}): re-create the zip"
             ) from exc

@@ -14,14 +14,18 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import nn
 
-from essence.core.errors import DataLoadError, EmptyClassError, SpecError
-from essence.core.preprocessing import Preprocessing, warn_outside_unit_range
+from essence.core.errors import DataLoadError, EmptyClassError, EssenceError, SpecError
+from essence.core.files import regular_file
+from essence.core.preprocessing import Preprocessing, channels_last, warn_outside_unit_range
 from essence.core.slices import inference_state
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # x [B, C, H, W], labels [B], indices [B]
 
 # Decompression-bomb guard: PIL warns above ~89 Mpx; we refuse above this many pixels.
 MAX_IMAGE_PIXELS = 64_000_000
+# The preprocessed inputs of one batch may take at most this much memory (float32), before any activation: a
+# 256-image batch at 224 px is 154 MB; one image at the largest size (8192 px a side) is 805 MB.
+MAX_BATCH_BYTES = 2 * 2**30
 
 
 @dataclass
@@ -107,6 +111,7 @@ class ImageData:
     def tensors(self, indices: Sequence[int] | np.ndarray) -> torch.Tensor:
         """Preprocessed images ``[B, C, H, W]`` of the given instances."""
         indices = np.asarray(indices, dtype=np.int64)
+        self.check_batch_memory(len(indices))
         if self.arrays is not None:
             return self.preprocessing.apply_array(self.arrays[indices])
         images = [self.preprocessing.apply_pil(open_image(self.paths[i])) for i in indices]
@@ -117,6 +122,38 @@ class ImageData:
                 "(CLI: --size H W)"
             )
         return torch.stack(images)
+
+    def max_batch_size(self) -> int | None:
+        """The most instances one batch may hold (:data:`MAX_BATCH_BYTES` of preprocessed inputs), or ``None``
+        when images are files of their own sizes (each bounded by :data:`MAX_IMAGE_PIXELS` instead)."""
+        per_image = self._bytes_per_image()
+        return None if per_image is None else max(1, MAX_BATCH_BYTES // per_image)
+
+    def _bytes_per_image(self) -> int | None:
+        size = self.preprocessing.size
+        if size is None and self.arrays is not None and self.arrays.ndim >= 3:
+            last = self.arrays.ndim == 3 or channels_last(self.arrays.shape)
+            sides = self.arrays.shape[1:3] if last else self.arrays.shape[2:4]
+            size = (int(sides[0]), int(sides[1]))
+        return None if size is None else self.preprocessing.channels * size[0] * size[1] * 4
+
+    def check_batch_memory(self, n: int) -> None:
+        """Refuse batches of ``n`` whose preprocessed images alone exceed :data:`MAX_BATCH_BYTES` (``--size 8192
+        8192`` with the default batch asks for over 50 GB), naming the batch size that fits.
+
+        Raises:
+            DataLoadError: naming the batch's size in memory and the largest batch that fits.
+        """
+        n = min(n, len(self))
+        per_image, fits = self._bytes_per_image(), self.max_batch_size()
+        if per_image is not None and fits is not None and n > fits:
+            size = self.preprocessing.size or "their own size"
+            size = f"{size[0]}×{size[1]} px" if isinstance(size, tuple) else size
+            raise DataLoadError(
+                f"{self.spec}: a batch of {n} images of {size} is {n * per_image / 2**30:.1f} GiB "
+                f"of inputs alone, above the {MAX_BATCH_BYTES / 2**30:.0f} GiB a batch may take: lower --batch-size "
+                f"to {fits} or less, or choose a smaller --size"
+            )
 
     def batches(self, batch_size: int, indices: Sequence[int] | np.ndarray | None = None) -> Iterator[Batch]:
         """Yield ``(x [B, C, H, W], labels [B], indices [B])`` in dataset order (or the given order)."""
@@ -187,6 +224,8 @@ def _checked_index(value: object, names: list[str]) -> int:
 def open_image(path: Path | str | bytes) -> Image.Image:
     """Open and fully decode an image, turning every PIL failure into a :class:`DataLoadError`."""
     name = "uploaded image" if isinstance(path, bytes) else str(path)
+    if not isinstance(path, bytes):  # a FIFO or a device would block or never end: only regular files
+        regular_file(path, "the image", DataLoadError)
     try:
         src = io.BytesIO(path) if isinstance(path, bytes) else path
         with warnings.catch_warnings():
@@ -272,6 +311,12 @@ def read_image(
                 f"{name} is {img.height}×{img.width} px, which the model cannot take ({str(exc).splitlines()[0][:120]}); "
                 "resize it to the size the model was trained on, or give the recipe a size (CLI: --size H W)"
             ) from exc
+        except EssenceError:
+            raise
+        except Exception as exc:  # the user's own forward raised: one line naming it, not an internal error
+            from essence.core.models import forward_failure
+
+            raise DataLoadError(forward_failure(exc, tuple(x.shape))) from exc
     return x
 
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from essence.core.data import ImageData, hash_arrays, open_image
 from essence.core.errors import DataLoadError, LabelMismatchError, SpecError
+from essence.core.files import regular_file
 from essence.core.preprocessing import Preprocessing
 from essence.core.specs import BadImagePolicy, DataRequest
 
@@ -28,6 +29,9 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 # Integer labels without class names name classes 0..max: a label far above any real label set (ImageNet-21k
 # has 21,841 classes) is a corrupt label, and would otherwise build a list of that many names.
 MAX_CLASSES = 1_000_000
+# What an npz's arrays may hold together once decompressed (they are read into memory whole): far above any
+# npz a person saves by hand (CIFAR-10: 180 MB), far below what a decompression bomb asks for.
+MAX_NPZ_BYTES = 4 * 2**30
 
 
 def _path_arg(request: DataRequest, form: str) -> Path:
@@ -75,9 +79,8 @@ def load_npz(request: DataRequest) -> ImageData:
         DataLoadError: a missing or unreadable file, arrays of the wrong kind, shape or count.
         LabelMismatchError: labels that are not the classes.
     """
-    path = _path_arg(request, "npz:PATH")
-    if not path.is_file():
-        raise DataLoadError(f"{path}: file not found; check the path of npz:PATH")
+    path = regular_file(_path_arg(request, "npz:PATH"), "npz:PATH", DataLoadError)
+    check_npz_sizes(path)
     try:
         with np.load(path, allow_pickle=False) as f:
             keys = set(f.files)
@@ -115,6 +118,61 @@ def load_npz(request: DataRequest) -> ImageData:
         fingerprint=hash_arrays(images, labels),
         arrays=images,
     )
+
+
+def check_npz_sizes(path: Path, limit: int | None = None) -> None:
+    """Bound what an npz may decompress to, as images are bounded by their pixel count, before reading it.
+
+    Each ``.npy`` member's header (shape × item size) is read and checked against the member's own
+    uncompressed size, and their total against ``limit``: a 1 MB file of zeros can otherwise ask for gigabytes,
+    and a header that lies about its size would be answered with an allocation failure.
+
+    Args:
+        path: the npz file.
+        limit: the most bytes its arrays may hold together (default :data:`MAX_NPZ_BYTES`).
+
+    Raises:
+        DataLoadError: a member whose header is unreadable or declares more than the member holds, or arrays
+            over the limit. (A file that is not a zip is left to ``np.load``'s own message.)
+    """
+    limit = MAX_NPZ_BYTES if limit is None else limit
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return  # np.load names it (a bare .npy, or not an npz at all)
+    total = 0
+    with archive:
+        for info in archive.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            try:
+                with archive.open(info) as member:
+                    version = np.lib.format.read_magic(member)
+                    read_header = (
+                        np.lib.format.read_array_header_1_0
+                        if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0
+                    )
+                    shape, _, dtype = read_header(member)
+                    header_end = member.tell()
+            except (ValueError, OSError, EOFError, zipfile.BadZipFile, NotImplementedError) as exc:
+                raise DataLoadError(
+                    f"{path}: member {info.filename!r} has no readable array header ({exc}); save with np.savez"
+                ) from exc
+            declared = math.prod(shape) * dtype.itemsize
+            if declared > info.file_size - header_end:
+                raise DataLoadError(
+                    f"{path}: member {info.filename!r} declares {tuple(shape)} {dtype} ({declared:,} bytes) but "
+                    f"holds {max(info.file_size - header_end, 0):,}: the file is damaged; save it again with "
+                    "np.savez"
+                )
+            total += declared
+            if total > limit:
+                raise DataLoadError(
+                    f"{path}: its arrays decompress to over {limit / 2**30:.3g} GiB (at {info.filename!r}), above "
+                    "the limit for an npz dataset: split it into smaller files, or use folder:PATH or csv:PATH "
+                    "for a large dataset"
+                )
 
 
 def _default_recipe(images: np.ndarray) -> Preprocessing:
@@ -183,9 +241,7 @@ def load_csv(request: DataRequest) -> ImageData:
         DataLoadError: an unreadable CSV, a malformed row, a missing image, a path outside the data root.
         LabelMismatchError: labels that are not the classes.
     """
-    spec, path = request.spec, _path_arg(request, "csv:PATH")
-    if not path.is_file():
-        raise DataLoadError(f"{path}: file not found; check the path of csv:PATH")
+    spec, path = request.spec, regular_file(_path_arg(request, "csv:PATH"), "csv:PATH", DataLoadError)
     base = Path(request.data_root) if request.data_root else path.parent
     try:
         with open(path, newline="", encoding="utf-8") as f:
@@ -335,8 +391,14 @@ def confine(path: Path, root: Path, where: str) -> Path:
     Raises:
         DataLoadError: the path escapes the data root (``..`` or a symlink pointing outside).
     """
-    resolved = path.resolve()
-    root = root.resolve()
+    try:
+        resolved = path.resolve()
+        root = root.resolve()
+    except (RuntimeError, OSError) as exc:  # Python 3.11 raises RuntimeError on a symlink loop
+        raise DataLoadError(
+            f"{where}: {path} (or the data root {root}) is a symlink loop or cannot be resolved ({exc}); remove "
+            "the link or point it at a real file"
+        ) from exc
     if resolved != root and root not in resolved.parents:
         raise DataLoadError(
             f"{where}: {path} lies outside the data root {root}; move the file under it or set the data root"

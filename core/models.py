@@ -26,7 +26,7 @@ from torch import nn
 
 from essence.core import specs
 from essence.core.data import ImageData
-from essence.core.errors import DataLoadError, LabelMismatchError, ModelLoadError, SpecError
+from essence.core.errors import DataLoadError, EssenceError, LabelMismatchError, ModelLoadError, SpecError
 from essence.core.independence import check_batch_independent
 from essence.core.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from essence.core.specs import ModelRequest
@@ -339,6 +339,15 @@ def _code_digest(code: types.CodeType) -> str:
     return h.hexdigest()
 
 
+def forward_failure(exc: BaseException, input_shape: tuple[int, ...]) -> str:
+    """The one-line message for a model whose own ``forward`` raised something other than a shape error."""
+    text = " ".join(str(exc).split())[:200] or "no message"
+    return (
+        f"the model's own forward raised {type(exc).__name__} ({text}) on inputs {input_shape}: fix the model's "
+        "code, or check that these are the inputs it was built for"
+    )
+
+
 def check_compatible(model: LoadedModel | nn.Module, data: ImageData) -> int:
     """Run the model on a few instances: check it accepts the data and its outputs match the data's classes.
 
@@ -356,7 +365,7 @@ def check_compatible(model: LoadedModel | nn.Module, data: ImageData) -> int:
             :mod:`essence.core.independence`).
     """
     module = model.module if isinstance(model, LoadedModel) else model
-    x = data.tensors(np.arange(min(4, len(data))))
+    x = data.tensors(np.arange(min(4, len(data), data.max_batch_size() or 4)))
     was = module.training
     try:
         module.eval()
@@ -371,6 +380,10 @@ def check_compatible(model: LoadedModel | nn.Module, data: ImageData) -> int:
             f"the model cannot run on {data.spec} (inputs {tuple(x.shape[1:])}): {msg}; check the image size "
             "and channels of the preprocessing (--size, mode)"
         ) from exc
+    except EssenceError:
+        raise
+    except Exception as exc:  # the user's own forward raised (KeyError, AssertionError...): their code
+        raise ModelLoadError(forward_failure(exc, tuple(x.shape[1:]))) from exc
     finally:
         module.train(was)
     if not isinstance(out, torch.Tensor) or out.ndim != 2:

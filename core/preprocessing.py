@@ -87,6 +87,11 @@ class Preprocessing:
             )
         if self.blur_sigma < 0 or not math.isfinite(self.blur_sigma):
             raise SpecError(f"blur sigma must be a finite number ≥ 0, got {self.blur_sigma}")
+        if self.blur_sigma > MAX_SIDE:  # a kernel of billions of taps; any image is flat long before
+            raise SpecError(
+                f"blur sigma {self.blur_sigma:g} px is above {MAX_SIDE} px, wider than any image: choose a sigma "
+                "of a few pixels (the paper's blur erased lesions at about 2 px)"
+            )
         if self.size is not None:
             size = tuple(int(v) for v in self.size)
             if len(size) != 2 or min(size) < 1:
@@ -199,7 +204,7 @@ class Preprocessing:
         """Preprocess a batch of raw images.
 
         Args:
-            images: ``[N, H, W, C]`` or ``[N, C, H, W]`` (C in {1, 3}) or ``[N, H, W]`` of raw values
+            images: ``[N, H, W, C]`` or ``[N, C, H, W]`` (C in {1, 3, 4}: alpha dropped) or ``[N, H, W]`` of raw values
                 (0..``scale``; without a scale, by their dtype's range: see the module docstring).
             already_sized: skip resizing (the caller resized already).
 
@@ -216,11 +221,11 @@ class Preprocessing:
             x = torch.from_numpy(np.array(images, dtype=np.float32))
         if x.ndim == 3:
             x = x[:, None]
-        elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+        elif x.ndim == 4 and channels_last(tuple(x.shape)):
             x = x.permute(0, 3, 1, 2)
         elif x.ndim != 4:
             raise DataLoadError(f"images must be N×H×W, N×H×W×C or N×C×H×W; got shape {tuple(x.shape)}")
-        if x.shape[1] == 4 and self.channels == 3:
+        if x.shape[1] == 4:  # alpha dropped, as PIL does converting RGBA to RGB or L
             x = x[:, :3]
         if x.shape[1] == 1 and self.channels == 3:
             x = x.expand(-1, 3, -1, -1)
@@ -238,6 +243,12 @@ class Preprocessing:
         mean = torch.tensor(self.mean).view(1, -1, 1, 1)
         std = torch.tensor(self.std).view(1, -1, 1, 1)
         return (x - mean) / std
+
+
+def channels_last(shape: tuple[int, ...]) -> bool:
+    """Whether a batch ``[N, A, B, C]`` is channels last: C is 1 or 3 (or 4, RGBA, the npz loader accepts it)
+    and A is not a channel count; ``[N, 3, H, W]`` and ambiguous shapes are channels first."""
+    return (shape[-1] in (1, 3) and shape[1] not in (1, 3)) or (shape[-1] == 4 and shape[1] not in (1, 3, 4))
 
 
 def container_scale(dtype: np.dtype | torch.dtype | None) -> float:

@@ -7,6 +7,7 @@ file at all are named so, not refused as a pickle (which would mislead).
 
 from __future__ import annotations
 
+import os
 import pickle
 import warnings
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 from essence.core.errors import ModelLoadError
+from essence.core.files import regular_file
 
 
 def looks_like_torch_file(path: Path) -> bool:
@@ -72,9 +74,9 @@ def load_weights(path: str | Path, *, trust_pickle: bool = False) -> dict[str, t
     Raises:
         ModelLoadError: missing, unreadable, unsafe (pickle without ``trust_pickle``) or not a state_dict.
     """
-    path = Path(path)
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise ModelLoadError(f"weights file {str(path)!r} does not exist; check the path")
+    path = regular_file(path, "the weights", ModelLoadError)  # a FIFO or a symlink loop, named as such
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -94,7 +96,30 @@ def load_weights(path: str | Path, *, trust_pickle: bool = False) -> dict[str, t
         raise ModelLoadError(f"{path} does not hold a state_dict (a mapping of names to tensors)")
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}
+    for name, tensor in state.items():
+        _check_plain(tensor, name, path)
     return state
+
+
+def _check_plain(tensor: torch.Tensor, name: str, path: Path) -> None:
+    """Refuse a tensor no module's parameter can take: sparse or otherwise not strided, on the ``meta`` device
+    (a shape with no data), or complex (copying it into a real parameter would drop its imaginary part).
+
+    Raises:
+        ModelLoadError: naming the tensor, what it is and the fix.
+    """
+    if tensor.layout != torch.strided:
+        what = f"a {str(tensor.layout).removeprefix('torch.')} tensor"
+    elif tensor.device.type == "meta":
+        what = "a meta tensor (a shape with no data)"
+    elif tensor.is_complex():
+        what = f"complex ({str(tensor.dtype).removeprefix('torch.')})"
+    else:
+        return
+    raise ModelLoadError(
+        f"{path}: weight {name!r} is {what}, which no parameter takes: save the model's own state_dict "
+        "(real, dense tensors with their data, e.g. model.state_dict() after training)"
+    )
 
 
 def apply_state_dict(module: nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:

@@ -45,6 +45,10 @@ def default_store_path() -> Path:
     return folder / STORE_FILENAME
 
 
+# The longest lock wait accepted (a week): SQLite takes the wait as a C int of milliseconds.
+MAX_TIMEOUT_S = 7 * 24 * 3600
+
+
 def default_timeout() -> float:
     """The lock wait in seconds: ``ESSENCE_STORE_TIMEOUT`` if set, else :data:`DEFAULT_TIMEOUT_S`."""
     text = os.environ.get("ESSENCE_STORE_TIMEOUT")
@@ -54,9 +58,10 @@ def default_timeout() -> float:
         value = float(text)
     except ValueError:
         value = -1.0
-    if value <= 0:
+    if not 0 < value <= MAX_TIMEOUT_S:  # NaN and inf included: SQLite counts the wait in whole milliseconds
         raise StoreError(
-            f"ESSENCE_STORE_TIMEOUT={text!r} is not a positive number of seconds: fix or unset it"
+            f"ESSENCE_STORE_TIMEOUT={text!r} is not a positive number of seconds up to {MAX_TIMEOUT_S:,}: fix or "
+            "unset it"
         )
     return value
 

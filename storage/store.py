@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from essence import __version__
 from essence.core.data import ImageData
 from essence.core.engine import Influence
-from essence.core.errors import SpecError, StoreError
+from essence.core.errors import EssenceError, SpecError, StoreError
 from essence.core.models import LoadedModel
 from essence.core.profiles import ClassProfiles
 from essence.core.slice_source import use_slices
@@ -133,6 +133,10 @@ class Store:
                 yield session
         except OperationalError as exc:
             raise connect.operational_error(self.location, exc, self.timeout) from exc
+        except (ValueError, TypeError, KeyError) as exc:
+            if isinstance(exc, EssenceError | UnicodeEncodeError):  # ours, or text on its way in: not a row
+                raise
+            raise damaged_row(self.location.name, exc) from exc
 
     # ------------------------------------------------------------------------------------------- slices
 
@@ -181,6 +185,17 @@ class Store:
             return None
         if with_instances and blobs is None:
             return None
+        try:
+            return self._decode_profiles(row, matrices, blobs, with_instances)
+        except (ValueError, TypeError, KeyError) as exc:
+            if isinstance(exc, EssenceError | UnicodeEncodeError):  # ours, or text on its way in: not a row
+                raise
+            raise damaged_row(self.location.name, exc) from exc
+
+    @staticmethod
+    def _decode_profiles(
+        row: ProfileRow, matrices: list[MatrixRow], blobs: dict[str, bytes] | None, with_instances: bool
+    ) -> ClassProfiles:
         shape = json.loads(row.unit_shape)
         g, u = row.num_groups, row.num_units
         sums = InfluenceSums(
@@ -394,14 +409,14 @@ class Store:
     def _new_run(kind: str, model_fp: str, dataset_fp: str, layer: str, info: RunInfo) -> RunRow:
         return RunRow(
             kind=kind,
-            description=info.description,
+            description=storable(info.description),  # may name a path that is not UTF-8
             model_fp=model_fp,
             dataset_fp=dataset_fp,
-            layer=layer,
+            layer=storable(layer),
             device=info.device,
             seconds=info.seconds,
             essence_version=__version__,
-            command=info.command,
+            command=storable(info.command),
             host=socket.gethostname(),
             preprocessing=json.dumps(info.preprocessing, sort_keys=True) if info.preprocessing else "",
         )
@@ -693,6 +708,24 @@ class Store:
 # A spreadsheet reads a cell starting with one of these as a formula (or, for tab and CR, strips them and
 # reads what follows): OWASP's list for CSV injection.
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def storable(text: str | None) -> str | None:
+    """Text a SQLite row can hold: a lone surrogate (a file name that was not UTF-8, as Python decodes it) is
+    kept as its escape (``\\udcff``) instead of failing the whole transaction."""
+    if text is None:
+        return None
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def damaged_row(store: str, exc: BaseException) -> StoreError:
+    """The error for a row that no longer decodes (edited by hand, or by another program): a JSON column that is
+    not JSON, a date that is not a date, a dtype that is none. Essence never writes such rows."""
+    text = " ".join(str(exc).split())[:160]
+    return StoreError(
+        f"the store {store} holds a damaged row ({type(exc).__name__}: {text}); it was not written by Essence: "
+        "restore the store from a backup, or move it aside and let Essence start a new one (or use --store PATH)"
+    )
 
 
 def spreadsheet_safe(value: object) -> object:

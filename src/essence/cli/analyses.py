@@ -31,15 +31,24 @@ GranOpt = Annotated[str, typer.Option("--granularity", help="channel (conv: whol
 
 
 def _ints(text: str | None, what: str) -> list[int] | None:
+MAX_UNITS = 2**31 - 1
+
+
     """Parse ``"1,2,4"`` (or ``"1 2 4"``) into ints."""
     if text is None:
         return None
     parts = [p for p in text.replace(",", " ").split() if p]
     try:
-        return [int(p) for p in parts]
+        values = [int(p) for p in parts]
     except ValueError as exc:
         raise SpecError(f"--{what} {text!r}: give whole numbers separated by commas, e.g. 1,2,4,8") from exc
 
+    if any(abs(v) > MAX_UNITS for v in values):  # a count of units: beyond any layer (and torch's integers)
+        raise SpecError(
+            f"--{what} {text!r}: counts of units above {MAX_UNITS:,} are more than any layer has; give counts "
+            "up to the layer's number of units, e.g. 1,2,4,8"
+        )
+    return values
 
 def _fmt(x: float, spec: str = ".2f") -> str:
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
@@ -132,7 +141,8 @@ def register(app: typer.Typer) -> None:
             raise SpecError(f"--score {score!r} is not known: use one of {', '.join(SCORES)}")
         if kind not in ("prob", "logit"):
             raise SpecError(f"--kind {kind!r} is not known: use prob or logit")
-        inputs = load_inputs(model, weights, trust_pickle, data, layer)
+        check_export(export, per_instance=True)
+        inputs = load_inputs(model, weights, trust_pickle, data, layer, batch_size=batch_size)
         profiles = _profiles(inputs, granularity, kind, batch_size, device, store, no_cache, keep_instances=True)
         with progress_bar("unit contributions") as bar:
             result = deviation_scores(
@@ -186,7 +196,7 @@ def register(app: typer.Typer) -> None:
         from essence.core.expert_evidence import expert_evidence
         from essence.core.experts import cache_slice, expert_sweep
 
-        inputs = load_inputs(model, weights, trust_pickle, data, layer)
+        inputs = load_inputs(model, weights, trust_pickle, data, layer, batch_size=batch_size)
         m, d, lay = inputs.model.module, inputs.data, inputs.layer
         d.class_index(cls)  # fail early on an unknown class, before any pass
         a, b = _ints(alphas, "alphas"), _ints(betas, "betas")
@@ -266,7 +276,8 @@ def register(app: typer.Typer) -> None:
 
         if not 0 < rare_share <= 1:
             raise SpecError(f"--rare-share {rare_share} must lie in (0, 1]")
-        inputs = load_inputs(model, weights, trust_pickle, data, layer)
+        check_export(export, per_instance=False)
+        inputs = load_inputs(model, weights, trust_pickle, data, layer, batch_size=batch_size)
         settings = DiagnosisSettings(rare_share=rare_share, granularity=granularity)  # type: ignore[arg-type]
         profiles = _profiles(inputs, granularity, settings.kind, batch_size, device, store, no_cache)
         with progress_bar(f"diagnosis at {inputs.layer}") as bar:

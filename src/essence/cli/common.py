@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
+import os
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,8 +27,9 @@ from essence.cli.output import write_text_file as write_text_file  # that still 
 from essence.core.data import ImageData
 from essence.core.datasets import environment_data_root, load_dataset
 from essence.core.errors import LayerNotFoundError, SpecError
+from essence.core.files import read_json
 from essence.core.models import LoadedModel, check_compatible, load_model
-from essence.core.preprocessing import Preprocessing
+from essence.core.preprocessing import MAX_SIDE, Preprocessing
 from essence.core.slices import resolve_layer
 
 ModelOpt = Annotated[
@@ -97,10 +98,7 @@ class Inputs:
 def read_recipe(path: Path | None) -> Preprocessing | None:
     if path is None:
         return None
-    try:
-        return Preprocessing.from_dict(json.loads(path.read_text()))
-    except (OSError, json.JSONDecodeError, TypeError) as exc:
-        raise SpecError(f"{path}: not a readable preprocessing recipe JSON ({exc})") from exc
+    return Preprocessing.from_dict(read_json(path, "preprocessing recipe", SpecError))
 
 
 def recipe_for(
@@ -157,7 +155,7 @@ def read_card(weights: Path | None) -> tuple[dict[str, Any], Path] | None:
     if weights is None:
         return None
     path = card_path(weights)
-    if path.is_file():
+    if os.path.lexists(path):  # a FIFO or a dangling link is refused by name, not passed over
         card = _read_json_object(path)
         if OUTPUT_MARKER in card:
             raise SpecError(
@@ -167,11 +165,11 @@ def read_card(weights: Path | None) -> tuple[dict[str, Any], Path] | None:
         _check_card(card, path)
         return card, path
     legacy = Path(weights).with_suffix(".json")
-    if not legacy.is_file():
+    if not legacy.is_file():  # only a regular file is ever taken for an older card
         return None
     try:
-        card = json.loads(legacy.read_text())
-    except (OSError, ValueError):
+        card = read_json(legacy, "model card", SpecError)
+    except SpecError:
         card = None
     if isinstance(card, dict) and OUTPUT_MARKER in card:
         return None  # an Essence output written beside the weights: never a card
@@ -190,10 +188,7 @@ def read_card(weights: Path | None) -> tuple[dict[str, Any], Path] | None:
 
 
 def _read_json_object(path: Path) -> dict[str, Any]:
-    try:
-        card = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise SpecError(f"{path}: the model card beside the weights is not valid JSON ({exc})") from exc
+    card = read_json(path, "model card", SpecError)
     if not isinstance(card, dict):
         raise SpecError(
             f"{path}: a model card is a JSON object of {sorted(CARD_KEYS)[:6]}..., got {type(card).__name__}"
@@ -212,6 +207,17 @@ def _check_card(card: dict[str, Any], path: Path) -> None:
         raise SpecError(f"{path}: class_names must be a list of names, got {type(names).__name__}")
     if card.get("default_layer") is not None and not isinstance(card["default_layer"], str):
         raise SpecError(f"{path}: default_layer must be a module path (a string)")
+    for key in ("input_size", "image_size"):
+        size = card.get(key)
+        if size is not None and not (
+            isinstance(size, list)
+            and 2 <= len(size) <= 4
+            and all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_SIDE for v in size)
+        ):
+            raise SpecError(
+                f"{path}: {key} must be a list of 2 to 4 positive whole numbers ([H, W] or [C, H, W]), got "
+                f"{size!r:.60}; fix or remove it"
+            )
     if card.get("preprocessing") is not None:
         try:
             Preprocessing.from_dict(card["preprocessing"])
@@ -246,8 +252,10 @@ def load_inputs(
     recipe_file: Path | None = None,
     skip_bad_images: bool = False,
     need_layer: bool = True,
+    batch_size: int | None = None,
 ) -> Inputs:
-    """Load and cross-check the model, data and slice named on the command line."""
+    """Load and cross-check the model, data and slice named on the command line (and, given ``batch_size``,
+    that one batch of the preprocessed images fits in memory, before the model runs on any)."""
     loaded = load_model_spec(model, weights, trust_pickle)
     recipe = recipe_for(loaded, size, blur, recipe_file)
     dataset = load_dataset(
@@ -257,6 +265,8 @@ def load_inputs(
         on_bad_image="skip" if skip_bad_images else "error",
         data_root=environment_data_root(),
     )
+    if batch_size is not None:
+        dataset.check_batch_memory(batch_size)
     if dataset.skipped:
         typer.echo(f"note: {len(dataset.skipped)} unreadable images were skipped", err=True)
     say_recipe(dataset.preprocessing)

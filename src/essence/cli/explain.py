@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Annotated
 
@@ -23,8 +24,8 @@ from essence.cli.common import (
     load_model_spec,
     recipe_for,
     say_recipe,
-    write_json,
 )
+from essence.cli.output import write_json, write_text_file
 from essence.core.errors import LayerNotFoundError, SpecError
 from essence.core.preprocessing import Preprocessing
 from essence.core.slices import layer_names
@@ -108,13 +109,9 @@ def run_explain(
         f"  integrated gradients: Σ = {float(result.ig.sum()):+.4g} (completeness error {result.ig_error:+.2g})"
     )
     if out is not None:
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            render_panel(result).save(out, format="PNG")
-        except (OSError, ValueError) as exc:
-            raise SpecError(
-                f"cannot write {out}: {exc}; choose a writable --out path ending in .png"
-            ) from exc
+        png = io.BytesIO()
+        render_panel(result).save(png, format="PNG")
+        write_text_file(out, png.getvalue(), "--out")  # atomic; links and special files written through
         typer.echo(f"  panel written to {out}")
     write_json(json_path, result.to_json(), recipe.for_container(None))
 

@@ -192,6 +192,7 @@ class ProfileRequest:
             blur=self.blur,
             recipe_file=self.recipe,
             skip_bad_images=self.skip_bad,
+            batch_size=self.batch_size,
         )
 
     def to_args(self) -> list[str]:

@@ -17,8 +17,8 @@ from essence.cli.common import (
     WeightsOpt,
     load_inputs,
     progress_bar,
+    write_text_file,
 )
-from essence.core.errors import SpecError
 
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="the HTML file to write")]
 
@@ -85,11 +85,5 @@ def register(app: typer.Typer) -> None:
                 inputs.model, inputs.data, inputs.layer, diag, opened, predicted=np.concatenate(predicted)
             )
             reviewed = len(opened.latest_verdicts(inputs.data.fingerprint))
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(text, encoding="utf-8")
-        except OSError as exc:
-            raise SpecError(
-                f"cannot write {out}: {exc.strerror or exc}; choose a writable --out path"
-            ) from exc
+        write_text_file(out, text, "--out")  # atomic; links and special files written through, modes kept
         typer.echo(f"wrote {out}: {inputs.model.name} on {inputs.data.spec}, {reviewed} reviewed cases")

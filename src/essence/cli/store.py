@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -115,11 +116,20 @@ def prune(
 ) -> None:
     from essence.storage import Store
 
+# Python's dates end in the year 9999: an age beyond that is no date at all (``inf`` or ``1e300`` overflowed).
+MAX_AGE_DAYS = 1_000_000
+
+
     with Store.open(store) as opened:
         report = opened.prune(older_than_days=older_than, model_fp=model_fp, slices=slices, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
     typer.echo(
         f"{verb} {report.profiles} profiles ({report.matrices} per-instance matrices) and {report.blobs} "
+    if older_than is not None and not (math.isfinite(older_than) and older_than <= MAX_AGE_DAYS):
+        raise SpecError(
+            f"--older-than {older_than:g} is not a number of days Essence can count back (at most "
+            f"{MAX_AGE_DAYS:,}): give a finite age in days, e.g. --older-than 30"
+        )
         f"unreferenced matrix blobs ({_size(report.bytes_freed)}); verdicts are never removed"
     )
     typer.echo(f"{verb} {report.slices} stored slices ({_size(report.slice_bytes)})")

@@ -14,6 +14,7 @@ import hashlib
 import math
 import re
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -155,7 +156,7 @@ def check_npz_sizes(path: Path, limit: int | None = None) -> None:
                     )
                     shape, _, dtype = read_header(member)
                     header_end = member.tell()
-            except (ValueError, OSError, EOFError, zipfile.BadZipFile, NotImplementedError) as exc:
+            except (ValueError, OSError, EOFError, RuntimeError, zipfile.BadZipFile, zlib.error) as exc:
                 raise DataLoadError(
                     f"{path}: member {info.filename!r} has no readable array header ({exc}); save with np.savez"
                 ) from exc

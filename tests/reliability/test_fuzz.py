@@ -130,6 +130,30 @@ def test_npz_loader_on_raw_bytes(tmp_path_factory: pytest.TempPathFactory, blob:
     _use(only_essence_errors(load_dataset, f"npz:{path}"))
 
 
+@FUZZ
+@given(
+    shape=st.lists(st.integers(0, 10**7), min_size=0, max_size=5),
+    dtype=st.sampled_from(["|u1", "<f4", "<i8", "<c8", "|b1"]),
+    payload=st.integers(0, 300),
+    compressed=st.booleans(),
+)
+def test_npz_headers_of_any_size(
+    tmp_path_factory: pytest.TempPathFactory, shape: list[int], dtype: str, payload: int, compressed: bool
+) -> None:
+    """Members with valid headers declaring any shape over any payload: refused from the header (it lies, or
+    asks for more than the bound) or read; never an allocation of what the header asks for."""
+    path = tmp_path_factory.mktemp("npzh") / "d.npz"
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": dtype, "fortran_order": False, "shape": tuple(shape)}
+    )
+    mode = zipfile.ZIP_DEFLATED if compressed else zipfile.ZIP_STORED
+    with zipfile.ZipFile(path, "w", mode) as z:
+        z.writestr("images.npy", header.getvalue() + b"\x01" * payload)
+        z.writestr("labels.npy", header.getvalue() + b"\x00" * payload)
+    _use(only_essence_errors(load_dataset, f"npz:{path}"))
+
+
 # ---------------------------------------------------------------------------------------------------- images
 
 

@@ -40,6 +40,10 @@ CHUNK = 1 << 20
 # The whole-model choice: a torch.export program (.pt2). TorchScript cannot be analysed (PyTorch runs no hooks
 # on ScriptModules) and load_model refuses it, naming this format.
 TORCHSCRIPT = "Exported program (.pt2 from torch.export, architecture inside the file)"
+ONNX = "ONNX model (.onnx, architecture inside the file)"
+LIBRARY = "A timm or MONAI architecture (name it below)"
+LIBRARY_PREFIXES = ("timm:", "monai:")
+DICOM_SUFFIXES = (".dcm", ".dicom")
 
 
 def uploads_root() -> Path:
@@ -211,7 +215,7 @@ def dataset_root(root: Path) -> str:
         csvs = [p for p in entries if p.suffix.lower() == ".csv"]
         dirs = [p for p in entries if p.is_dir()]
         if len(csvs) == 1:
-            return f"csv:{csvs[0]}"
+            return f"{_csv_kind(csvs[0])}:{csvs[0]}"
         if len(csvs) > 1:
             raise DataLoadError(
                 f"the zip holds several CSV files ({', '.join(p.name for p in csvs[:3])}): keep one, of path,label"
@@ -221,11 +225,22 @@ def dataset_root(root: Path) -> str:
             here = dirs[0]
             continue
         if dirs:
-            return f"folder:{here}"
+            dicom = any(f.suffix.lower() in DICOM_SUFFIXES for d in dirs for f in d.rglob("*"))
+            return f"{'dicom' if dicom else 'folder'}:{here}"
         raise DataLoadError(
             "the zip has neither class folders nor a CSV: put each class's images in a folder named after the "
             "class (ImageFolder), or add a CSV of path,label"
         )
+
+
+def _csv_kind(path: Path) -> str:
+    """``dicom`` for a CSV listing DICOM files (``path,label`` rows of ``.dcm``), else ``csv``."""
+    try:
+        head = path.read_text(encoding="utf-8", errors="replace").splitlines()[:5]
+    except OSError:
+        return "csv"
+    cells = [line.split(",", 1)[0].strip().lower() for line in head]
+    return "dicom" if any(c.endswith(DICOM_SUFFIXES) for c in cells) else "csv"
 
 
 def dataset_from_zip(
@@ -279,7 +294,7 @@ def architectures() -> list[str]:
     """Architectures an uploaded state_dict can be for: TorchScript first, then torchvision's classifiers."""
     import torchvision
 
-    return [TORCHSCRIPT, *sorted(torchvision.models.list_models(module=torchvision.models))]
+    return [TORCHSCRIPT, ONNX, LIBRARY, *sorted(torchvision.models.list_models(module=torchvision.models))]
 
 
 def recipe_of(size: int | None, blur: float, normalise: str, mode: str = "RGB") -> Preprocessing:
@@ -339,6 +354,14 @@ def model_from_upload(
                 f"{name} holds weights only (safetensors): choose the architecture they were saved from"
             )
         spec, weights = str(path), None
+    elif architecture == ONNX:
+        spec, weights = f"onnx:{path}", None
+    elif architecture.startswith(LIBRARY_PREFIXES):  # timm:ARCH or monai:NETWORK, typed on the page
+        spec, weights = architecture.strip(), str(path)
+    elif architecture == LIBRARY:
+        raise SpecError(
+            "name the architecture: timm:ARCH (e.g. timm:resnet18) or monai:NETWORK (e.g. monai:DenseNet121)"
+        )
     else:
         spec, weights = f"torchvision:{architecture}", str(path)
     try:

@@ -46,12 +46,17 @@ def _model_form() -> None:
     st.subheader("A model")
     with st.form("upload-model"):
         file = st.file_uploader(
-            "Weights (.safetensors or a state_dict .pt/.pth) or an exported program (.pt2, torch.export)",
-            type=["safetensors", "pt", "pth", "pt2"],
+            "Weights (.safetensors or a state_dict .pt/.pth), an exported program (.pt2, torch.export) or an "
+            "ONNX model (.onnx)",
+            type=["safetensors", "pt", "pth", "pt2", "onnx"],
             max_upload_size=uploads.UPLOAD_LIMIT_MB,
             key="upload-model-file",
         )
         arch = st.selectbox("Architecture", uploads.architectures(), key="upload-model-arch")
+        library = st.text_input(
+            "timm or MONAI architecture, with the choice above (e.g. timm:resnet18, monai:DenseNet121)",
+            key="upload-model-library",
+        )
         names = st.text_input(
             "Class names, in output order, comma-separated (empty: the dataset's)", key="upload-model-names"
         )
@@ -85,7 +90,13 @@ def _model_form() -> None:
     class_names = [n.strip() for n in names.split(",") if n.strip()] or None
     with st.spinner("Checking the model…"):
         choice = uploads.model_from_upload(
-            file.getvalue(), file.name, arch, recipe_, class_names, layer.strip() or None, trust_pickle=trust
+            file.getvalue(),
+            file.name,
+            library.strip() if arch == uploads.LIBRARY and library.strip() else arch,
+            recipe_,
+            class_names,
+            layer.strip() or None,
+            trust_pickle=trust,
         )
     registry.register_model(choice)
     state = recipe()
@@ -99,7 +110,8 @@ def _data_form() -> None:
     st.subheader("A dataset")
     with st.form("upload-data"):
         file = st.file_uploader(
-            "A zip of an ImageFolder tree (one folder per class) or of a CSV of path,label with its images",
+            "A zip of an ImageFolder tree (one folder per class) or of a CSV of path,label with its images; "
+            "DICOM files (.dcm) alike",
             type=["zip"],
             max_upload_size=uploads.UPLOAD_LIMIT_MB,
             key="upload-data-file",

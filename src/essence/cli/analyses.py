@@ -21,8 +21,9 @@ from essence.cli.common import (
     WeightsOpt,
     load_inputs,
     progress_bar,
-    write_json,
 )
+from essence.cli.exports import ExportOpt, check_export, write_diagnosis_export, write_triage_export
+from essence.cli.output import write_json
 from essence.cli.profile import compute_profiles
 from essence.core.errors import SpecError
 from essence.core.profiles import ClassProfiles
@@ -30,10 +31,10 @@ from essence.core.profiles import ClassProfiles
 GranOpt = Annotated[str, typer.Option("--granularity", help="channel (conv: whole channels) or neuron")]
 
 
-def _ints(text: str | None, what: str) -> list[int] | None:
 MAX_UNITS = 2**31 - 1
 
 
+def _ints(text: str | None, what: str) -> list[int] | None:
     """Parse ``"1,2,4"`` (or ``"1 2 4"``) into ints."""
     if text is None:
         return None
@@ -42,13 +43,13 @@ MAX_UNITS = 2**31 - 1
         values = [int(p) for p in parts]
     except ValueError as exc:
         raise SpecError(f"--{what} {text!r}: give whole numbers separated by commas, e.g. 1,2,4,8") from exc
-
     if any(abs(v) > MAX_UNITS for v in values):  # a count of units: beyond any layer (and torch's integers)
         raise SpecError(
             f"--{what} {text!r}: counts of units above {MAX_UNITS:,} are more than any layer has; give counts "
             "up to the layer's number of units, e.g. 1,2,4,8"
         )
     return values
+
 
 def _fmt(x: float, spec: str = ".2f") -> str:
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
@@ -133,6 +134,7 @@ def register(app: typer.Typer) -> None:
         json_path: JsonOpt = None,
         store: StoreOpt = None,
         no_cache: NoCacheOpt = False,
+        export: ExportOpt = None,
     ) -> None:
         """Instances ranked for review: the doubtful and those right for unusual reasons first, with why."""
         from essence.core.triage import SCORES, deviation_scores
@@ -171,6 +173,7 @@ def register(app: typer.Typer) -> None:
         out = result.to_json(top=0)
         out["scores"] = rows
         write_json(json_path, out, inputs.data.preprocessing)
+        write_triage_export(export, result, inputs.data, verdicts)
         _say_if_cached(profiles)
 
     @app.command("experts")
@@ -269,6 +272,7 @@ def register(app: typer.Typer) -> None:
         json_path: JsonOpt = None,
         store: StoreOpt = None,
         no_cache: NoCacheOpt = False,
+        export: ExportOpt = None,
     ) -> None:
         """Per class: ok, drowning experts, not read out or not learned — with the evidence, the remedy, and the
         preprocessing step to suspect (docs/analyses.md)."""
@@ -313,6 +317,7 @@ def register(app: typer.Typer) -> None:
                 typer.echo(f"      suspect step: {step.step} — {step.evidence}")
             typer.echo(f"      top units + {c.top_positive}  − {c.top_negative}")
         write_json(json_path, result.to_json(), inputs.data.preprocessing)
+        write_diagnosis_export(export, result)
         _say_if_cached(profiles)
 
 

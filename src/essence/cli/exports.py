@@ -29,43 +29,40 @@ if TYPE_CHECKING:
     from essence.core.triage import Triage
 
 ExportOpt = Annotated[
-    Path | None,
+    list[Path] | None,
     typer.Option(
         "--export",
         help="also write the result as FILE.csv, FILE.json or FILE.parquet (triage: also FILE.fiftyone.json "
-        "for FiftyOne, FILE.npz for cleanlab); see docs/interop.md",
+        "for FiftyOne, FILE.npz for cleanlab); repeat for several; see docs/interop.md",
     ),
 ]
 
 
-def check_export(path: Path | None, per_instance: bool) -> None:
+def check_export(paths: list[Path] | None, per_instance: bool) -> None:
     """Refuse an export name that names no format, before any computation.
 
     Raises:
         SpecError: naming the formats this command writes.
     """
-    if path is not None:
+    for path in paths or []:
         export_format(path, (*TABLE_FORMATS, "fiftyone", "cleanlab") if per_instance else TABLE_FORMATS)
 
 
 def write_triage_export(
-    path: Path | None, triage: Triage, data: ImageData, verdicts: Mapping[int, str | None]
+    paths: list[Path] | None, triage: Triage, data: ImageData, verdicts: Mapping[int, str | None]
 ) -> None:
-    """Write the triage to ``path`` in the format its name asks for (nothing when ``path`` is None)."""
-    if path is None:
-        return
-    fmt = export_format(path)
+    """Write the triage to each path in the format its name asks for."""
     reviewed = {i: v for i, v in verdicts.items() if v}
-    write_text_file(path, triage_export(triage, fmt, data, reviewed), "--export")
-    typer.echo(f"wrote the triage of {len(triage)} instances to {path} ({fmt})")
+    for path in paths or []:
+        fmt = export_format(path)
+        write_text_file(path, triage_export(triage, fmt, data, reviewed), "--export")
+        typer.echo(f"wrote the triage of {len(triage)} instances to {path} ({fmt})")
 
 
-def write_diagnosis_export(path: Path | None, diagnosis: Diagnosis) -> None:
-    """Write the diagnosis (one row per class) to ``path`` (nothing when ``path`` is None)."""
-    if path is None:
-        return
-    fmt = export_format(path, TABLE_FORMATS)
-    write_text_file(
-        path, table_bytes(diagnosis_rows(diagnosis), DIAGNOSIS_COLUMNS, fmt, "classes"), "--export"
-    )
-    typer.echo(f"wrote the diagnosis of {len(diagnosis.classes)} classes to {path} ({fmt})")
+def write_diagnosis_export(paths: list[Path] | None, diagnosis: Diagnosis) -> None:
+    """Write the diagnosis (one row per class) to each path."""
+    for path in paths or []:
+        fmt = export_format(path, TABLE_FORMATS)
+        table = table_bytes(diagnosis_rows(diagnosis), DIAGNOSIS_COLUMNS, fmt, "classes")
+        write_text_file(path, table, "--export")
+        typer.echo(f"wrote the diagnosis of {len(diagnosis.classes)} classes to {path} ({fmt})")

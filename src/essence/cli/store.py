@@ -24,15 +24,14 @@ from essence.cli.common import (
     StoreOpt,
     TrustPickleOpt,
     WeightsOpt,
-    write_json,
-    write_text_file,
 )
+from essence.cli.output import write_json, write_text_file
 from essence.cli.profile import AllowEmptyOpt, KindOpt, ProfileRequest, run_profiles
 from essence.core.errors import SpecError
 
 VerdictsOpt = Annotated[
     Path | None,
-    typer.Option("--verdicts", help="write every verdict (full history) to FILE.csv or FILE.json"),
+    typer.Option("--verdicts", help="write every verdict (full history) to FILE.csv, FILE.json or FILE.parquet"),
 ]
 ProfilesOpt = Annotated[
     Path | None, typer.Option("--profiles", help="write every cached profile as JSON into folder DIR")
@@ -86,11 +85,17 @@ def export(store: str | None, verdicts: Path | None, profiles: Path | None, data
     fmt = None
     if verdicts is not None:
         fmt = verdicts.suffix.lower().lstrip(".")
-        if fmt not in ("csv", "json"):
-            raise SpecError(f"--verdicts {verdicts}: name a .csv or .json file")
+        if fmt not in ("csv", "json", "parquet"):
+            raise SpecError(f"--verdicts {verdicts}: name a .csv, .json or .parquet file")
     with Store.open(store) as opened:
         if verdicts is not None:
-            write_text_file(verdicts, opened.export_verdicts(fmt, dataset_fp=dataset), "--verdicts")  # type: ignore[arg-type]
+            if fmt == "parquet":  # the JSON export's records, as a table with the same columns
+                from essence.core.exports import VERDICT_COLUMNS, table_bytes
+
+                records = json.loads(opened.export_verdicts("json", dataset_fp=dataset))["verdicts"]
+                write_text_file(verdicts, table_bytes(records, VERDICT_COLUMNS, "parquet"), "--verdicts")
+            else:
+                write_text_file(verdicts, opened.export_verdicts(fmt, dataset_fp=dataset), "--verdicts")  # type: ignore[arg-type]
             count = len(opened.all_verdicts(dataset))
             typer.echo(f"wrote {count} verdicts (full history) to {verdicts}")
         if profiles is not None:
@@ -111,25 +116,25 @@ def export(store: str | None, verdicts: Path | None, profiles: Path | None, data
             typer.echo(f"wrote {written} profiles to {profiles}")
 
 
+# Python's dates end in the year 9999: an age beyond that is no date at all (``inf`` or ``1e300`` overflowed).
+MAX_AGE_DAYS = 1_000_000
+
+
 def prune(
     store: str | None, older_than: float | None, model_fp: str | None, dry_run: bool, slices: bool = False
 ) -> None:
     from essence.storage import Store
 
-# Python's dates end in the year 9999: an age beyond that is no date at all (``inf`` or ``1e300`` overflowed).
-MAX_AGE_DAYS = 1_000_000
-
-
-    with Store.open(store) as opened:
-        report = opened.prune(older_than_days=older_than, model_fp=model_fp, slices=slices, dry_run=dry_run)
-    verb = "would remove" if dry_run else "removed"
-    typer.echo(
-        f"{verb} {report.profiles} profiles ({report.matrices} per-instance matrices) and {report.blobs} "
     if older_than is not None and not (math.isfinite(older_than) and older_than <= MAX_AGE_DAYS):
         raise SpecError(
             f"--older-than {older_than:g} is not a number of days Essence can count back (at most "
             f"{MAX_AGE_DAYS:,}): give a finite age in days, e.g. --older-than 30"
         )
+    with Store.open(store) as opened:
+        report = opened.prune(older_than_days=older_than, model_fp=model_fp, slices=slices, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    typer.echo(
+        f"{verb} {report.profiles} profiles ({report.matrices} per-instance matrices) and {report.blobs} "
         f"unreferenced matrix blobs ({_size(report.bytes_freed)}); verdicts are never removed"
     )
     typer.echo(f"{verb} {report.slices} stored slices ({_size(report.slice_bytes)})")

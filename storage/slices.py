@@ -129,13 +129,28 @@ class SliceWriter:
             if self.n * a[0].nbytes > self.limit:  # larger than the whole limit: not stored at all
                 self.skipped = True
                 return
-            self.folder.mkdir(parents=True)
-            self._z = np.lib.format.open_memmap(self.folder / "z.npy", "w+", a.dtype, (self.n, *a.shape[1:]))
+            try:
+                self._z = self._create(a.dtype, (self.n, *a.shape[1:]))
+            except OSError as exc:  # no room on the disk: the analysis goes on, the slice is not stored
+                self.skipped = True
+                warnings.warn(f"the slice was not stored ({exc}): follow-ups will run h again", stacklevel=2)
+                return
             self.layout = layout
         self._z[self.rows : self.rows + len(a)] = a
         self.rows += len(a)
         self._labels.append(labels.detach().long().cpu().numpy())
         self._outputs.append(outputs.detach().float().cpu().numpy())
+
+    def _create(self, dtype: np.dtype, shape: tuple[int, ...]) -> np.memmap:
+        """``z.npy``, its blocks reserved on disk first: a memory map's write into a sparse file on a full disk
+        ends the process (SIGBUS), a refused reservation is an ``OSError``."""
+        self.folder.mkdir(parents=True)
+        path = self.folder / "z.npy"
+        z = np.lib.format.open_memmap(path, "w+", dtype, shape)
+        with open(path, "rb+") as f:
+            if hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(f.fileno(), 0, path.stat().st_size)
+        return z
 
     def finish(self, key: SliceKey) -> None:
         """Flush every file, write the manifest last."""
@@ -251,18 +266,16 @@ class SliceFiles:
         tmp = self.root / f"{_TMP}{uuid.uuid4().hex}"
         writer = SliceWriter(tmp, n, limit)
         try:
-            yield writer
+            yield writer  # an error of the pass itself propagates: nothing is stored
             if writer.skipped or writer._z is None or writer.rows != n:
                 return
-            writer.finish(key)
-            self._make_room(_folder_bytes(tmp), limit, keep=key.digest())
-            with contextlib.suppress(OSError):  # stored meanwhile by another process: theirs stands
-                os.replace(tmp, self.folder(key))
-        except OSError as exc:
-            warnings.warn(
-                f"the slice at {key.layer!r} was not stored ({exc}): follow-ups will run h again",
-                stacklevel=3,
-            )
+            try:
+                writer.finish(key)
+                self._make_room(_folder_bytes(tmp), limit, keep=key.digest())
+                with contextlib.suppress(OSError):  # stored meanwhile by another process: theirs stands
+                    os.replace(tmp, self.folder(key))
+            except OSError as exc:
+                _not_stored(key, exc)
         finally:
             writer._z = None
             shutil.rmtree(tmp, ignore_errors=True)
@@ -350,6 +363,12 @@ class StoreSlices:
         if key is None or self.limit <= 0 or self.files.folder(key).is_dir():
             return None
         return self.files.record(key, n, self.limit)
+
+
+def _not_stored(key: SliceKey, exc: OSError) -> None:
+    warnings.warn(
+        f"the slice at {key.layer!r} was not stored ({exc}): follow-ups will run h again", stacklevel=4
+    )
 
 
 def _folder_bytes(folder: Path) -> int:

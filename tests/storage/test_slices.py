@@ -185,3 +185,33 @@ def test_the_cli_stores_the_slice_shows_it_and_prunes_it(tmp_path, monkeypatch, 
     assert "removed 1 stored slices" in run("store", "prune", "--slices")
     facts = json.loads((lambda o: o[o.index("{") :])(run("store", "info", "--json", "-")))
     assert (facts["slices"], facts["slice_bytes"]) == (0, 0)
+
+
+def test_an_error_of_the_pass_propagates_and_stores_nothing(tmp_path, model, data):
+    from essence.core.errors import Cancelled
+
+    calls = [0]
+
+    def cancel() -> bool:
+        calls[0] += 1
+        return calls[0] > 1  # after the first batch
+
+    with Store.open(tmp_path / "s.sqlite") as store, store.serving_slices(model, data):
+        with pytest.raises(Cancelled):
+            class_profiles(model.module, data, LAYER, batch_size=4, cancel=cancel, device="cpu")
+        assert store.info().slices == 0 and store.slice_files.size() == 0
+
+
+def test_no_room_for_the_slice_leaves_the_answer_intact(tmp_path, model, data, monkeypatch):
+    from essence.storage.slices import SliceWriter
+
+    def full(*_args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(SliceWriter, "_create", full)
+    with Store.open(tmp_path / "s.sqlite") as store:
+        with pytest.warns(UserWarning, match="not stored"):
+            got = profiles(store, model, data, "logit")
+        assert store.info().slices == 0
+    fresh = class_profiles(model.module, data, LAYER, kind="logit", device="cpu")
+    torch.testing.assert_close(got.mean, fresh.mean)

@@ -17,6 +17,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from essence.core.exports import TRIAGE_COLUMNS, VERDICT_COLUMNS
+
 timm = pytest.importorskip("timm", reason="the timm extra is part of dev")
 pytest.importorskip("pydicom", reason="the dicom extra is part of dev")
 
@@ -73,7 +75,7 @@ def test_a_dicom_folder_goes_through_profile_triage_and_report(setup: tuple[Path
     assert triage.returncode == 0, triage.stderr
     assert triage.stdout.count("wrote the triage of 8 instances") == len(exports)
     rows = list(csv.DictReader((out / "triage.csv").open()))
-    assert len(rows) == 8 and list(rows[0])[:4] == ["rank", "index", "label", "label_name"]
+    assert len(rows) == 8 and list(rows[0]) == list(TRIAGE_COLUMNS)
     assert {r["label_name"] for r in rows} == {"ct", "mr"} and all(len(r["patient"]) == 12 for r in rows)
     assert sorted(r["source"] for r in rows)[0] == "ct/ct0.dcm"
     pq = pytest.importorskip("pyarrow.parquet")
@@ -152,3 +154,23 @@ def test_the_upload_page_takes_dicom_zips_and_library_models(
     assert model.spec == MODEL and model.weights.endswith("net.safetensors")
     with pytest.raises(uploads.SpecError, match="name the architecture: timm:ARCH"):
         uploads.model_from_upload(weights.read_bytes(), "net.safetensors", uploads.LIBRARY, recipe)
+
+
+def test_verdicts_export_as_parquet_with_the_csv_columns(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    pq = pytest.importorskip("pyarrow.parquet")
+    from essence.cli import main
+    from essence.storage import Store
+
+    store = tmp_path / "s.sqlite"
+    with Store.open(store) as opened:
+        opened.record_verdict("f" * 16, 3, "label error", note="=SUM(A1)", reviewer="rev")
+        opened.record_verdict("f" * 16, 3, "fine", reviewer="rev")
+    for name in ("v.parquet", "v.csv"):
+        main(["store", "export", "--verdicts", str(tmp_path / name), "--store", str(store)])
+        assert f"wrote 2 verdicts (full history) to {tmp_path / name}" in capsys.readouterr().out
+    table = pq.read_table(tmp_path / "v.parquet")
+    assert table.column_names == list(VERDICT_COLUMNS)
+    assert table.column("verdict").to_pylist() == ["label error", "fine"]
+    assert table.column("latest").to_pylist() == [False, True]
+    assert table.column("note").to_pylist()[0] == "=SUM(A1)"  # as typed (the CSV guards its cells)
+    assert list(csv.DictReader((tmp_path / "v.csv").open()))[0]["note"] == "'=SUM(A1)"

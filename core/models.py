@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import os
 import types
 import warnings
 import zipfile
@@ -27,6 +28,7 @@ from torch import nn
 from essence.core import specs
 from essence.core.data import ImageData
 from essence.core.errors import DataLoadError, EssenceError, LabelMismatchError, ModelLoadError, SpecError
+from essence.core.files import regular_file
 from essence.core.independence import check_batch_independent
 from essence.core.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from essence.core.specs import ModelRequest
@@ -235,8 +237,9 @@ def _load_exported(path: Path, spec: str) -> LoadedModel:
 
 
 def _load_file_model(path: Path, spec: str, trust_pickle: bool) -> LoadedModel:
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise ModelLoadError(f"model file {str(path)!r} does not exist; check the path")
+    regular_file(path, "--model", ModelLoadError)  # a FIFO, a device or a symlink loop, named as such
     kind = _archive_kind(path)
     if kind == "export" or (kind is None and path.suffix == ".pt2"):
         return _load_exported(path, spec)

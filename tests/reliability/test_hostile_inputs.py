@@ -188,6 +188,7 @@ def _build(root: Path) -> Files:
     f["loop_csv"].write_text("path,label\nrow_a.png,0\ntree/c1/01.png,1\n")
     f["fifo"] = r / "pipe"
     os.mkfifo(f["fifo"])
+    os.mkfifo(r / "pipe.pt")
     f["fifo_tree"] = shutil.copytree(ws.folder, data / "fifo_tree")
     os.mkfifo(data / "pipe_in_data")
     os.symlink(data / "pipe_in_data", f["fifo_tree"] / "c0" / "zz.png")
@@ -363,6 +364,11 @@ ROWS = [
     Row("--image a FIFO", _explain("--image", "fifo"), ("FIFO",)),
     Row("--preprocessing a FIFO", _recipe_row("fifo"), ("FIFO",)),
     Row("--weights a FIFO", _weights_row("fifo"), ("FIFO",)),
+    Row(
+        "--model a FIFO",
+        lambda fs: ["profile", "--model", fs["fifo"] + ".pt", "-d", fs.npz, "-l", "fc1", *CPU],
+        ("--model", "FIFO"),
+    ),
     Row("model card a FIFO", _weights_row("fifo_card"), ("fifo_card.card.json", "FIFO")),
     # npz decompression and lying headers
     Row("npz header that lies about its size", _data("npz", "npz_liar"), ("images.npy", "damaged")),
@@ -380,7 +386,10 @@ ROWS = [
         damage="UPDATE profiles SET class_names='7'",
     ),
     Row(
-        "store: profile dtype unknown", _stored_profile, ("damaged row",), damage="UPDATE profiles SET dtype='zz'"
+        "store: profile dtype unknown",
+        _stored_profile,
+        ("damaged row",),
+        damage="UPDATE profiles SET dtype='zz'",
     ),
     Row(
         "store: profile date not a date",

@@ -156,8 +156,18 @@ def test_an_onnx_model_is_converted_into_modules_that_can_be_sliced(generated: P
     mine = class_profiles(loaded.module, data, layer)
     theirs = class_profiles(net, data, "2")  # the same layer of the original module
     torch.testing.assert_close(mine.mean, theirs.mean, atol=1e-4, rtol=1e-4)
-    triage = deviation_scores(loaded.module, data, layer, kind="prob", batch_size=8)
-    assert len(triage) == len(data)
+    m = loaded.module
+    assert len(deviation_scores(m, data, layer, kind="prob", batch_size=8)) == len(data)
+    assert expert_sweep(m, data, layer, "middle", alphas=[1, 2], betas=[0, 1], batch_size=8).recall.shape == (
+        2,
+        2,
+    )
+    small = DiagnosisSettings(alphas=[1, 2], betas=[0, 1])
+    assert len(diagnose(m, data, layer, batch_size=8, settings=small).classes) == CLASSES
+    assert compare_models(m, net, data, layer, "2", batch_size=8, diagnose=False).to_json()["classes"]
+    assert explain(m, data.tensors([0])[0], "top", layer=layer, class_names=data.class_names).to_json()[
+        "top_units"
+    ]
 
 
 def test_onnx_refusals_name_the_operator_and_the_fix(tmp_path: Path) -> None:

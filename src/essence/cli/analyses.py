@@ -9,6 +9,7 @@ import typer
 
 from essence.cli.common import (
     BatchOpt,
+    BlurOpt,
     DataOpt,
     DeviceOpt,
     Inputs,
@@ -16,6 +17,9 @@ from essence.cli.common import (
     LayerOpt,
     ModelOpt,
     NoCacheOpt,
+    RecipeOpt,
+    SizeOpt,
+    SkipBadOpt,
     StoreOpt,
     TrustPickleOpt,
     WeightsOpt,
@@ -134,6 +138,10 @@ def register(app: typer.Typer) -> None:
         json_path: JsonOpt = None,
         store: StoreOpt = None,
         no_cache: NoCacheOpt = False,
+        size: SizeOpt = None,
+        blur: BlurOpt = None,
+        recipe: RecipeOpt = None,
+        skip_bad: SkipBadOpt = False,
         export: ExportOpt = None,
     ) -> None:
         """Instances ranked for review: the doubtful and those right for unusual reasons first, with why."""
@@ -144,7 +152,10 @@ def register(app: typer.Typer) -> None:
         if kind not in ("prob", "logit"):
             raise SpecError(f"--kind {kind!r} is not known: use prob or logit")
         check_export(export, per_instance=True)
-        inputs = load_inputs(model, weights, trust_pickle, data, layer, batch_size=batch_size)
+        inputs = load_inputs(
+            model, weights, trust_pickle, data, layer, batch_size=batch_size,
+            size=size, blur=blur, recipe_file=recipe, skip_bad_images=skip_bad,
+        )  # fmt: skip
         profiles = _profiles(inputs, granularity, kind, batch_size, device, store, no_cache, keep_instances=True)
         with progress_bar("unit contributions") as bar:
             result = deviation_scores(
@@ -193,13 +204,20 @@ def register(app: typer.Typer) -> None:
         json_path: JsonOpt = None,
         store: StoreOpt = None,
         no_cache: NoCacheOpt = False,
+        size: SizeOpt = None,
+        blur: BlurOpt = None,
+        recipe: RecipeOpt = None,
+        skip_bad: SkipBadOpt = False,
     ) -> None:
         """Expert masks of one class over an α×β grid (paper Fig. 5), the activation-ranked control, and the
         honest test (cross-fitted, against the control and random masks)."""
         from essence.core.expert_evidence import expert_evidence
         from essence.core.experts import cache_slice, expert_sweep
 
-        inputs = load_inputs(model, weights, trust_pickle, data, layer, batch_size=batch_size)
+        inputs = load_inputs(
+            model, weights, trust_pickle, data, layer, batch_size=batch_size,
+            size=size, blur=blur, recipe_file=recipe, skip_bad_images=skip_bad,
+        )  # fmt: skip
         m, d, lay = inputs.model.module, inputs.data, inputs.layer
         d.class_index(cls)  # fail early on an unknown class, before any pass
         a, b = _ints(alphas, "alphas"), _ints(betas, "betas")
@@ -272,6 +290,10 @@ def register(app: typer.Typer) -> None:
         json_path: JsonOpt = None,
         store: StoreOpt = None,
         no_cache: NoCacheOpt = False,
+        size: SizeOpt = None,
+        blur: BlurOpt = None,
+        recipe: RecipeOpt = None,
+        skip_bad: SkipBadOpt = False,
         export: ExportOpt = None,
     ) -> None:
         """Per class: ok, drowning experts, not read out or not learned — with the evidence, the remedy, and the
@@ -281,7 +303,10 @@ def register(app: typer.Typer) -> None:
         if not 0 < rare_share <= 1:
             raise SpecError(f"--rare-share {rare_share} must lie in (0, 1]")
         check_export(export, per_instance=False)
-        inputs = load_inputs(model, weights, trust_pickle, data, layer, batch_size=batch_size)
+        inputs = load_inputs(
+            model, weights, trust_pickle, data, layer, batch_size=batch_size,
+            size=size, blur=blur, recipe_file=recipe, skip_bad_images=skip_bad,
+        )  # fmt: skip
         settings = DiagnosisSettings(rare_share=rare_share, granularity=granularity)  # type: ignore[arg-type]
         profiles = _profiles(inputs, granularity, settings.kind, batch_size, device, store, no_cache)
         with progress_bar(f"diagnosis at {inputs.layer}") as bar:

@@ -89,6 +89,7 @@ def test_a_dicom_folder_goes_through_profile_triage_and_report(setup: tuple[Path
 
     report = essence(home, "report", *common, "--out", str(out / "report.html"))
     assert report.returncode == 0, report.stderr
+    assert "window C=40 W=400" in (out / "report.html").read_text()  # the DICOM step, shown like the blur
     diagnose = essence(home, "diagnose", *common, "--export", str(out / "diagnosis.csv"))
     assert diagnose.returncode == 0, diagnose.stderr
     assert [r["class_name"] for r in csv.DictReader((out / "diagnosis.csv").open())] == ["ct", "mr"]

@@ -38,6 +38,8 @@ def register(app: typer.Typer) -> None:
         device: DeviceOpt = "auto",
     ) -> None:
         """Write the review report: model, preprocessing recipe, diagnosis, reviewed cases and verdicts."""
+        import dataclasses
+
         import numpy as np
         import torch
 
@@ -68,7 +70,8 @@ def register(app: typer.Typer) -> None:
                     ),
                     run_info=RunInfo(command="essence report", device=device),
                 )
-            recipe = inputs.model.preprocessing.describe() if inputs.model.preprocessing else None
+            # The recipe as applied to the data: the model's, with --size and a DICOM window step on top.
+            recipe = inputs.data.preprocessing.describe()
             diag = diagnose(
                 inputs.model.module,
                 inputs.data,
@@ -81,8 +84,9 @@ def register(app: typer.Typer) -> None:
             with inference_state(inputs.model.module), torch.no_grad():
                 for x, _, _ in inputs.data.batches(256):
                     predicted.append(inputs.model.module(x).argmax(1).numpy())
+            shown = dataclasses.replace(inputs.model, preprocessing=inputs.data.preprocessing)
             text = review_report(
-                inputs.model, inputs.data, inputs.layer, diag, opened, predicted=np.concatenate(predicted)
+                shown, inputs.data, inputs.layer, diag, opened, predicted=np.concatenate(predicted)
             )
             reviewed = len(opened.latest_verdicts(inputs.data.fingerprint))
         write_text_file(out, text, "--out")  # atomic; links and special files written through, modes kept

@@ -175,7 +175,7 @@ def all_profiles_grid(
             ],
         )
         .properties(width=columns * cell, height=rows * cell)
-        .facet(facet=alt.Facet("class:N", sort=list(names), title=None), columns=min(len(names), 5))
+        .facet(facet=alt.Facet("class:N", sort=list(names), title=None), columns=min(len(names), 3))
     )
 
 

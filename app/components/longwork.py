@@ -143,7 +143,8 @@ def profiles(inputs: Inputs, kind: str, key: str) -> ClassProfiles:
     digest = services.profile_key(inputs.model, inputs.data, inputs.layer, kind).digest()
     what = f"the {WHAT.get(kind, 'profiles')}"
     detail = (
-        f"Computing {what} of **{plain(inputs.model.name)}** on **{plain(inputs.data.spec)}** "
+        f"Computing {what} of **{plain(inputs.model_label or inputs.model.name)}** on "
+        f"**{plain(inputs.data_label or inputs.data.spec)}** "
         f"({len(inputs.data)} images) at `{inputs.layer}`. They are stored when done, so this happens once."
     )
 

@@ -47,11 +47,13 @@ def render() -> None:
 def _set_model(state: RecipeState, label: str) -> None:
     if label != state.model:
         state.model, state.layer, state.cls, state.triage_position = label, None, None, 0
+        state.suggesting = False  # scores of another model's layers: asked for again when wanted
 
 
 def _set_data(state: RecipeState, label: str) -> None:
     if label != state.data:
         state.data, state.triage_position, state.explain_index = label, 0, 0
+        state.suggesting = False
 
 
 def _pick_model(state: RecipeState) -> None:

@@ -14,23 +14,24 @@ from pathlib import Path, PurePosixPath
 
 MARKDOWN_SPECIAL = "\\`*_{}[]<>#|~$!"  # meaningful anywhere in a line
 LINE_START = "-+="  # meaningful only where a line starts (lists, headings)
+# A colon that opens Streamlit's ``:emoji:``, ``:material/icon:`` or ``:color[text]`` ("demo:blurred" does not).
+DIRECTIVE = re.compile(r":(?=[\w/-]+[:\[])")
 
 
 def plain(text: object) -> str:
     """``text`` as it is, safe inside markdown: special characters escaped, control characters dropped.
 
     The text becomes one line (newlines are control characters), so only its first character can start a
-    list or heading; a ``:`` before a letter, which would start a Streamlit ``:icon:`` or ``:color[…]``, is
-    escaped too. Readable characters (``.``, ``(``, ``-`` inside a line) stay as they are.
+    list or heading; a ``:`` that would open a Streamlit ``:icon:`` or ``:color[…]`` is escaped too. Readable characters (``.``, ``(``, ``-`` inside a line) stay as they are.
     """
     chars = printable(text)
+    directives = {m.start() for m in DIRECTIVE.finditer(chars)}
     out = []
     for i, ch in enumerate(chars):
-        follows = chars[i + 1] if i + 1 < len(chars) else ""
         if (
             ch in MARKDOWN_SPECIAL
             or (i == 0 and ch in LINE_START)
-            or (ch == ":" and follows.isalnum())
+            or i in directives
             or (ch == "." and chars[:i].isdigit())
         ):
             out.append("\\")

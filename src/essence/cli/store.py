@@ -86,7 +86,7 @@ def export(store: str | None, verdicts: Path | None, profiles: Path | None, data
     if verdicts is not None:
         fmt = verdicts.suffix.lower().lstrip(".")
         if fmt not in ("csv", "json", "parquet"):
-            raise SpecError(f"--verdicts {verdicts}: name a .csv, .json or .parquet file")
+            raise SpecError(f"--verdicts {verdicts}: name a .csv or .json file (or .parquet)")
     with Store.open(store) as opened:
         if verdicts is not None:
             if fmt == "parquet":  # the JSON export's records, as a table with the same columns

@@ -145,3 +145,22 @@ def test_channel_units_need_channels_first():
 
 def test_engine_keeps_its_batching():
     assert engine.influence is influence
+
+
+def test_non_finite_outputs_are_not_called_a_coupling():
+    """NaN outputs differ from themselves: the coupling check leaves them to the error that names them."""
+    from essence.core.errors import NonFiniteOutputError
+    from essence.core.independence import check_batch_independent
+
+    class Nan(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(3 * 6 * 6, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x.flatten(1)) * float("nan")
+
+    x, y = _data(4)
+    check_batch_independent(Nan().eval(), x)  # no coupling claimed
+    with pytest.raises(NonFiniteOutputError):
+        influence(Nan().eval(), (x, y), "fc", batch_size=4)

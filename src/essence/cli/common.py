@@ -291,7 +291,10 @@ def check_granularity(value: str) -> str:
     from essence.core.slices import GRANULARITIES
 
     if value not in GRANULARITIES:
-        raise SpecError(f"--granularity {value!r} is not known: use {', '.join(GRANULARITIES)}")
+        raise SpecError(
+            f"--granularity {value!r} is not known: use channel or neuron, or feature or token on [B, H, W, C] "
+            "and [B, T, D] slices"
+        )
     return value
 
 

@@ -37,8 +37,8 @@ ModelOpt = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="demo:blurred|sharp, torchvision:ARCH, package.module:function (both with --weights), or PATH.pt2 "
-        "(a torch.export program; TorchScript is refused)",
+        help="demo:blurred|sharp, torchvision:ARCH, timm:ARCH, monai:NETWORK, package.module:function (each with "
+        "--weights), onnx:PATH.onnx, or PATH.pt2 (a torch.export program; TorchScript is refused)",
     ),
 ]
 WeightsOpt = Annotated[
@@ -49,7 +49,10 @@ TrustPickleOpt = Annotated[
     typer.Option("--trust-pickle", help="allow full pickles (they can run code): only for files you trust"),
 ]
 DataOpt = Annotated[
-    str, typer.Option("--data", "-d", help="demo:train|val|test, digits, folder:PATH, csv:PATH or npz:PATH")
+    str,
+    typer.Option(
+        "--data", "-d", help="demo:train|val|test, digits, folder:PATH, csv:PATH, npz:PATH or dicom:PATH"
+    ),
 ]
 LayerOpt = Annotated[
     str | None, typer.Option("--layer", "-l", help="module path as model.named_modules() prints it")

@@ -257,28 +257,44 @@ class SliceFiles:
         return found
 
     @contextmanager
-    def record(self, key: SliceKey, n: int, limit: int) -> Iterator[SliceWriter]:
+    def record(
+        self, key: SliceKey, n: int, limit: int, deferred: list[PendingSlice] | None = None
+    ) -> Iterator[SliceWriter]:
         """Collect a full pass's z; on a clean exit with every row written, store it (making room first).
 
         Nothing is stored when the block raises, when fewer than ``n`` rows arrived, or when the slice alone is
         larger than ``limit``; the temporary folder is removed in every case.
+
+        Args:
+            key, n, limit: the slice, its number of instances and the size limit of all slices.
+            deferred: when given, a complete slice is not put in place yet: a :class:`PendingSlice` is appended
+                instead, to be published once the command that asked for it has succeeded as a whole (a failed
+                command leaves the store as it found it), or discarded.
         """
         tmp = self.root / f"{_TMP}{uuid.uuid4().hex}"
         writer = SliceWriter(tmp, n, limit)
+        pending = PendingSlice(self, key, writer, limit)
         try:
             yield writer  # an error of the pass itself propagates: nothing is stored
             if writer.skipped or writer._z is None or writer.rows != n:
                 return
-            try:
-                writer.finish(key)
-                self._make_room(_folder_bytes(tmp), limit, keep=key.digest())
-                with contextlib.suppress(OSError):  # stored meanwhile by another process: theirs stands
-                    os.replace(tmp, self.folder(key))
-            except OSError as exc:
-                _not_stored(key, exc)
+            if deferred is not None:
+                deferred.append(pending)
+                pending = None  # its owner publishes or discards it
+                return
+            pending.publish()
         finally:
-            writer._z = None
-            shutil.rmtree(tmp, ignore_errors=True)
+            if pending is not None:
+                pending.discard()
+
+    def _publish(self, key: SliceKey, writer: SliceWriter, limit: int) -> None:
+        try:
+            writer.finish(key)
+            self._make_room(_folder_bytes(writer.folder), limit, keep=key.digest())
+            with contextlib.suppress(OSError):  # stored meanwhile by another process: theirs stands
+                os.replace(writer.folder, self.folder(key))
+        except OSError as exc:
+            _not_stored(key, exc)
 
     def _make_room(self, incoming: int, limit: int, keep: str) -> None:
         """Remove the least recently used slices until ``incoming`` more bytes fit under ``limit``."""
@@ -327,6 +343,25 @@ class SliceFiles:
         return len(folders), freed
 
 
+class PendingSlice:
+    """A complete slice in its temporary folder, waiting for the command that computed it to succeed."""
+
+    def __init__(self, files: SliceFiles, key: SliceKey, writer: SliceWriter, limit: int) -> None:
+        self.files, self.key, self.writer, self.limit = files, key, writer, limit
+
+    def publish(self) -> None:
+        """Put it in place (a failure to store is a warning: follow-ups will run h again)."""
+        try:
+            self.files._publish(self.key, self.writer, self.limit)
+        finally:
+            self.discard()
+
+    def discard(self) -> None:
+        """Remove the temporary folder (after :meth:`publish`, only what was not moved into place)."""
+        self.writer._z = None
+        shutil.rmtree(self.writer.folder, ignore_errors=True)
+
+
 class StoreSlices:
     """The slice source of one (model, data) pair: finds and records their z in a store's slice folder.
 
@@ -340,6 +375,8 @@ class StoreSlices:
         self.data = data
         self.limit = limit
         self._found: dict[str, StoredSlice] = {}
+        # Slices recorded inside Store.serving_slices(defer=True): published when its block succeeds.
+        self.deferred: list[PendingSlice] | None = None
 
     def _key(self, model: nn.Module, data: object, layer: str) -> SliceKey | None:
         if model is not self.model.module or data is not self.data:
@@ -362,7 +399,19 @@ class StoreSlices:
         key = self._key(model, data, layer)
         if key is None or self.limit <= 0 or self.files.folder(key).is_dir():
             return None
-        return self.files.record(key, n, self.limit)
+        return self.files.record(key, n, self.limit, self.deferred)
+
+    def publish_deferred(self) -> None:
+        """Store what was recorded while deferred (the command succeeded)."""
+        pending, self.deferred = self.deferred or [], None
+        for p in pending:
+            p.publish()
+
+    def discard_deferred(self) -> None:
+        """Drop what was recorded while deferred (the command failed: the store stays as it was)."""
+        pending, self.deferred = self.deferred or [], None
+        for p in pending:
+            p.discard()
 
 
 def _not_stored(key: SliceKey, exc: OSError) -> None:

@@ -152,18 +152,32 @@ class Store:
         return StoreSlices(self.slice_files, model, data, limit)
 
     @contextmanager
-    def serving_slices(self, model: LoadedModel, data: ImageData) -> Iterator[StoreSlices | None]:
+    def serving_slices(
+        self, model: LoadedModel, data: ImageData, *, defer: bool = False
+    ) -> Iterator[StoreSlices | None]:
         """Within the block, every analysis of ``model.module`` on ``data`` reads z from the store, or stores it.
 
         The first full pass at a slice stores its z; every later question at that slice runs the layers above
         it only (:mod:`essence.core.slice_source`).
+
+        Args:
+            model, data: whose z is served.
+            defer: store what the block records only if the block succeeds as a whole (a command that fails
+                after its pass — an empty class, a locked store — leaves the store as it found it).
         """
         source = self.slice_source(model, data)
         if source is None:
             yield None
             return
-        with use_slices(source):
-            yield source
+        if defer:
+            source.deferred = []
+        try:
+            with use_slices(source):
+                yield source
+        except BaseException:
+            source.discard_deferred()
+            raise
+        source.publish_deferred()
 
     # ------------------------------------------------------------------------------------------- profiles
 
@@ -390,17 +404,18 @@ class Store:
                     hit = dataclasses.replace(hit, class_names=names)
                 return hit
         start = time.perf_counter()
-        with self.serving_slices(model, data):
+        # The slice's z is stored only together with the profiles: both, or (on any error) neither.
+        with self.serving_slices(model, data, defer=True):
             profiles = compute()
-        seconds = time.perf_counter() - start
-        info = run_info or RunInfo()
-        info = dataclasses.replace(
-            info,
-            preprocessing=info.preprocessing or data.preprocessing.to_dict(),
-            seconds=seconds if info.seconds is None else info.seconds,
-            description=info.description or f"class profiles of {model.name} on {data.spec} at {layer}",
-        )
-        self.put_profiles(key, profiles, info)
+            seconds = time.perf_counter() - start
+            info = run_info or RunInfo()
+            info = dataclasses.replace(
+                info,
+                preprocessing=info.preprocessing or data.preprocessing.to_dict(),
+                seconds=seconds if info.seconds is None else info.seconds,
+                description=info.description or f"class profiles of {model.name} on {data.spec} at {layer}",
+            )
+            self.put_profiles(key, profiles, info)
         return profiles
 
     # ------------------------------------------------------------------------------------------- runs

@@ -215,3 +215,20 @@ def test_no_room_for_the_slice_leaves_the_answer_intact(tmp_path, model, data, m
         assert store.info().slices == 0
     fresh = class_profiles(model.module, data, LAYER, kind="logit", device="cpu")
     torch.testing.assert_close(got.mean, fresh.mean)
+
+
+def test_a_command_that_fails_after_its_pass_stores_no_slice(tmp_path, model, data):
+    """The z and the profiles are stored together or not at all: an error after the pass (an empty class, a
+    locked store) leaves the store as it found it, and the same question then stores both."""
+    with Store.open(tmp_path / "s.sqlite") as store:
+
+        def compute_then_fail():
+            class_profiles(model.module, data, LAYER, kind="logit", device="cpu")  # the full pass runs
+            raise RuntimeError("after the pass")
+
+        with pytest.raises(RuntimeError, match="after the pass"):
+            store.cached_profiles(model, data, LAYER, "channel", "logit", compute_then_fail)
+        assert store.info().slices == 0
+        assert not [p for p in store.slice_files.root.iterdir()], "a temporary folder was left behind"
+        profiles(store, model, data, "logit")
+        assert store.info().slices == 1

@@ -32,8 +32,8 @@ from essence.cli.common import (
     check_granularity,
     load_inputs,
     progress_bar,
-    write_json,
 )
+from essence.cli.output import write_json
 from essence.core.devices import resolve_device
 from essence.core.errors import SpecError
 from essence.core.profiles import ClassProfiles, checked_class_names, class_profiles

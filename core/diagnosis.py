@@ -158,8 +158,9 @@ class _ClassRun:
             precision=tp / pred if pred else float("nan"),
             predicted_count=pred,
             confused_with=confused,
-            top_positive=[int(u) for u in order[: s.top_units]],
-            top_negative=[int(u) for u in order.flip(0)[: s.top_units]],
+            # A unit at 0 pushes neither way: it is no top unit of either sign (fewer than top_units then).
+            top_positive=[int(u) for u in order[: s.top_units] if self.profiles.mean[i, u] > 0],
+            top_negative=[int(u) for u in order.flip(0)[: s.top_units] if self.profiles.mean[i, u] < 0],
         )
         if count == 0:
             return ClassDiagnosis(

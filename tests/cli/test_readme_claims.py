@@ -172,3 +172,28 @@ def test_the_readme_demo_commands_run_as_written(tmp_path: Path) -> None:
     # The story: the blurred model never predicts severity 2 (class index 1).
     assert not any(r["predicted"] == 1 for r in rows)
     assert sum(r["label"] == 1 for r in rows) == 57
+
+
+def test_a_unit_at_zero_is_no_top_unit_of_either_sign(capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/app.md: "a unit at 0 is neither" — the CLI's summary lists only units that push that way."""
+    import torch
+
+    from essence.cli.profile import print_summary
+    from essence.core.profiles import ClassProfiles
+
+    mean = torch.tensor([[0.5, 0.0, 0.0, 0.2], [0.0, -0.3, 0.0, 0.0]])
+    profiles = ClassProfiles(
+        mean,
+        torch.zeros_like(mean),
+        torch.tensor([3, 4]),
+        ["a", "b"],
+        "fc",
+        "channel",
+        "logit[label]",
+        (4,),
+        None,
+    )  # type: ignore[arg-type]
+    print_summary(profiles, 0.1)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].strip() == "a (n=3)  top + [0:+0.5, 3:+0.2]  top − [none]"
+    assert lines[2].strip() == "b (n=4)  top + [none]  top − [1:-0.3]"

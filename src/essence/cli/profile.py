@@ -143,9 +143,12 @@ def print_summary(p: ClassProfiles, seconds: float, top: int = 5, stored: bool =
     )
     for c, name in enumerate(p.class_names):
         order = p.order(c)
-        pos = ", ".join(f"{int(u)}:{float(p.mean[c, u]):+.3g}" for u in order[:top])
-        neg = ", ".join(f"{int(u)}:{float(p.mean[c, u]):+.3g}" for u in order.flip(0)[:top])
-        typer.echo(f"  {name} (n={int(p.counts[c])})  top + [{pos}]  top − [{neg}]")
+        # A unit at 0 pushes neither way: "none" rather than zeros listed as the top of a sign.
+        pos = ", ".join(f"{int(u)}:{float(p.mean[c, u]):+.3g}" for u in order[:top] if p.mean[c, u] > 0)
+        neg = ", ".join(
+            f"{int(u)}:{float(p.mean[c, u]):+.3g}" for u in order.flip(0)[:top] if p.mean[c, u] < 0
+        )
+        typer.echo(f"  {name} (n={int(p.counts[c])})  top + [{pos or 'none'}]  top − [{neg or 'none'}]")
 
 
 @dataclass(frozen=True)

@@ -204,3 +204,14 @@ def test_the_checker_sees_nested_and_dynamic_imports(tmp_path: Path) -> None:
     )
     names = imported_modules(f)
     assert {"essence.app.views", "streamlit", "os"} <= names
+
+
+def test_test_modules_have_unique_names():
+    """The test folders are not packages: two test files of one name stop pytest at collection."""
+    seen: dict[str, Path] = {}
+    clashes = []
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+        if path.name in seen:
+            clashes.append(f"{seen[path.name].relative_to(ROOT)} and {path.relative_to(ROOT)}")
+        seen.setdefault(path.name, path)
+    assert clashes == []

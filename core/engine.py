@@ -26,16 +26,15 @@ from essence.core.distributions import (
     ClassConditional,
     Distribution,
     GaussianNoise,
-    Instance,
     LinearPath,
 )
 from essence.core.errors import (
     Cancelled,
-    ClassNotFoundError,
     EmptyClassError,
     NonFiniteOutputError,
     SpecError,
 )
+from essence.core.grouping import group_ids, instance_slots, neighbourhood_points, new_sums, restrict, within
 from essence.core.independence import check_batch_independent
 from essence.core.prefetch import prefetch
 from essence.core.quantities import Quantity, as_quantity, quantity_name
@@ -184,17 +183,17 @@ def influence(
     dev = resolve_device(device)
     labels = labels_of(data)
     names = getattr(data, "class_names", None)
-    subset = _restrict(distribution, labels, names)
+    subset = restrict(distribution, labels, names)
     if indices is not None:
-        subset = _within(subset, indices, len(labels))
-    points = _neighbourhood(distribution)
+        subset = within(subset, indices, len(labels))
+    points = neighbourhood_points(distribution)
     neighbourhood = isinstance(distribution, LinearPath | GaussianNoise)
     batches, n = as_batches(data, batch_size, subset)
     stored = None if is_input_layer(layer) else usable_slice(slices, model, data, layer, distribution)
     if stored is not None:  # the layers below the slice never run: g forward and backward on the stored z
         batch_size = above_batch_size(stored, batch_size)  # g alone takes larger batches in the same memory
         batches = slice_batches(stored, batch_size, subset)
-    asked, slot, positions = _instance_slots(subset, len(labels))
+    asked, slot, positions = instance_slots(subset, len(labels))
     total = -(-n // batch_size) * len(points)
     if n == 0:
         raise EmptyClassError("the data holds no instances: nothing to compute influence over")
@@ -254,8 +253,8 @@ def influence(
                 if recorder is not None and grad.z is not None:
                     recorder.write(grad.z, y, out0, layout)
                 if sums is None:
-                    sums = _new_sums(group_by, out0.shape[1], acc.shape[1], asked, num_groups, dev)
-                sums.add(acc, _group_ids(group_by, y, slot(idx), dev, sums.sum.shape[0]))
+                    sums = new_sums(group_by, out0.shape[1], acc.shape[1], asked, num_groups, dev)
+                sums.add(acc, group_ids(group_by, y, slot(idx), dev, sums.sum.shape[0]))
                 if keep_instances:
                     if neighbourhood:  # the outputs at the instance itself, not at a path point
                         with torch.no_grad():
@@ -393,83 +392,3 @@ def _float_dtype(model: nn.Module) -> torch.dtype | None:
         if t.is_floating_point():
             return t.dtype
     return None
-
-
-def _instance_slots(
-    subset: np.ndarray | None, n_data: int
-) -> tuple[int, Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
-    """Running-sum rows for per-instance grouping: one per instance asked about, not one per dataset instance.
-
-    Returns:
-        ``(rows, slot, positions)``: the number of rows; a map from dataset positions ``[B]`` to rows ``[B]``;
-        int64 ``[rows]`` the dataset position of each row.
-    """
-    if subset is None:
-        return n_data, lambda idx: idx, torch.arange(n_data)
-    positions = torch.from_numpy(np.unique(np.asarray(subset, dtype=np.int64)))
-
-    def slot(idx: torch.Tensor) -> torch.Tensor:
-        return torch.searchsorted(positions.to(idx.device), idx.long())
-
-    return len(positions), slot, positions
-
-
-def _within(subset: np.ndarray | None, indices: Sequence[int] | np.ndarray, n: int) -> np.ndarray:
-    """The positions of ``subset`` (all when ``None``) that are among ``indices``, in ``indices``' order."""
-    chosen = np.asarray(indices, dtype=np.int64).reshape(-1)
-    if chosen.size and (chosen.min() < 0 or chosen.max() >= n):
-        raise SpecError(
-            f"instance indices must lie in 0..{n - 1}; got {int(chosen.min())}..{int(chosen.max())}"
-        )
-    return chosen if subset is None else chosen[np.isin(chosen, subset)]
-
-
-def _neighbourhood(distribution: Distribution) -> list[tuple[float, float]]:
-    """The (α, weight) points around each instance; one point of weight 1 without a neighbourhood."""
-    if isinstance(distribution, LinearPath | GaussianNoise):
-        return distribution.points()
-    return [(1.0, 1.0)]
-
-
-def _restrict(distribution: Distribution, labels: np.ndarray, names: list[str] | None) -> np.ndarray | None:
-    """Instance indices a distribution is restricted to (``None``: all)."""
-    if isinstance(distribution, Instance) and distribution.index is not None:
-        if not 0 <= distribution.index < len(labels):
-            raise SpecError(f"instance index {distribution.index} is out of range 0..{len(labels) - 1}")
-        return np.array([distribution.index])
-    if isinstance(distribution, ClassConditional) and distribution.cls is not None:
-        idx = np.flatnonzero(labels == distribution.cls)
-        if idx.size == 0:
-            label = names[distribution.cls] if names and distribution.cls < len(names) else distribution.cls
-            raise EmptyClassError(
-                f"class {label!r} has no instances in the data: choose another class or add data"
-            )
-        return idx
-    return None
-
-
-def _new_sums(
-    group_by: str, num_outputs: int, units: int, n_data: int, num_groups: int | None, dev: torch.device
-) -> InfluenceSums:
-    """Empty sums: one group per class (of the model's outputs unless given), per instance, or one."""
-    if group_by == "class":
-        return InfluenceSums.zeros(num_groups or num_outputs, units, dev)
-    if group_by == "instance":
-        return InfluenceSums.zeros(n_data, units, dev)
-    return InfluenceSums.zeros(1, units, dev)
-
-
-def _group_ids(
-    group_by: str, y: torch.Tensor, idx: torch.Tensor, dev: torch.device, groups: int
-) -> torch.Tensor:
-    """Each instance's group ``[B]``: its label, its dataset position, or 0."""
-    if group_by == "class":
-        if y.numel() and int(y.max()) >= groups:
-            raise ClassNotFoundError(
-                f"label {int(y.max())} has no class among the model's {groups} outputs: "
-                "the data's classes must match the model's"
-            )
-        return y.long()
-    if group_by == "instance":
-        return idx.to(dev).long()
-    return torch.zeros_like(y, dtype=torch.long)

@@ -22,6 +22,7 @@ from PIL import Image
 from essence.app import charts
 from essence.core.data import ImageData
 from essence.core.models import LoadedModel
+from essence.core.preprocessing import Preprocessing
 
 if TYPE_CHECKING:
     from essence.core import Diagnosis
@@ -104,7 +105,7 @@ def review_report(
         f"<h1>Review of {_e(model.name)}</h1>",
         f"<p class='muted'>Data {_e(data.spec)} ({len(data)} images), slice <code>{_e(layer)}</code>; "
         f"report made {stamp}.</p>",
-        _model_section(model),
+        _model_section(model, getattr(data, "preprocessing", None)),
         _diagnosis_section(diagnosis, names),
         _cases_section(data, store, names, predicted),
         "</body></html>",
@@ -112,10 +113,10 @@ def review_report(
     return "\n".join(parts)
 
 
-def _model_section(model: LoadedModel) -> str:
-    recipe = (
-        model.preprocessing.describe() if model.preprocessing else "unknown (not recorded with the model)"
-    )
+def _model_section(model: LoadedModel, applied: Preprocessing | None = None) -> str:
+    """The model, and the recipe as applied to the data (the model's, with a DICOM window or a size on top)."""
+    shown = applied or model.preprocessing
+    recipe = shown.describe() if shown else "unknown (not recorded with the model)"
     card = "".join(
         f"<tr><th>{_e(k.replace('_', ' '))}</th><td>{_e(v)}</td></tr>"
         for k, v in model.card.items()

@@ -115,6 +115,13 @@ def test_every_analysis_runs_on_a_library_model(make, generated: Path, tmp_path:
     assert why.to_json()["top_units"]
     suggestion = suggest_layer(m, data, batch_size=8, max_instances=12)
     assert suggestion.to_json()["suggested"] in layer_names(m)
+    # the review report (the app's and `essence report`'s): the model, its recipe and the diagnosis
+    from essence.app.report import review_report
+    from essence.storage import Store
+
+    with Store.open(tmp_path / "store.sqlite") as store:
+        html = review_report(loaded, data, layer, diag, store)
+    assert html.startswith("<!DOCTYPE html>") and spec.split("(")[0] in html and "middle" in html
 
 
 def test_the_fingerprint_follows_the_weights(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from essence.app import charts
+from essence.app import charts, diagnosis_charts
 from essence.core.data import ImageData
 from essence.core.models import LoadedModel
 from essence.core.preprocessing import Preprocessing
@@ -177,7 +177,7 @@ def _flagged_class(c: object) -> str:
         for t in c.suspect_steps  # type: ignore[attr-defined]
     )
     figures = []
-    chart = charts.diagnosis_evidence(c)
+    chart = diagnosis_charts.diagnosis_evidence(c)
     if chart is not None:
         figures.append(svg(chart))
     evidence = c.evidence  # type: ignore[attr-defined]

@@ -12,6 +12,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from typing import TYPE_CHECKING
 
 import torch
 from sqlalchemy import delete, select
@@ -48,8 +49,9 @@ class ProfileCache:
     _files: FileBlobs | None
     slice_files: SliceFiles | None
 
-    def _session(self, write: bool = False) -> AbstractContextManager[Session]:
-        raise NotImplementedError
+    if TYPE_CHECKING:
+
+        def _session(self, write: bool = False) -> AbstractContextManager[Session]: ...
 
     # ------------------------------------------------------------------------------------------- slices
 

@@ -10,7 +10,7 @@ import io
 import json
 import socket
 from contextlib import AbstractContextManager
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -32,8 +32,9 @@ class Reviews:
     """The review half of :class:`~essence.storage.store.Store` (a mixin: it uses the store's sessions)."""
 
     # Provided by Store (storage/store.py).
-    def _session(self, write: bool = False) -> AbstractContextManager[Session]:
-        raise NotImplementedError
+    if TYPE_CHECKING:
+
+        def _session(self, write: bool = False) -> AbstractContextManager[Session]: ...
 
     # ------------------------------------------------------------------------------------------- runs
 

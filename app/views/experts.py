@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from essence.app import charts, services
+from essence.app import charts, diagnosis_charts, services
 from essence.app.components import bound, longwork
 from essence.app.components.boundary import run_page
 from essence.app.components.prereq import COMPARE_PAGE, current_inputs
@@ -68,7 +68,7 @@ def _flagged(c) -> None:
         f"{plain(c.name)}: {c.diagnosis} — {MEANING[c.diagnosis]}.\n\n{plain(c.advice.split('. Remedy:')[0])}.",
         icon=ICONS[c.diagnosis],
     )
-    chart = charts.diagnosis_evidence(c)
+    chart = diagnosis_charts.diagnosis_evidence(c)
     if chart is not None:
         st.altair_chart(chart)
     for step in c.suspect_steps:

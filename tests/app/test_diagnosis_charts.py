@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from essence.app import charts
+from essence.app import diagnosis_charts
 from essence.app.report import _flagged_class, svg
 from essence.core.probe import Probe
 from essence.core.suspect_steps import StepAudit, StepTest
@@ -30,25 +30,25 @@ def not_learned() -> SimpleNamespace:
 
 
 def test_separation_stages_run_from_the_images_to_the_slice() -> None:
-    frame = charts.separation_stages(not_learned())
+    frame = diagnosis_charts.separation_stages(not_learned())
     assert list(frame["stage"]) == ["raw images", "after Gaussian blur σ=2 px", "at the slice"]
     assert np.allclose(frame["auc"], [0.87, 0.46, 0.45]) and np.allclose(frame["chance"], [0.6, 0.6, 0.59])
 
 
 def test_the_evidence_chart_colours_bars_under_chance() -> None:
-    chart = charts.diagnosis_evidence(not_learned())
+    chart = diagnosis_charts.diagnosis_evidence(not_learned())
     spec = chart.to_dict()
     bars, ticks = spec["layer"]
     assert bars["mark"]["type"] == "bar" and ticks["mark"]["type"] == "tick"
     assert "datum.auc > datum.chance" in str(bars["encoding"]["color"])
     assert "Can <sev 2> be told from sev 1?" in str(bars["title"])
-    assert charts.diagnosis_evidence(SimpleNamespace(diagnosis="ok")) is None
+    assert diagnosis_charts.diagnosis_evidence(SimpleNamespace(diagnosis="ok")) is None
 
 
 def test_drowning_experts_chart_shows_the_references() -> None:
     evidence = SimpleNamespace(best={"recall": 0.76, "reference_recall": 0.18}, gain=0.18)
     c = SimpleNamespace(name="0", diagnosis="drowning experts", recall=0.0, evidence=evidence)
-    spec = charts.diagnosis_evidence(c).to_dict()
+    spec = diagnosis_charts.diagnosis_evidence(c).to_dict()
     values = next(iter(spec["datasets"].values()))
     assert [v["recall"] for v in values] == [0.0, 0.18, 0.76]
     assert "beat both by 0.18" in str(spec["title"])
@@ -59,4 +59,4 @@ def test_the_report_names_the_step_and_escapes_names() -> None:
     assert "&lt;sev 2&gt;: not learned" in html and "<sev 2>" not in html.split("<svg")[0]
     assert "Gaussian blur σ=2 px" in html and "What to do:</b> suspect the blur" in html
     assert html.count("<svg") == 1
-    assert svg(charts.diagnosis_evidence(not_learned())).lstrip().startswith("<svg")
+    assert svg(diagnosis_charts.diagnosis_evidence(not_learned())).lstrip().startswith("<svg")

@@ -28,6 +28,7 @@ from torch import nn
 from essence.core import specs
 from essence.core.data import ImageData
 from essence.core.errors import DataLoadError, EssenceError, LabelMismatchError, ModelLoadError, SpecError
+from essence.core.export_vetting import load_vetted_program
 from essence.core.files import regular_file
 from essence.core.independence import check_batch_independent
 from essence.core.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
@@ -216,16 +217,20 @@ def _archive_kind(path: Path) -> str | None:
     return None
 
 
-def _load_exported(path: Path, spec: str) -> LoadedModel:
-    """A ``torch.export`` program unflattened into ordinary modules (the original module paths kept)."""
+def _load_exported(path: Path, spec: str, trust_pickle: bool = False) -> LoadedModel:
+    """A ``torch.export`` program unflattened into ordinary modules (the original module paths kept).
+
+    Every entry of the archive is vetted first (:mod:`essence.core.export_vetting`): a pickled entry, native
+    code or a graph that calls anything but torch operators is refused unless ``trust_pickle``.
+    """
+    program = load_vetted_program(path, trust_pickle=trust_pickle)
     try:
         with warnings.catch_warnings():  # torch's chatter would break the one-line error
             warnings.simplefilter("ignore")
-            program = torch.export.load(str(path))
             module = torch.export.unflatten(program)
-    except Exception as exc:  # a damaged or foreign archive fails in many ways; each means "not loadable"
+    except Exception as exc:  # a program torch cannot unflatten
         raise ModelLoadError(
-            f"{path} is not a loadable torch.export program ({type(exc).__name__}: {str(exc)[:160]}): save it "
+            f"{path.name} is not a usable torch.export program ({type(exc).__name__}: {str(exc)[:160]}): save it "
             "with torch.export.save(torch.export.export(model, (x,)), 'model.pt2')"
         ) from exc
     return LoadedModel(
@@ -242,7 +247,7 @@ def _load_file_model(path: Path, spec: str, trust_pickle: bool) -> LoadedModel:
     regular_file(path, "--model", ModelLoadError)  # a FIFO, a device or a symlink loop, named as such
     kind = _archive_kind(path)
     if kind == "export" or (kind is None and path.suffix == ".pt2"):
-        return _load_exported(path, spec)
+        return _load_exported(path, spec, trust_pickle)
     if kind == "torchscript":
         raise ModelLoadError(f"{path.name} {TORCHSCRIPT_REFUSAL}")
     # A plain state_dict has no architecture; a full pickle is refused unless trusted.

@@ -11,6 +11,10 @@ map, one batch at a time: memory stays O(batch)), ``labels.npy`` ``[N]``, ``outp
 name and renamed into place once complete and flushed, so a crash leaves at most a temporary folder (removed
 by ``prune``); a reader never sees half a slice. On reading, each file's size and header are checked and g is
 run on a few stored z, which must give the stored outputs: a stale or foreign z is recomputed, never served.
+Before that, every file is checked to be byte for byte what was written: a regular file (no link) of the
+recorded size whose SHA-256, streamed over the whole file, is the one in ``slice.json``; a damaged slice —
+a changed row, rotated labels, a zeroed block, a link to another file, a manifest of another shape — is named
+in one warning, removed and recomputed by the question that found it (docs/store.md gives the cost).
 
 Size: at most :func:`slice_limit_bytes` in all (``ESSENCE_SLICE_CACHE_MB``, default
 :data:`DEFAULT_LIMIT_MB`; ``0`` turns stored slices off). A new slice makes room by removing the least
@@ -23,8 +27,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
+import stat
 import time
 import uuid
 import warnings
@@ -64,7 +70,7 @@ def slice_limit_bytes() -> int:
         mb = float(text)
     except ValueError:
         mb = -1.0
-    if not mb >= 0:
+    if not (mb >= 0 and math.isfinite(mb)):
         raise StoreError(f"{LIMIT_ENV}={text!r}: give a size in MB ≥ 0 (0 turns stored slices off)")
     return int(mb * (1 << 20))
 
@@ -194,7 +200,7 @@ class SliceFiles:
         for manifest in self.root.glob(f"*/{MANIFEST}") if self.root.is_dir() else []:
             if manifest.parent.name.startswith(_TMP):  # being written (or left by a crash): not a slice yet
                 continue
-            with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+            with contextlib.suppress(OSError, ValueError, TypeError, KeyError, AttributeError):
                 m = json.loads(manifest.read_text())
                 out.append(
                     SliceEntry(
@@ -213,33 +219,32 @@ class SliceFiles:
         return sum(_folder_bytes(p) for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else 0
 
     def find(self, key: SliceKey, model: nn.Module, data: object) -> StoredSlice | None:
-        """The stored z of ``key`` for ``model`` (memory-mapped), or ``None`` (not stored, damaged, or stale)."""
+        """The stored z of ``key`` for ``model`` (memory-mapped), or ``None`` (not stored, damaged, or stale).
+
+        A stored slice is served only if it is byte for byte what was written: its manifest has the recorded
+        shape, every file is a regular file (not a link) of the recorded size whose SHA-256 — streamed over the
+        whole file — is the recorded one, and g on a few stored z gives the stored outputs. A slice that fails
+        any check is named in one warning and removed, so the question that found it stores a fresh one.
+        """
         folder = self.folder(key)
-        try:
-            m = json.loads((folder / MANIFEST).read_text())
-        except (OSError, ValueError):
+        if not os.path.lexists(folder):
             return None
         try:
-            if SliceKey(**m["key"]) != key:
-                raise StoreError("its manifest names another key")
+            m = _checked_manifest(folder, key)
             for name, facts in m["files"].items():
-                if (folder / name).stat().st_size != facts["bytes"]:
-                    raise StoreError(
-                        f"{name} has {(folder / name).stat().st_size} bytes, not {facts['bytes']}"
-                    )
-            z = np.load(folder / "z.npy", mmap_mode="c")  # copy-on-write: the file is never changed
-            labels = np.load(folder / "labels.npy")
-            outputs = np.load(folder / "outputs.npy")
+                _check_file(folder / name, facts)
+            z = np.load(folder / "z.npy", mmap_mode="c", allow_pickle=False)  # copy-on-write: never changed
+            labels = np.load(folder / "labels.npy", allow_pickle=False)
+            outputs = np.load(folder / "outputs.npy", allow_pickle=False)
             if (
                 z.shape != (m["num_instances"], *m["z_shape"])
-                or len(labels) != len(z)
+                or labels.shape != (len(z),)
+                or outputs.ndim != 2
                 or len(outputs) != len(z)
             ):
                 raise StoreError("its arrays do not have the shapes its manifest records")
-        except (OSError, ValueError, KeyError, TypeError, StoreError) as exc:
-            warnings.warn(
-                f"stored slice {folder.name[:12]} is damaged ({exc}); it will be recomputed", stacklevel=3
-            )
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, StoreError) as exc:
+            self._discard_damaged(folder, str(exc))
             return None
         found = open_stored_slice(
             model,
@@ -255,6 +260,19 @@ class SliceFiles:
             with contextlib.suppress(OSError):
                 os.utime(folder / MANIFEST)  # the least recently used slices go first
         return found
+
+    def _discard_damaged(self, folder: Path, why: str) -> None:
+        """One warning, and the damaged slice removed: the next full pass stores it again."""
+        warnings.warn(
+            f"stored slice {folder.name[:12]} is damaged ({why}); it was removed and will be recomputed",
+            StoredSliceWarning,
+            stacklevel=4,
+        )
+        if folder.is_symlink() or not folder.is_dir():
+            with contextlib.suppress(OSError):
+                folder.unlink()
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
 
     @contextmanager
     def record(
@@ -414,6 +432,65 @@ class StoreSlices:
             p.discard()
 
 
+class StoredSliceWarning(UserWarning):
+    """A stored slice was damaged (changed, truncated, linked elsewhere) and is being recomputed."""
+
+
+SLICE_FILES = ("z.npy", "labels.npy", "outputs.npy")
+
+
+def _checked_manifest(folder: Path, key: SliceKey) -> dict:
+    """The slice's manifest, checked for the shape :meth:`SliceWriter.finish` writes.
+
+    Raises:
+        StoreError: missing, not JSON, or of another shape (each named).
+    """
+    path = folder / MANIFEST
+    if folder.is_symlink() or path.is_symlink():
+        raise StoreError("it is a symbolic link, not the folder the store wrote")
+    try:
+        m = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"its manifest cannot be read: {exc}") from exc
+    if not isinstance(m, dict) or not isinstance(m.get("key"), dict):
+        raise StoreError("its manifest is not an object with a key")
+    if SliceKey(**m["key"]) != key:
+        raise StoreError("its manifest names another key")
+    n, shape, files = m.get("num_instances"), m.get("z_shape"), m.get("files")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise StoreError("its manifest's num_instances is not a count")
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape
+    ):
+        raise StoreError("its manifest's z_shape is not a list of sizes")
+    if not isinstance(files, dict) or sorted(files) != sorted(SLICE_FILES):
+        raise StoreError(f"its manifest's files are not {', '.join(SLICE_FILES)}")
+    for name, facts in files.items():
+        if (
+            not isinstance(facts, dict)
+            or not isinstance(facts.get("bytes"), int)
+            or not isinstance(facts.get("sha256"), str)
+            or len(facts["sha256"]) != 64
+        ):
+            raise StoreError(f"its manifest records no size and SHA-256 for {name}")
+    return m
+
+
+def _check_file(path: Path, facts: dict) -> None:
+    """A regular file (not a link) of the recorded size and SHA-256, streamed once over the whole file.
+
+    Raises:
+        StoreError: a link, another size, or other bytes.
+    """
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise StoreError(f"{path.name} is not a regular file (a link or another kind)")
+    if st.st_size != facts["bytes"]:
+        raise StoreError(f"{path.name} has {st.st_size} bytes, not {facts['bytes']}")
+    if _file_sha256(path) != facts["sha256"]:
+        raise StoreError(f"{path.name} is not what was written (its SHA-256 differs)")
+
+
 def _not_stored(key: SliceKey, exc: OSError) -> None:
     warnings.warn(
         f"the slice at {key.layer!r} was not stored ({exc}): follow-ups will run h again", stacklevel=4
@@ -429,8 +506,11 @@ def _folder_bytes(folder: Path) -> int:
 
 
 def _file_sha256(path: Path) -> str:
+    """SHA-256 of a file, streamed in 4 MiB blocks through one buffer (memory stays O(1))."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
+    buf = bytearray(1 << 22)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
     return h.hexdigest()

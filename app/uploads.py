@@ -8,6 +8,12 @@ Limits (:mod:`essence.app.limits`, documented in ``docs/app.md``):
   the zip's own headers, which can lie), at most :data:`MAX_MEMBERS` members; no member may be absolute,
   climb out with ``..`` or be a symbolic link.
 
+DICOM files are kept in Essence's own form only (:func:`deidentify_tree`): before an extracted zip is moved into
+place, every DICOM file in it is rewritten with the pixel data and the few header elements the analyses read,
+and the patient's pseudonym instead of the patient ID; names, birth dates, institutions and every other
+element are not kept, and neither is the uploaded zip. Removing an upload (:func:`remove_files`) deletes its
+folder under :func:`uploads_root`.
+
 Nothing here imports Streamlit: the page calls these and shows their :class:`EssenceError`\\ s.
 """
 
@@ -24,12 +30,13 @@ import stat
 import tempfile
 import unicodedata
 import zipfile
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 from essence.app.limits import EXTRACT_LIMIT_MB, MAX_MEMBERS, MB, UPLOAD_LIMIT, UPLOAD_LIMIT_MB
 from essence.app.state import DataChoice, ModelChoice
 from essence.core.datasets import load_dataset
-from essence.core.errors import DataLoadError, ModelLoadError, SpecError
+from essence.core.errors import DataLoadError, ModelLoadError, SpecError, StoreError
 from essence.core.formats import IMAGE_SUFFIXES
 from essence.core.models import load_model
 from essence.core.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
@@ -44,6 +51,8 @@ ONNX = "ONNX model (.onnx, architecture inside the file)"
 LIBRARY = "A timm or MONAI architecture (name it below)"
 LIBRARY_PREFIXES = ("timm:", "monai:")
 DICOM_SUFFIXES = (".dcm", ".dicom")
+# The folders of uploads under the uploads root, each holding one folder per upload (named by content hash).
+UPLOAD_KINDS = ("datasets", "models")
 
 
 def uploads_root() -> Path:
@@ -125,14 +134,21 @@ def _member_path(info: zipfile.ZipInfo) -> PurePosixPath | None:
     return path
 
 
-def safe_extract(data: bytes, dest: Path) -> Path:
+def safe_extract(data: bytes, dest: Path, prepare: Callable[[Path], None] | None = None) -> Path:
     """Extract a zip into ``dest`` after checking every member (see the module docstring).
+
+    Args:
+        data: the zip's bytes.
+        dest: the folder to extract into (content-addressed: already there, it is kept).
+        prepare: called on the extracted folder before it is moved into place (and on ``dest`` where it was
+            already there): rewrites what may not be kept as uploaded.
 
     Returns:
         ``dest``.
 
     Raises:
-        DataLoadError: not a zip, too many members, a bad member, or over :data:`EXTRACT_LIMIT_MB` MB.
+        DataLoadError: not a zip, too many members, a bad member, or over :data:`EXTRACT_LIMIT_MB` MB; whatever
+            ``prepare`` raises (nothing of the zip is then kept).
     """
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
@@ -151,6 +167,8 @@ def safe_extract(data: bytes, dest: Path) -> Path:
         if not members:
             raise DataLoadError("the zip holds no files: zip the dataset's folder with its images")
         if dest.is_dir():  # content-addressed and only ever renamed into place whole: already extracted
+            if prepare is not None:
+                prepare(dest)  # idempotent: a folder kept by an earlier version is brought to today's form
             return dest
         # Each call extracts into a folder of its own, renamed into place at once: two sessions uploading the
         # same zip never write into, or delete, each other's files.
@@ -158,6 +176,8 @@ def safe_extract(data: bytes, dest: Path) -> Path:
         tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part"))
         try:
             _extract(archive, members, tmp)
+            if prepare is not None:
+                prepare(tmp)
             try:
                 tmp.rename(dest)
             except OSError:
@@ -246,7 +266,8 @@ def _csv_kind(path: Path) -> str:
 def dataset_from_zip(
     data: bytes, name: str, preprocessing: Preprocessing | None = None, *, skip_bad_images: bool = False
 ) -> DataChoice:
-    """Extract, locate and check an uploaded dataset.
+    """Extract, locate and check an uploaded dataset; its DICOM files are kept in Essence's own form only
+    (:func:`deidentify_tree`), nothing else of them.
 
     Args:
         data, name: the zip's bytes and file name.
@@ -261,7 +282,11 @@ def dataset_from_zip(
     """
     check_upload_size(len(data), name)
     digest = hashlib.sha256(data).hexdigest()[:16]
-    root = safe_extract(data, uploads_root() / "datasets" / digest)
+
+    def prepare(folder: Path) -> None:
+        deidentify_tree(folder, skip_bad_images=skip_bad_images)
+
+    root = safe_extract(data, uploads_root() / "datasets" / digest, prepare)
     spec = dataset_root(root)
     loaded = load_dataset(
         spec,
@@ -271,6 +296,74 @@ def dataset_from_zip(
     )
     check_class_names(loaded.class_names)
     return DataChoice(label=f"{safe_name(name)} (uploaded)", spec=spec)
+
+
+def deidentify_tree(root: Path, *, skip_bad_images: bool = False) -> None:
+    """Rewrite every DICOM file under ``root`` in Essence's own form, in place (see the module docstring).
+
+    A DICOM file is one named ``.dcm``/``.dicom`` or carrying the ``DICM`` marker. One that cannot be read (its
+    header refused, or not DICOM at all) is emptied, and the loader then leaves it out or refuses it as it
+    would any unreadable image; where the dataset is DICOM and ``skip_bad_images`` is off, the upload is
+    refused at once instead, naming the file.
+
+    Raises:
+        DataLoadError: a DICOM dataset's file that cannot be read (without ``skip_bad_images``).
+    """
+    from essence.core.dicom_data import in_own_form, looks_like_dicom, write_deidentified
+
+    try:
+        strict = not skip_bad_images and dataset_root(root).startswith("dicom:")
+    except DataLoadError:
+        strict = False  # no dataset here: the same error comes again, once the folder is in place
+    for path in sorted(root.rglob("*")):
+        if path.is_symlink() or not path.is_file() or not path.stat().st_size or not looks_like_dicom(path):
+            continue
+        if in_own_form(path):  # rewritten already (the same zip uploaded again)
+            continue
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".deid-", suffix=".part")
+        os.close(fd)
+        try:
+            try:
+                write_deidentified(path, Path(tmp))
+            except DataLoadError as exc:
+                if strict:
+                    raise DataLoadError(f"{exc} (or pass --skip-bad-images to leave such files out)") from exc
+                # Nothing of it is kept: the loader finds an empty file, unreadable like any broken image.
+                Path(tmp).write_bytes(b"")
+            os.replace(tmp, path)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def upload_folder(path: str) -> Path | None:
+    """The folder of the upload a path lies in (``uploads/KIND/DIGEST``), or None for a path outside the uploads."""
+    root = uploads_root().resolve()
+    try:
+        parts = Path(path).resolve().relative_to(root).parts
+    except (ValueError, OSError, RuntimeError):
+        return None
+    return root / parts[0] / parts[1] if len(parts) >= 2 and parts[0] in UPLOAD_KINDS else None
+
+
+def remove_files(folder: Path) -> None:
+    """Delete an upload's folder (:func:`upload_folder`) with everything in it; nothing outside the uploads.
+
+    Raises:
+        StoreError: the folder is not an upload's, or cannot be deleted (naming it and the fix).
+    """
+    if upload_folder(str(folder)) != folder.resolve():
+        raise StoreError(
+            f"{folder} is not an upload's folder: only folders under {uploads_root()} are deleted"
+        )
+    try:
+        shutil.rmtree(folder)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StoreError(
+            f"the upload's files in {folder} cannot be deleted ({exc.strerror}): delete that folder by hand"
+        ) from exc
 
 
 def check_class_names(names: list[str]) -> None:

@@ -11,13 +11,24 @@ Every file is decoded once, through the DICOM step, into 16-bit display values h
 pixel); the recipe's other steps (resize, blur, normalisation) follow as for any dataset. Files of different
 sizes are resized to the recipe's size as they are read (without a size they are refused, naming the sizes).
 The dataset keeps a pseudonym of each instance's patient (:attr:`DicomData.patients`), never an identifier.
+
+Essence's own form of a file (:func:`write_deidentified`, what the app keeps of an upload): a DICOM file holding
+only what the DICOM step reads — the pixel data as stored (still compressed where it was), the image pixel
+module (rows, columns, samples, photometric interpretation, bits, representation, planar configuration,
+frames), the modality LUT (rescale slope, intercept and type, or a LUT's descriptor and data), the window
+(centre, width), the modality and SOP class — and the patient's pseudonym in place of the patient ID, marked
+:data:`~essence.core.dicom.PSEUDONYMISED`. No name, birth date, institution, physician, date, description or
+instance UID is copied: it reads as the original did (the same display values, pseudonym, window and errors).
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,12 +36,38 @@ import torch.nn.functional as F
 
 from essence.core import specs
 from essence.core.data import ImageData, hash_arrays
-from essence.core.dicom import DicomImage, DicomStep, read_dicom, with_dicom_step
+from essence.core.dicom import (
+    PSEUDONYMISED,
+    DicomImage,
+    DicomStep,
+    open_dicom,
+    patient_of,
+    pydicom_module,
+    read_dicom,
+    with_dicom_step,
+)
 from essence.core.errors import DataLoadError, LabelMismatchError, SpecError
 from essence.core.formats import confine, labels_to_indices
 from essence.core.specs import DataRequest
 
 DICOM_SUFFIXES = {".dcm", ".dicom"}
+# What Essence's own form keeps of a file (see the module docstring); nothing else is copied.
+_IMAGE = ("SamplesPerPixel", "PhotometricInterpretation", "PlanarConfiguration", "NumberOfFrames")
+_SIZE = ("Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation")
+_LUTS = (
+    "RescaleIntercept",
+    "RescaleSlope",
+    "RescaleType",
+    "ModalityLUTSequence",
+    "WindowCenter",
+    "WindowWidth",
+)
+_PIXELS = ("ExtendedOffsetTable", "ExtendedOffsetTableLengths", "FloatPixelData", "DoubleFloatPixelData")
+KEPT = ("SOPClassUID", "Modality", *_IMAGE, *_SIZE, *_LUTS, *_PIXELS, "PixelData")
+_LUT_KEPT = ("LUTDescriptor", "ModalityLUTType", "LUTData")
+# Text kept only where it has the form its VR allows (a code string, a UID): free text never passes.
+_CODE = re.compile(r"[A-Z0-9 _]{1,16}")
+_UID = re.compile(r"[0-9.]{1,64}")
 FORMS = "dicom:FOLDER (one sub-folder per class) or dicom:LABELS.csv (path,label), optionally ?window=C,W"
 
 
@@ -199,6 +236,92 @@ def _resized(p: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     y = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)[0]
     y = y[0] if p.ndim == 2 else y.permute(1, 2, 0)
     return np.clip(y.round().numpy(), 0, 65535).astype(np.uint16)
+
+
+def looks_like_dicom(path: Path) -> bool:
+    """Whether a file is named as DICOM (``.dcm``, ``.dicom``) or carries the ``DICM`` marker at byte 128."""
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return True
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def in_own_form(path: Path) -> bool:
+    """Whether a DICOM file is already in Essence's own form: marked so, holding nothing :data:`KEPT` leaves out."""
+    try:
+        ds = open_dicom(path)
+    except DataLoadError:
+        return False
+    from pydicom.datadict import keyword_for_tag
+
+    allowed = {*KEPT, "PatientID", "PatientIdentityRemoved", "DeidentificationMethod"}
+    if str(ds.get("DeidentificationMethod", "")) != PSEUDONYMISED:
+        return False
+    tags = ds.keys()  # the tags only: iterating the dataset itself would read the deferred pixel data
+    if any(keyword_for_tag(tag) not in allowed for tag in tags):
+        return False
+    items = [item.keys() for item in ds.get("ModalityLUTSequence") or []]
+    return all(keyword_for_tag(tag) in _LUT_KEPT for keys in items for tag in keys)
+
+
+def write_deidentified(source: Path, dest: Path) -> None:
+    """Write ``source`` in Essence's own form (see the module docstring) to ``dest``.
+
+    The header is checked first, as :func:`~essence.core.dicom.read_dicom` checks it (before any pixel data is
+    read); the pixel data is copied, not decoded, in the file's own transfer syntax.
+
+    Raises:
+        DataLoadError: the file is not DICOM or is refused (one line naming it, as reading it would).
+    """
+    pydicom = pydicom_module()
+    from pydicom.dataset import Dataset, FileMetaDataset
+
+    ds = open_dicom(source)
+    out = Dataset()
+    for keyword in KEPT:
+        if keyword in ds:
+            out[keyword] = ds[keyword]
+    for keyword, form in (("Modality", _CODE), ("SOPClassUID", _UID)):
+        if keyword in out and not form.fullmatch(str(out[keyword].value or "")):
+            del out[keyword]
+    if "ModalityLUTSequence" in out:
+        out.ModalityLUTSequence = [_only(item, _LUT_KEPT) for item in ds.ModalityLUTSequence]
+    patient = patient_of(ds)
+    if patient is not None:
+        out.PatientID = patient
+    out.PatientIdentityRemoved = "YES"
+    out.DeidentificationMethod = PSEUDONYMISED
+    syntax = ds.file_meta.get("TransferSyntaxUID") or pydicom.uid.ExplicitVRLittleEndian
+    pixels = next(out[k].value for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData") if k in out)
+    out.file_meta = FileMetaDataset()
+    out.file_meta.TransferSyntaxUID = syntax
+    out.file_meta.MediaStorageSOPClassUID = out.get("SOPClassUID") or pydicom.uid.SecondaryCaptureImageStorage
+    digest = hashlib.sha256(bytes(pixels or b"") + (patient or "").encode()).hexdigest()
+    out.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid(entropy_srcs=[digest])
+    _save(pydicom, out, syntax, dest)
+
+
+def _only(item: Any, keywords: tuple[str, ...]) -> Any:
+    from pydicom.dataset import Dataset
+
+    kept = Dataset()
+    for keyword in keywords:
+        if keyword in item:
+            kept[keyword] = item[keyword]
+    return kept
+
+
+def _save(pydicom: Any, ds: Any, syntax: Any, dest: Path) -> None:
+    """Write a DICOM file with its meta information (pydicom 3, or 2.4's spelling of the same)."""
+    if int(pydicom.__version__.split(".")[0]) >= 3:
+        ds.save_as(dest, enforce_file_format=True)
+        return
+    ds.is_little_endian, ds.is_implicit_VR = syntax.is_little_endian, syntax.is_implicit_VR
+    ds.save_as(dest, write_like_original=False)
 
 
 specs.register_data_spec("dicom", load_dicom)

@@ -138,7 +138,8 @@ def _data_form() -> None:
 
 
 def _registered() -> None:
-    """The uploads this store keeps, each with a button that removes it from every session's lists."""
+    """The uploads this store keeps, each with a button that removes it from every session's lists and deletes
+    its files."""
     models = [c.label for c in registry.saved_models()]
     datasets = [c.label for c in registry.saved_datasets()]
     st.subheader("Your uploads")
@@ -157,7 +158,8 @@ def _registered() -> None:
                 if kind == "dataset" and state.data == label:
                     state.data, state.triage_position, state.explain_index = DEMO_DATA, 0, 0
                 state.notice = (
-                    f"Removed {plain(label)} (its files stay on disk until the uploads folder is cleaned)."
+                    f"Removed {plain(label)} and deleted its uploaded files (those another upload still uses "
+                    "are kept until it is removed too)."
                 )
                 st.rerun()
 

@@ -10,6 +10,11 @@ forms review tools load directly, without Essence and without those packages ins
   ``cleanlab.filter.find_label_issues(labels, pred_probs)`` takes them, with ``essence_score`` ``[N]``.
 
 Patient identifiers never appear: a DICOM dataset contributes its patient pseudonyms (a hash) only.
+
+A name that is not valid UTF-8 (a class folder or file named in another encoding, which Python reads with lone
+surrogates) is written to CSV and Parquet with its undecodable bytes as backslash escapes: a folder named
+``c``, byte 0xFF, ``1`` becomes the text ``c\\xff1``, so both files stay valid UTF-8 (JSON keeps its own
+``\\udcff`` escape).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -55,6 +61,8 @@ _STRINGS = {"label_name", "predicted_name", "score_name", "reading", "verdict", 
 PARQUET_HINT = "pip install 'essence[parquet]' (or pip install pyarrow)"
 # A spreadsheet runs a cell that starts like a formula (OWASP, CSV injection); the same guard as the store's.
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+# A lone surrogate: an undecodable byte of a file name (U+DC80..U+DCFF, Python's surrogateescape), or worse.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def export_format(
@@ -147,7 +155,7 @@ def table_bytes(rows: list[dict[str, Any]], columns: Sequence[str], fmt: str, na
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=list(columns), lineterminator="\n")
         writer.writeheader()
-        writer.writerows({k: _cell(v) for k, v in row.items()} for row in table)
+        writer.writerows({k: _cell(utf8_text(v)) for k, v in row.items()} for row in table)
         return out.getvalue().encode("utf-8")
     if fmt == "parquet":
         return _parquet(table, columns)
@@ -236,6 +244,22 @@ def _nan_free(value: Any) -> Any:
     return None if isinstance(value, float) and not np.isfinite(value) else str(value)
 
 
+def utf8_text(value: Any) -> Any:
+    """A string that UTF-8 can encode: each lone surrogate written as a backslash escape of what it stands for.
+
+    ``"c\\udcff1"`` (a folder ``c``, 0xFF, ``1`` as Python decodes it) → ``"c\\\\xff1"``; a surrogate outside
+    that range → ``"\\\\udXXX"``. Anything that is not a string is returned as it is.
+    """
+    if not isinstance(value, str) or not _SURROGATE.search(value):
+        return value
+
+    def escape(m: re.Match[str]) -> str:
+        code = ord(m.group())
+        return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
+
+    return _SURROGATE.sub(escape, value)
+
+
 def _cell(value: Any) -> Any:
     if isinstance(value, str) and value.startswith(_FORMULA_START):
         return "'" + value
@@ -256,7 +280,7 @@ def _parquet(table: list[dict[str, Any]], columns: Sequence[str]) -> bytes:
             return pa.bool_()
         return pa.string() if column in _STRINGS else pa.float64()
 
-    arrays = {k: pa.array([row[k] for row in table], type=kind(k)) for k in columns}
+    arrays = {k: pa.array([utf8_text(row[k]) for row in table], type=kind(k)) for k in columns}
     out = io.BytesIO()
     pq.write_table(pa.table(arrays), out)
     return out.getvalue()

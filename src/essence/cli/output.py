@@ -3,18 +3,21 @@
 Every JSON object Essence writes carries the marker key :data:`OUTPUT_MARKER` (so no output is ever read as a
 model card, :mod:`essence.cli.common`) and the preprocessing recipe as applied (DESIGN §4). A file is written
 beside its target and renamed into place, so a reader (or Ctrl-C) never sees half of it; a FIFO or a device
-(``/dev/null``, ``/dev/stdout``) is written through, never replaced.
+(``/dev/null``, ``/dev/stdout``) is written through, never replaced, and a FIFO that no program reads is
+waited for :data:`FIFO_READER_WAIT_S` seconds, then refused with one line instead of blocking forever.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
 import stat
 import sys
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,8 @@ __all__ = ["OUTPUT_MARKER", "OUTPUT_VERSION", "Recipe", "write_json", "write_tex
 # The key every JSON output of Essence carries (its value: the output format's version). A card never has it.
 OUTPUT_MARKER = "essence_output"
 OUTPUT_VERSION = 1
+# How long a FIFO without a reader is waited for (a reader started just after Essence), before one line.
+FIFO_READER_WAIT_S = 5.0
 
 
 def _clean(obj: Any) -> Any:
@@ -78,14 +83,17 @@ def write_text_file(path: Path, text: str | bytes, option: str) -> None:
 
     - A symlink is followed: its target is written, the link stays.
     - A FIFO, a character device (``/dev/null``, ``/dev/stdout``) or a socket is written through, never
-      replaced (as root, replacing ``/dev/null`` would break the machine).
+      replaced (as root, replacing ``/dev/null`` would break the machine). A FIFO that no program has open
+      for reading is waited for :data:`FIFO_READER_WAIT_S` seconds, then refused (opening it for writing
+      would block forever).
     - A regular file, or a new one, is written atomically: a temporary file beside it, flushed to disk and
       renamed into place, so a reader (or Ctrl-C) never sees half a file. An existing file keeps its mode;
       a new one gets the usual ``0666 & ~umask``.
     - A folder is refused.
 
     Raises:
-        SpecError: the path is a folder, or cannot be written; the message names ``option`` and the fix.
+        SpecError: the path is a folder, a FIFO without a reader, or cannot be written; the message names
+            ``option`` and the fix.
     """
     try:
         info: os.stat_result | None = os.stat(path)  # follows links, /dev/stdout's into /proc included
@@ -96,6 +104,10 @@ def write_text_file(path: Path, text: str | bytes, option: str) -> None:
     try:
         if info is not None and stat.S_ISDIR(info.st_mode):
             raise SpecError(f"{option} {path} is a folder: name a file inside it")
+        if info is not None and stat.S_ISFIFO(info.st_mode):
+            with os.fdopen(_open_fifo(path, option), "wb") as f:
+                f.write(_encoded(text))
+            return
         if info is not None and not stat.S_ISREG(info.st_mode):
             with open(path, "wb") as f:  # the kernel resolves the path: written through
                 f.write(_encoded(text))
@@ -106,6 +118,34 @@ def write_text_file(path: Path, text: str | bytes, option: str) -> None:
         raise SpecError(
             f"cannot write {path}: {exc.strerror or exc}; choose a writable {option} path (or free space)"
         ) from exc
+
+
+def _open_fifo(path: Path, option: str) -> int:
+    """A descriptor writing to the FIFO at ``path`` once a program reads it (waited for, not forever).
+
+    Opened without blocking (which fails while no reader has it open), then switched back to blocking writes,
+    so a slow reader is waited for as usual.
+
+    Raises:
+        SpecError: no reader within :data:`FIFO_READER_WAIT_S` seconds.
+        OSError: any other failure to open it.
+    """
+    deadline = time.monotonic() + FIFO_READER_WAIT_S
+    while True:
+        try:
+            fd = os.open(path, os.O_WRONLY | getattr(os, "O_NONBLOCK", 0))
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:  # ENXIO: no program has the FIFO open for reading
+                raise
+            if time.monotonic() >= deadline:
+                raise SpecError(
+                    f"{option} {path} is a FIFO that no program reads (waited {FIFO_READER_WAIT_S:g} s): start "
+                    f"its reader first (e.g. cat {path} &), or name a regular file"
+                ) from exc
+            time.sleep(0.05)
+            continue
+        os.set_blocking(fd, True)
+        return fd
 
 
 def _encoded(text: str | bytes) -> bytes:

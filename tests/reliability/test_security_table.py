@@ -18,7 +18,7 @@ def test_every_row_names_existing_tests() -> None:
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert len(cells) == 4 and all(cells), row
-        files = re.findall(r"`([a-z_/]+\.py)`", cells[3])
+        files = re.findall(r"`([a-z0-9_/]+\.py)`", cells[3])
         assert files, f"no test named for {cells[0]}"
         for f in files:
             assert (ROOT / "tests" / f).is_file(), f"{cells[0]}: tests/{f} does not exist"

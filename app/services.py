@@ -34,6 +34,7 @@ from essence.core import (
     load_model,
     resolve_layer,
 )
+from essence.core.cards import with_class_names
 from essence.core.datasets import environment_data_root
 from essence.core.models import check_compatible
 from essence.storage import ProfileKey, RunInfo
@@ -72,9 +73,8 @@ def open_model(choice: ModelChoice) -> LoadedModel:
     Raises:
         ModelLoadError, SpecError: the model cannot be loaded (named in the message).
     """
-    model = load_model(choice.spec, choice.weights, trust_pickle=choice.trust_pickle)
-    if choice.class_names:
-        model.class_names = list(choice.class_names)
+    model = load_model(choice.spec, choice.weights, trust_pickle=choice.trust_pickle)  # its card applied
+    with_class_names(model, list(choice.class_names) if choice.class_names else None)  # the form's, on top
     if choice.preprocessing:
         model.preprocessing = Preprocessing.from_dict(dict(choice.preprocessing))
     if choice.default_layer:

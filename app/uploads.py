@@ -35,6 +35,7 @@ from pathlib import Path, PurePosixPath
 
 from essence.app.limits import EXTRACT_LIMIT_MB, MAX_MEMBERS, MB, UPLOAD_LIMIT, UPLOAD_LIMIT_MB
 from essence.app.state import DataChoice, ModelChoice
+from essence.core.cards import check_class_names as core_check_class_names
 from essence.core.datasets import load_dataset
 from essence.core.errors import DataLoadError, ModelLoadError, SpecError, StoreError
 from essence.core.formats import IMAGE_SUFFIXES
@@ -383,6 +384,16 @@ def check_class_names(names: list[str]) -> None:
 # ----------------------------------------------------------------------------------------------- models
 
 
+def model_class_names(names: list[str]) -> list[str]:
+    """The model form's class names, checked: distinct, non-empty, no control characters (one line naming it).
+
+    Raises:
+        SpecError: a repeated or empty name; DataLoadError: a control character (as for the data's names).
+    """
+    check_class_names(names)
+    return core_check_class_names(list(names), "Class names")
+
+
 def architectures() -> list[str]:
     """Architectures an uploaded state_dict can be for: TorchScript first, then torchvision's classifiers."""
     import torchvision
@@ -440,6 +451,8 @@ def model_from_upload(
     Raises:
         ModelLoadError, SpecError: the file does not load (unsafe pickle, wrong architecture, bad file).
     """
+    if class_names:  # typed by a person: distinct, printable names (the data's names are held to the same)
+        class_names = model_class_names(class_names)
     path = save_upload(data, name, "models")
     if architecture == TORCHSCRIPT:
         if path.suffix == ".safetensors":

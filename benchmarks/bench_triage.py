@@ -12,7 +12,7 @@ kinds of problem planted or found in it:
 
 For each kind, the ROC AUC of every score at separating that kind from the clean, correctly predicted images
 (higher = the kind ranks more suspect); beside Essence's ``reasoning`` and ``merged``: cleanlab's
-self-confidence (1 − p_label) and normalised margin (max_{k≠y} p_k − p_label), 1 − max confidence, FiftyOne's
+self-confidence (1 − p_label) and normalised margin (max_{k≠y} p_k − p_label), doubt (1 − max p), FiftyOne's
 mistakenness, and the older influence deviation ``cosine``. Also: how many of each kind the first 10 % of each
 queue holds, and, for the misclassified read through the profiles, whether the reading separates label errors
 (flipped) from model errors.
@@ -39,7 +39,7 @@ from essence.core.triage import Triage, deviation_scores
 SEED = 0
 SHORTCUT_CLASS = 3
 KINDS = ("shortcut", "flipped", "misclassified")
-SHOWN = ("reasoning", "merged", "self_confidence", "margin", "confidence", "mistakenness", "cosine")
+SHOWN = ("reasoning", "merged", "self_confidence", "margin", "doubt", "mistakenness", "cosine")
 
 
 def digits_net() -> nn.Sequential:

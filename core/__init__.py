@@ -1,5 +1,6 @@
 """Essence's influence engine and analyses (pure PyTorch + NumPy: no Streamlit, no SQL)."""
 
+from essence.core.cards import ClassOrder, ClassOrderError, class_order, read_card, write_card
 from essence.core.data import ImageData
 from essence.core.datasets import load_dataset
 from essence.core.distributions import ClassConditional, GaussianNoise, Instance, LinearPath, WholeDataset
@@ -17,7 +18,7 @@ from essence.core.errors import (
     SpecError,
     StoreError,
 )
-from essence.core.models import LoadedModel, load_model
+from essence.core.models import LoadedModel, check_compatible, load_model
 from essence.core.preprocessing import Preprocessing
 from essence.core.profiles import ClassProfiles, class_profiles
 from essence.core.quantities import ClassScore, Comparative, CustomQuantity, OwnLabel, PredictedClass
@@ -53,6 +54,8 @@ __all__ = [
     *_LAZY,
     "Cancelled",
     "ClassConditional",
+    "ClassOrder",
+    "ClassOrderError",
     "ClassNotFoundError",
     "ClassProfiles",
     "ClassScore",
@@ -81,8 +84,12 @@ __all__ = [
     "load_dataset",
     "load_model",
     "capture",
+    "check_compatible",
+    "class_order",
     "class_profiles",
     "influence",
     "layer_names",
+    "read_card",
     "resolve_layer",
+    "write_card",
 ]

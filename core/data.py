@@ -16,7 +16,13 @@ from torch import nn
 
 from essence.core.errors import DataLoadError, EmptyClassError, EssenceError, SpecError
 from essence.core.files import regular_file
-from essence.core.preprocessing import Preprocessing, channels_last, warn_outside_unit_range
+from essence.core.preprocessing import (
+    BIT_DEPTH_INFO,
+    Preprocessing,
+    channels_last,
+    image_depth,
+    warn_outside_unit_range,
+)
 from essence.core.slices import inference_state
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # x [B, C, H, W], labels [B], indices [B]
@@ -42,6 +48,10 @@ class ImageData:
         preprocessing: the recipe applied to every image.
         fingerprint: hash of the images' contents and the labels (not of the recipe).
         skipped: files left out as unreadable (only with ``on_bad_image="skip"``), with the reason.
+        class_order: how the class indices were assigned: ``"indices"`` (the labels are class indices, as
+            in digits or integer labels), ``"given"`` (mapped onto class names the caller gave: the model's),
+            or ``"sorted"`` (the data's own class names, sorted — folder names, text labels: an order the
+            model may not share, see :func:`essence.core.cards.class_order`).
     """
 
     spec: str
@@ -52,6 +62,7 @@ class ImageData:
     arrays: np.ndarray | None = None
     paths: list[Path] | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    class_order: str = "indices"
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels, dtype=np.int64)
@@ -67,15 +78,16 @@ class ImageData:
                 f"{self.spec}: labels must lie in 0..{len(self.class_names) - 1} (one per class name); "
                 f"found {int(self.labels.min())}..{int(self.labels.max())}"
             )
-        # The recipe as applied: the scale made explicit for this container, so every output can show it.
+        # The recipe as applied: the scale made explicit for this container (image files: by their bit depths),
+        # so every output can show it.
         if self.preprocessing is None:  # a plug-in's loader may leave the recipe to us
             grey = self.arrays is not None and (self.arrays.ndim == 3 or 1 in self.arrays.shape[1:4:2])
             self.preprocessing = Preprocessing(mode="L", mean=(0.0,), std=(1.0,)) if grey else Preprocessing()
         if self.arrays is not None:
             warn_outside_unit_range(self.arrays, self.preprocessing, self.spec)
-        self.preprocessing = self.preprocessing.for_container(
-            None if self.arrays is None else self.arrays.dtype
-        )
+            self.preprocessing = self.preprocessing.for_container(self.arrays.dtype)
+        else:
+            self.preprocessing = self.preprocessing.for_files(bit_depths(self.paths or []))
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -238,8 +250,11 @@ def open_image(path: Path | str | bytes) -> Image.Image:
                         f"{name}: {img.width}×{img.height} pixels is above the limit of {MAX_IMAGE_PIXELS:,}; "
                         "downscale the image first"
                     )
+                depth = image_depth(img)  # known from the undecoded file only (16-bit colour is read as 8)
                 img.load()
-                return img.copy()
+                image = img.copy()
+                image.info[BIT_DEPTH_INFO] = depth
+                return image
     except DataLoadError:
         raise
     except FileNotFoundError as exc:
@@ -250,6 +265,22 @@ def open_image(path: Path | str | bytes) -> Image.Image:
         ) from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise DataLoadError(f"{name}: image is truncated or corrupt ({exc}); remove or replace it") from exc
+
+
+def bit_depths(paths: Sequence[Path]) -> set[int]:
+    """The bit depths of image files as they are read (:func:`~essence.core.preprocessing.image_depth`), from
+    their headers alone. A file that cannot be opened is passed over: reading it fails with its own message."""
+    found = set()
+    for path in paths:
+        try:
+            regular_file(path, "the image", DataLoadError)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with Image.open(path) as img:
+                    found.add(image_depth(img))
+        except (DataLoadError, Image.DecompressionBombError, OSError, SyntaxError, ValueError):
+            continue
+    return found
 
 
 def read_image(

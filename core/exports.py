@@ -1,11 +1,13 @@
 """Interop exports: triage scores, verdicts and diagnoses as tables other tools read (docs/interop.md).
 
 Every table has stable columns (the tuples below: a column is added at the end, never renamed or removed) and
-is written as CSV, JSON or Parquet, chosen by the file's name. The per-instance triage also comes in the two
+is written as CSV, JSON or Parquet, chosen by the file's name. In the triage, ``confidence`` is max p, the
+probability of the predicted class, and ``doubt`` is 1 − max p, as in ``essence triage --json``. The per-instance triage also comes in the two
 forms review tools load directly, without Essence and without those packages installed here:
 
 - ``*.fiftyone.json``: one sample per instance with FiftyOne's fields (``filepath``, ``ground_truth`` and
-  ``predictions`` as Classification dicts) and Essence's scores as ``essence_*`` fields;
+  ``predictions`` as Classification dicts, whose ``confidence`` is max p) and Essence's scores as ``essence_*``
+  fields (``essence_doubt`` is 1 − max p);
 - ``*.npz`` (cleanlab): ``labels`` ``[N]`` and ``pred_probs`` ``[N, K]`` in dataset order, as
   ``cleanlab.filter.find_label_issues(labels, pred_probs)`` takes them, with ``essence_score`` ``[N]``.
 
@@ -39,11 +41,14 @@ if TYPE_CHECKING:
 ExportFormat = Literal["csv", "json", "parquet", "fiftyone", "cleanlab"]
 TABLE_FORMATS = ("csv", "json", "parquet")
 # The triage table, in this order; the score columns are every score of essence.core.triage.SCORES.
+# ``confidence`` is max p (the predicted class's probability), ``doubt`` 1 − max p (added last, as columns are).
 TRIAGE_COLUMNS: tuple[str, ...] = (
     "rank", "index", "label", "label_name", "predicted", "predicted_name", "confidence", "label_probability",
     "score_name", "deviation", "merged", "reasoning", "combined", "spearman", "kendall", "cosine", "mass",
-    "self_confidence", "mistakenness", "reading", "verdict", "source", "patient",
+    "self_confidence", "mistakenness", "reading", "verdict", "source", "patient", "doubt",
 )  # fmt: skip
+# The score columns (after ``deviation``), each filled from Triage.scores.
+_SCORE_COLUMNS = (*TRIAGE_COLUMNS[10:19], "doubt")
 DIAGNOSIS_COLUMNS: tuple[str, ...] = (
     "class_index", "class_name", "count", "recall", "precision", "predicted_count", "diagnosis",
     "expert_alpha", "expert_beta", "expert_recall", "expert_precision", "probe_auc", "probe_threshold",
@@ -110,7 +115,7 @@ def triage_rows(
             "label_probability": float(triage.label_probability[r]), "score_name": triage.score,
             "deviation": float(triage.deviation[r]),
         }  # fmt: skip
-        for name in TRIAGE_COLUMNS[10:19]:
+        for name in _SCORE_COLUMNS:
             values = triage.scores.get(name)
             row[name] = None if values is None else _number(values[r])
         row["reading"] = triage.reasoning.reading[r] or None
@@ -181,6 +186,7 @@ def fiftyone_samples(
             "predictions": {"_cls": "Classification", "label": row["predicted_name"],
                             "confidence": row["confidence"]},
             "essence_index": i, "essence_rank": row["rank"], "essence_deviation": row["deviation"],
+            "essence_doubt": row["doubt"],
             "essence_score_name": row["score_name"], "essence_reasoning": row["reasoning"],
             "essence_reading": row["reading"], "essence_verdict": row["verdict"],
             "essence_source": row["source"], "essence_patient": row["patient"],

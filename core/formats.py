@@ -107,7 +107,10 @@ def load_npz(request: DataRequest) -> ImageData:
         raise DataLoadError(f"{path}: images of shape {images.shape} have no channel axis of 1, 3 or 4")
     if not np.isfinite(images).all():
         raise DataLoadError(f"{path}: 'images' holds NaN or infinite values; clean the array")
-    labels, names = labels_to_indices(labels, names or request.class_names, str(path))
+    file_names = names
+    labels, names = labels_to_indices(labels, file_names or request.class_names, str(path))
+    # The file's own class_names index its labels; else as the labels were mapped.
+    order = "indices" if file_names else label_order(names, request.class_names)
     if len(labels) != len(images):
         raise DataLoadError(f"{path}: {len(images)} images but {len(labels)} labels")
     recipe = request.preprocessing or _default_recipe(images)  # its scale made explicit by ImageData
@@ -118,6 +121,7 @@ def load_npz(request: DataRequest) -> ImageData:
         preprocessing=recipe,
         fingerprint=hash_arrays(images, labels),
         arrays=images,
+        class_order=order,
     )
 
 
@@ -205,7 +209,7 @@ def load_folder(request: DataRequest) -> ImageData:
         raise DataLoadError(
             f"{root}: no class subfolders; put each class's images in a subfolder named after it"
         )
-    names = request.class_names or classes
+    names, order = folder_class_names(classes, request.class_names)
     unknown = [c for c in classes if c not in names]
     if unknown:
         raise LabelMismatchError(
@@ -231,6 +235,7 @@ def load_folder(request: DataRequest) -> ImageData:
         fingerprint=fingerprint_files(files, labels, names),
         paths=files,
         skipped=skipped,
+        class_order=order,
     )
 
 
@@ -276,10 +281,37 @@ def load_csv(request: DataRequest) -> ImageData:
         fingerprint=fingerprint_files(files, labels, names),
         paths=files,
         skipped=skipped,
+        class_order=label_order(names, request.class_names),
     )
 
 
 # ----------------------------------------------------------------------------------- the checks they share
+
+
+def folder_class_names(classes: list[str], given: list[str] | None) -> tuple[list[str], str]:
+    """The class names of a tree of class folders, and how their indices were assigned (``ImageData.class_order``).
+
+    Given names (the model's) are used as they are. Folders named ``0``, ``1``, ... ``K-1`` are class indices,
+    in numeric order (``10`` after ``9``). Any other folder names are sorted: an order of the data's own.
+
+    Examples:
+        >>> folder_class_names(["nodule", "normal"], None)
+        (['nodule', 'normal'], 'sorted')
+        >>> folder_class_names([str(i) for i in range(11)], None)[0][-2:]
+        ['9', '10']
+    """
+    if given:
+        return list(given), "given"
+    if sorted(classes, key=lambda c: int(c) if c.isdigit() else -1) == [str(i) for i in range(len(classes))]:
+        return [str(i) for i in range(len(classes))], "indices"
+    return sorted(classes), "sorted"
+
+
+def label_order(names: list[str], given: list[str] | None) -> str:
+    """``ImageData.class_order`` of labels mapped by :func:`labels_to_indices`."""
+    if given:
+        return "given"
+    return "indices" if list(names) == [str(i) for i in range(len(names))] else "sorted"
 
 
 def labels_to_indices(raw: Any, names: list[str] | None, where: str) -> tuple[np.ndarray, list[str]]:

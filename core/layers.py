@@ -123,7 +123,8 @@ def concentration(profile: torch.Tensor, mass: float = 0.8) -> tuple[float, floa
 
 
 def default_candidates(model: nn.Module) -> list[str]:
-    """The model's top-level children that hold a Conv or Linear layer, in definition order.
+    """The model's top-level children that hold a Conv or Linear layer, in definition order (for a model of
+    graph modules, an unflattened ``.pt2`` program, those that hold a kernel of two or more dimensions).
 
     The output layer is among them; :func:`suggest_layer` leaves it out once the pass shows that its output is
     the class scores.
@@ -132,9 +133,13 @@ def default_candidates(model: nn.Module) -> list[str]:
     children are used instead, one level down.
     """
 
-    def weighted(m: nn.Module) -> bool:
+    def typed(m: nn.Module) -> bool:
         return any(isinstance(s, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear) for s in m.modules())
 
+    def kernels(m: nn.Module) -> bool:  # modules of a graph (an exported program): a kernel of ≥ 2 dimensions
+        return any(p.ndim >= 2 for p in m.parameters())
+
+    weighted = typed if any(typed(c) for c in model.children()) else kernels
     top = [(n, c) for n, c in model.named_children() if weighted(c)]
     if len(top) < 3:
         expanded = []

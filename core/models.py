@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from essence.core import specs
+from essence.core.cards import apply_card, class_order, model_file_of, read_card
 from essence.core.data import ImageData
 from essence.core.errors import DataLoadError, EssenceError, LabelMismatchError, ModelLoadError, SpecError
 from essence.core.export_vetting import load_vetted_program
@@ -33,6 +34,7 @@ from essence.core.files import regular_file
 from essence.core.independence import check_batch_independent
 from essence.core.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from essence.core.specs import ModelRequest
+from essence.core.unflattened import run_compiled
 from essence.core.weights import apply_state_dict, load_weights, torch_load
 
 MODEL_FILE_SUFFIXES = {".pt", ".pth", ".ts", ".jit", ".pt2", ".torchscript"}
@@ -59,6 +61,8 @@ class LoadedModel:
         preprocessing: the recipe its inputs need, if known.
         default_layer: the slice to use when none is given, if known.
         card: extra facts (demo card, training metrics).
+        class_source: where ``class_names`` came from: ``"card"`` (a card file), ``"option"`` (the caller),
+            ``None`` for the model's own (the demo); see :mod:`essence.core.cards`.
     """
 
     module: nn.Module
@@ -68,6 +72,7 @@ class LoadedModel:
     preprocessing: Preprocessing | None = None
     default_layer: str | None = None
     card: dict[str, Any] = field(default_factory=dict)
+    class_source: str | None = None
 
     @property
     def name(self) -> str:
@@ -90,10 +95,13 @@ def load_model(
         num_classes: the number of outputs (torchvision; read from the weights when None).
 
     Returns:
-        The model in eval mode, with its fingerprint and what is known about it.
+        The model in eval mode, with its fingerprint and what is known about it: the card beside its file
+        (:mod:`essence.core.cards`: ``W.card.json`` beside weights, ``model.card.json`` beside ``model.pt2``
+        or ``model.onnx``) gives class names, recipe and default slice.
 
     Raises:
-        SpecError: a malformed spec, or an unknown prefix (the message lists the known ones).
+        SpecError: a malformed spec, an unknown prefix (the message lists the known ones), or a card of the
+            wrong shape.
         ModelLoadError: weights missing, unreadable, unsafe, or not fitting the architecture.
     """
     if not isinstance(spec, str) or not spec.strip():
@@ -103,13 +111,24 @@ def load_model(
     spec = spec.strip()
     prefix, colon, arg = spec.partition(":")
     loader = specs.model_loader(prefix) if colon else None
-    if loader is not None:
-        return loader(ModelRequest(spec, arg, weights, trust_pickle, num_classes))
+    if weights is not None and Path(weights).is_dir():
+        found = sorted(p.name for p in Path(weights).glob("*") if p.suffix in (".safetensors", ".pt", ".pth"))
+        hint = f" (it holds {', '.join(found[:3])})" if found else ""
+        raise SpecError(f"the weights file {weights} is a folder{hint}: name the weights file inside it")
     path = Path(spec)
-    if path.suffix in MODEL_FILE_SUFFIXES or path.exists():
-        return _load_file_model(path, spec, trust_pickle)
-    if colon and all(part.replace(".", "").replace("_", "").isalnum() for part in (prefix, arg)):
-        return _load_factory(spec, weights, trust_pickle)
+    if loader is not None:
+        loaded = loader(ModelRequest(spec, arg, weights, trust_pickle, num_classes))
+    elif path.suffix in MODEL_FILE_SUFFIXES or path.exists():
+        loaded = _load_file_model(path, spec, trust_pickle)
+    elif colon and all(part.replace(".", "").replace("_", "").isalnum() for part in (prefix, arg)):
+        loaded = _load_factory(spec, weights, trust_pickle)
+    else:
+        loaded = None
+    if loaded is not None:
+        found = read_card(model_file_of(spec, weights))  # the one place a card is read, for every format
+        if found is not None:
+            apply_card(loaded, found[0])
+        return loaded
     known = ", ".join(specs.known_prefixes("model")) or "none"
     raise SpecError(
         f"model spec {spec!r} is not understood (registered prefixes: {known}): use {SPEC_FORMS}; "
@@ -233,6 +252,7 @@ def _load_exported(path: Path, spec: str, trust_pickle: bool = False) -> LoadedM
             f"{path.name} is not a usable torch.export program ({type(exc).__name__}: {str(exc)[:160]}): save it "
             "with torch.export.save(torch.export.export(model, (x,)), 'model.pt2')"
         ) from exc
+    run_compiled(module)  # the generated code of each graph, not torch.fx.Interpreter: the same operators
     return LoadedModel(
         module=module.eval(),
         spec=spec,
@@ -369,6 +389,8 @@ def check_compatible(model: LoadedModel | nn.Module, data: ImageData) -> int:
     Raises:
         DataLoadError: the model cannot run on these inputs (size, channels).
         LabelMismatchError: the model's number of outputs differs from the data's number of classes.
+        ClassOrderError: the model names no classes and the data's class order would be a guess
+            (:func:`essence.core.cards.class_order`).
         BatchCouplingError: an instance's output depends on the rest of its batch (see
             :mod:`essence.core.independence`).
     """
@@ -404,6 +426,8 @@ def check_compatible(model: LoadedModel | nn.Module, data: ImageData) -> int:
             f"the model has {k} outputs but {data.spec} has {data.num_classes} classes {data.class_names[:6]}: "
             "use data labelled with the model's classes"
         )
+    if isinstance(model, LoadedModel):
+        class_order(model, data)  # a model naming no classes is never matched to the data's sorted names
     return k
 
 

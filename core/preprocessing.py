@@ -7,9 +7,10 @@ model is shown, and its fingerprint is part of every cache key.
 Order of operations: convert mode → resize → scale to [0, 1] → Gaussian blur → normalise.
 
 What raw values mean is decided by their container, never guessed from the values (docs/data.md): integer
-arrays by their dtype's range (uint8 / 255, uint16 / 65535, as 8- and 16-bit image files), float arrays are
-intensities in [0, 1] and are used as they are. A recipe's explicit ``scale`` overrides this for every
-container (floats written as 0..255, the digits' 0..16).
+arrays by their dtype's range (uint8 / 255, uint16 / 65535), image files by their bit depth (8-bit files / 255,
+16-bit files / 65535: each file is read at 8 bits, its range mapped onto 0..255), float arrays are intensities in
+[0, 1] and are used as they are. A recipe's explicit ``scale`` overrides this for every container (floats
+written as 0..255, the digits' 0..16); for an image file it is in the file's own units (0..65535 for 16 bits).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import hashlib
 import json
 import math
 import warnings
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
@@ -35,6 +37,18 @@ MAX_SIDE = 8192
 # The integer dtypes whose range is an image convention (8- and 16-bit images). Wider integers (int32, int64:
 # numpy's default for Python ints) carry no convention: 0..255 and 0..65535 data both arrive as int64.
 DTYPE_RANGES = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
+# How an image file's values are read, by its bit depth (:func:`image_depth`): 8-bit files as they are, 16-bit
+# ones mapped onto 0..255 by 255/65535, 32-bit integer and float ones by their own range (:func:`_to_8bit`).
+FILE_DEPTHS = {
+    8: "8-bit files / 255",
+    16: "16-bit files / 65535",
+    32: "32-bit and float files by their own range",
+}
+# PIL modes read through _to_8bit (PIL's own conversion would clip them at 255).
+WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+# The info key data.open_image records a file's bit depth under (a decoded image no longer says how it was
+# stored).
+BIT_DEPTH_INFO = "essence_bit_depth"
 
 
 @dataclass(frozen=True)
@@ -49,8 +63,13 @@ class Preprocessing:
         std: per-channel standard deviation divided by.
         scale: the raw value that maps to 1.0, or ``None`` for the container's own range: 255 for uint8
             arrays and 8-bit files, 65535 for uint16 arrays, 1 for float arrays (used as they are). A number
-            overrides the container (16 for scikit-learn's digits, 255 for floats written as 0..255). A
-            dataset's recipe *as applied* always holds the number (see :meth:`for_container`).
+            overrides the container (16 for scikit-learn's digits, 255 for floats written as 0..255); for
+            image files it is in the file's own units (65535 for 16-bit files). A dataset's recipe *as applied*
+            holds the number (see :meth:`for_container`, :meth:`for_files`), except for image files of bit
+            depths that differ in range: then each file is divided by its own (``file_depths``).
+        file_depths: the bit depths of the image files the recipe was applied to (8, 16; 32 for 32-bit integer
+            and float files), recorded when any is not 8-bit (they are read at 8-bit precision); ``None`` for
+            8-bit files, arrays, and a recipe not yet applied. Derived from the files, never chosen.
     """
 
     mode: Literal["RGB", "L"] = "RGB"
@@ -59,6 +78,7 @@ class Preprocessing:
     mean: tuple[float, ...] = field(default=(0.0, 0.0, 0.0))
     std: tuple[float, ...] = field(default=(1.0, 1.0, 1.0))
     scale: float | None = None
+    file_depths: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in ("RGB", "L"):
@@ -106,20 +126,63 @@ class Preprocessing:
             object.__setattr__(self, "size", size)
         object.__setattr__(self, "blur_sigma", float(self.blur_sigma))
         object.__setattr__(self, "scale", None if self.scale is None else float(self.scale))
+        if self.file_depths is not None:
+            try:
+                depths = tuple(self.file_depths)
+            except TypeError:
+                depths = ()
+            if (
+                isinstance(self.file_depths, str)
+                or not depths
+                or not all(
+                    isinstance(d, int) and not isinstance(d, bool) and d in FILE_DEPTHS for d in depths
+                )
+            ):
+                raise SpecError(
+                    f"preprocessing file_depths {self.file_depths!r} must be bit depths among "
+                    f"{sorted(FILE_DEPTHS)}, or null (they are recorded from the files, not chosen)"
+                )
+            object.__setattr__(self, "file_depths", tuple(sorted(set(depths))))
 
     @property
     def channels(self) -> int:
         return 3 if self.mode == "RGB" else 1
 
     def for_container(self, dtype: np.dtype | torch.dtype | None) -> Preprocessing:
-        """The recipe as applied to raw values of ``dtype`` (``None``: image files): the scale made explicit.
+        """The recipe as applied to raw values of ``dtype`` (``None``: an 8-bit image file): the scale made
+        explicit.
 
         Raises:
             DataLoadError: an integer dtype without an image convention (int32, int64, ...) and no scale.
         """
-        if self.scale is not None:
+        if self.scale is not None and self.file_depths is None:
             return self
-        return replace(self, scale=container_scale(dtype))
+        scale = self.scale if self.scale is not None else container_scale(dtype)
+        return replace(self, scale=scale, file_depths=None)
+
+    def for_files(self, depths: Iterable[int]) -> Preprocessing:
+        """The recipe as applied to image files of these bit depths (:func:`image_depth` of each).
+
+        The scale is made explicit where one number holds for every file: 255 for 8-bit files, 65535 for 16-bit
+        ones. Files of different ranges (8- and 16-bit together, or 32-bit and float files, whose range is their
+        own) keep ``scale`` None: each file is divided by its own range, and ``file_depths`` says which there
+        were. An explicit scale stays (in each file's own units).
+        """
+        found = tuple(sorted(set(depths))) or (8,)
+        wide = None if found == (8,) else found
+        if self.scale is not None:
+            return replace(self, file_depths=wide)
+        if wide is None:
+            return replace(self, scale=255.0, file_depths=None)
+        return replace(self, scale=65535.0 if wide == (16,) else None, file_depths=wide)
+
+    def file_divisor(self, top: float) -> float:
+        """What a file's values are divided by once read at 8 bits, its range ``top`` mapped onto 0..255
+        (:func:`read_8bit`). The scale is in the file's own units: raw / scale = 8-bit value / (scale · 255 / top).
+        Without a scale, each file by its own range: 255."""
+        if self.scale is None:
+            return 255.0
+        return self.scale if top == 255.0 else self.scale * 255.0 / top
 
     def expects_unit_range(self) -> bool:
         """Whether the recipe expects raw values / scale in [0, 1]: all do but the explicit identity (scale 1,
@@ -132,11 +195,15 @@ class Preprocessing:
         d["size"] = list(self.size) if self.size else None
         d["mean"] = list(self.mean)
         d["std"] = list(self.std)
+        if self.file_depths is None:  # recorded for wide files only: every other recipe keeps its fingerprint
+            del d["file_depths"]
+        else:
+            d["file_depths"] = list(self.file_depths)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
-        known = {"mode", "size", "blur_sigma", "mean", "std", "scale"}
+        known = {"mode", "size", "blur_sigma", "mean", "std", "scale", "file_depths"}
         if not isinstance(d, dict):
             raise SpecError(f"a preprocessing recipe is a mapping of {sorted(known)}, got {type(d).__name__}")
         unknown = set(d) - known
@@ -148,8 +215,8 @@ class Preprocessing:
             kw = dict(d)
             if kw.get("size") is not None:
                 kw["size"] = tuple(kw["size"])
-            for k in ("mean", "std"):
-                if k in kw:
+            for k in ("mean", "std", "file_depths"):
+                if kw.get(k) is not None:
                     kw[k] = tuple(kw[k])
             return cls(**kw)
         except SpecError:
@@ -171,10 +238,14 @@ class Preprocessing:
         if self.size:
             parts.append(f"resize {self.size[0]}×{self.size[1]}")
         parts.append(f"Gaussian blur σ={self.blur_sigma:g} px" if self.blur_sigma > 0 else "no blur")
-        if self.scale is None:
+        if self.scale is None and self.file_depths:
+            parts.append(", ".join(FILE_DEPTHS[d] for d in self.file_depths))
+        elif self.scale is None:
             parts.append("values by their type's range (uint8 / 255, uint16 / 65535, floats as they are)")
         else:
             parts.append(f"values / {self.scale:g}")
+        if self.file_depths:
+            parts[-1] += " (files read at 8-bit precision)"
         if any(m != 0 for m in self.mean) or any(s != 1 for s in self.std):
             parts.append("mean " + ",".join(f"{m:.3g}" for m in self.mean))
             parts.append("std " + ",".join(f"{s:.3g}" for s in self.std))
@@ -185,8 +256,7 @@ class Preprocessing:
     def apply_pil(self, image: Image.Image) -> torch.Tensor:
         """Preprocess one PIL image into a float tensor ``[C, H, W]``."""
         try:
-            if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                image = _to_8bit(image)
+            image, top = read_8bit(image)
             image = image.convert(self.mode)
         except (OSError, ValueError) as exc:
             raise DataLoadError(f"image cannot be converted to {self.mode}: {exc}") from exc
@@ -196,9 +266,9 @@ class Preprocessing:
         if arr.ndim == 2:
             arr = arr[:, :, None]
         # Channels first, so that no image side (a 4-pixel-high image) is taken for the channel axis; files
-        # are 8-bit once converted (16-bit ones mapped by their range in _to_8bit).
+        # are 8-bit once read (16-bit ones mapped by their range in read_8bit), the scale in the file's units.
         chw = np.ascontiguousarray(arr.transpose(2, 0, 1))[None]
-        return self.for_container(np.dtype(np.uint8)).apply_array(chw, already_sized=True)[0]
+        return replace(self, scale=self.file_divisor(top)).apply_array(chw, already_sized=True)[0]
 
     def apply_array(self, images: np.ndarray | torch.Tensor, already_sized: bool = False) -> torch.Tensor:
         """Preprocess a batch of raw images.
@@ -297,8 +367,40 @@ def warn_outside_unit_range(images: np.ndarray, recipe: Preprocessing, where: st
     )
 
 
-def _to_8bit(image: Image.Image) -> Image.Image:
-    """Map a 16-bit, 32-bit integer or float image onto 0..255 by its type's range (PIL would clip at 255).
+def image_depth(image: Image.Image) -> int:
+    """An image file's bit depth as it is read: 16 for 16-bit samples (``I;16`` greyscale, or 16-bit colour,
+    which PIL reads as its high bytes), 32 for 32-bit integer and float images (read by their own range), else 8.
+
+    Known from the mode, the depth :func:`essence.core.data.open_image` recorded, or the decoder's raw mode of
+    an image opened but not yet decoded.
+    """
+    if image.mode in ("I", "F"):
+        return 32
+    if image.mode.startswith("I;16"):
+        return 16
+    recorded = image.info.get(BIT_DEPTH_INFO)
+    if recorded in FILE_DEPTHS:
+        return int(recorded)
+    rawmodes = [
+        t[3][0] if isinstance(t[3], tuple) and t[3] else t[3] for t in getattr(image, "tile", None) or []
+    ]
+    return 16 if any(";16" in str(r) for r in rawmodes) else 8
+
+
+def read_8bit(image: Image.Image) -> tuple[Image.Image, float]:
+    """An image file at 8 bits, and the value of the file that its 255 stands for (the file's range).
+
+    8-bit files are as they are (255); 16-bit ones (65535) and 32-bit integer and float ones (their own range)
+    are mapped onto 0..255 (:func:`_to_8bit`).
+    """
+    if image.mode in WIDE_MODES:
+        return _to_8bit(image)
+    return image, 65535.0 if image_depth(image) == 16 else 255.0
+
+
+def _to_8bit(image: Image.Image) -> tuple[Image.Image, float]:
+    """Map a 16-bit, 32-bit integer or float image onto 0..255 by its type's range (PIL would clip at 255);
+    also return that range.
 
     16-bit images (common in medical imaging) are scaled by 255/65535; 32-bit and float images by their own
     maximum, since their range is not fixed by the type.
@@ -307,9 +409,8 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     top = 65535.0 if image.mode.startswith("I;16") else max(float(np.nanmax(arr)) if arr.size else 1.0, 1e-12)
     if image.mode == "I" and top <= 65535 and arr.min() >= 0 and top > 255:
         top = 65535.0
-    return Image.fromarray(
-        np.clip(np.nan_to_num(arr) / top * 255.0, 0, 255).round().astype(np.uint8), mode="L"
-    )
+    eight = np.clip(np.nan_to_num(arr) / top * 255.0, 0, 255).round().astype(np.uint8)
+    return Image.fromarray(eight, mode="L"), top
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:

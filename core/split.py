@@ -4,6 +4,8 @@ Expert sweeps evaluate the layers above a slice on many masked copies of the sam
 the slice (``torch.fx``), each mask costs one pass through g only. Where the model does not trace, or the
 part above the slice needs more than z (a skip connection that crosses the slice), g falls back to running
 the whole model with z substituted at the layer by a forward hook: correct, but it re-runs h every time.
+An unflattened ``torch.export`` program is traced through its own graph
+(:func:`~essence.core.unflattened.traceable_root`), so it is cut like any module.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from torch import fx, nn
 
 from essence.core.errors import LayerNotFoundError
 from essence.core.slices import capture, is_input_layer, resolve_layer
+from essence.core.unflattened import traceable_root
 
 Route = Literal["fx", "hook"]
 
@@ -146,8 +149,11 @@ def _cut(model: nn.Module, layer: str) -> tuple[fx.GraphModule, fx.GraphModule]:
     """
     target = resolve_layer(model, layer)
     tracer = _SliceTracer(target)  # type: ignore[arg-type]
-    graph = tracer.trace(model)
-    root = fx.GraphModule(model, graph)
+    # An unflattened torch.export program is traced through its own graph (its forward flattens its inputs
+    # with pytree, which fx cannot trace); the submodules are the model's own either way.
+    traced = traceable_root(model)
+    graph = tracer.trace(traced)
+    root = fx.GraphModule(traced, graph)
     nodes = list(root.graph.nodes)
     at = [n for n in nodes if n.op == "call_module" and n.target == layer]
     if len(at) != 1:

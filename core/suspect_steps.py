@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from essence.core.data import ImageData, open_image
-from essence.core.preprocessing import Preprocessing, gaussian_blur
+from essence.core.preprocessing import Preprocessing, gaussian_blur, read_8bit
 from essence.core.probe import ProbeSettings, chance_auc, probe_auc
 
 QUANTILES = (0.001, 0.01, 0.1, 0.9, 0.99, 0.999)
@@ -182,11 +182,16 @@ def audit_steps(
         rows.append(np.sort(rng.choice(idx, size=min(len(idx), s.per_class), replace=False)))
     idx = np.concatenate(rows)
     positive = data.labels[idx] == cls
-    raw = [_raw(data, int(i)) for i in idx]
+    read = [_raw(data, int(i)) for i in idx]
+    divisors = {d for _, d in read}
+    if len(divisors) == 1:
+        raw, scale = [r for r, _ in read], divisors.pop()
+    else:  # image files of different ranges: each brought to 0..255 first
+        raw, scale = [r * np.float32(255.0 / d) for r, d in read], 255.0
     channels = max(r.shape[-1] for r in raw)
     shapes = {tuple(r.shape[:2]) for r in raw}
     recipe = data.preprocessing
-    stage = Preprocessing(mode="RGB" if channels >= 3 else "L", scale=recipe.scale, mean=(0.0,), std=(1.0,))
+    stage = Preprocessing(mode="RGB" if channels >= 3 else "L", scale=scale, mean=(0.0,), std=(1.0,))
     threshold = chance_auc(int(positive.sum()), int((~positive).sum()), s.probe.confidence)
     before = probe_auc(_describe(raw, stage, s), positive, s.probe)
     raw_auc = before
@@ -218,18 +223,20 @@ def _judge(
     return StepTest(what, float(before), float(after), float(threshold), survival, suspect, evidence)
 
 
-def _raw(data: ImageData, index: int) -> np.ndarray:
-    """The raw image ``[H, W, C]`` in its own value range (0..scale), before any step of the recipe."""
+def _raw(data: ImageData, index: int) -> tuple[np.ndarray, float]:
+    """The raw image ``[H, W, C]`` before any step of the recipe, and what divides it to [0, 1]: an array's
+    values and the recipe's scale; a file's values as read at 8 bits (a 16-bit file's range mapped onto 0..255,
+    as for the dataset's inputs) and the recipe's divisor of them."""
     if data.arrays is not None:
         a = np.asarray(data.arrays[index], dtype=np.float32)
         if a.ndim == 3 and a.shape[0] in (1, 3, 4) and a.shape[-1] not in (1, 3, 4):
             a = np.moveaxis(a, 0, -1)
-        return a[..., None] if a.ndim == 2 else a
-    image = open_image(data.paths[index])  # type: ignore[index]
+        return (a[..., None] if a.ndim == 2 else a), float(data.preprocessing.scale or 1.0)
+    image, top = read_8bit(open_image(data.paths[index]))  # type: ignore[index]
     if image.mode not in ("L", "RGB", "RGBA"):
         image = image.convert("RGB")
     a = np.asarray(image, dtype=np.float32)
-    return a[..., None] if a.ndim == 2 else a
+    return (a[..., None] if a.ndim == 2 else a), data.preprocessing.file_divisor(top)
 
 
 def _describe(raw: list[np.ndarray], stage: Preprocessing, s: SuspectSettings) -> np.ndarray:

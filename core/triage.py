@@ -16,11 +16,12 @@ units of χ_y by absolute influence:
 - ``mass``: 1 − Σ_{j∈T_y} |v_j| / Σ_j |v_j|, the share of the instance's absolute influence that falls
   outside its class's top units.
 - ``combined``: the mean of the fractional ranks (in [0, 1]) of ``cosine`` and of 1 − softmax_y — the
-  instance's deviation and the model's doubt about its label, each worth half.
+  instance's deviation and its ``self_confidence`` (the model's disbelief in the label), each worth half.
 
 And the plain baselines from the outputs alone, for comparison on the same table:
 
-- ``confidence``: 1 − max_k softmax_k (the model's doubt about its own prediction).
+- ``doubt``: 1 − max_k softmax_k, the model's doubt about its own prediction: one minus its *confidence*
+  (max_k softmax_k, the probability of the predicted class, which every output reports as ``confidence``).
 - ``self_confidence``: 1 − softmax_y (cleanlab's self-confidence, as a suspicion score).
 - ``mistakenness``: (m · e^(−H(softmax)) + 1) / 2, m = +1 if predicted ≠ y else −1, H in nats (FiftyOne).
 
@@ -67,7 +68,7 @@ ScoreName = Literal[
     "kendall",
     "cosine",
     "mass",
-    "confidence",
+    "doubt",
     "self_confidence",
     "mistakenness",
 ]
@@ -79,7 +80,7 @@ SCORES: tuple[str, ...] = (
     "kendall",
     "cosine",
     "mass",
-    "confidence",
+    "doubt",
     "self_confidence",
     "mistakenness",
 )
@@ -100,7 +101,8 @@ class Triage:
         indices: int64 ``[N]`` each row's position in the dataset.
         labels: int64 ``[N]`` given labels.
         predicted: int64 ``[N]`` the model's argmax.
-        confidence: float64 ``[N]`` softmax probability of the predicted class.
+        confidence: float64 ``[N]`` softmax probability of the predicted class (max p; its complement, 1 − max p,
+            is the ``doubt`` score).
         label_probability: float64 ``[N]`` softmax probability of the given label.
         probabilities: float64 ``[N, K]`` the model's softmax.
         scores: every score by name, float64 ``[N]`` each (higher = more suspect).
@@ -137,6 +139,9 @@ class Triage:
     def rows(self, top: int | None = None) -> list[dict]:
         """The ranking as records, most suspect first (the CLI's JSON ``scores``).
 
+        Each row holds ``confidence`` (max p, the predicted class's probability), ``label_probability`` (the
+        given label's), ``deviation`` (the ranking score) and every score by name, ``doubt`` (1 − max p) among them.
+
         Args:
             top: keep the first ``top`` rows only (default: every ranked instance).
         """
@@ -150,6 +155,7 @@ class Triage:
                 "predicted": int(self.predicted[r]),
                 "predicted_name": self.class_names[int(self.predicted[r])],
                 "confidence": float(self.confidence[r]),
+                "label_probability": float(self.label_probability[r]),
                 "deviation": float(self.deviation[r]),
             }
             row.update({name: float(values[r]) for name, values in self.scores.items()})
@@ -214,6 +220,8 @@ def deviation_scores(
             other instances.
         EmptyClassError, LabelMismatchError, LayerNotFoundError: from the profile pass.
     """
+    if score == "confidence":  # named so once, though it ranked by 1 − max p
+        raise SpecError("the triage score 'confidence' is now named 'doubt' (1 − max p): use doubt")
     if score not in SCORES:
         raise SpecError(f"unknown triage score {score!r}: use one of {', '.join(SCORES)}")
     if profiles is None:
@@ -327,7 +335,7 @@ def _scores(
         "kendall": 1.0 - kendall_rows(vt, pt),
         "cosine": 1.0 - cosine_rows(v, profile),
         "mass": mass_outside(v, units),
-        "confidence": 1.0 - probs.max(1),
+        "doubt": 1.0 - probs.max(1),
         "self_confidence": 1.0 - label_p,
         "mistakenness": (m * np.exp(-entropy) + 1.0) / 2.0,
     }

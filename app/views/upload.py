@@ -68,6 +68,11 @@ def _model_form() -> None:
             "Gaussian blur σ (px) applied before the model", 0.0, 50.0, 0.0, key="upload-model-blur"
         )
         norm = st.selectbox("Normalisation", ["imagenet", "none"], key="upload-model-norm")
+        colour = st.selectbox(
+            "Image channels the model takes",
+            ["RGB (colour)", "L (greyscale, one channel)"],
+            key="upload-model-mode",
+        )
         trust = st.checkbox(
             "Trust this pickle (a full pickle can run any code on this server when read)",
             key="upload-model-trust",
@@ -86,7 +91,7 @@ def _model_form() -> None:
             icon=":material/gpp_maybe:",
         )
     uploads.check_upload_size(file.size, file.name)
-    recipe_ = uploads.recipe_of(int(size), float(blur), norm)
+    recipe_ = uploads.recipe_of(int(size), float(blur), norm, colour.split(" ")[0])
     class_names = [n.strip() for n in names.split(",") if n.strip()] or None
     with st.spinner("Checking the model…"):
         choice = uploads.model_from_upload(

@@ -134,6 +134,6 @@ def test_a_planted_shortcut_is_found_where_confidence_ranks_it_last(shortcut) ->
     assert (t.predicted[planted] == 3).all()  # right, and confidently: every output score calls them clean
     truth = planted[t.indices]
     reasoning = roc_auc_score(truth, t.scores["reasoning"])
-    doubt = roc_auc_score(truth, t.scores["self_confidence"])
-    assert doubt < 0.3 and reasoning > 0.8, (reasoning, doubt)
+    label_doubt = roc_auc_score(truth, t.scores["self_confidence"])
+    assert label_doubt < 0.3 and reasoning > 0.8, (reasoning, label_doubt)
     assert roc_auc_score(truth, t.scores["merged"]) > 0.75

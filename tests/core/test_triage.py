@@ -117,6 +117,14 @@ def test_ranking_table_and_why(digits) -> None:
     assert {"index", "label", "predicted", "confidence", "deviation", "reasoning", "reading", "why"} <= set(
         rows[0]
     )
+    # One name, one meaning: confidence is max p in the rows as in the arrays, doubt is 1 − max p.
+    np.testing.assert_allclose(t.scores["doubt"], 1.0 - t.confidence, atol=1e-12)
+    for row in t.rows():
+        r = int(np.flatnonzero(t.indices == row["index"])[0])
+        assert row["confidence"] == t.confidence[r] == t.probabilities[r].max()
+        assert row["doubt"] == t.scores["doubt"][r] and row["label_probability"] == t.label_probability[r]
+    sure = t.rows()[-1]  # the least suspect of the merged queue: a confident, right prediction
+    assert sure["confidence"] > 0.9 and sure["doubt"] < 0.1
     # Self-confidence finds flipped labels (measured AUC near 1 on digits); the merged queue keeps most of it.
     assert roc_auc_score(flipped[t.indices], t.scores["self_confidence"]) > 0.9
     assert roc_auc_score(flipped[t.indices], t.deviation) > 0.8
@@ -142,5 +150,7 @@ def test_bad_input(digits) -> None:
     model, x, y, _, _ = digits
     with pytest.raises(SpecError, match="unknown triage score"):
         deviation_scores(model, (x, y), "fc1", score="vibes")
+    with pytest.raises(SpecError, match="now named 'doubt'"):  # it ranked by 1 − max p: a doubt
+        deviation_scores(model, (x, y), "fc1", score="confidence")
     with pytest.raises(SpecError, match="top_k"):
         deviation_scores(model, (x, y), "fc1", top_k=1000, device="cpu")

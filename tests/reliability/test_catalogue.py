@@ -46,6 +46,8 @@ from reliability_helpers import (
 
 M = ["--model", f"{FACTORY_MODULE}:cnn"]
 CPU = ["--device", "cpu"]
+# The factory model names no classes; on folders named c0..c2 its output order is given (never guessed).
+NAMES = ("--class-names", "c0,c1,c2")
 
 
 @dataclass(frozen=True)
@@ -276,7 +278,7 @@ CASES = [
     ),
     Case(
         "images of mixed sizes",
-        lambda b: ["profile", *M, "-d", f"folder:{b['mixed_sizes']}", "-l", "fc1", *CPU],
+        lambda b: ["profile", *M, "-d", f"folder:{b['mixed_sizes']}", "-l", "fc1", *CPU, *NAMES],
         ("different sizes", "--size"),
     ),
     Case(
@@ -718,6 +720,7 @@ def test_a_symlinked_folder_out_of_the_root_is_not_followed(bad: Bad, tmp_path: 
         "-l",
         "fc1",
         *CPU,
+        *NAMES,
         "--json",
         str(out),
         ESSENCE_HOME=str(tmp_path / "home"),

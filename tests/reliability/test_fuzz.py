@@ -254,7 +254,7 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
     max_leaves=8,
 )
-recipe_keys = st.sampled_from(["mode", "size", "blur_sigma", "mean", "std", "scale", "colour"])
+recipe_keys = st.sampled_from(["mode", "size", "blur_sigma", "mean", "std", "scale", "file_depths", "colour"])
 
 
 @FUZZ

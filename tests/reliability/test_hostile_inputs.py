@@ -493,7 +493,10 @@ def test_paths_that_are_not_utf8_are_read_and_written(files: Files, tmp_path: Pa
         shutil.copytree(tree, odd)
         os.rename(odd / "c0", Path(os.fsdecode(bytes(odd) + b"/c\xff")))
     out = tmp_path / "odd.json"
-    code, _, err = cli(files, ["profile", *M, "-d", f"folder:{odd}", "-l", "fc1", *CPU, "--json", str(out)])
+    names = ["--class-names", "c\udcff,c1,c2"]  # the factory model names no classes: its order is given
+    code, _, err = cli(
+        files, ["profile", *M, "-d", f"folder:{odd}", "-l", "fc1", *CPU, *names, "--json", str(out)]
+    )
     assert code == 0, err
     assert "c\udcff" in json.loads(out.read_text(encoding="utf-8", errors="surrogateescape"))["classes"]
 

@@ -54,9 +54,9 @@ try:
 
     def _register() -> None:
         # One module per group of commands; each adds its commands to the root app.
-        from essence.cli import analyses, appcmd, compare, demo, explain, profile, report, store
+        from essence.cli import analyses, appcmd, card, compare, demo, explain, profile, report, store
 
-        for module in (appcmd, demo, profile, store, analyses, compare, explain, report):
+        for module in (appcmd, demo, profile, store, analyses, compare, explain, report, card):
             module.register(app)
 
     _register()
@@ -139,12 +139,23 @@ def _say(kind: str, message: str) -> None:
         pass
 
 
+def cli_wording(exc: Exception) -> str:
+    """An error of core in the command line's words: a parameter named as the option that sets it."""
+    from essence.core.cards import ClassOrderError
+
+    text = str(exc)
+    if isinstance(exc, ClassOrderError):
+        text = text.replace("in output order (class_names, e.g. ", "in output order (--class-names ")
+        text += " (`essence card` writes one from --class-names)"
+    return text
+
+
 def _run(argv: list[str] | None) -> tuple[int, str | None]:
     """Run the app; returns the exit status and the error line (``None`` when there is none to print)."""
     try:
         code = app(args=argv, standalone_mode=False, prog_name="essence")
     except EssenceError as exc:
-        return 2, str(exc)
+        return 2, cli_wording(exc)
     except _NO_ARGS:
         app(args=["--help"], standalone_mode=False, prog_name="essence")
         return 0, None

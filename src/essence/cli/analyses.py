@@ -10,6 +10,7 @@ import typer
 from essence.cli.common import (
     BatchOpt,
     BlurOpt,
+    ClassNamesOpt,
     DataOpt,
     DeviceOpt,
     Inputs,
@@ -100,19 +101,21 @@ def _say_if_cached(profiles: ClassProfiles) -> None:
 
 
 def _print_triage(header: str, rows: list[dict]) -> None:
-    """The head of the triage queue as a table: doubt and reasoning side by side, the misclassified's reading."""
+    """The head of the triage queue as a table: the model's confidence (max p) and doubt (1 − max p), the given
+    label's probability and the reasoning score side by side, the misclassified's reading. Each column is the
+    JSON key of the same name (``p(lab)``: ``label_probability``)."""
     typer.echo(header)
     typer.echo(
-        f"  {'index':>6} {'label':>12} {'predicted':>12} {'conf':>5} {'doubt':>5} {'reason':>6} {'score':>6}  "
-        f"{'reading':9} verdict  why (unit:z)"
+        f"  {'index':>6} {'label':>12} {'predicted':>12} {'conf':>5} {'doubt':>5} {'p(lab)':>6} {'reason':>6} "
+        f"{'score':>6}  {'reading':9} verdict  why (unit:z)"
     )
     for row in rows:
         why = " ".join(f"{w['unit']}:{w['z']:+.1f}" for w in row["why"][:3])
         reasoning = "—" if not math.isfinite(row["reasoning"]) else f"{row['reasoning']:.2f}"
         typer.echo(
             f"  {row['index']:>6} {row['label_name'][:12]:>12} {row['predicted_name'][:12]:>12} "
-            f"{row['confidence']:5.2f} {row['self_confidence']:5.2f} {reasoning:>6} {row['deviation']:6.3f}  "
-            f"{(row['reading'] or '-'):9} {(row['verdict'] or '-'):7}  {why}"
+            f"{row['confidence']:5.2f} {row['doubt']:5.2f} {row['label_probability']:6.2f} {reasoning:>6} "
+            f"{row['deviation']:6.3f}  {(row['reading'] or '-'):9} {(row['verdict'] or '-'):7}  {why}"
         )
 
 
@@ -142,6 +145,7 @@ def register(app: typer.Typer) -> None:
         blur: BlurOpt = None,
         recipe: RecipeOpt = None,
         skip_bad: SkipBadOpt = False,
+        class_names: ClassNamesOpt = None,
         export: ExportOpt = None,
     ) -> None:
         """Instances ranked for review: the doubtful and those right for unusual reasons first, with why."""
@@ -154,9 +158,11 @@ def register(app: typer.Typer) -> None:
         check_export(export, per_instance=True)
         inputs = load_inputs(
             model, weights, trust_pickle, data, layer, batch_size=batch_size,
-            size=size, blur=blur, recipe_file=recipe, skip_bad_images=skip_bad,
+            size=size, blur=blur, recipe_file=recipe, skip_bad_images=skip_bad, class_names=class_names,
         )  # fmt: skip
-        profiles = _profiles(inputs, granularity, kind, batch_size, device, store, no_cache, keep_instances=True)
+        profiles = _profiles(
+            inputs, granularity, kind, batch_size, device, store, no_cache, keep_instances=True
+        )
         with progress_bar("unit contributions") as bar:
             result = deviation_scores(
                 inputs.model.module,
@@ -183,7 +189,7 @@ def register(app: typer.Typer) -> None:
         _print_triage(header, rows[:top])
         out = result.to_json(top=0)
         out["scores"] = rows
-        write_json(json_path, out, inputs.data.preprocessing)
+        write_json(json_path, out, inputs.data.preprocessing, inputs.classes)
         write_triage_export(export, result, inputs.data, verdicts)
         _say_if_cached(profiles)
 
@@ -208,6 +214,7 @@ def register(app: typer.Typer) -> None:
         blur: BlurOpt = None,
         recipe: RecipeOpt = None,
         skip_bad: SkipBadOpt = False,
+        class_names: ClassNamesOpt = None,
     ) -> None:
         """Expert masks of one class over an α×β grid (paper Fig. 5), the activation-ranked control, and the
         honest test (cross-fitted, against the control and random masks)."""
@@ -216,7 +223,7 @@ def register(app: typer.Typer) -> None:
 
         inputs = load_inputs(
             model, weights, trust_pickle, data, layer, batch_size=batch_size,
-            size=size, blur=blur, recipe_file=recipe, skip_bad_images=skip_bad,
+            size=size, blur=blur, recipe_file=recipe, skip_bad_images=skip_bad, class_names=class_names,
         )  # fmt: skip
         m, d, lay = inputs.model.module, inputs.data, inputs.layer
         d.class_index(cls)  # fail early on an unknown class, before any pass
@@ -271,7 +278,7 @@ def register(app: typer.Typer) -> None:
             for k, out_c in control.to_json().items()
             if k in ("alphas", "betas", "recall", "precision", "predicted", "best")
         }
-        write_json(json_path, out, inputs.data.preprocessing)
+        write_json(json_path, out, inputs.data.preprocessing, inputs.classes)
         _say_if_cached(profiles)
 
     @app.command("diagnose")
@@ -294,6 +301,7 @@ def register(app: typer.Typer) -> None:
         blur: BlurOpt = None,
         recipe: RecipeOpt = None,
         skip_bad: SkipBadOpt = False,
+        class_names: ClassNamesOpt = None,
         export: ExportOpt = None,
     ) -> None:
         """Per class: ok, drowning experts, not read out or not learned — with the evidence, the remedy, and the
@@ -305,7 +313,7 @@ def register(app: typer.Typer) -> None:
         check_export(export, per_instance=False)
         inputs = load_inputs(
             model, weights, trust_pickle, data, layer, batch_size=batch_size,
-            size=size, blur=blur, recipe_file=recipe, skip_bad_images=skip_bad,
+            size=size, blur=blur, recipe_file=recipe, skip_bad_images=skip_bad, class_names=class_names,
         )  # fmt: skip
         settings = DiagnosisSettings(rare_share=rare_share, granularity=granularity)  # type: ignore[arg-type]
         profiles = _profiles(inputs, granularity, settings.kind, batch_size, device, store, no_cache)
@@ -341,7 +349,7 @@ def register(app: typer.Typer) -> None:
             for step in c.suspect_steps:
                 typer.echo(f"      suspect step: {step.step} — {step.evidence}")
             typer.echo(f"      top units + {c.top_positive}  − {c.top_negative}")
-        write_json(json_path, result.to_json(), inputs.data.preprocessing)
+        write_json(json_path, result.to_json(), inputs.data.preprocessing, inputs.classes)
         write_diagnosis_export(export, result)
         _say_if_cached(profiles)
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,15 +19,25 @@ from typing import Annotated, Any
 
 import typer
 
-from essence.cli.output import OUTPUT_MARKER
 from essence.cli.output import write_json as write_json  # re-exported from their former home, for callers
 from essence.cli.output import write_text_file as write_text_file  # that still import them from here
+from essence.core.cards import (  # noqa: F401 (re-exported: their former home)
+    CARD_KEYS,
+    CARD_MARKER,
+    OUTPUT_MARKER,
+    ClassOrder,
+    card_path,
+    check_class_names,
+    class_order,
+    read_card,
+    with_class_names,
+)
 from essence.core.data import ImageData
 from essence.core.datasets import environment_data_root, load_dataset
 from essence.core.errors import LayerNotFoundError, SpecError
 from essence.core.files import read_json
 from essence.core.models import LoadedModel, check_compatible, load_model
-from essence.core.preprocessing import MAX_SIDE, Preprocessing
+from essence.core.preprocessing import Preprocessing
 from essence.core.slices import resolve_layer
 
 ModelOpt = Annotated[
@@ -87,15 +95,24 @@ SkipBadOpt = Annotated[
     bool, typer.Option("--skip-bad-images", help="leave unreadable images out (counted) instead of stopping")
 ]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="recompute even if the store has the answer")]
+ClassNamesOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--class-names",
+        help="the model's classes in output order, comma-separated (overrides its card): needed when the model "
+        "names none and the data names its classes",
+    ),
+]
 
 
 @dataclass
 class Inputs:
-    """A loaded model, dataset and slice, checked to fit each other."""
+    """A loaded model, dataset and slice, checked to fit each other, and the class order of the model's outputs."""
 
     model: LoadedModel
     data: ImageData
     layer: str
+    classes: ClassOrder
 
 
 def read_recipe(path: Path | None) -> Preprocessing | None:
@@ -107,140 +124,69 @@ def read_recipe(path: Path | None) -> Preprocessing | None:
 def recipe_for(
     model: LoadedModel, size: tuple[int, int] | None, blur: float | None, recipe_file: Path | None
 ) -> Preprocessing | None:
-    """The model's recipe, replaced by a recipe file, with --size/--blur-sigma applied on top."""
+    """The recipe file, else the model's recipe, with --size/--blur-sigma applied on top (``None``: neither a
+    file nor the model has one: the data's own default applies, and :func:`load_data` puts the options on it)."""
     recipe = read_recipe(recipe_file) or model.preprocessing
-    if size is None and blur is None:
-        return recipe
-    recipe = recipe or Preprocessing()
+    if recipe is None:
+        return None
+    return with_options(recipe, size, blur)
+
+
+def with_options(recipe: Preprocessing, size: tuple[int, int] | None, blur: float | None) -> Preprocessing:
+    """``--size`` and ``--blur-sigma`` on a recipe: each changes what it names and nothing else."""
     changes: dict[str, Any] = {}
     if size is not None:
         changes["size"] = tuple(size)
     if blur is not None:
         changes["blur_sigma"] = blur
-    return dataclasses.replace(recipe, **changes)
+    return dataclasses.replace(recipe, **changes) if changes else recipe
 
 
-def load_model_spec(model: str, weights: Path | None, trust_pickle: bool) -> LoadedModel:
-    if weights is not None and Path(weights).is_dir():
-        found = sorted(p.name for p in Path(weights).glob("*") if p.suffix in (".safetensors", ".pt", ".pth"))
-        hint = f" (it holds {', '.join(found[:3])})" if found else ""
-        raise SpecError(f"--weights {weights} is a folder{hint}: name the weights file inside it")
-    loaded = load_model(model, weights, trust_pickle=trust_pickle)
-    _apply_card(loaded, weights)
-    return loaded
+def load_data(
+    loaded: LoadedModel,
+    data: str,
+    *,
+    size: tuple[int, int] | None = None,
+    blur: float | None = None,
+    recipe_file: Path | None = None,
+    skip_bad_images: bool = False,
+) -> ImageData:
+    """The data spec loaded for ``loaded``: its class names, its recipe (or the data's default) with the options."""
+    recipe = recipe_for(loaded, size, blur, recipe_file)
+
+    def load(r: Preprocessing | None) -> ImageData:
+        return load_dataset(
+            data,
+            r,
+            class_names=loaded.class_names,
+            on_bad_image="skip" if skip_bad_images else "error",
+            data_root=environment_data_root(),
+        )
+
+    dataset = load(recipe)
+    if recipe is None and (
+        size is not None or blur is not None
+    ):  # the data's default recipe, with the options
+        dataset = load(with_options(dataset.preprocessing, size, blur))
+    return dataset
 
 
-# A card may say which card schema it follows; 1 is the only one.
-CARD_MARKER = "essence_card"
-# What a card may hold: what Essence reads from it, and the facts the demo's cards record beside them.
-CARD_KEYS = frozenset(
-    {CARD_MARKER, "class_names", "preprocessing", "default_layer", "input_size", "image_size", "name"}
-    | {"architecture", "arch_kwargs", "weights", "description", "seed", "data", "training", "metrics"}
-)
+def load_model_spec(
+    model: str, weights: Path | None, trust_pickle: bool, class_names: list[str] | None = None
+) -> LoadedModel:
+    """The model, its card applied by core (:mod:`essence.core.cards`), and ``--class-names`` on top."""
+    return with_class_names(load_model(model, weights, trust_pickle=trust_pickle), class_names)
 
 
-def card_path(weights: Path) -> Path:
-    """Where the model card of ``weights`` lies: ``W.card.json`` beside ``W.safetensors``."""
-    return Path(weights).with_name(Path(weights).stem + ".card.json")
-
-
-def read_card(weights: Path | None) -> tuple[dict[str, Any], Path] | None:
-    """The model card beside ``weights``, if there is one (see the module docstring).
-
-    Returns:
-        ``(card, its path)``, or ``None``: no card, or only an older ``W.json`` that is not a card (an Essence
-        output is passed over silently; any other such file with one warning line that names the fix).
+def parse_class_names(text: str | None) -> list[str] | None:
+    """``--class-names normal,nodule,opacity`` → the names in output order (``None`` when not given).
 
     Raises:
-        SpecError: a ``W.card.json`` that is not valid JSON, not an object, an Essence output, of an unknown
-            schema, or with values of the wrong type.
+        SpecError: an empty, repeated or unprintable name.
     """
-    if weights is None:
+    if text is None:
         return None
-    path = card_path(weights)
-    if os.path.lexists(path):  # a FIFO or a dangling link is refused by name, not passed over
-        card = _read_json_object(path)
-        if OUTPUT_MARKER in card:
-            raise SpecError(
-                f"{path} is an Essence output (it has {OUTPUT_MARKER!r}), not a model card: write the card "
-                "(class_names, preprocessing, default_layer) there, and --json outputs elsewhere"
-            )
-        _check_card(card, path)
-        return card, path
-    legacy = Path(weights).with_suffix(".json")
-    if not legacy.is_file():  # only a regular file is ever taken for an older card
-        return None
-    try:
-        card = read_json(legacy, "model card", SpecError)
-    except SpecError:
-        card = None
-    if isinstance(card, dict) and OUTPUT_MARKER in card:
-        return None  # an Essence output written beside the weights: never a card
-    unknown = sorted(map(str, set(card) - CARD_KEYS)) if isinstance(card, dict) else None
-    if unknown is None or unknown:
-        what = f"it has keys {unknown[:4]} that no card has" if unknown else "it is not a JSON object"
-        warnings.warn(
-            f"{legacy} is not read as the model card ({what}); a card beside {Path(weights).name} is named "
-            f"{path.name}",
-            UserWarning,
-            stacklevel=2,
-        )
-        return None
-    _check_card(card, legacy)
-    return card, legacy
-
-
-def _read_json_object(path: Path) -> dict[str, Any]:
-    card = read_json(path, "model card", SpecError)
-    if not isinstance(card, dict):
-        raise SpecError(
-            f"{path}: a model card is a JSON object of {sorted(CARD_KEYS)[:6]}..., got {type(card).__name__}"
-        )
-    return card
-
-
-def _check_card(card: dict[str, Any], path: Path) -> None:
-    """Refuse a card of another schema or with values of the wrong type, naming the key."""
-    if card.get(CARD_MARKER, 1) != 1:
-        raise SpecError(
-            f"{path}: card schema {card[CARD_MARKER]!r} is not known: this Essence reads schema 1"
-        )
-    names = card.get("class_names")
-    if names is not None and not (isinstance(names, list) and all(isinstance(n, str | int) for n in names)):
-        raise SpecError(f"{path}: class_names must be a list of names, got {type(names).__name__}")
-    if card.get("default_layer") is not None and not isinstance(card["default_layer"], str):
-        raise SpecError(f"{path}: default_layer must be a module path (a string)")
-    for key in ("input_size", "image_size"):
-        size = card.get(key)
-        if size is not None and not (
-            isinstance(size, list)
-            and 2 <= len(size) <= 4
-            and all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_SIDE for v in size)
-        ):
-            raise SpecError(
-                f"{path}: {key} must be a list of 2 to 4 positive whole numbers ([H, W] or [C, H, W]), got "
-                f"{size!r:.60}; fix or remove it"
-            )
-    if card.get("preprocessing") is not None:
-        try:
-            Preprocessing.from_dict(card["preprocessing"])
-        except SpecError as exc:
-            raise SpecError(f"{path}: {exc}") from exc
-
-
-def _apply_card(loaded: LoadedModel, weights: Path | None) -> None:
-    """The model card beside the weights (:func:`read_card`) supplies class names, recipe and default slice."""
-    found = read_card(weights)
-    if found is None:
-        return
-    card, _ = found
-    loaded.card = {**loaded.card, **card}
-    if card.get("class_names"):
-        loaded.class_names = [str(c) for c in card["class_names"]]
-    if card.get("preprocessing"):
-        loaded.preprocessing = Preprocessing.from_dict(card["preprocessing"])
-    if card.get("default_layer"):
-        loaded.default_layer = str(card["default_layer"])
+    return check_class_names([n.strip() for n in text.split(",")], "--class-names")
 
 
 def load_inputs(
@@ -256,17 +202,17 @@ def load_inputs(
     skip_bad_images: bool = False,
     need_layer: bool = True,
     batch_size: int | None = None,
+    class_names: str | None = None,
 ) -> Inputs:
     """Load and cross-check the model, data and slice named on the command line (and, given ``batch_size``,
-    that one batch of the preprocessed images fits in memory, before the model runs on any)."""
-    loaded = load_model_spec(model, weights, trust_pickle)
-    recipe = recipe_for(loaded, size, blur, recipe_file)
-    dataset = load_dataset(
-        data,
-        recipe,
-        class_names=loaded.class_names,
-        on_bad_image="skip" if skip_bad_images else "error",
-        data_root=environment_data_root(),
+    that one batch of the preprocessed images fits in memory, before the model runs on any).
+
+    Raises:
+        ClassOrderError: the model names no classes and the data's class order would be a guess.
+    """
+    loaded = load_model_spec(model, weights, trust_pickle, parse_class_names(class_names))
+    dataset = load_data(
+        loaded, data, size=size, blur=blur, recipe_file=recipe_file, skip_bad_images=skip_bad_images
     )
     if batch_size is not None:
         dataset.check_batch_memory(batch_size)
@@ -274,6 +220,8 @@ def load_inputs(
         typer.echo(f"note: {len(dataset.skipped)} unreadable images were skipped", err=True)
     say_recipe(dataset.preprocessing)
     check_compatible(loaded, dataset)
+    classes = class_order(loaded, dataset)
+    typer.echo(classes.describe())
     chosen = layer if layer is not None else loaded.default_layer
     if chosen is None and need_layer:
         raise LayerNotFoundError(
@@ -281,7 +229,7 @@ def load_inputs(
         )
     if chosen is not None:
         resolve_layer(loaded.module, chosen)
-    return Inputs(loaded, dataset, chosen or "")
+    return Inputs(loaded, dataset, chosen or "", classes)
 
 
 def say_recipe(recipe: Preprocessing | None, who: str = "") -> None:

@@ -9,26 +9,44 @@ import typer
 
 from essence.cli.common import (
     BatchOpt,
+    BlurOpt,
+    ClassNamesOpt,
     DataOpt,
     DeviceOpt,
     GranularityOpt,
     JsonOpt,
     LayerOpt,
     ModelOpt,
+    RecipeOpt,
+    SizeOpt,
+    SkipBadOpt,
     TrustPickleOpt,
     WeightsOpt,
     check_granularity,
+    class_order,
+    load_data,
     load_model_spec,
+    parse_class_names,
     say_recipe,
 )
 from essence.cli.output import write_json
-from essence.core.datasets import environment_data_root, load_dataset
 from essence.core.errors import LabelMismatchError, LayerNotFoundError, SpecError
-from essence.core.models import check_compatible
+from essence.core.models import LoadedModel, check_compatible
 
 
 def _fmt(v: float) -> str:
     return "  —  " if v != v else f"{v:5.2f}"  # NaN: never predicted / no instances
+
+
+def model_label(model: LoadedModel, weights: Path | None) -> str:
+    """A model named by its spec (or card name) and its weights file: two models of one architecture differ.
+
+    Examples:
+        >>> from essence.core.models import LoadedModel
+        >>> model_label(LoadedModel(None, "torchvision:resnet18", "0"), Path("runs/v2.safetensors"))
+        'torchvision:resnet18 (v2.safetensors)'
+    """
+    return f"{model.name} ({Path(weights).name})" if weights is not None else model.name
 
 
 def run_compare(
@@ -50,27 +68,36 @@ def run_compare(
     device: str = "auto",
     batch_size: int = 64,
     json_path: Path | None = None,
+    size: tuple[int, int] | None = None,
+    blur: float | None = None,
+    recipe: Path | None = None,
+    skip_bad: bool = False,
+    class_names: str | None = None,
 ) -> None:
     from essence.core.comparison import compare_models
 
     check_granularity(granularity)
     if kind not in ("logit", "prob"):
         raise SpecError(f"--kind {kind!r}: use logit or prob")
-    model_a = load_model_spec(model, weights, trust_pickle)
-    model_b = load_model_spec(against, weights_b, trust_pickle)
+    names_given = parse_class_names(class_names)
+    model_a = load_model_spec(model, weights, trust_pickle, names_given)
+    model_b = load_model_spec(against, weights_b, trust_pickle, names_given)
     # the same images, each model with its own preprocessing recipe (the recipe is part of what changed)
     if model_a.class_names and model_b.class_names and model_a.class_names != model_b.class_names:
         raise LabelMismatchError(
             f"{model} and {against} name their classes differently ({model_a.class_names[:5]} vs "
             f"{model_b.class_names[:5]}): compare models of the same classes"
         )
-    names = model_a.class_names or model_b.class_names
-    data_a = load_dataset(data, model_a.preprocessing, class_names=names, data_root=environment_data_root())
-    data_b = load_dataset(data, model_b.preprocessing, class_names=names, data_root=environment_data_root())
+    options = {"size": size, "blur": blur, "recipe_file": recipe, "skip_bad_images": skip_bad}
+    data_a = load_data(model_a, data, **options)  # type: ignore[arg-type]
+    data_b = load_data(model_b, data, **options)  # type: ignore[arg-type]
     check_compatible(model_a, data_a)
     check_compatible(model_b, data_b)
+    classes = {"a": class_order(model_a, data_a), "b": class_order(model_b, data_b)}
     say_recipe(data_a.preprocessing, "A")
     say_recipe(data_b.preprocessing, "B")
+    typer.echo(f"A: {classes['a'].describe()}")
+    typer.echo(f"B: {classes['b'].describe()}")
     la = layer if layer is not None else model_a.default_layer
     if la is None:
         raise LayerNotFoundError(
@@ -84,7 +111,7 @@ def run_compare(
         la,
         lb,
         data_b=data_b,
-        names=(model_a.name, model_b.name),
+        names=(model_label(model_a, weights), model_label(model_b, weights_b)),
         granularity=granularity,  # type: ignore[arg-type]
         kind=kind,  # type: ignore[arg-type]
         match=match,  # type: ignore[arg-type]
@@ -129,7 +156,7 @@ def run_compare(
                 f"diagnosis of {c.name!r}: {c.diagnosis_a} → {c.diagnosis_b} "
                 f"(expert found: {yes[c.expert_a]} → {yes[c.expert_b]})"
             )
-    write_json(json_path, result.to_json(), {"a": data_a.preprocessing, "b": data_b.preprocessing})
+    write_json(json_path, result.to_json(), {"a": data_a.preprocessing, "b": data_b.preprocessing}, classes)
 
 
 def register(app: typer.Typer) -> None:
@@ -166,6 +193,11 @@ def register(app: typer.Typer) -> None:
         device: DeviceOpt = "auto",
         batch_size: BatchOpt = 64,
         json_path: JsonOpt = None,
+        size: SizeOpt = None,
+        blur: BlurOpt = None,
+        recipe: RecipeOpt = None,
+        skip_bad: SkipBadOpt = False,
+        class_names: ClassNamesOpt = None,
     ) -> None:
         """Old (--model) against retrained (--against) on the same images: deltas, changed predictions, units."""
         if match not in ("signed", "abs"):
@@ -188,4 +220,9 @@ def register(app: typer.Typer) -> None:
             device=device,
             batch_size=batch_size,
             json_path=json_path,
+            size=size,
+            blur=blur,
+            recipe=recipe,
+            skip_bad=skip_bad,
+            class_names=class_names,
         )

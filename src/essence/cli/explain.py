@@ -10,6 +10,9 @@ import typer
 
 from essence.cli.common import (
     BatchOpt,
+    BlurOpt,
+    ClassNamesOpt,
+    ClassOrder,
     DeviceOpt,
     GranularityOpt,
     JsonOpt,
@@ -17,18 +20,34 @@ from essence.cli.common import (
     ModelOpt,
     RecipeOpt,
     SizeOpt,
+    SkipBadOpt,
     TrustPickleOpt,
     WeightsOpt,
     check_granularity,
     load_inputs,
     load_model_spec,
+    parse_class_names,
     recipe_for,
     say_recipe,
+    with_options,
 )
 from essence.cli.output import write_json, write_text_file
 from essence.core.errors import LayerNotFoundError, SpecError
 from essence.core.preprocessing import Preprocessing
 from essence.core.slices import layer_names
+
+
+def _as_applied(recipe: Preprocessing, image: Path) -> Preprocessing:
+    """The recipe as applied to one image file: its scale by the file's bit depth, read from its header."""
+    from PIL import Image
+
+    from essence.core.preprocessing import image_depth
+
+    try:
+        with Image.open(image) as img:
+            return recipe.for_files([image_depth(img)])
+    except Exception:  # noqa: BLE001 - unreadable, or a bomb's header: read_image refuses it with its reason
+        return recipe.for_container(None)
 
 
 def run_explain(
@@ -50,6 +69,8 @@ def run_explain(
     device: str = "auto",
     out: Path | None = None,
     json_path: Path | None = None,
+    blur: float | None = None,
+    class_names: str | None = None,
 ) -> None:
     from essence.core.data import read_image
     from essence.core.explanation import explain
@@ -58,8 +79,8 @@ def run_explain(
     check_granularity(granularity)
     if kind not in ("logit", "prob"):
         raise SpecError(f"--kind {kind!r}: use logit or prob")
-    loaded = load_model_spec(model, weights, trust_pickle)
-    recipe = recipe_for(loaded, size, None, recipe_file) or Preprocessing()
+    loaded = load_model_spec(model, weights, trust_pickle, parse_class_names(class_names))
+    recipe = recipe_for(loaded, size, blur, recipe_file) or with_options(Preprocessing(), size, blur)
     chosen = layer if layer is not None else loaded.default_layer
     if chosen is None:
         raise LayerNotFoundError(
@@ -71,7 +92,8 @@ def run_explain(
         if isinstance(card_size, list | tuple) and len(card_size) >= 2
         else None
     )
-    say_recipe(recipe.for_container(None))  # an image file: 8-bit once read
+    applied = _as_applied(recipe, image)  # the file's own range: / 255, or / 65535 for a 16-bit file
+    say_recipe(applied)
     x = read_image(image, recipe, model=loaded.module, expected_size=expected, convert_mode=convert_mode)
     result = explain(
         loaded.module,
@@ -88,6 +110,9 @@ def run_explain(
         device=device,
     )
     names = result.class_names
+    # One image, no data: the outputs are the model's names, or only their indices ("index").
+    classes = ClassOrder(tuple(names), loaded.class_source or ("model" if loaded.class_names else "index"))
+    typer.echo(classes.describe())
     typer.echo(
         f"{image.name}: predicted {names[result.prediction]!r} (p={float(result.probabilities[result.prediction]):.3f}); "
         f"{result.question} at {chosen} ({result.quantity} = {result.quantity_value:+.4g})"
@@ -113,7 +138,7 @@ def run_explain(
         render_panel(result).save(png, format="PNG")
         write_text_file(out, png.getvalue(), "--out")  # atomic; links and special files written through
         typer.echo(f"  panel written to {out}")
-    write_json(json_path, result.to_json(), recipe.for_container(None))
+    write_json(json_path, result.to_json(), applied, classes)
 
 
 def run_layers(
@@ -133,6 +158,11 @@ def run_layers(
     device: str = "auto",
     batch_size: int = 64,
     json_path: Path | None = None,
+    size: tuple[int, int] | None = None,
+    blur: float | None = None,
+    recipe: Path | None = None,
+    skip_bad: bool = False,
+    class_names: str | None = None,
 ) -> None:
     from essence.core.layers import suggest_layer
 
@@ -145,8 +175,14 @@ def run_layers(
                 typer.echo(f"  {name:<32} {type(module).__name__}")
         write_json(json_path, {"all_layers": layer_names(loaded.module)}, loaded.preprocessing)
         return
-    inputs = load_inputs(model, weights, trust_pickle, data, None, need_layer=False)
+    inputs = load_inputs(
+        model, weights, trust_pickle, data, None, need_layer=False,
+        size=size, blur=blur, recipe_file=recipe, skip_bad_images=skip_bad, class_names=class_names,
+    )  # fmt: skip
     chosen = [s.strip() for s in layers.split(",") if s.strip()] if layers else None
+    default = inputs.model.default_layer
+    if chosen is not None and default and default not in chosen:
+        chosen.append(default)  # the card's slice is always scored beside the ones asked for
     result = suggest_layer(
         inputs.model.module,
         inputs.data,
@@ -165,10 +201,15 @@ def run_layers(
     typer.echo(f"{'layer':<24}{'output shape':<18}{'units':>6}{'share80':>9}{'gini':>7}{'depth':>7}")
     for s in result.layers:
         mark = "  ← suggested" if s.name == result.suggested else ("" if s.eligible else "  (not eligible)")
+        mark += "  ← the model's default slice" if s.name == default else ""
         shape = "×".join(str(d) for d in s.output_shape)
         typer.echo(f"{s.name:<24}{shape:<18}{s.units:>6}{s.share80:>9.3f}{s.gini:>7.3f}{s.depth:>7.2f}{mark}")
     typer.echo(f"suggested slice: {result.reason}")
-    write_json(json_path, result.to_json(), inputs.data.preprocessing)
+    if default:
+        typer.echo(f"the model's default slice (its card): {default} — used when --layer is not given")
+    out = result.to_json()
+    out["default_layer"] = default
+    write_json(json_path, out, inputs.data.preprocessing, inputs.classes)
 
 
 def register(app: typer.Typer) -> None:
@@ -197,6 +238,8 @@ def register(app: typer.Typer) -> None:
         device: DeviceOpt = "auto",
         out: Annotated[Path | None, typer.Option("--out", help="write a PNG panel to this path")] = None,
         json_path: JsonOpt = None,
+        blur: BlurOpt = None,
+        class_names: ClassNamesOpt = None,
     ) -> None:
         """Why the model gives one image class A (or A rather than B): top units and what they look at."""
         if method not in ("saliency", "guided", "deconvnet"):
@@ -219,6 +262,8 @@ def register(app: typer.Typer) -> None:
             device=device,
             out=out,
             json_path=json_path,
+            blur=blur,
+            class_names=class_names,
         )
 
     @app.command("layers")
@@ -251,6 +296,11 @@ def register(app: typer.Typer) -> None:
         device: DeviceOpt = "auto",
         batch_size: BatchOpt = 64,
         json_path: JsonOpt = None,
+        size: SizeOpt = None,
+        blur: BlurOpt = None,
+        recipe: RecipeOpt = None,
+        skip_bad: SkipBadOpt = False,
+        class_names: ClassNamesOpt = None,
     ) -> None:
         """List the model's layers; with --data, score how concentrated class influence is and suggest one."""
         if kind not in ("logit", "prob"):
@@ -271,4 +321,9 @@ def register(app: typer.Typer) -> None:
             device=device,
             batch_size=batch_size,
             json_path=json_path,
+            size=size,
+            blur=blur,
+            recipe=recipe,
+            skip_bad=skip_bad,
+            class_names=class_names,
         )

@@ -22,13 +22,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from essence.core.cards import OUTPUT_MARKER, ClassOrder
 from essence.core.errors import SpecError
 from essence.core.preprocessing import Preprocessing
 
 __all__ = ["OUTPUT_MARKER", "OUTPUT_VERSION", "Recipe", "write_json", "write_text_file"]
 
-# The key every JSON output of Essence carries (its value: the output format's version). A card never has it.
-OUTPUT_MARKER = "essence_output"
+# OUTPUT_MARKER: the key every JSON output of Essence carries (its value: the output format's version). A card
+# never has it; it is defined beside the cards (core), which refuse any JSON object that has it.
 OUTPUT_VERSION = 1
 # How long a FIFO without a reader is waited for (a reader started just after Essence), before one line.
 FIFO_READER_WAIT_S = 5.0
@@ -48,14 +49,17 @@ def _clean(obj: Any) -> Any:
 
 
 Recipe = Preprocessing | Mapping[str, Preprocessing | None] | None
+Classes = ClassOrder | Mapping[str, ClassOrder] | None
 
 
-def write_json(path: Path | None, obj: Any, preprocessing: Recipe = None) -> None:
+def write_json(path: Path | None, obj: Any, preprocessing: Recipe = None, classes: Classes = None) -> None:
     """Write an output ``obj`` as JSON to ``path`` (see :func:`write_text_file`); ``-`` writes to stdout.
 
     An object gets the marker :data:`OUTPUT_MARKER` (so no output is ever read as a model card) and, unless it
     has one already, ``"preprocessing"``: the recipe as applied (a mapping of them, e.g. ``{"a", "b"}`` for
-    ``compare``), or ``null`` where no recipe was applied (DESIGN §4).
+    ``compare``), or ``null`` where no recipe was applied (DESIGN §4). Given ``classes`` (the class order, or a
+    mapping of them), it also gets ``"class_source"`` (``"card"``, ``"model"``, ``"option"`` or ``"data"``:
+    where the class order came from) and ``"class_order"`` (``{"names", "from"}``).
     """
     if path is None:
         return
@@ -63,6 +67,12 @@ def write_json(path: Path | None, obj: Any, preprocessing: Recipe = None) -> Non
         obj = {OUTPUT_MARKER: OUTPUT_VERSION, **obj}
         if "preprocessing" not in obj:
             obj["preprocessing"] = _recipe_json(preprocessing)
+        if isinstance(classes, ClassOrder):
+            obj.setdefault("class_source", classes.source)
+            obj.setdefault("class_order", classes.to_json())
+        elif isinstance(classes, Mapping):
+            obj.setdefault("class_source", {k: v.source for k, v in classes.items()})
+            obj.setdefault("class_order", {k: v.to_json() for k, v in classes.items()})
     text = json.dumps(_clean(obj), indent=2, allow_nan=False) + "\n"
     if str(path) == "-":
         sys.stdout.write(text)

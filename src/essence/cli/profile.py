@@ -15,6 +15,7 @@ import typer
 from essence.cli.common import (
     BatchOpt,
     BlurOpt,
+    ClassNamesOpt,
     DataOpt,
     DeviceOpt,
     GranularityOpt,
@@ -171,6 +172,7 @@ class ProfileRequest:
     blur: float | None = None
     recipe: Path | None = None
     skip_bad: bool = False
+    class_names: str | None = None
 
     @classmethod
     def from_options(cls, options: Mapping[str, object]) -> ProfileRequest:
@@ -196,6 +198,7 @@ class ProfileRequest:
             recipe_file=self.recipe,
             skip_bad_images=self.skip_bad,
             batch_size=self.batch_size,
+            class_names=self.class_names,
         )
 
     def to_args(self) -> list[str]:
@@ -204,6 +207,7 @@ class ProfileRequest:
         args += ["--kind", self.kind, "--device", self.device, "--batch-size", str(self.batch_size)]
         optional = {"--weights": self.weights, "--layer": self.layer, "--json": self.json_path}
         optional |= {"--store": self.store, "--blur-sigma": self.blur, "--preprocessing": self.recipe}
+        optional |= {"--class-names": self.class_names}
         for flag, value in optional.items():
             if value is not None:
                 args += [flag, str(value)]
@@ -236,7 +240,7 @@ def run_profiles(
         keep_instances=keep_instances,
     )
     print_summary(profiles, time.perf_counter() - start, stored=not no_cache)
-    write_json(request.json_path, profiles.to_json(), inputs.data.preprocessing)
+    write_json(request.json_path, profiles.to_json(), inputs.data.preprocessing, inputs.classes)
 
 
 def register(app: typer.Typer) -> None:
@@ -259,6 +263,7 @@ def register(app: typer.Typer) -> None:
         blur: BlurOpt = None,
         recipe: RecipeOpt = None,
         skip_bad: SkipBadOpt = False,
+        class_names: ClassNamesOpt = None,
     ) -> None:
         """Every class's influence profile at a slice (q = the class's score, P = its instances)."""
         run_profiles(ProfileRequest.from_options(locals()), no_cache=no_cache)

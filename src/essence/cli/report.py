@@ -8,10 +8,15 @@ from typing import Annotated
 import typer
 
 from essence.cli.common import (
+    BlurOpt,
+    ClassNamesOpt,
     DataOpt,
     DeviceOpt,
     LayerOpt,
     ModelOpt,
+    RecipeOpt,
+    SizeOpt,
+    SkipBadOpt,
     StoreOpt,
     TrustPickleOpt,
     WeightsOpt,
@@ -36,6 +41,11 @@ def register(app: typer.Typer) -> None:
         layer: LayerOpt = None,
         store: StoreOpt = None,
         device: DeviceOpt = "auto",
+        size: SizeOpt = None,
+        blur: BlurOpt = None,
+        recipe: RecipeOpt = None,
+        skip_bad: SkipBadOpt = False,
+        class_names: ClassNamesOpt = None,
     ) -> None:
         """Write the review report: model, preprocessing recipe, diagnosis, reviewed cases and verdicts."""
         import dataclasses
@@ -49,8 +59,11 @@ def register(app: typer.Typer) -> None:
         from essence.core.slices import inference_state
         from essence.storage import RunInfo, Store
 
-        inputs = load_inputs(model, weights, trust_pickle, data, layer)
-        names = list(inputs.model.class_names or inputs.data.class_names)
+        inputs = load_inputs(
+            model, weights, trust_pickle, data, layer,
+            size=size, blur=blur, recipe_file=recipe, skip_bad_images=skip_bad, class_names=class_names,
+        )  # fmt: skip
+        names = list(inputs.classes.names)
         with Store.open(store) as opened:
             with progress_bar(f"class profiles at {inputs.layer}") as bar:
                 profiles = opened.cached_profiles(

@@ -93,7 +93,7 @@ def run_process(request: ProfileRequest, *, force: bool) -> None:
                 if not request.allow_empty:
                     check_no_empty_class(hit)
                 print_summary(hit, time.perf_counter() - start)
-                write_json(request.json_path, hit.to_json(), inputs.data.preprocessing)
+                write_json(request.json_path, hit.to_json(), inputs.data.preprocessing, inputs.classes)
             return
         shown = (
             progress_bar(f"shard 1/{env.world_size} at {inputs.layer}") if env.is_writer else nullcontext()
@@ -126,4 +126,4 @@ def run_process(request: ProfileRequest, *, force: bool) -> None:
         with Store.open(store) as opened:
             opened.put_profiles(key, profiles, info)
         print_summary(profiles, seconds, stored=True)
-        write_json(request.json_path, profiles.to_json(), inputs.data.preprocessing)
+        write_json(request.json_path, profiles.to_json(), inputs.data.preprocessing, inputs.classes)

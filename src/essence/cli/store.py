@@ -12,6 +12,7 @@ import typer
 from essence.cli.common import (
     BatchOpt,
     BlurOpt,
+    ClassNamesOpt,
     DataOpt,
     DeviceOpt,
     GranularityOpt,
@@ -31,7 +32,9 @@ from essence.core.errors import SpecError
 
 VerdictsOpt = Annotated[
     Path | None,
-    typer.Option("--verdicts", help="write every verdict (full history) to FILE.csv, FILE.json or FILE.parquet"),
+    typer.Option(
+        "--verdicts", help="write every verdict (full history) to FILE.csv, FILE.json or FILE.parquet"
+    ),
 ]
 ProfilesOpt = Annotated[
     Path | None, typer.Option("--profiles", help="write every cached profile as JSON into folder DIR")
@@ -206,6 +209,7 @@ def register(app: typer.Typer) -> None:
         blur: BlurOpt = None,
         recipe: RecipeOpt = None,
         skip_bad: SkipBadOpt = False,
+        class_names: ClassNamesOpt = None,
         distributed: bool = typer.Option(
             False,
             "--distributed",

@@ -262,8 +262,8 @@ def sweep_heatmap(
     """One α×β heat map (Fig. 5) of ``measure`` in [0, 1]; expert cells outlined."""
     frame = sweep_frame(alphas, betas, values, experts)
     base = alt.Chart(frame, title=title).encode(
-        x=alt.X("beta:O", title="β (negative units kept)"),
-        y=alt.Y("alpha:O", title="α (positive units kept)", sort="descending"),
+        x=alt.X("beta:O", title="features kept that push against it (β negative units)"),
+        y=alt.Y("alpha:O", title="features kept that push for it (α positive units)", sort="descending"),
     )
     cells = base.mark_rect().encode(
         color=alt.Color("value:Q", scale=alt.Scale(scheme="viridis", domain=[0, 1]), title=measure),

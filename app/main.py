@@ -5,7 +5,9 @@ from pathlib import Path
 import streamlit as st
 
 from essence.app import cache
+from essence.app.components import glossary
 from essence.app.components.boundary import run_page
+from essence.app.components.session import reviewer_field
 from essence.app.components.sidebar import render as sidebar
 
 # Served by this server (a material or emoji icon would be fetched from the internet by the browser).
@@ -33,4 +35,6 @@ pages = {
 }
 navigation = st.navigation(pages)
 run_page(sidebar)
+run_page(reviewer_field)  # drawn on every page: the name stays in the address (see components.session)
+run_page(glossary.render)
 navigation.run()

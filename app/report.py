@@ -2,8 +2,8 @@
 
 It holds the model and its preprocessing recipe, accuracy and the confusion matrix, the diagnosis of every
 class (with the expert sweeps of the flagged ones), and each reviewed case — its image, label, prediction,
-current verdict with reviewer and time, and the earlier verdicts. Charts are rendered to SVG offline
-(``vl_convert``), images embedded as base64 PNG; the file refers to nothing outside itself, so it opens
+current verdict with reviewer and time, and the earlier verdicts with their notes. Charts are rendered to SVG
+offline (``vl_convert``), images embedded as base64 PNG; the file refers to nothing outside itself, so it opens
 without a network. No Streamlit here: ``essence report`` builds the same file from the shell.
 """
 
@@ -212,7 +212,9 @@ def _cases_section(data: ImageData, store: Store, names: list[str], predicted: n
         )
         pred = names[int(predicted[index])] if predicted is not None else "—"
         earlier = "<br>".join(
-            f"{_e(v.verdict)} by {_e(v.reviewer or '—')}, {v.created_at:%Y-%m-%d %H:%M}" for v in vs[:-1]
+            f"{_e(v.verdict)} by {_e(v.reviewer or '—')}, {v.created_at:%Y-%m-%d %H:%M}"
+            + (f": “{_e(v.note)}”" if v.note else "")
+            for v in vs[:-1]
         )
         rows.append(
             f"<tr><td><img class='case' alt='image {index}' src='{png_data_uri(data.raw_image(index))}'></td>"

@@ -60,6 +60,10 @@ class RecipeState:
         triage_position: the instance the triage queue is at (a position in the filtered queue).
         triage_classes: classes the triage queue shows (empty: all).
         triage_verdict: which verdicts the queue shows (``"all"``, ``"unreviewed"`` or a verdict).
+        triage_open: the image (dataset index) to open on the next run: the one that came after the image a
+            verdict was just given to, wherever the verdict moved it in the filtered queue (``None``: stay).
+        triage_preset: the class filter holds the class chosen on another page (said on the page, clearable).
+        triage_cls_seen: the page class the class filter last followed (a class cleared stays cleared).
         last_saved: what the last verdict button saved (shown once on the next run).
         explain_index: the dataset instance the explain page shows.
         cancelled: cache keys of long computations the user cancelled (not restarted by themselves).
@@ -78,6 +82,9 @@ class RecipeState:
     triage_position: int = 0
     triage_classes: list[int] = field(default_factory=list)
     triage_verdict: str = "all"
+    triage_open: int | None = None
+    triage_preset: bool = False
+    triage_cls_seen: int | None = None
     last_saved: str = ""
     explain_index: int = 0
     cancelled: set[str] = field(default_factory=set)

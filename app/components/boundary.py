@@ -1,4 +1,5 @@
-"""The page boundary: a user's mistake is shown as a message that says what to fix, never as a traceback."""
+"""The page boundary: a user's mistake is shown as a message that says what to fix, never as a traceback, and
+never with a path on the server (an upload is named by its file, the store's folder as such)."""
 
 from __future__ import annotations
 
@@ -24,9 +25,31 @@ def run_page(render: Callable[[], None]) -> None:
     try:
         render()
     except EssenceError as exc:
-        st.error(str(exc), icon=":material/warning:")
+        st.error(said(exc), icon=":material/warning:")
     except Exception as exc:  # a bug: keep the traceback in the server log, not in the clinician's face
         log.exception("page failed")
         st.error(
             f"{INTERNAL_ERROR} ({type(exc).__name__}: {exc}). Please report it; the details are in the log."
         )
+
+
+def said(exc: BaseException) -> str:
+    """An error's message as the page shows it: no server path, the app's switches for the CLI's flags, and
+    markdown's special characters escaped (messages quote file and class names)."""
+    from essence.app.components.session import recipe
+    from essence.app.components.text import for_people, plain
+    from essence.app.uploads import uploads_root
+
+    return plain(for_people(str(exc), uploads_root(), known_labels(recipe())))
+
+
+def known_labels(state: object) -> dict[str, str]:
+    """Every upload's spec and weights file → what the sidebar calls it (for messages that quote them)."""
+    labels: dict[str, str] = {}
+    for label, choice in getattr(state, "models", {}).items():
+        labels[choice.spec] = label
+        if choice.weights:
+            labels[choice.weights] = label
+    for label, choice in getattr(state, "datasets", {}).items():
+        labels[choice.spec] = label
+    return labels

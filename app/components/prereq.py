@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import streamlit as st
 
 from essence.app import cache, services
+from essence.app.components.boundary import said
 from essence.app.components.session import recipe
 from essence.app.components.text import plain, printable
 from essence.core.data import ImageData
@@ -54,28 +55,28 @@ def current_inputs() -> Inputs:
     try:
         model = cache.model_of(state.model_choice)
     except EssenceError as exc:
-        st.error(f"The model {plain(state.model)} cannot be loaded: {plain(exc)}", icon=":material/warning:")
+        st.error(f"The model {plain(state.model)} cannot be loaded: {said(exc)}", icon=":material/warning:")
         missing("Choose another model in the sidebar, or upload it again.", UPLOAD_PAGE, "Upload a model")
     try:
         data = cache.data_for(state.data_choice, model)
     except EssenceError as exc:
         st.error(
-            f"The dataset {plain(state.data)} does not fit {plain(state.model)}: {plain(exc)}",
+            f"The dataset {plain(state.data)} does not fit {plain(state.model)}: {said(exc)}",
             icon=":material/warning:",
         )
         missing("Choose another dataset in the sidebar, or upload one.", UPLOAD_PAGE, "Upload a dataset")
     layer = state.layer or model.default_layer
     if not layer:
         missing(
-            f"{plain(state.model)} has no default slice: pick a layer in the sidebar (the sidebar's “Suggest a layer” "
-            "scores every candidate).",
+            f"{plain(state.model)} has no default layer (slice) to look at: pick one in the sidebar (the sidebar's "
+            "“Suggest a layer” scores every candidate).",
             OVERVIEW_PAGE,
             "Overview",
         )
     try:
         services.check_layer(model, layer)
     except EssenceError as exc:
-        st.error(plain(exc), icon=":material/warning:")
+        st.error(said(exc), icon=":material/warning:")
         st.stop()
     names = [printable(n) for n in services.class_names(model, data)]
     return Inputs(model, data, layer, names, state.model, state.data)

@@ -1,5 +1,5 @@
-"""The Triage page's view of *reasons*: the queue chosen, doubt beside reasoning, the misclassified read through
-both classes' profiles, and the units that made an image stand out, each shown on the image.
+"""The Triage page's view of *reasons*: the queue chosen, label doubt beside reasoning, the misclassified read
+through both classes' profiles, and the units that made an image stand out, each shown on the image.
 
 Self-contained (its widgets own their keys) so that the page only calls :func:`queue_order` and
 :func:`reasons_panel`.
@@ -20,7 +20,7 @@ QUEUE_CHOICE_KEY = "triage-queue-choice"
 # The default queue is the merged one (measured: docs/analyses.md, triage): the two others are one click away.
 QUEUES = {
     "merged": "Both, interleaved: doubtful labels and right-for-unusual-reasons",
-    "self_confidence": "Doubt: the model is unsure of the given label",
+    "self_confidence": "Label doubt: the model is unsure of the given label",
     "reasoning": "Reasons: how far the image's reasons depart from its class's",
 }
 WHY_SHOWN = 3  # units drawn on the image for the open row
@@ -53,11 +53,12 @@ def queue_order(result: object, on_change: Callable[[], None] | None = None) -> 
 
 
 def reasons_panel(inputs: Inputs, result: object, row: int, granularity: str) -> None:
-    """Doubt and reasoning side by side, the profile reading of a misclassified image, and why it was flagged."""
+    """Label doubt and reasoning side by side, the profile reading of a misclassified image, and why it was
+    flagged. (The label doubt is 1 − p(label), the ``self_confidence`` score; *doubt* alone is 1 − max p.)"""
     r = result.reasoning
     label, predicted = int(result.labels[row]), int(result.predicted[row])
-    doubt, reasoning = st.columns(2)
-    doubt.metric("Doubt (1 − p(label))", f"{result.scores['self_confidence'][row]:.2f}")
+    label_doubt, reasoning = st.columns(2)
+    label_doubt.metric("Label doubt (1 − p(label))", f"{result.scores['self_confidence'][row]:.2f}")
     value = r.score[row]
     reasoning.metric(
         "Reasoning (× class's typical)",
@@ -87,7 +88,7 @@ def _why(inputs: Inputs, result: object, row: int, granularity: str) -> None:
     index = int(result.indices[row])
     maps = why_images(inputs, index, units, granularity)
     st.markdown(
-        "**Why flagged**: the units whose contributions depart most from the class's, where they look:"
+        "**Why flagged**: the features (units) whose contributions depart most from the class's, where they look:"
     )
     cols = st.columns(len(units))
     for col, unit, z, image in zip(cols, units, result.why_z[row][: len(units)], maps, strict=True):

@@ -2,6 +2,11 @@
 
 The uploads registered in the store are merged into it on every run, so a reload, a new browser session or a
 restarted server offers them again, and an upload removed in one session leaves the others' lists too.
+
+The reviewer's name is the sidebar's *Reviewer* field, bound to the page's address (``?reviewer=…``): Streamlit
+keeps a parameter bound to a widget of the entry file in the address on every page change, so the name survives
+a reload of the tab, and no page writes the address itself. (Writing ``st.query_params`` after a page change,
+which drops the parameter, added a second entry to the browser's history: Back then took two presses.)
 """
 
 from __future__ import annotations
@@ -19,19 +24,34 @@ def recipe() -> RecipeState:
     """The session's recipe state (created on first use), with the store's uploads offered."""
     if STATE_KEY not in st.session_state:
         state = RecipeState()
-        state.reviewer = st.query_params.get(REVIEWER_KEY, "")
+        state.reviewer = str(st.query_params.get(REVIEWER_KEY, "")).strip()
         st.session_state[STATE_KEY] = state
     state = st.session_state[STATE_KEY]
-    if state.reviewer and st.query_params.get(REVIEWER_KEY) != state.reviewer:
-        st.query_params[REVIEWER_KEY] = state.reviewer  # page changes may drop it: put it back
     _sync_uploads(state)
     return state
 
 
+def reviewer_field() -> None:
+    """The sidebar's *Reviewer* field (on every page: a bound parameter stays in the address only while its
+    widget is drawn); the recipe's reviewer follows it."""
+    state = recipe()
+    if REVIEWER_KEY not in st.session_state and state.reviewer:
+        st.session_state[REVIEWER_KEY] = state.reviewer
+    st.sidebar.text_input(
+        "Reviewer",
+        key=REVIEWER_KEY,
+        bind="query-params",
+        placeholder="asked on Triage",
+        help="Your name, stored with every verdict; kept in this tab's address, so a reload does not ask again.",
+    )
+    state.reviewer = str(st.session_state.get(REVIEWER_KEY) or "").strip()
+
+
 def remember_reviewer(name: str) -> None:
-    """Set the reviewer and keep the name in the page's address, so a reload does not ask again."""
+    """Set the reviewer, and so the sidebar's field and the page's address (call it from a widget's callback:
+    the field is drawn before any page)."""
     recipe().reviewer = name
-    st.query_params[REVIEWER_KEY] = name
+    st.session_state[REVIEWER_KEY] = name
 
 
 def _sync_uploads(state: RecipeState) -> None:

@@ -23,7 +23,7 @@ from essence.core.models import LoadedModel
 MODEL_KEY = "sidebar-model"
 DATA_KEY = "sidebar-data"
 LAYER_KEY = "sidebar-layer"
-NO_LAYER = "(choose a slice)"
+NO_LAYER = "(choose a layer)"
 
 
 def render() -> None:
@@ -40,8 +40,6 @@ def render() -> None:
             return
         _pick_layer(state, model)
         recipe_box(model)
-        if state.reviewer:
-            st.caption(f"Reviewer: **{plain(state.reviewer)}**")
 
 
 def _set_model(state: RecipeState, label: str) -> None:
@@ -90,15 +88,17 @@ def _pick_layer(state: RecipeState, model: LoadedModel) -> None:
     options = layers if current in layers else [NO_LAYER, *layers]
     bound.seed(LAYER_KEY, current if current in layers else NO_LAYER)
     st.selectbox(
-        "Slice (layer)",
+        "Layer (slice)",
         options,
         key=LAYER_KEY,
         on_change=bound.writer(LAYER_KEY, lambda v: _set_layer(state, v)),
-        help="the layer whose units the influences are measured at",
+        help="the layer where Essence looks inside the model: the influences are measured on its features "
+        "(its units)",
     )
     with st.expander("Suggest a layer", expanded=state.suggesting):
         st.caption(
-            "Scores each candidate layer by how concentrated class influence is there (few units, most influence)."
+            "Scores each candidate layer by how concentrated class influence is there (few features, or units, "
+            "carry most of it)."
         )
         if st.button("Score the layers", key="sidebar-suggest"):
             state.suggesting = True
@@ -152,6 +152,16 @@ def recipe_box(model: LoadedModel, where: st.delta_generator.DeltaGenerator | No
     if blurred:
         box.caption(
             f"Note: inputs are blurred (σ = {model.preprocessing.blur_sigma:g} px) before the model sees them"
+        )
+    if model.class_names:
+        where = {"card": "its card", "option": "the class names given with it"}.get(
+            model.class_source or "", "the model itself"
+        )
+        box.caption(f"Classes, in output order (from {where}): {plain(', '.join(model.class_names))}")
+    else:
+        box.caption(
+            "Classes: the model names none, so its outputs are matched to the data's labels only where those "
+            "are class indices; on data that names its classes, give the names in output order when uploading it"
         )
     facts = {
         k: v

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
 MARKDOWN_SPECIAL = "\\`*_{}[]<>#|~$!"  # meaningful anywhere in a line
@@ -46,22 +47,56 @@ def printable(text: object) -> str:
 
 
 # What the library's messages advise on the command line, said as the switches the app's upload page has.
+# A route only the command line has (a ``package.module:function`` factory) is said as the upload page's own.
 APP_SWITCHES = (
+    (
+        re.compile(r"use --model torchvision:ARCH or package\.module:function with --weights \S+"),
+        "choose its architecture in the list and add it again",
+    ),
+    (
+        re.compile(r"load the PyTorch model itself \(package\.module:function --weights FILE\)"),
+        "upload the PyTorch model's weights instead, with its architecture chosen in the list",
+    ),
+    (
+        re.compile(r"or use package\.module:function --weights FILE"),
+        "or upload its weights with its architecture chosen in the list",
+    ),
+    (
+        re.compile(
+            r"use demo:blurred\|sharp, torchvision:ARCH --weights FILE, package\.module:function --weights FILE, "
+            r"or an exported program PATH\.pt2 \(torch\.export\.save\)"
+        ),
+        "upload weights (a state_dict or .safetensors) with their architecture chosen in the list, or an "
+        "exported program (.pt2, torch.export.save)",
+    ),
+    (
+        re.compile(r"package\.module:function( with)?( --weights \S+)?"),
+        "its weights with the architecture chosen in the list",
+    ),
     (re.compile(r"pass --trust-pickle"), "tick “Trust this pickle”"),
     (re.compile(r"pass --skip-bad-images"), "tick “Skip unreadable images”"),
     (re.compile(r"--weights FILE(\.safetensors)?"), "a weights file"),
     (re.compile(r"use --model torchvision:ARCH"), "choose its architecture"),
+    (
+        re.compile(r"in output order \(class_names, e\.g\. "),
+        "in output order (the model's “Class names” field, e.g. ",
+    ),
 )
 
 
-def for_people(message: str, uploads: Path) -> str:
+def for_people(message: str, uploads: Path, labels: Mapping[str, str] | None = None) -> str:
     """An error about an upload as the app's user can act on it.
 
-    A path under ``uploads`` becomes its file name, the folder around it "the store's folder" (a server's
-    layout is nobody's business in the browser), and command-line flags become the page's own switches.
+    A spec or path in ``labels`` (an upload's data spec, its weights file) becomes what the sidebar calls it;
+    any other path under ``uploads`` becomes its file name, the folder around it "the store's folder" (a
+    server's layout is nobody's business in the browser), and command-line flags become the page's own switches.
     """
     root, home = str(uploads), str(uploads.parent)
-    text = re.sub(re.escape(root) + r"(/[^\s'\",;:()]*)?", lambda m: PurePosixPath(m[1] or "").name, message)
+    text = message
+    for spec, label in sorted((labels or {}).items(), key=lambda kv: -len(kv[0])):  # longest first
+        if spec:
+            text = text.replace(spec, label)
+    text = re.sub(re.escape(root) + r"(/[^\s'\",;:()]*)?", lambda m: PurePosixPath(m[1] or "").name, text)
     text = text.replace(home, "the store's folder")
     for pattern, switch in APP_SWITCHES:
         text = pattern.sub(switch, text)

@@ -6,13 +6,14 @@ import streamlit as st
 
 from essence.app import cache, charts, services
 from essence.app.components import bound, longwork
-from essence.app.components.boundary import run_page
+from essence.app.components.boundary import run_page, said
 from essence.app.components.images import enlarge
-from essence.app.components.prereq import UPLOAD_PAGE, current_inputs, missing
+from essence.app.components.prereq import UPLOAD_PAGE, Inputs, current_inputs, missing
 from essence.app.components.session import recipe
 from essence.app.components.sidebar import recipe_box
 from essence.app.components.text import plain, printable
-from essence.app.state import DEMO_MODEL, DEMO_RETRAINED
+from essence.app.state import DEMO_MODEL, DEMO_RETRAINED, RecipeState
+from essence.core.errors import EssenceError
 
 OTHER_KEY = "compare-with"
 # A class regressed when B loses this much recall on it: about two images in a class of 25 (the demo's
@@ -25,9 +26,19 @@ def render() -> None:
     st.title("Compare models")
     inputs = current_inputs()
     state = recipe()
-    others = [label for label in state.models if label != state.model]
+    others, left_out = _fitting(inputs, state)
+    if left_out:
+        st.caption(
+            f"Not offered, as their classes are not the {len(inputs.names)} of {plain(inputs.data_label)} "
+            f"({plain(', '.join(inputs.names))}): " + "; ".join(left_out) + "."
+        )
     if not others:
-        missing("Comparing needs a second model (the retrained one).", UPLOAD_PAGE, "Upload a model")
+        missing(
+            f"Comparing needs a second model with the classes of {plain(inputs.data_label)}, in the same order: "
+            f"{plain(', '.join(inputs.names))}. Upload the retrained model.",
+            UPLOAD_PAGE,
+            "Upload a model",
+        )
     if state.compare_with not in others:
         state.compare_with = (
             DEMO_RETRAINED if state.model == DEMO_MODEL and DEMO_RETRAINED in others else others[0]
@@ -81,6 +92,29 @@ def render() -> None:
     _matching(cmp)
 
 
+def _fitting(inputs: Inputs, state: RecipeState) -> tuple[list[str], list[str]]:
+    """The models B can be (their outputs are the current data's classes: as many, and named alike where both
+    name them), and why each other one is not offered (in words, never a path on the server)."""
+    offered, left_out = [], []
+    for label, choice in state.models.items():
+        if label == state.model:
+            continue
+        model_b = None
+        try:
+            model_b = cache.model_of(choice)
+            # Its outputs as many as the data's classes, and the data's labels matched to its class names:
+            cache.data_for(state.data_choice, model_b)
+            named = [printable(n) for n in model_b.class_names or []]
+            if named and named != inputs.names:
+                raise EssenceError(f"its classes are {', '.join(named)}")
+            offered.append(label)
+        except EssenceError as exc:
+            names = list(model_b.class_names or []) if model_b is not None else []
+            why = f"{len(names)} outputs: {', '.join(names)}" if names else said(exc)
+            left_out.append(f"{plain(label)} ({plain(why) if names else why})")
+    return offered, left_out
+
+
 def _regressions(cmp) -> None:
     """Call out every class B is worse at (recall down by :data:`REGRESSION` or more), however good overall."""
     for c in cmp.classes:
@@ -116,13 +150,13 @@ def _changed_images(inputs, cmp) -> None:
 
 def _matching(cmp) -> None:
     m = cmp.matching
-    with st.expander("Matched units and how each class's profile drifted"):
+    with st.expander("Matched features (units) and how each class's profile drifted"):
         if m is None:
             st.info("The units of A and B were not matched.")
             return
         st.caption(
-            f"A's {m.units_a} units at `{cmp.layer_a}` matched one to one with B's {m.units_b} at `{cmp.layer_b}` "
-            f"by the correlation of their activations over the images: mean correlation {m.mean_corr:.2f}, "
+            f"A's {m.units_a} features (units) at layer `{cmp.layer_a}` matched one to one with B's {m.units_b} at "
+            f"`{cmp.layer_b}` by the correlation of their activations over the images: mean correlation {m.mean_corr:.2f}, "
             f"{m.share_above:.0%} of pairs at {m.threshold:g} or more. Drift compares each class's profile over "
             "these pairs (cosine 1: the class rests on the same units; top overlap: share of A's top units whose "
             "partner is among B's)."

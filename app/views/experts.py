@@ -28,12 +28,14 @@ MEANING = {
 def render() -> None:
     st.title("Experts & diagnosis")
     st.caption(
-        "An expert for class i keeps the α most positive and β most negative units of i's profile, zeroes the "
-        "rest of the slice, and reads the model as “i or not i” (paper Fig. 5). For a rarely predicted class: "
-        "an honest expert (ranked on half the images, scored on the other half, beating masks of the same size "
-        "chosen by activation or at random) means it is *drowning*; without one, a probe of the slice says "
-        "whether it is *not read out* (the slice separates it) or *not learned* (it does not) — and then each "
-        "lossy preprocessing step is tested for erasing it."
+        "An expert is a small part of the layer that recognises a class on its own: the features pushing most "
+        "towards the class and most against it (its α most positive and β most negative units), the rest of the "
+        "layer set to zero, read as “this class or not” (paper Fig. 5). For a rarely predicted class: an honest "
+        "expert (ranked on half the images, scored on the other half, beating parts of the same size chosen by "
+        "activation or at random) means its experts are *drowning*; without one, a simple classifier on the "
+        "layer (a probe) says whether the class is *not read out* (the layer carries it) or *not learned* (it "
+        "does not) — and then each lossy preprocessing step is tested for erasing it. Words: the glossary in "
+        "the sidebar."
     )
     inputs = current_inputs()
     profiles = longwork.profiles(inputs, "logit", key="experts")
@@ -93,12 +95,13 @@ def _table(diag) -> pd.DataFrame:
                 "recall": round(c.recall, 3) if np.isfinite(c.recall) else None,
                 "precision": round(c.precision, 3) if np.isfinite(c.precision) else None,
                 "diagnosis": c.diagnosis,
-                "probe AUC vs neighbour": round(c.probe.auc, 3)
+                "layer tells it from its neighbour (probe AUC)": round(c.probe.auc, 3)
                 if c.probe and np.isfinite(c.probe.auc)
                 else None,
                 "chance up to": round(c.probe.threshold, 3) if c.probe else None,
                 "suspect steps": ", ".join(t.step for t in c.suspect_steps),
-                "expert": f"α={e['alpha']}, β={e['beta']}: recall {e['recall']:.2f}, precision {e['precision']:.2f}"
+                "best expert (units kept: α for, β against)": f"α={e['alpha']}, β={e['beta']}: recall "
+                f"{e['recall']:.2f}, precision {e['precision']:.2f}"
                 if e
                 else "",
                 "drowned by": ", ".join(c.drowned_by),
@@ -113,7 +116,7 @@ def _sweep(inputs, profiles, diag) -> None:
     default = state.cls if state.cls is not None else (flagged or [0])[0]
     bound.seed(SWEEP_KEY, default if 0 <= default < len(inputs.names) else 0)
     cls = st.selectbox(
-        "Expert sweep of class",
+        "Experts of class (every α × β size tried)",
         range(len(inputs.names)),
         key=SWEEP_KEY,
         format_func=lambda c: inputs.names[c],
@@ -126,7 +129,7 @@ def _sweep(inputs, profiles, diag) -> None:
     if entry.sweep is not None:
         sweep, control = entry.sweep, entry.control
     else:
-        with st.spinner(f"Sweeping α × β for {entry.name}…"):
+        with st.spinner(f"Trying every expert size (α × β) for {entry.name}…"):
             sweep, control = services.sweep(inputs.model, inputs.data, inputs.layer, cls, profiles)
     honest = entry.evidence
     experts = honest.experts if honest is not None else sweep.experts(diag.settings.criterion)
@@ -157,7 +160,10 @@ def _sweep(inputs, profiles, diag) -> None:
         )
     else:
         st.warning(f"No cell of the grid is an expert for {plain(entry.name)} ({how}).")
-    with st.expander("Control: units ranked by activation instead of influence (should fail)"):
+    with st.expander(
+        "Control: features picked by how strongly they fire instead of by influence (units ranked by activation; "
+        "should fail)"
+    ):
         st.altair_chart(charts.sweep_heatmaps(control, control.experts(diag.settings.criterion)))
 
 

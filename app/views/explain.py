@@ -26,9 +26,10 @@ NO_INFLUENCE = 1e-12
 def render() -> None:
     st.title("Explain an image")
     st.caption(
-        "The units of the slice with the largest influence on the chosen class's score for this image, each "
-        "interpreted by the input pixels it is most sensitive to (bright = sensitive), and integrated gradients "
-        "over the whole network as the input-level baseline (red: towards the class, blue: against)."
+        "The features of the chosen layer (units of the slice) that push the chosen class's score most for this "
+        "image (the largest influence), each shown by the input pixels it is most sensitive to (bright = "
+        "sensitive); and, over the whole network, how much each pixel counts (integrated gradients; red: towards "
+        "the class, blue: against). Words: the glossary in the sidebar."
     )
     inputs = current_inputs()
     image, caption, original = _pick_image(inputs)
@@ -63,7 +64,8 @@ def render() -> None:
     )
     cols[2].image(
         enlarge(expl.ig_map, READABLE),
-        caption=f"integrated gradients (completeness error {expl.ig_error:.2g})",
+        caption=f"how much each pixel counts — integrated gradients (completeness error {expl.ig_error:.2g}: how "
+        "far the pixels' shares miss the score's change)",
     )
     _units(expl)
 
@@ -74,13 +76,14 @@ def _units(expl) -> None:
     shown = [i for i in range(len(expl.unit_ids)) if values[i] > NO_INFLUENCE]
     if not shown:
         st.warning(
-            f"The model has nothing at `{expl.layer}` for this question: no unit pushes towards the answer "
+            f"The model has nothing at `{expl.layer}` for this question: no feature (unit) of this layer pushes "
+            "towards the answer "
             f"(the largest influence is {values.max(initial=0.0):+.2g}). There is no evidence to draw; ask about "
             "another class, or another slice.",
             icon=":material/search_off:",
         )
     else:
-        st.markdown("**Top units** (most influential towards the question's answer)")
+        st.markdown("**The features that push most towards the answer** (top units, by influence)")
         cols = st.columns(len(expl.unit_ids))
         for i, col in zip(shown, cols, strict=False):
             unit, value = int(expl.unit_ids[i]), float(values[i])
@@ -88,7 +91,7 @@ def _units(expl) -> None:
             col.image(enlarge(expl.heatmaps[i], READABLE), caption=f"unit {unit}: sensitivity map")
         if len(shown) < len(values):
             st.caption(
-                f"{len(values) - len(shown)} of the top {len(values)} units have no influence: not drawn."
+                f"{len(values) - len(shown)} of the top {len(values)} features (units) have no influence: not drawn."
             )
     against = [
         (int(u), float(v))
@@ -96,9 +99,12 @@ def _units(expl) -> None:
         if float(v) < -NO_INFLUENCE
     ]
     if against:
-        st.caption("Most negative units (against): " + ", ".join(f"{u} ({v:+.3g})" for u, v in against))
+        st.caption(
+            "Features pushing most against the answer (most negative units): "
+            + ", ".join(f"{u} ({v:+.3g})" for u, v in against)
+        )
     else:
-        st.caption("No unit pushes against the answer.")
+        st.caption("No feature (unit) pushes against the answer.")
 
 
 def _pick_image(inputs):

@@ -1,5 +1,6 @@
 """Overview (recipe step 1, look): accuracy, per-class recall and precision, the confusion matrix."""
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -10,6 +11,8 @@ from essence.app.components.prereq import PROFILES_PAGE, current_inputs
 from essence.app.components.sidebar import recipe_box
 from essence.app.components.text import plain
 from essence.app.evaluation import evaluation
+
+UNDEFINED = "—"  # a rate with nothing to count (a class never predicted has no precision)
 
 
 def render() -> None:
@@ -46,14 +49,15 @@ def render() -> None:
             "class": inputs.names,
             "images": ev.confusion.sum(1),
             "predicted as it": ev.confusion.sum(0),
-            "recall": ev.recall,
-            "precision": ev.precision,
+            "recall": _rates(ev.recall),
+            "precision": _rates(ev.precision),
         }
     )
     left, right = st.columns(2)
     with left:
         st.altair_chart(charts.class_bars(inputs.names, ev.recall, ev.precision), width="stretch")
-        st.dataframe(table, hide_index=True, column_config=_percent("recall", "precision"))
+        st.dataframe(table, hide_index=True)
+        _undefined(inputs.names, ev)
     with right:
         st.altair_chart(charts.confusion_chart(ev.confusion, inputs.names))
     if inputs.data.skipped:
@@ -65,8 +69,25 @@ def render() -> None:
     )
 
 
-def _percent(*names: str) -> dict:
-    return {n: st.column_config.NumberColumn(n, format="%.2f") for n in names}
+def _rates(values) -> list[str]:
+    """Recall or precision as the table shows them: two decimals, or "—" where undefined (never "None")."""
+    return [f"{v:.2f}" if np.isfinite(v) else UNDEFINED for v in np.asarray(values, dtype=float)]
+
+
+def _undefined(names: list[str], ev) -> None:
+    """Say what a "—" in the table means."""
+    never = [plain(names[c]) for c in range(len(names)) if not np.isfinite(ev.precision[c])]
+    empty = [plain(names[c]) for c in range(len(names)) if not np.isfinite(ev.recall[c])]
+    said = []
+    if never:
+        said.append(
+            f"{UNDEFINED} as precision: the model never predicts {', '.join(never)}, so the share of its "
+            "predictions of it that are right is undefined"
+        )
+    if empty:
+        said.append(f"{UNDEFINED} as recall: no image here is labelled {', '.join(empty)}")
+    if said:
+        st.caption("; ".join(said) + ".")
 
 
 run_page(render)

@@ -21,10 +21,11 @@ TOP = 5  # units listed each way
 def render() -> None:
     st.title("Class profiles")
     st.caption(
-        "For each class: the average gradient of the class's score with respect to each unit of the slice, over "
-        "the class's images. Squares are sized by |influence| and coloured by sign (blue: towards the class, red: "
-        "against; grey: within two standard errors of zero), laid out in the class-wide order, most positive "
-        "first."
+        "For each class: how much each feature of the chosen layer (each unit of the slice) pushes the class's "
+        "score, averaged over the class's images — its influence; together, the class's profile (the average "
+        "gradient of the score with respect to the unit). Squares are sized by |influence| and coloured by sign "
+        "(blue: towards the class, red: against; grey: within two standard errors of zero), laid out in the "
+        "class-wide order, most positive first. Words: the glossary in the sidebar."
     )
     inputs = current_inputs()
     profiles = longwork.profiles(inputs, "logit", key="profiles")
@@ -49,7 +50,7 @@ def _all_classes(inputs, profiles) -> None:
     st.altair_chart(charts.all_profiles_grid(profiles.mean.numpy(), profiles.stderr.numpy(), inputs.names))
     empty = [plain(inputs.names[c]) for c in range(len(inputs.names)) if counts[c] == 0]
     st.caption(
-        f"{profiles.num_units} units at `{profiles.layer}`; images per class: "
+        f"{profiles.num_units} features (units) at layer `{profiles.layer}`; images per class: "
         + ", ".join(f"{plain(n)} {int(k)}" for n, k in zip(inputs.names, counts, strict=True))
         + (f". No images (profile undefined): {', '.join(empty)}." if empty else ".")
     )
@@ -76,7 +77,8 @@ def _one_class(inputs, profiles) -> None:
     se = profiles.stderr[cls].numpy()
     count = int(profiles.counts[cls])
     st.write(
-        f"**{plain(inputs.names[cls])}**: {count} images, {profiles.num_units} units at `{profiles.layer}`."
+        f"**{plain(inputs.names[cls])}**: {count} images, {profiles.num_units} features (units) at layer "
+        f"`{profiles.layer}`."
     )
     if count == 0:
         st.warning(f"{plain(inputs.names[cls])} has no images here: its profile is undefined.")
@@ -102,7 +104,10 @@ def _extremes(mean: np.ndarray, se: np.ndarray) -> str:
     negative = [u for u in order[::-1][:TOP] if v[u] < 0]
     top = listed(positive) if positive else "none (no unit pushes towards this class)"
     bottom = listed(negative) if negative else "none (no unit pushes against this class)"
-    return f"Most positive units: {top}. Most negative: {bottom}. (± one standard error over the class's images.)"
+    return (
+        f"Features pushing most towards the class (most positive units): {top}. Most against it (most negative): "
+        f"{bottom}. (± one standard error over the class's images.)"
+    )
 
 
 def _instance(inputs, profiles, cls: int, mean: np.ndarray) -> None:

@@ -1,5 +1,7 @@
 """Store & runs: what is cached, what was computed when, every verdict, and the review report."""
 
+from pathlib import Path
+
 import pandas as pd
 import streamlit as st
 
@@ -21,7 +23,10 @@ def render() -> None:
     cols[1].metric("Runs", info.runs)
     cols[2].metric("Verdicts", info.verdicts)
     cols[3].metric("Size", f"{(info.size_bytes or 0) / 1e6:.1f} MB" if info.size_bytes is not None else "—")
-    st.caption(f"Store: `{info.path or info.url}` (schema {info.schema_version})")
+    # The store's file by its name (a path on the server is nobody's business in the browser); a database
+    # server by its URL, which hides the password.
+    where = f"`{Path(info.path).name}` in the server's Essence folder" if info.path else f"`{info.url}`"
+    st.caption(f"Store: {where} (schema {info.schema_version})")
     st.subheader("Runs")
     if info.recent_runs:
         st.dataframe(

@@ -13,17 +13,19 @@ from essence.app.components.session import recipe, remember_reviewer
 from essence.app.components.text import plain
 from essence.app.state import RecipeState
 
-# Verdict buttons: (stored verdict, label, keyboard shortcut).
+# Verdict buttons: (stored verdict, label, keyboard shortcut). "custom" is any other verdict, said in the note.
 VERDICTS = (
     ("label error", "Label error", "1"),
     ("model error", "Model error", "2"),
     ("ambiguous", "Ambiguous", "3"),
     ("fine", "Fine", "4"),
+    ("custom", "Custom", "5"),
 )
 QUEUE_ROWS = 50  # rows of the queue table shown at once
 CLASSES_KEY = "triage-classes"
 VERDICT_KEY = "triage-verdict-filter"
 QUEUE_KEY = "triage-queue"
+NAME_KEY = "triage-reviewer-name"
 # The ROC of the score against reviewers' verdicts needs this many reviewed images of each kind (flagged as an
 # error, and not): with fewer, one verdict moves the curve by more than the differences it would show.
 ROC_MIN_EACH = 10
@@ -33,7 +35,7 @@ RANKED_BY = {
     "the image's reasons depart from its class's",
     "reasoning": "how far the image's reasons depart from its class's",
     "self_confidence": "how unsure the model is of the given label (1 − its probability)",
-    "confidence": "how unsure the model is of its own prediction",
+    "doubt": "how unsure the model is of its own prediction (1 − its confidence)",
     "spearman": "how far the image's own influence order departs from its class's profile (rank correlation)",
     "kendall": "how far the image's own influence order departs from its class's profile (Kendall's τ)",
     "cosine": "how far the image's own influences point away from its class's profile (cosine)",
@@ -52,13 +54,14 @@ def render() -> None:
     result = services.triage(inputs.model, inputs.data, inputs.layer, profiles)
     st.caption(
         f"Most suspect first, ranked by {RANKED_BY.get(result.score, result.score)} (score “{result.score}”). "
-        "Each image's own influences are drawn against its class's profile (paper Fig. 3): a correct image "
-        "follows the class-wide order, a mislabelled or misread one looks random."
+        "How much each feature of the layer pushes an image's class (its influence on each unit) is drawn "
+        "against the class's average (its profile; paper Fig. 3): a correct image follows the class-wide "
+        "order, a mislabelled or misread one looks random. Words: the glossary in the sidebar."
     )
     verdicts = services.store().latest_verdicts(inputs.data.fingerprint)
     queue = _filtered(result, verdicts, state, inputs)
     if len(queue):
-        state.triage_position = min(max(state.triage_position, 0), len(queue) - 1)
+        _place(state, result, queue)
         _review(inputs, profiles, result, queue, verdicts, state)
         _queue_table(result, queue, verdicts, inputs, state)
     else:
@@ -83,20 +86,44 @@ def _ask_reviewer(state: RecipeState) -> None:
     if state.reviewer:
         return
     with st.form("reviewer-form"):
-        name = st.text_input("Your name (stored with each verdict; remembered in this tab's address)")
-        if st.form_submit_button("Start reviewing", type="primary"):
-            if name.strip():
-                remember_reviewer(name.strip())
-                st.rerun()
+        st.text_input("Your name (stored with each verdict; remembered in this tab's address)", key=NAME_KEY)
+        # Taken in the button's callback, before the sidebar's reviewer field is drawn on the next run.
+        if st.form_submit_button("Start reviewing", type="primary", on_click=_take_name):
             st.error("Enter a name: every verdict records who made it.")
     st.stop()
+
+
+def _take_name() -> None:
+    name = str(st.session_state.get(NAME_KEY) or "").strip()
+    if name:
+        remember_reviewer(name)
+
+
+def _place(state: RecipeState, result, queue: np.ndarray) -> None:
+    """Put the queue at the image due next: after a verdict, the image that followed the judged one (a verdict
+    can take the judged image out of a filtered queue, and the rest moves up by one), else where it was."""
+    if state.triage_open is not None:
+        at = np.nonzero(result.indices[queue] == state.triage_open)[0]
+        if len(at):
+            state.triage_position = int(at[0])
+        state.triage_open = None
+    state.triage_position = min(max(state.triage_position, 0), len(queue) - 1)
 
 
 def _filtered(result, verdicts: dict, state: RecipeState, inputs: Inputs) -> np.ndarray:
     """Row numbers of the triage result in queue order, after the class and verdict filters."""
     k = len(inputs.names)
-    if not state.triage_classes and state.cls is not None:
-        state.triage_classes = [state.cls]
+    if state.cls != state.triage_cls_seen:  # a class chosen on another page: followed once, and said so
+        if not state.triage_classes and state.cls is not None and 0 <= state.cls < k:
+            state.triage_classes, state.triage_preset, state.triage_position = [state.cls], True, 0
+        state.triage_cls_seen = state.cls
+    if state.triage_preset and state.triage_classes == [state.cls]:
+        note, clear = st.columns([4, 1])
+        note.info(
+            f"Showing only {plain(inputs.names[state.cls])}: the class you chose on Class profiles (or Experts).",
+            icon=":material/filter_alt:",
+        )
+        clear.button("Show all classes", key="triage-all-classes", on_click=_all_classes, args=(state,))
     left, right = st.columns(2)
     bound.seed(CLASSES_KEY, [c for c in state.triage_classes if c < k])
     classes = left.multiselect(
@@ -107,12 +134,13 @@ def _filtered(result, verdicts: dict, state: RecipeState, inputs: Inputs) -> np.
         placeholder="all classes",
         on_change=bound.writer(CLASSES_KEY, lambda v: _set_filter(state, classes=list(v))),
     )
-    options = ["all", "unreviewed", *[v for v, _, _ in VERDICTS], "custom"]
+    options = ["all", "unreviewed", *[v for v, _, _ in VERDICTS]]
     bound.seed(VERDICT_KEY, state.triage_verdict if state.triage_verdict in options else "all")
     shown = right.selectbox(
         "Verdict",
         options,
         key=VERDICT_KEY,
+        help="“custom”: any other verdict, said in its note (the Custom button)",
         on_change=bound.writer(VERDICT_KEY, lambda v: _set_filter(state, verdict=v)),
     )
     order = reasons.queue_order(result, on_change=lambda: _set_filter(state))
@@ -126,10 +154,14 @@ def _filtered(result, verdicts: dict, state: RecipeState, inputs: Inputs) -> np.
 
 def _set_filter(state: RecipeState, classes: list[int] | None = None, verdict: str | None = None) -> None:
     if classes is not None:
-        state.triage_classes = classes
+        state.triage_classes, state.triage_preset = classes, False
     if verdict is not None:
         state.triage_verdict = verdict
-    state.triage_position = 0
+    state.triage_position, state.triage_open = 0, None
+
+
+def _all_classes(state: RecipeState) -> None:
+    _set_filter(state, classes=[])
 
 
 def _review(inputs: Inputs, profiles, result, queue: np.ndarray, verdicts: dict, state: RecipeState) -> None:
@@ -171,23 +203,43 @@ def _review(inputs: Inputs, profiles, result, queue: np.ndarray, verdicts: dict,
             "class's logit, so the two pages' colours need not agree."
         )
         reasons.reasons_panel(inputs, result, row, profiles.granularity)
-    _verdict_buttons(inputs, index, queue, state, current)
+    _verdict_buttons(inputs, result, index, queue, state, current)
 
 
-def _verdict_buttons(inputs: Inputs, index: int, queue: np.ndarray, state: RecipeState, current) -> None:
+def _verdict_buttons(
+    inputs: Inputs, result, index: int, queue: np.ndarray, state: RecipeState, current
+) -> None:
     note_key = f"triage-note-{inputs.data.fingerprint}-{index}"
     if note_key not in st.session_state and current is not None:
         st.session_state[note_key] = current.note  # the saved note, to keep or change
     note = st.text_input("Note (optional)", key=note_key)
     cols = st.columns(len(VERDICTS) + 2)
+    wants_note = False
     for col, (verdict, label, key) in zip(cols, VERDICTS, strict=False):
-        if col.button(f"{label} ({key})", key=f"triage-verdict-{verdict}", shortcut=key, width="stretch"):
+        if col.button(
+            f"{label} ({key})",
+            key=f"triage-verdict-{verdict}",
+            shortcut=key,
+            width="stretch",
+            help="another verdict: say what it is in the note" if verdict == "custom" else None,
+        ):
+            if verdict == "custom" and not note.strip():
+                wants_note = True
+                continue
             saved = services.store().record_verdict(
                 inputs.data.fingerprint, index, verdict, note=note, reviewer=state.reviewer
             )
-            state.last_saved = f"Saved: image {index} — {saved.verdict} ({saved.reviewer})"
-            state.triage_position = min(state.triage_position + 1, len(queue) - 1)
+            state.last_saved = f"Saved: image {index} — {plain(saved.verdict)} ({plain(saved.reviewer)})"
+            pos = state.triage_position
+            # The image after this one, found again on the next run: a filter the verdict no longer matches
+            # (unreviewed, another verdict) takes this image out and the rest of the queue moves up.
+            state.triage_open = int(result.indices[queue[pos + 1]]) if pos + 1 < len(queue) else None
+            state.triage_position = min(pos + 1, len(queue) - 1)
             st.rerun()
+    if wants_note:
+        st.error(
+            "A custom verdict needs a note saying what it is: write it in the note, then press Custom again."
+        )
     if cols[-2].button("Previous (K)", key="triage-prev", shortcut="K", width="stretch"):
         state.triage_position = max(state.triage_position - 1, 0)
         st.rerun()
@@ -218,7 +270,7 @@ def _queue_table(result, queue: np.ndarray, verdicts: dict, inputs: Inputs, stat
             "label": [inputs.names[int(c)] for c in result.labels[rows]],
             "predicted": [inputs.names[int(c)] for c in result.predicted[rows]],
             "confidence": result.confidence[rows],
-            "doubt": result.scores["self_confidence"][rows],
+            "p(label)": result.label_probability[rows],
             "reasoning": result.scores["reasoning"][rows],
             "reading": [result.reasoning.reading[r] or "" for r in rows],
             "score": result.deviation[rows],
@@ -231,22 +283,29 @@ def _queue_table(result, queue: np.ndarray, verdicts: dict, inputs: Inputs, stat
     # A fresh key after each opened row: a selection is only ever the click just made, never a stale one
     # re-sent by the browser after J/K or a verdict moved on.
     generation = st.session_state.setdefault(f"{QUEUE_KEY}-generation", 0)
+    # A click on any cell opens its row, as does its row marker: the grid reports a cell click as a cell
+    # selection, which "single-row" alone would ignore.
     event = st.dataframe(
         table,
         hide_index=True,
         key=f"{QUEUE_KEY}-{generation}",
         on_select="rerun",
-        selection_mode="single-row",
+        selection_mode=["single-row", "single-cell"],
         column_config={
-            "confidence": st.column_config.NumberColumn(format="%.2f"),
-            "doubt": st.column_config.NumberColumn(format="%.2f", help="1 − p(label)"),
+            "confidence": st.column_config.NumberColumn(
+                format="%.2f", help="max p: the probability of the predicted class"
+            ),
+            "p(label)": st.column_config.NumberColumn(
+                format="%.2f", help="the probability of the given label (1 − it: the label doubt)"
+            ),
             "reasoning": st.column_config.NumberColumn(format="%.1f", help="× the class's typical departure"),
             "score": st.column_config.NumberColumn(format="%.3f"),
         },
     )
-    picked = event.selection.rows if event is not None else []
+    selection = event.selection if event is not None else None
+    picked = [*selection.rows, *(int(row) for row, _ in selection.cells)] if selection is not None else []
     if picked:
-        state.triage_position = start + int(picked[0])
+        state.triage_position, state.triage_open = start + int(picked[0]), None
         st.session_state[f"{QUEUE_KEY}-generation"] = generation + 1
         st.rerun()
 

@@ -118,7 +118,45 @@ def case(tmp_path_factory: pytest.TempPathFactory) -> dict:
     }
 
 
+# One command per format runs as a subprocess (the console script as a user starts it); the rest run in this
+# process through the same entry point (``essence.cli.main``), which saves an interpreter and torch's import each.
+SUBPROCESS = {"profile", "diagnose"}
+
+
 def _run(case: dict, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    if args[0] not in SUBPROCESS:
+        return _in_process(case, *args)
+    return _subprocess(case, *args, timeout=timeout)
+
+
+def _in_process(case: dict, *args: str) -> subprocess.CompletedProcess[str]:
+    import contextlib
+    import io
+
+    from essence.cli import main
+
+    root = case["root"]
+    saved = dict(os.environ)
+    os.environ.pop("ESSENCE_DEBUG", None)
+    os.environ["ESSENCE_HOME"] = str(root / "home")
+    out, err = io.StringIO(), io.StringIO()
+    cwd = os.getcwd()
+    try:
+        os.chdir(root)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main(list(args))
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        os.chdir(cwd)
+        os.environ.clear()
+        os.environ.update(saved)
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+
+
+def _subprocess(case: dict, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
     root = case["root"]
     env = dict(os.environ)
     env.pop("ESSENCE_DEBUG", None)

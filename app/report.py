@@ -2,9 +2,9 @@
 
 It holds the model and its preprocessing recipe, accuracy and the confusion matrix, the diagnosis of every
 class (with the expert sweeps of the flagged ones), and each reviewed case — its image, label, prediction,
-current verdict with reviewer and time, and the earlier verdicts with their notes. Charts are rendered to SVG
-offline (``vl_convert``), images embedded as base64 PNG; the file refers to nothing outside itself, so it opens
-without a network. No Streamlit here: ``essence report`` builds the same file from the shell.
+every reviewer's latest verdict with its note and time, and their earlier verdicts with their notes. Charts
+are rendered to SVG offline (``vl_convert``), images embedded as base64 PNG; the file refers to nothing outside
+itself, so it opens without a network. No Streamlit here: ``essence report`` builds the same file from the shell.
 """
 
 from __future__ import annotations
@@ -193,37 +193,58 @@ def _flagged_class(c: object) -> str:
 
 
 def _cases_section(data: ImageData, store: Store, names: list[str], predicted: np.ndarray | None) -> str:
+    """Each reviewed image, newest first, with one row per reviewer: that reviewer's latest verdict, note and
+    time, and their earlier verdicts on it. Where several reviewers judged it, the newest of all is marked."""
     verdicts = store.all_verdicts(data.fingerprint)  # type: ignore[attr-defined]
     if not verdicts:
         return "<h2>Reviewed cases</h2><p>No case of this dataset has been reviewed yet.</p>"
-    history: dict[int, list] = defaultdict(list)
-    for v in verdicts:
-        history[v.instance_id].append(v)
+    history: dict[int, dict[str, list]] = defaultdict(dict)
+    for v in verdicts:  # oldest first
+        history[v.instance_id].setdefault(v.reviewer or "", []).append(v)
+    newest = {i: max((vs[-1] for vs in by.values()), key=lambda v: v.id) for i, by in history.items()}
     rows = []
-    for index in sorted(history, key=lambda i: history[i][-1].created_at, reverse=True):
-        vs = history[index]
-        latest = vs[-1]
+    images = 0
+    for index in sorted(history, key=lambda i: newest[i].created_at, reverse=True):
         if not 0 <= index < len(data):
             continue
+        images += 1
         label = (
             names[int(data.labels[index])]
             if int(data.labels[index]) < len(names)
             else str(data.labels[index])
         )
         pred = names[int(predicted[index])] if predicted is not None else "—"
-        earlier = "<br>".join(
-            f"{_e(v.verdict)} by {_e(v.reviewer or '—')}, {v.created_at:%Y-%m-%d %H:%M}"
-            + (f": “{_e(v.note)}”" if v.note else "")
-            for v in vs[:-1]
-        )
-        rows.append(
-            f"<tr><td><img class='case' alt='image {index}' src='{png_data_uri(data.raw_image(index))}'></td>"
-            f"<td>{index}</td><td>{_e(label)}</td><td>{_e(pred)}</td><td><b>{_e(latest.verdict)}</b></td>"
-            f"<td>{_e(latest.note)}</td><td>{_e(latest.reviewer or '—')}</td>"
-            f"<td>{latest.created_at:%Y-%m-%d %H:%M}</td><td class='muted'>{earlier}</td></tr>"
-        )
+        by = sorted(history[index].values(), key=lambda vs: vs[-1].id, reverse=True)  # newest reviewer first
+        span = f" rowspan='{len(by)}'" if len(by) > 1 else ""
+        for n, vs in enumerate(by):
+            latest = vs[-1]
+            earlier = "<br>".join(
+                f"{_e(v.verdict)} by {_e(v.reviewer or '—')}, {v.created_at:%Y-%m-%d %H:%M}"
+                + (f": “{_e(v.note)}”" if v.note else "")
+                for v in vs[:-1]
+            )
+            mark = (
+                " <span class='muted'>(newest)</span>"
+                if len(by) > 1 and latest.id == newest[index].id
+                else ""
+            )
+            head = (
+                f"<td{span}><img class='case' alt='image {index}' src='{png_data_uri(data.raw_image(index))}'></td>"
+                f"<td{span}>{index}</td><td{span}>{_e(label)}</td><td{span}>{_e(pred)}</td>"
+                if n == 0
+                else ""
+            )
+            rows.append(
+                f"<tr>{head}<td>{_e(latest.reviewer or '—')}</td><td><b>{_e(latest.verdict)}</b>{mark}</td>"
+                f"<td>{_e(latest.note)}</td><td>{latest.created_at:%Y-%m-%d %H:%M}</td>"
+                f"<td class='muted'>{earlier}</td></tr>"
+            )
     return (
-        f"<h2>Reviewed cases ({len(rows)})</h2>"
-        "<table><tr><th>image</th><th>#</th><th>label</th><th>predicted</th><th>verdict</th><th>note</th>"
-        "<th>reviewer</th><th>time</th><th>earlier verdicts</th></tr>" + "".join(rows) + "</table>"
+        f"<h2>Reviewed cases ({images})</h2>"
+        "<p class='muted'>Every reviewer's latest verdict on each image, one row each; earlier verdicts beside "
+        "them.</p>"
+        "<table><tr><th>image</th><th>#</th><th>label</th><th>predicted</th><th>reviewer</th><th>verdict</th>"
+        "<th>note</th><th>time</th><th>earlier verdicts (of that reviewer)</th></tr>"
+        + "".join(rows)
+        + "</table>"
     )

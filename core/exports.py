@@ -56,10 +56,11 @@ DIAGNOSIS_COLUMNS: tuple[str, ...] = (
 )  # fmt: skip
 VERDICT_COLUMNS: tuple[str, ...] = (
     "id", "dataset_fingerprint", "instance_id", "verdict", "note", "reviewer", "created_at", "latest",
+    "reviewer_latest",
 )  # fmt: skip
 _INTS = {"rank", "index", "label", "predicted", "class_index", "count", "predicted_count", "expert_alpha",
          "expert_beta", "id", "instance_id"}  # fmt: skip
-_BOOLS = {"latest"}
+_BOOLS = {"latest", "reviewer_latest"}
 _STRINGS = {"label_name", "predicted_name", "score_name", "reading", "verdict", "source", "patient", "class_name",
             "diagnosis", "suspect_steps", "advice", "remedy", "layer", "dataset_fingerprint", "note", "reviewer",
             "created_at"}  # fmt: skip

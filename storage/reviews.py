@@ -111,6 +111,17 @@ class Reviews:
             rows = s.scalars(select(VerdictRow).where(VerdictRow.id.in_(newest)))
             return {r.instance_id: _verdict_of(r) for r in rows}
 
+    def reviewers_latest(self, dataset_fp: str) -> dict[str, dict[int, Verdict]]:
+        """Each reviewer's own current (newest) verdict on each instance they judged: ``{reviewer: {id: verdict}}``.
+
+        Unlike :meth:`latest_verdicts` (the newest of anyone), one reviewer's change of mind does not hide
+        another's verdict: what two reviewers' agreement is measured on.
+        """
+        mine: dict[str, dict[int, Verdict]] = {}
+        for v in self.all_verdicts(dataset_fp):  # oldest first: the newest of each reviewer stays
+            mine.setdefault(v.reviewer or "", {})[v.instance_id] = v
+        return mine
+
     def verdict_history(self, dataset_fp: str, instance_id: int) -> list[Verdict]:
         """Every verdict on one instance, oldest first."""
         with self._session() as s:
@@ -130,7 +141,9 @@ class Reviews:
             return [_verdict_of(r) for r in s.scalars(q)]
 
     def export_verdicts(self, fmt: Literal["csv", "json"] = "csv", dataset_fp: str | None = None) -> str:
-        """The full verdict history as CSV or JSON text; a ``latest`` column marks each instance's current one.
+        """The full verdict history as CSV or JSON text; a ``latest`` column marks each instance's current one
+        (the newest of anyone), ``reviewer_latest`` each reviewer's own current one on it (every reviewer's
+        latest verdict per image: the rows with ``reviewer_latest`` true).
 
         CSV cells are made safe for spreadsheets (:func:`spreadsheet_safe`); JSON keeps the text as typed.
 
@@ -141,9 +154,18 @@ class Reviews:
             raise SpecError(f"export format {fmt!r} is not known: use csv or json")
         verdicts = self.all_verdicts(dataset_fp)
         latest: dict[tuple[str, int], int] = {}
+        mine: dict[tuple[str, int, str], int] = {}
         for v in verdicts:
             latest[(v.dataset_fp, v.instance_id)] = v.id
-        records = [{**v.to_json(), "latest": latest[(v.dataset_fp, v.instance_id)] == v.id} for v in verdicts]
+            mine[(v.dataset_fp, v.instance_id, v.reviewer or "")] = v.id
+        records = [
+            {
+                **v.to_json(),
+                "latest": latest[(v.dataset_fp, v.instance_id)] == v.id,
+                "reviewer_latest": mine[(v.dataset_fp, v.instance_id, v.reviewer or "")] == v.id,
+            }
+            for v in verdicts
+        ]
         if fmt == "json":
             return json.dumps({"verdicts": records}, indent=2) + "\n"
         out = io.StringIO()
@@ -156,6 +178,7 @@ class Reviews:
             "reviewer",
             "created_at",
             "latest",
+            "reviewer_latest",
         ]
         writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
         writer.writeheader()

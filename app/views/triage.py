@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from essence.app import charts, services
+from essence.app import agreement, charts, services
 from essence.app.components import bound, longwork, reasons
 from essence.app.components.boundary import run_page
 from essence.app.components.images import enlarge
@@ -26,6 +26,10 @@ CLASSES_KEY = "triage-classes"
 VERDICT_KEY = "triage-verdict-filter"
 QUEUE_KEY = "triage-queue"
 NAME_KEY = "triage-reviewer-name"
+UNDO_KEY = "triage-undo"  # per dataset: the verdicts this tab recorded, (image, verdict id), oldest first
+UNDO_SAID_KEY = "triage-undo-said"  # what the last undo did (shown once on the next run)
+UNDO_SHORTCUT = "U"
+DISAGREEMENTS_SHOWN = 20  # disagreements listed per pair of reviewers (each with a button opening it)
 # The ROC of the score against reviewers' verdicts needs this many reviewed images of each kind (flagged as an
 # error, and not): with fewer, one verdict moves the curve by more than the differences it would show.
 ROC_MIN_EACH = 10
@@ -66,6 +70,7 @@ def render() -> None:
         _queue_table(result, queue, verdicts, inputs, state)
     else:
         st.info("No image matches these filters: widen them to see the queue.")
+    _agreement(inputs, result, queue, state)
     _roc(result, verdicts, inputs)
     st.download_button(
         "Export verdicts (CSV)",
@@ -168,6 +173,8 @@ def _review(inputs: Inputs, profiles, result, queue: np.ndarray, verdicts: dict,
     if state.last_saved:
         st.success(state.last_saved, icon=":material/save:")
         state.last_saved = ""
+    if st.session_state.get(UNDO_SAID_KEY):
+        st.info(st.session_state.pop(UNDO_SAID_KEY), icon=":material/undo:")
     pos = state.triage_position
     row = int(queue[pos])
     index = int(result.indices[row])
@@ -229,6 +236,7 @@ def _verdict_buttons(
             saved = services.store().record_verdict(
                 inputs.data.fingerprint, index, verdict, note=note, reviewer=state.reviewer
             )
+            _undo_stack(inputs.data.fingerprint).append((index, saved.id))
             state.last_saved = f"Saved: image {index} — {plain(saved.verdict)} ({plain(saved.reviewer)})"
             pos = state.triage_position
             # The image after this one, found again on the next run: a filter the verdict no longer matches
@@ -246,6 +254,18 @@ def _verdict_buttons(
     if cols[-1].button("Next (J)", key="triage-next", shortcut="J", width="stretch"):
         state.triage_position = min(state.triage_position + 1, len(queue) - 1)
         st.rerun()
+    undoable = _undo_stack(inputs.data.fingerprint)
+    st.button(
+        f"Undo last verdict ({UNDO_SHORTCUT})",
+        key="triage-undo",
+        shortcut=UNDO_SHORTCUT,
+        disabled=not undoable,
+        icon=":material/undo:",
+        help="Records your verdict before the last one you gave in this tab again, as a new verdict (the "
+        "history keeps both), and opens its image" + (f" (image {undoable[-1][0]})" if undoable else ""),
+        on_click=_undo,
+        args=(inputs.data.fingerprint, state),
+    )
     history = services.store().verdict_history(inputs.data.fingerprint, index)
     if history:
         with st.expander(f"History of image {index} ({len(history)} verdicts)"):
@@ -258,6 +278,90 @@ def _verdict_buttons(
                 ),
                 hide_index=True,
             )
+
+
+def _undo_stack(dataset_fp: str) -> list[tuple[int, int]]:
+    """The verdicts this tab recorded on the dataset, (image, verdict id), oldest first (what Undo takes back)."""
+    return st.session_state.setdefault(f"{UNDO_KEY}-{dataset_fp}", [])
+
+
+def _undo(dataset_fp: str, state: RecipeState) -> None:
+    """Take back the last verdict given in this tab: the same reviewer's verdict before it on that image is
+    recorded again as a new row (history is never overwritten). Without one there is nothing to restore: said."""
+    stack = _undo_stack(dataset_fp)
+    if not stack:
+        return
+    index, verdict_id = stack.pop()
+    store = services.store()
+    history = store.verdict_history(dataset_fp, index)
+    undone = next((v for v in history if v.id == verdict_id), None)
+    who = (undone.reviewer if undone is not None else state.reviewer) or ""
+    earlier = [v for v in history if v.id < verdict_id and (v.reviewer or "") == who]
+    state.triage_open = index  # opened if the filters still show it
+    if not earlier:
+        st.session_state[UNDO_SAID_KEY] = (
+            f"Image {index} had no verdict by {plain(who or '—')} before the one taken back, so there is none to "
+            "restore (history is never erased): give it another verdict."
+        )
+        return
+    back = earlier[-1]
+    store.record_verdict(dataset_fp, index, back.verdict, note=back.note, reviewer=who)
+    st.session_state[f"triage-note-{dataset_fp}-{index}"] = (
+        back.note
+    )  # the note field shows the restored note
+    state.last_saved = (
+        f"Undone: image {index} is back to {plain(back.verdict)} ({plain(who or '—')}), recorded again"
+    )
+
+
+def _agreement(inputs: Inputs, result, queue: np.ndarray, state: RecipeState) -> None:
+    """Where two or more reviewers judged the same images: Cohen's κ of each pair, and their disagreements."""
+    pairs = agreement.agreements(services.store().reviewers_latest(inputs.data.fingerprint))
+    if not pairs:
+        return
+    st.subheader("Agreement between reviewers")
+    shown = {int(i) for i in result.indices[queue]} if len(queue) else set()
+    for p, pair in enumerate(pairs):
+        a, b = plain(pair.first or "—"), plain(pair.second or "—")
+        kappa = (
+            "undefined (both gave one and the same verdict to every image: chance alone would agree as often)"
+            if pair.kappa is None
+            else f"**{pair.kappa:.2f}**"
+        )
+        st.markdown(
+            f"**{a}** and **{b}** — {agreement.MEANING}: Cohen's κ = {kappa} on n = {pair.n} images both judged "
+            f"(1: always agree; 0: no more than chance would; below 0: less). Same verdict on {pair.agreed} of "
+            f"{pair.n}; they disagree on {len(pair.disagreements)}."
+        )
+        if not pair.disagreements:
+            continue
+        listed = pair.disagreements[:DISAGREEMENTS_SHOWN]
+        with st.expander(
+            f"Images {a} and {b} disagree on ({len(pair.disagreements)})", expanded=len(pairs) == 1
+        ):
+            if len(pair.disagreements) > len(listed):
+                st.caption(f"The first {len(listed)} of {len(pair.disagreements)}, in dataset order.")
+            for d in listed:
+                button, said = st.columns([1, 4])
+                button.button(
+                    f"Open image {d.instance_id}",
+                    key=f"triage-disagreement-{p}-{d.instance_id}",
+                    on_click=_open_image,
+                    args=(state, d.instance_id, d.instance_id in shown),
+                )
+                notes = "".join(
+                    f" ({who}'s note: {plain(n)})" for who, n in ((a, d.first_note), (b, d.second_note)) if n
+                )
+                said.markdown(
+                    f"image {d.instance_id}: {a} — **{plain(d.first)}**, {b} — **{plain(d.second)}**{notes}"
+                )
+
+
+def _open_image(state: RecipeState, index: int, in_queue: bool) -> None:
+    """Open an image on the next run; the class and verdict filters are cleared first if they hide it."""
+    if not in_queue:
+        _set_filter(state, classes=[], verdict="all")
+    state.triage_open = index
 
 
 def _queue_table(result, queue: np.ndarray, verdicts: dict, inputs: Inputs, state: RecipeState) -> None:

@@ -69,7 +69,8 @@ def test_essence_report_writes_a_self_contained_review(tmp_path: Path, monkeypat
     assert "not learned" in html  # the diagnosis of class 2
     assert html.count("data:image/png;base64,") == 2  # the two reviewed cases, embedded
     assert html.count("<svg") >= 2  # charts rendered offline
-    assert "Dr. B" in html and "label error" in html and "model error by Dr. A" in html  # verdict and history
+    # every reviewer's latest verdict on image 3, one row each (not only the newest of all)
+    assert "<td>Dr. B</td><td><b>label error</b>" in html and "<td>Dr. A</td><td><b>model error</b>" in html
     assert "&lt;b&gt;ungraded&lt;/b&gt;" in html and "<b>ungraded</b>" not in html  # notes are escaped
 
 

@@ -174,6 +174,83 @@ def test_a_class_filter_set_on_class_profiles_is_said_and_can_be_cleared(open_ap
     assert at.multiselect(key="triage-classes").value == []  # cleared stays cleared
 
 
+def _verdicts_in_a_row(at, clean, verdicts: list[str]) -> list[int]:
+    """Give ``verdicts`` to the images in queue order, from where the queue is; the images judged."""
+    judged = []
+    for verdict in verdicts:
+        judged.append(_heading_index(at)[1])
+        at.button(key=f"triage-verdict-{verdict}").click().run()
+        clean(at)
+    return judged
+
+
+def test_two_reviewers_see_their_kappa_and_can_open_each_disagreement(open_app, clean, essence_home) -> None:
+    from sklearn.metrics import cohen_kappa_score
+
+    from essence.app.agreement import MEANING
+
+    at = open_app("triage")
+    _start_reviewing(at, "Dr. A")
+    first = ["fine", "fine", "label error", "ambiguous"]
+    second = ["fine", "label error", "label error", "ambiguous"]
+    images = _verdicts_in_a_row(at, clean, first)
+    assert not any("Agreement between reviewers" in str(s.value) for s in at.subheader)  # one reviewer: no κ
+    at.sidebar.text_input(key="reviewer").input("Dr. B").run()
+    for _ in images:
+        at.button(key="triage-prev").click().run()
+    assert _heading_index(at)[1] == images[0]
+    assert _verdicts_in_a_row(at, clean, second) == images
+    assert any("Agreement between reviewers" in str(s.value) for s in at.subheader)
+    said = "\n".join(str(m.value) for m in at.markdown)
+    kappa = cohen_kappa_score(first, second)
+    assert MEANING in said and f"κ = **{kappa:.2f}**" in said and "n = 4 images both judged" in said, said
+    assert said.index(MEANING) < said.index("κ = ")  # the plain words first
+    listed = [b.key for b in at.button if b.key and b.key.startswith("triage-disagreement-")]
+    assert listed == [f"triage-disagreement-0-{images[1]}"]
+    assert f"image {images[1]}: Dr. A — **fine**, Dr. B — **label error**" in said
+    at.button(key=listed[0]).click().run()
+    clean(at)
+    assert _heading_index(at)[1] == images[1]
+
+
+def test_verdict_keys_and_undo_restores_the_previous_verdict(open_app, clean, essence_home) -> None:
+    from essence.storage import Store
+
+    at = open_app("triage")
+    _start_reviewing(at, "Dr. U")
+    keys = {b.key: b.proto.shortcut.upper() for b in at.button if b.key}  # kept in lower case
+    assert [
+        keys[f"triage-verdict-{v}"] for v in ("label error", "model error", "ambiguous", "fine", "custom")
+    ] == [
+        "1",
+        "2",
+        "3",
+        "4",
+        "5",
+    ]
+    assert (keys["triage-prev"], keys["triage-next"], keys["triage-undo"]) == ("K", "J", "U")
+    assert at.button(key="triage-undo").disabled  # nothing given yet
+    (index,) = _verdicts_in_a_row(at, clean, ["fine"])
+    at.button(key="triage-prev").click().run()
+    _verdicts_in_a_row(at, clean, ["label error"])
+    assert _heading_index(at)[1] != index
+    at.button(key="triage-undo").click().run()
+    clean(at)
+    assert _heading_index(at)[1] == index  # undo opens the image it restored
+    assert any("back to fine" in str(s.value) for s in at.success), [s.value for s in at.success]
+    with Store.open(essence_home / "essence.sqlite") as store:
+        history = [v for v in store.all_verdicts() if v.instance_id == index]  # the only dataset reviewed
+    assert [(v.verdict, v.reviewer) for v in history] == [
+        ("fine", "Dr. U"),
+        ("label error", "Dr. U"),
+        ("fine", "Dr. U"),  # recorded again: history is never overwritten
+    ]
+    at.button(key="triage-undo").click().run()  # the first verdict: nothing before it to restore
+    clean(at)
+    assert any("none to restore" in str(i.value) for i in at.info), [i.value for i in at.info]
+    assert at.button(key="triage-undo").disabled
+
+
 # ------------------------------------------------------------------------------------------------ Compare
 
 
@@ -251,9 +328,14 @@ def test_the_report_keeps_the_notes_of_earlier_verdicts(essence_home) -> None:
             data.fingerprint, 3, "model error", note="first look: a haemorrhage", reviewer="A"
         )
         store.record_verdict(data.fingerprint, 3, "label error", note="<b>regraded</b>", reviewer="B")
+        store.record_verdict(
+            data.fingerprint, 3, "ambiguous", reviewer="A"
+        )  # A's first verdict is now earlier
         html = _cases_section(data, store, list(model.class_names), None)
     assert "first look: a haemorrhage" in html
     assert "model error by A" in html
+    # each reviewer's latest verdict has a row of its own: B's is kept beside A's newer one
+    assert "<td>B</td><td><b>label error</b>" in html and "<td>A</td><td><b>ambiguous</b>" in html
     assert "&lt;b&gt;regraded&lt;/b&gt;" in html and "<b>regraded</b>" not in html
 
 

@@ -78,6 +78,25 @@ def test_exports_csv_and_json_hold_the_full_history(store_url):
     assert datetime.fromisoformat(as_json["verdicts"][0]["created_at"]).tzinfo is not None
 
 
+def test_exports_mark_every_reviewer_s_latest_verdict_per_image(store_url):
+    with Store.open(store_url) as store:
+        store.record_verdict("ds", 3, "fine", reviewer="ana")
+        store.record_verdict("ds", 3, "label error", reviewer="ana")  # ana's change of mind
+        store.record_verdict("ds", 3, "model error", reviewer="ben")  # newest of all on image 3
+        store.record_verdict("ds", 4, "fine", reviewer="ben")
+        rows = list(csv.DictReader(io.StringIO(store.export_verdicts("csv"))))
+        as_json = json.loads(store.export_verdicts("json"))["verdicts"]
+    mine = [(r["instance_id"], r["reviewer"], r["verdict"]) for r in rows if r["reviewer_latest"] == "True"]
+    assert mine == [("3", "ana", "label error"), ("3", "ben", "model error"), ("4", "ben", "fine")]
+    assert [r["latest"] for r in rows] == [
+        "False",
+        "False",
+        "True",
+        "True",
+    ]  # the newest of anyone, as before
+    assert [v["reviewer_latest"] for v in as_json] == [False, True, True, True]
+
+
 def _age_profiles(store: Store, days: float) -> None:
     with store._engine.begin() as conn:
         conn.execute(

@@ -33,7 +33,9 @@ from essence.core.errors import SpecError
 VerdictsOpt = Annotated[
     Path | None,
     typer.Option(
-        "--verdicts", help="write every verdict (full history) to FILE.csv, FILE.json or FILE.parquet"
+        "--verdicts",
+        help="write every verdict (full history) to FILE.csv, FILE.json or FILE.parquet; column latest marks "
+        "each image's current verdict, reviewer_latest every reviewer's own latest verdict on it",
     ),
 ]
 ProfilesOpt = Annotated[
@@ -99,8 +101,12 @@ def export(store: str | None, verdicts: Path | None, profiles: Path | None, data
                 write_text_file(verdicts, table_bytes(records, VERDICT_COLUMNS, "parquet"), "--verdicts")
             else:
                 write_text_file(verdicts, opened.export_verdicts(fmt, dataset_fp=dataset), "--verdicts")  # type: ignore[arg-type]
-            count = len(opened.all_verdicts(dataset))
-            typer.echo(f"wrote {count} verdicts (full history) to {verdicts}")
+            written = opened.all_verdicts(dataset)
+            reviewers = len({v.reviewer or "" for v in written})
+            typer.echo(
+                f"wrote {len(written)} verdicts (full history) to {verdicts}; {reviewers} reviewer(s), each one's "
+                "latest verdict per image marked reviewer_latest"
+            )
         if profiles is not None:
             written = 0
             for key in opened.profile_keys():

@@ -122,10 +122,17 @@ def _model_section(model: LoadedModel, applied: Preprocessing | None = None) -> 
         for k, v in model.card.items()
         if isinstance(v, str | int | float) and k not in ("name",)
     )
+    where = {"card": "its card", "option": "the class names given with it", None: "the model itself"}
+    classes = (
+        f"{', '.join(model.class_names)} (from {where.get(model.class_source, model.class_source)})"
+        if model.class_names
+        else "not named by the model: the data's labels are its output indices"
+    )
     return (
         "<h2>Model</h2>"
         f"<p><b>{_e(model.name)}</b> (spec <code>{_e(model.spec)}</code>, fingerprint {_e(model.fingerprint)})</p>"
         f"<div class='recipe'><b>Preprocessing recipe:</b> {_e(recipe)}</div>"
+        f"<div class='classes'><b>Classes, in output order:</b> {_e(classes)}</div>"
         + (f"<table>{card}</table>" if card else "")
     )
 

@@ -353,3 +353,22 @@ def test_the_app_upload_route_asks_for_the_order_and_then_agrees(
         )
     with pytest.raises(Exception, match="control character"):
         uploads.model_from_upload(raw, name, kind, recipe, ["normal", "nod\x1bule", "opacity"])
+
+
+def test_size_changes_the_size_and_nothing_else(case: dict, tmp_path: Path) -> None:
+    """A greyscale npz and a model without a card: ``--size`` resizes, and the data's greyscale recipe stays L."""
+    import shutil
+
+    model = shutil.copy(case["root"] / "exports" / "model.pt2", tmp_path / "bare.pt2")  # no card beside it
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (9, 20, 20), dtype=np.uint8)  # N×H×W: one channel, not the model's size
+    np.savez(tmp_path / "grey.npz", images=images, labels=np.arange(9) % 3)
+    out = tmp_path / "p.json"
+    result = _in_process(
+        case, "profile", "--model", str(model), "--data", f"npz:{tmp_path / 'grey.npz'}", "--layer", "2",
+        "--size", str(SIDE), str(SIDE), "--json", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    recipe = json.loads(out.read_text())["preprocessing"]
+    assert recipe["mode"] == "L" and recipe["size"] == [SIDE, SIDE]
+    assert json.loads(out.read_text())["class_source"] == "data"  # integer labels: output k is class k

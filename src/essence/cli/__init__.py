@@ -23,7 +23,8 @@ def _exit_interrupted() -> NoReturn:
     raise SystemExit(130)
 
 
-# Start-up (torch, numpy, typer) takes a second or more: Ctrl-C there is one line too, not a traceback.
+# Start-up (typer, the command modules) is quick, and PyTorch is imported only when a command runs; Ctrl-C
+# during either is one line too, not a traceback.
 try:
     import click
     import typer
@@ -141,10 +142,11 @@ def _say(kind: str, message: str) -> None:
 
 def cli_wording(exc: Exception) -> str:
     """An error of core in the command line's words: a parameter named as the option that sets it."""
-    from essence.core.cards import ClassOrderError
-
+    # A ClassOrderError exists only once the cards are imported: wording an earlier error imports neither them
+    # nor PyTorch.
+    cards = sys.modules.get("essence.core.cards")
     text = str(exc)
-    if isinstance(exc, ClassOrderError):
+    if cards is not None and isinstance(exc, cards.ClassOrderError):
         text = text.replace("in output order (class_names, e.g. ", "in output order (--class-names ")
         text += " (`essence card` writes one from --class-names)"
     return text

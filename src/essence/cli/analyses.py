@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -31,7 +31,9 @@ from essence.cli.exports import ExportOpt, check_export, write_diagnosis_export,
 from essence.cli.output import write_json
 from essence.cli.profile import compute_profiles
 from essence.core.errors import SpecError
-from essence.core.profiles import ClassProfiles
+
+if TYPE_CHECKING:
+    from essence.core.profiles import ClassProfiles
 
 GranOpt = Annotated[str, typer.Option("--granularity", help="channel (conv: whole channels) or neuron")]
 

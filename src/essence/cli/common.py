@@ -15,30 +15,43 @@ import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from essence.cli.output import write_json as write_json  # re-exported from their former home, for callers
 from essence.cli.output import write_text_file as write_text_file  # that still import them from here
-from essence.core.cards import (  # noqa: F401 (re-exported: their former home)
-    CARD_KEYS,
-    CARD_MARKER,
-    OUTPUT_MARKER,
-    ClassOrder,
-    card_path,
-    check_class_names,
-    class_order,
-    read_card,
-    with_class_names,
-)
-from essence.core.data import ImageData
-from essence.core.datasets import environment_data_root, load_dataset
 from essence.core.errors import LayerNotFoundError, SpecError
-from essence.core.files import read_json
-from essence.core.models import LoadedModel, check_compatible, load_model
-from essence.core.preprocessing import Preprocessing
-from essence.core.slices import resolve_layer
+
+# Core's engine is imported inside the functions that use it: every command module imports this one, and
+# ``essence --help`` or a mistyped option must not wait for PyTorch.
+if TYPE_CHECKING:
+    from essence.core.cards import ClassOrder
+    from essence.core.data import ImageData
+    from essence.core.models import LoadedModel
+    from essence.core.preprocessing import Preprocessing
+
+# The cards' names this module once imported, still found here (resolved on first use: see ``__getattr__``).
+_FROM_CARDS = (
+    "CARD_KEYS",
+    "CARD_MARKER",
+    "OUTPUT_MARKER",
+    "ClassOrder",
+    "card_path",
+    "check_class_names",
+    "class_order",
+    "read_card",
+    "with_class_names",
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FROM_CARDS:
+        from essence.core import cards
+
+        return getattr(cards, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 ModelOpt = Annotated[
     str,
@@ -118,6 +131,9 @@ class Inputs:
 def read_recipe(path: Path | None) -> Preprocessing | None:
     if path is None:
         return None
+    from essence.core.files import read_json
+    from essence.core.preprocessing import Preprocessing
+
     return Preprocessing.from_dict(read_json(path, "preprocessing recipe", SpecError))
 
 
@@ -152,6 +168,8 @@ def load_data(
     skip_bad_images: bool = False,
 ) -> ImageData:
     """The data spec loaded for ``loaded``: its class names, its recipe (or the data's default) with the options."""
+    from essence.core.datasets import environment_data_root, load_dataset
+
     recipe = recipe_for(loaded, size, blur, recipe_file)
 
     def load(r: Preprocessing | None) -> ImageData:
@@ -175,6 +193,9 @@ def load_model_spec(
     model: str, weights: Path | None, trust_pickle: bool, class_names: list[str] | None = None
 ) -> LoadedModel:
     """The model, its card applied by core (:mod:`essence.core.cards`), and ``--class-names`` on top."""
+    from essence.core.cards import with_class_names
+    from essence.core.models import load_model
+
     return with_class_names(load_model(model, weights, trust_pickle=trust_pickle), class_names)
 
 
@@ -186,6 +207,8 @@ def parse_class_names(text: str | None) -> list[str] | None:
     """
     if text is None:
         return None
+    from essence.core.cards import check_class_names
+
     return check_class_names([n.strip() for n in text.split(",")], "--class-names")
 
 
@@ -210,6 +233,10 @@ def load_inputs(
     Raises:
         ClassOrderError: the model names no classes and the data's class order would be a guess.
     """
+    from essence.core.cards import class_order
+    from essence.core.models import check_compatible
+    from essence.core.slices import resolve_layer
+
     loaded = load_model_spec(model, weights, trust_pickle, parse_class_names(class_names))
     dataset = load_data(
         loaded, data, size=size, blur=blur, recipe_file=recipe_file, skip_bad_images=skip_bad_images

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -23,7 +23,6 @@ from essence.cli.common import (
     TrustPickleOpt,
     WeightsOpt,
     check_granularity,
-    class_order,
     load_data,
     load_model_spec,
     parse_class_names,
@@ -31,7 +30,9 @@ from essence.cli.common import (
 )
 from essence.cli.output import write_json
 from essence.core.errors import LabelMismatchError, LayerNotFoundError, SpecError
-from essence.core.models import LoadedModel, check_compatible
+
+if TYPE_CHECKING:
+    from essence.core.models import LoadedModel
 
 
 def _fmt(v: float) -> str:
@@ -88,6 +89,9 @@ def run_compare(
             f"{model} and {against} name their classes differently ({model_a.class_names[:5]} vs "
             f"{model_b.class_names[:5]}): compare models of the same classes"
         )
+    from essence.core.cards import class_order
+    from essence.core.models import check_compatible
+
     options = {"size": size, "blur": blur, "recipe_file": recipe, "skip_bad_images": skip_bad}
     data_a = load_data(model_a, data, **options)  # type: ignore[arg-type]
     data_b = load_data(model_b, data, **options)  # type: ignore[arg-type]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -12,7 +12,6 @@ from essence.cli.common import (
     BatchOpt,
     BlurOpt,
     ClassNamesOpt,
-    ClassOrder,
     DeviceOpt,
     GranularityOpt,
     JsonOpt,
@@ -33,8 +32,9 @@ from essence.cli.common import (
 )
 from essence.cli.output import write_json, write_text_file
 from essence.core.errors import LayerNotFoundError, SpecError
-from essence.core.preprocessing import Preprocessing
-from essence.core.slices import layer_names
+
+if TYPE_CHECKING:
+    from essence.core.preprocessing import Preprocessing
 
 
 def _as_applied(recipe: Preprocessing, image: Path) -> Preprocessing:
@@ -72,8 +72,10 @@ def run_explain(
     blur: float | None = None,
     class_names: str | None = None,
 ) -> None:
+    from essence.core.cards import ClassOrder
     from essence.core.data import read_image
     from essence.core.explanation import explain
+    from essence.core.preprocessing import Preprocessing
     from essence.core.render import render_panel
 
     check_granularity(granularity)
@@ -165,6 +167,7 @@ def run_layers(
     class_names: str | None = None,
 ) -> None:
     from essence.core.layers import suggest_layer
+    from essence.core.slices import layer_names
 
     check_granularity(granularity)
     if data is None:

@@ -14,16 +14,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from essence.cli.output import write_text_file
-from essence.core.exports import (
-    DIAGNOSIS_COLUMNS,
-    TABLE_FORMATS,
-    diagnosis_rows,
-    export_format,
-    table_bytes,
-    triage_export,
-)
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # core's exports (NumPy) are imported where they are used, not by ``--help``
     from essence.core.data import ImageData
     from essence.core.diagnosis_results import Diagnosis
     from essence.core.triage import Triage
@@ -44,6 +36,8 @@ def check_export(paths: list[Path] | None, per_instance: bool) -> None:
     Raises:
         SpecError: naming the formats this command writes.
     """
+    from essence.core.exports import TABLE_FORMATS, export_format
+
     for path in paths or []:
         export_format(path, (*TABLE_FORMATS, "fiftyone", "cleanlab") if per_instance else TABLE_FORMATS)
 
@@ -52,6 +46,8 @@ def write_triage_export(
     paths: list[Path] | None, triage: Triage, data: ImageData, verdicts: Mapping[int, str | None]
 ) -> None:
     """Write the triage to each path in the format its name asks for."""
+    from essence.core.exports import export_format, triage_export
+
     reviewed = {i: v for i, v in verdicts.items() if v}
     for path in paths or []:
         fmt = export_format(path)
@@ -61,6 +57,14 @@ def write_triage_export(
 
 def write_diagnosis_export(paths: list[Path] | None, diagnosis: Diagnosis) -> None:
     """Write the diagnosis (one row per class) to each path."""
+    from essence.core.exports import (
+        DIAGNOSIS_COLUMNS,
+        TABLE_FORMATS,
+        diagnosis_rows,
+        export_format,
+        table_bytes,
+    )
+
     for path in paths or []:
         fmt = export_format(path, TABLE_FORMATS)
         table = table_bytes(diagnosis_rows(diagnosis), DIAGNOSIS_COLUMNS, fmt, "classes")

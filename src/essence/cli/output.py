@@ -20,11 +20,16 @@ import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from essence.core.cards import OUTPUT_MARKER, ClassOrder
 from essence.core.errors import SpecError
-from essence.core.preprocessing import Preprocessing
+
+if TYPE_CHECKING:  # imported where used: ``essence --help`` loads this module, and neither torch nor numpy
+    from essence.core.cards import OUTPUT_MARKER, ClassOrder
+    from essence.core.preprocessing import Preprocessing
+
+    Recipe = Preprocessing | Mapping[str, Preprocessing | None] | None
+    Classes = ClassOrder | Mapping[str, ClassOrder] | None
 
 __all__ = ["OUTPUT_MARKER", "OUTPUT_VERSION", "Recipe", "write_json", "write_text_file"]
 
@@ -48,8 +53,18 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
-Recipe = Preprocessing | Mapping[str, Preprocessing | None] | None
-Classes = ClassOrder | Mapping[str, ClassOrder] | None
+def __getattr__(name: str) -> Any:
+    """``OUTPUT_MARKER``, ``Recipe`` and ``Classes``, resolved on first use (they need core's cards)."""
+    if name not in ("OUTPUT_MARKER", "Recipe", "Classes"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from essence.core.cards import OUTPUT_MARKER, ClassOrder
+    from essence.core.preprocessing import Preprocessing
+
+    return {
+        "OUTPUT_MARKER": OUTPUT_MARKER,
+        "Recipe": Preprocessing | Mapping[str, Preprocessing | None] | None,
+        "Classes": ClassOrder | Mapping[str, ClassOrder] | None,
+    }[name]
 
 
 def write_json(path: Path | None, obj: Any, preprocessing: Recipe = None, classes: Classes = None) -> None:
@@ -63,6 +78,8 @@ def write_json(path: Path | None, obj: Any, preprocessing: Recipe = None, classe
     """
     if path is None:
         return
+    from essence.core.cards import OUTPUT_MARKER, ClassOrder
+
     if isinstance(obj, dict):
         obj = {OUTPUT_MARKER: OUTPUT_VERSION, **obj}
         if "preprocessing" not in obj:
@@ -81,6 +98,8 @@ def write_json(path: Path | None, obj: Any, preprocessing: Recipe = None, classe
 
 
 def _recipe_json(recipe: Recipe) -> dict[str, Any] | None:
+    from essence.core.preprocessing import Preprocessing
+
     if isinstance(recipe, Preprocessing):
         return recipe.to_dict()
     if isinstance(recipe, Mapping):

@@ -8,7 +8,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -35,11 +35,11 @@ from essence.cli.common import (
     progress_bar,
 )
 from essence.cli.output import write_json
-from essence.core.devices import resolve_device
 from essence.core.errors import SpecError
-from essence.core.profiles import ClassProfiles, checked_class_names, class_profiles
-from essence.core.quantities import Kind
-from essence.core.slice_source import set_default_slices
+
+if TYPE_CHECKING:  # the engine is imported where it runs: ``essence profile --help`` needs no PyTorch
+    from essence.core.profiles import ClassProfiles
+    from essence.core.quantities import Kind
 
 # The options ``profile`` and ``precompute`` share beyond those of every command (see ``common``).
 KindOpt = Annotated[str, typer.Option("--kind", help="class score differentiated: logit or prob")]
@@ -59,6 +59,8 @@ def check_no_empty_class(p: ClassProfiles) -> None:
     Raises:
         EmptyClassError: naming the empty classes and the fix.
     """
+    from essence.core.profiles import checked_class_names
+
     checked_class_names(p.class_names, p.counts, int(p.counts.sum()), allow_empty=False)
 
 
@@ -93,6 +95,7 @@ def compute_profiles(
         EmptyClassError: a class has no instances and ``allow_empty`` is off.
         StoreError: the store cannot be opened or written (``--no-cache`` works without it).
     """
+    from essence.core.profiles import class_profiles
 
     def compute() -> ClassProfiles:
         with progress_bar(f"profiles at {inputs.layer}") as bar:
@@ -112,6 +115,8 @@ def compute_profiles(
 
     if no_cache:
         return compute()
+    from essence.core.devices import resolve_device
+    from essence.core.slice_source import set_default_slices
     from essence.storage import RunInfo, Store
 
     with Store.open(store) as opened:

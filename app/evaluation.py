@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from essence.app.shared import holding, remembered
+from essence.app.shared import holding, remembered, shared
 from essence.core import ImageData, LoadedModel
 from essence.core.slices import inference_state
 
@@ -53,8 +53,16 @@ def evaluation(model: LoadedModel, data: ImageData, num_classes: int) -> Evaluat
     Returns:
         The :class:`Evaluation`.
     """
-    key = ("evaluation", model.fingerprint, data.fingerprint, data.preprocessing.fingerprint())
-    return remembered(key, lambda: _evaluate(model, data, num_classes))
+    return remembered(_key(model, data), lambda: _evaluate(model, data, num_classes))
+
+
+def evaluated(model: LoadedModel, data: ImageData) -> bool:
+    """Whether :func:`evaluation` of the model on the data is remembered (a page shows its progress at once if not)."""
+    return shared().results.get(_key(model, data)) is not None
+
+
+def _key(model: LoadedModel, data: ImageData) -> tuple:
+    return ("evaluation", model.fingerprint, data.fingerprint, data.preprocessing.fingerprint())
 
 
 def predict(model: LoadedModel, x: torch.Tensor) -> np.ndarray:

@@ -4,7 +4,9 @@ from pathlib import Path
 
 import streamlit as st
 
-from essence.app import cache
+# The charts' modules (Altair, about a second to import on a 2-core CPU) are imported with the app, in the
+# server's first run, not on the first visit of a page that draws a chart, whose progress box would wait.
+from essence.app import cache, charts, diagnosis_charts  # noqa: F401
 from essence.app.components import glossary
 from essence.app.components.boundary import run_page
 from essence.app.components.session import reviewer_field

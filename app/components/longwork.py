@@ -37,7 +37,9 @@ POLL_S = 0.25  # how often the bar is redrawn (and a Cancel press noticed)
 QUICK_S = 0.2  # a result this quick (remembered, stored) is shown without a progress box
 
 
-def run(what: str, key: str, digest: str, work: Work, *, detail: str = "", images: int = 0) -> T:
+def run(
+    what: str, key: str, digest: str, work: Work, *, detail: str = "", images: int = 0, new: bool = False
+) -> T:
     """Run ``work(progress, cancel)`` in a worker thread with a progress box and a Cancel button.
 
     Args:
@@ -48,6 +50,8 @@ def run(what: str, key: str, digest: str, work: Work, *, detail: str = "", image
             set (raising :class:`~essence.core.errors.Cancelled`).
         detail: a line (markdown, data already escaped) saying what runs on what.
         images: the dataset's size, when ``work`` reports batches of :data:`BATCH` images (0: unknown).
+        new: the caller knows nothing is remembered or stored: the box is shown at once, without first waiting
+            :data:`QUICK_S` for a quick result.
 
     Returns:
         What ``work`` returns (the page stops here if the user cancelled it).
@@ -79,7 +83,8 @@ def run(what: str, key: str, digest: str, work: Work, *, detail: str = "", image
     add_script_run_ctx(worker, get_script_run_ctx())  # the shared resources live in Streamlit's cache
     start = time.monotonic()
     worker.start()
-    worker.join(QUICK_S)  # a remembered or stored result: no box at all
+    if not new:
+        worker.join(QUICK_S)  # a remembered or stored result: no box at all
     if worker.is_alive():
         _watch(worker, stop, steps, key, detail or f"Computing {what}…", images, start, digest)
     if "error" in outcome:
@@ -153,4 +158,4 @@ def profiles(inputs: Inputs, kind: str, key: str) -> ClassProfiles:
             inputs.model, inputs.data, inputs.layer, kind, progress=progress, cancel=cancel
         )
 
-    return run(what, key, digest, work, detail=detail, images=len(inputs.data))
+    return run(what, key, digest, work, detail=detail, images=len(inputs.data), new=True)

@@ -10,7 +10,7 @@ from essence.app.components.boundary import run_page
 from essence.app.components.prereq import PROFILES_PAGE, current_inputs
 from essence.app.components.sidebar import recipe_box
 from essence.app.components.text import plain
-from essence.app.evaluation import evaluation
+from essence.app.evaluation import evaluated, evaluation
 
 UNDEFINED = "—"  # a rate with nothing to count (a class never predicted has no precision)
 
@@ -26,6 +26,7 @@ def render() -> None:
         lambda progress, cancel: evaluation(inputs.model, inputs.data, k),
         detail=f"Running **{plain(inputs.model_label)}** on the {len(inputs.data)} images of "
         f"**{plain(inputs.data_label)}**…",
+        new=not evaluated(inputs.model, inputs.data),
     )
     st.caption(
         f"{plain(inputs.model_label)} on {plain(inputs.data_label)}: {len(inputs.data)} images, {k} classes"

@@ -1,13 +1,23 @@
-"""The review desk's defects that only a real browser shows: a click on a queue cell (not the row marker) opens the
-row, and one press of Back leaves a page.
+"""The review desk under a person's hands, in a real browser: a click on a queue cell (not the row marker) opens
+the row; one press of Back leaves a page; ten verdicts in a row under the *unreviewed* filter, by mouse and by
+keyboard, each on the next image of the queue; a reviewer's throughput; a DICOM zip and an ONNX model uploaded,
+found again after a reload and a server restart, and removed with their files; and progress within a second of
+every long first visit on a cold store.
 
 Like ``test_browser.py`` (whose helpers this uses): one ``streamlit run`` server for the module on a copy of the
-warm store, Debian's Chromium driven by Playwright, every request outside 127.0.0.1 refused.
+warm store (the cold-store test serves its own, empty, store), Debian's Chromium driven by Playwright, every
+request outside 127.0.0.1 refused.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import io
 import shutil
+import sys
+import time
+import warnings
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +28,10 @@ from test_browser import (
     browser_page,
     go,
     heading_index,
+    select,
+    serve_app,
     settled,
+    shown,
     wait_until_idle,
 )
 
@@ -97,3 +110,271 @@ def test_one_press_of_back_leaves_class_profiles_and_explain(page) -> None:
     go(page, "Triage")
     assert page.get_by_label("Your name").count() == 0
     page.get_by_role("button", name="Label error (1)").wait_for()
+
+
+# ------------------------------------------------------------------------------------------------ the desk at speed
+
+IN_A_ROW = 10
+THROUGHPUT_VERDICTS = 20
+# The keys of the four verdicts that need no note (label error, model error, ambiguous, fine), used in turn.
+VERDICT_KEYS = ("1", "2", "3", "4")
+VERDICT_BUTTONS = ("Label error (1)", "Model error (2)", "Ambiguous (3)", "Fine (4)")
+FIRST_PROGRESS_S = 1.0  # a long first visit shows its progress within a second of the click
+# The sanity bound of the throughput test: a verdict that takes longer than this is broken, not slow.
+VERDICT_SANITY_S = 30.0
+
+
+def _idle(page: object) -> None:
+    """Wait until Streamlit's script run is over (the app's root says so), with no fixed pause."""
+    page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]').wait_for(timeout=OPENS_MS)  # type: ignore[attr-defined]
+
+
+def _unfocus(page: object) -> None:
+    """Take the focus out of any text field (the verdict keys do not fire in one, by design)."""
+    page.locator("h1").first.click()  # type: ignore[attr-defined]
+
+
+def _unreviewed_queue(page: object, n: int, keyboard: bool) -> list[int]:
+    """Turn the *unreviewed* filter on and walk its first ``n`` images with Next (J): the queue's own order."""
+    select(page, "Verdict", "unreviewed")  # a filter change opens the queue's first image
+    settled(page.locator("h3", has_text=" of "))
+    order = []
+    for step in range(n):
+        position, index = heading_index(page)
+        assert position == step + 1, (position, step)
+        order.append(index)
+        if step + 1 < n:
+            if keyboard:
+                _unfocus(page)
+                page.keyboard.press("j")
+            else:
+                page.get_by_role("button", name="Next (J)").click()
+            page.locator("h3", has_text=f"{step + 2} of ").wait_for(timeout=OPENS_MS)
+            wait_until_idle(page)
+    for step in range(n - 1, 0, -1):  # back to its first image with Previous (K)
+        if keyboard:
+            _unfocus(page)
+            page.keyboard.press("k")
+        else:
+            page.get_by_role("button", name="Previous (K)").click()
+        page.locator("h3", has_text=f"{step} of ").wait_for(timeout=OPENS_MS)
+        wait_until_idle(page)
+    settled(page.locator("h3", has_text=" of "))
+    assert heading_index(page) == (1, order[0])
+    return order
+
+
+def _verdict(page: object, i: int, keyboard: bool) -> tuple[int, int, int]:
+    """Give the shown image a verdict (the i-th of the series); return (position, image, queue length) as shown
+    before it, once the page has moved on."""
+    text = page.locator("h3", has_text=" of ").first.inner_text()
+    position, index = heading_index(page)
+    total = int(text.split(" of ", 1)[1].split(":", 1)[0])
+    if keyboard:
+        _unfocus(page)
+        page.keyboard.press(VERDICT_KEYS[i % len(VERDICT_KEYS)])
+    else:
+        page.get_by_role("button", name=VERDICT_BUTTONS[i % len(VERDICT_BUTTONS)]).click()
+    page.get_by_text(f"Saved: image {index} —").wait_for(timeout=OPENS_MS)
+    _idle(page)
+    return position, index, total
+
+
+@pytest.mark.parametrize("by", ["mouse", "keyboard"])
+def test_ten_verdicts_in_a_row_under_the_unreviewed_filter_none_skipped(page, by: str) -> None:
+    keyboard = by == "keyboard"
+    queue = _unreviewed_queue(page, IN_A_ROW + 1, keyboard)
+    assert len(set(queue)) == len(queue), queue
+    seen = []
+    totals = []
+    for i in range(IN_A_ROW):
+        position, index, total = _verdict(page, i, keyboard)
+        assert position == 1, position  # the judged image leaves the filter: the next one is first now
+        seen.append(index)
+        totals.append(total)
+    assert seen == queue[:IN_A_ROW], (seen, queue)  # the queue's order, no image skipped
+    assert totals == [totals[0] - i for i in range(IN_A_ROW)], totals  # one image out per verdict
+    settled(page.locator("h3", has_text=" of "))
+    assert heading_index(page) == (1, queue[IN_A_ROW])  # and the eleventh is shown next
+
+
+def test_a_reviewers_throughput_with_the_keyboard(page) -> None:
+    select(page, "Verdict", "unreviewed")
+    settled(page.locator("h3", has_text=" of "))
+    page.get_by_role("button", name="Fine (4)").wait_for()
+    _unfocus(page)
+    seen = []
+    start = time.monotonic()
+    for i in range(THROUGHPUT_VERDICTS):
+        began = time.monotonic()
+        _, index, _ = _verdict(page, i, keyboard=True)
+        assert time.monotonic() - began < VERDICT_SANITY_S
+        seen.append(index)
+    elapsed = time.monotonic() - start
+    assert len(set(seen)) == THROUGHPUT_VERDICTS, seen  # every press judged a new image
+    per_minute = THROUGHPUT_VERDICTS / elapsed * 60
+    print(
+        f"\nthroughput: {THROUGHPUT_VERDICTS} keyboard verdicts in {elapsed:.1f} s = {per_minute:.0f} per minute"
+    )
+
+
+# ------------------------------------------------------------------------------------------------ uploads
+
+_spec = importlib.util.spec_from_file_location(
+    "dicom_samples", Path(__file__).parents[1] / "core" / "dicom_samples.py"
+)
+
+
+def _dicom_zip(folder: Path) -> bytes:
+    """A zip of a class-folder tree of DICOM files (pydicom's bundled CT and MR samples, varied)."""
+    samples = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
+    _spec.loader.exec_module(samples)  # type: ignore[union-attr]
+    tree = samples.dicom_folder(folder, per_class=3)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for f in sorted(tree.rglob("*.dcm")):
+            z.write(f, f"scans/{f.relative_to(tree)}")
+    return buf.getvalue()
+
+
+def _onnx_model() -> bytes:
+    """A small CNN of three classes exported to ONNX (the TorchScript-based exporter)."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3),
+    ).eval()  # fmt: skip
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.zeros(1, 3, 64, 64),), buf, dynamo=False, input_names=["x"],
+                          dynamic_axes={"x": {0: "batch"}})  # fmt: skip
+    return buf.getvalue()
+
+
+def _options(page: object, label: str) -> list[str]:
+    """The options of the sidebar's drop-down ``label``."""
+    box = page.locator('[data-testid="stSelectbox"]', has_text=label).first  # type: ignore[attr-defined]
+    box.locator('[role="combobox"], input').first.click()
+    page.get_by_role("option").first.wait_for()  # type: ignore[attr-defined]
+    names = [o.inner_text() for o in page.get_by_role("option").all()]  # type: ignore[attr-defined]
+    page.keyboard.press("Escape")  # type: ignore[attr-defined]
+    wait_until_idle(page)
+    return names
+
+
+def _files(home: Path) -> set[Path]:
+    root = home / "uploads"
+    return {p for p in root.rglob("*") if p.is_file()} if root.exists() else set()
+
+
+def _kept(page: object, model: str, data: str) -> None:
+    """Both uploads are in the sidebar's lists and on the upload page's list."""
+    assert model in _options(page, "Model")
+    assert data in _options(page, "Dataset")
+    page.get_by_text(f"model: {model}", exact=True).wait_for()  # type: ignore[attr-defined]
+    page.get_by_text(f"dataset: {data}", exact=True).wait_for()  # type: ignore[attr-defined]
+
+
+def test_a_dicom_zip_and_an_onnx_model_stay_after_a_reload_and_a_restart_and_are_removed(
+    page, desk: Served, tmp_path: Path
+) -> None:
+    pytest.importorskip("pydicom", reason="the dicom extra is part of dev")
+    pytest.importorskip("onnx2torch", reason="the onnx extra is part of dev")
+    model, data = "tiny.onnx (ONNX)", "scans.zip (uploaded)"
+    before = _files(desk.home)
+    go(page, "Your model & data")
+    form = page.locator('[data-testid="stForm"]', has_text="Add the model")
+    form.locator('input[type="file"]').set_input_files(
+        files=[{"name": "tiny.onnx", "mimeType": "application/octet-stream", "buffer": _onnx_model()}]
+    )
+    select(page, "Architecture", "ONNX model (.onnx, architecture inside the file)")
+    page.get_by_label("Class names, in output order").fill("low, middle, high")
+    page.get_by_role("button", name="Add the model").click()
+    page.get_by_text("it is now the current model").wait_for()
+    wait_until_idle(page)
+    assert model in shown(page, "Model")
+    form = page.locator('[data-testid="stForm"]', has_text="Add the dataset")
+    form.locator('input[type="file"]').set_input_files(
+        files=[{"name": "scans.zip", "mimeType": "application/zip", "buffer": _dicom_zip(tmp_path / "scans")}]
+    )
+    page.get_by_role("button", name="Add the dataset").click()
+    page.get_by_text("it is now the current dataset").wait_for()
+    wait_until_idle(page)
+    assert data in shown(page, "Dataset")
+    added = _files(desk.home) - before
+    assert any(p.suffix == ".onnx" for p in added), added
+    assert any(p.suffix == ".dcm" for p in added), added
+
+    page.reload()  # a new browser session: offered from the store
+    wait_until_idle(page)
+    _kept(page, model, data)
+
+    desk.restart()  # a new server process on the same home
+    page.goto(f"{desk.url}/upload")
+    page.locator("h1", has_text="Your model & data").wait_for()
+    wait_until_idle(page)
+    _kept(page, model, data)
+
+    for label in (model, data):
+        row = page.locator('[data-testid="stHorizontalBlock"]', has_text=label).last
+        row.get_by_role("button", name="Remove").click()
+        page.get_by_text(f"Removed {label}").wait_for()
+        wait_until_idle(page)
+    assert model not in _options(page, "Model")
+    assert data not in _options(page, "Dataset")
+    assert page.get_by_text(f"model: {model}", exact=True).count() == 0
+    assert page.get_by_text(f"dataset: {data}", exact=True).count() == 0
+    assert not _files(desk.home) & added, _files(desk.home) & added  # their files are gone from disk
+    assert all(not p.exists() for p in added)
+
+
+# ------------------------------------------------------------------------------------------------ cold store
+
+
+def _first_progress(page: object, click) -> float:
+    """Seconds from ``click()`` to the page's progress box (its bar) on screen."""
+    bar = page.locator('[data-testid="stProgress"], [data-testid="stSpinner"]').first  # type: ignore[attr-defined]
+    start = time.monotonic()
+    click()
+    bar.wait_for(state="visible")
+    return time.monotonic() - start
+
+
+def test_every_long_first_visit_shows_progress_within_a_second(tmp_path: Path) -> None:
+    """On a fresh store: Overview, Experts, Compare and a switch of dataset each show their progress box within
+    a second of the click (measured from the click, in the browser)."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (make browser-deps)")
+    outside: list[str] = []
+    times: dict[str, float] = {}
+    with serve_app(tmp_path) as url, browser_page(outside=outside) as page:
+        # The upload page computes nothing: the server's first run (imports, the demo model) happens here.
+        page.goto(f"{url}/upload")
+        page.locator("h1", has_text="Your model & data").wait_for()
+        wait_until_idle(page)
+
+        def nav(title: str):
+            return lambda: page.locator('[data-testid="stSidebarNavLink"]', has_text=title).click()
+
+        for title in ("Overview", "Experts & diagnosis", "Compare models"):
+            times[title] = _first_progress(page, nav(title))
+            page.locator("h1", has_text=title.split(" ")[0]).wait_for()
+            wait_until_idle(page)
+            assert page.locator('[data-testid="stProgress"]').count() == 0  # done: the box is gone
+        go(page, "Overview")
+        box = page.locator('[data-testid="stSelectbox"]', has_text="Dataset").first
+        box.locator('[role="combobox"], input').first.click()
+        option = page.get_by_role("option", name="demo:val", exact=True)
+        option.wait_for()
+        times["dataset switch"] = _first_progress(page, option.click)
+        page.get_by_text("Classes never predicted").wait_for()
+        wait_until_idle(page)
+        assert page.locator('[data-testid="stException"]').count() == 0
+    assert not outside, f"requests left 127.0.0.1: {outside}"
+    print("\nfirst progress (s): " + ", ".join(f"{k} {v:.2f}" for k, v in times.items()), file=sys.stderr)
+    slow = {k: round(v, 2) for k, v in times.items() if v > FIRST_PROGRESS_S}
+    assert not slow, f"progress later than {FIRST_PROGRESS_S} s after the click: {slow}"

@@ -1,8 +1,9 @@
 """The review desk under a person's hands, in a real browser: a click on a queue cell (not the row marker) opens
 the row; one press of Back leaves a page; ten verdicts in a row under the *unreviewed* filter, by mouse and by
-keyboard, each on the next image of the queue; a reviewer's throughput; a DICOM zip and an ONNX model uploaded,
-found again after a reload and a server restart, and removed with their files; and progress within a second of
-every long first visit on a cold store.
+keyboard, each on the next image of the queue; a reviewer's throughput; two reviewers' agreement and their one
+disagreement; a DICOM zip and an ONNX model uploaded, found again after a reload and a server restart, and removed
+with their files; Compare on uploaded models offering only those of the data's classes, with no server path; and
+progress within a second of every long first visit on a cold store.
 
 Like ``test_browser.py`` (whose helpers this uses): one ``streamlit run`` server for the module on a copy of the
 warm store (the cold-store test serves its own, empty, store), Debian's Chromium driven by Playwright, every
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import re
 import shutil
 import sys
 import time
@@ -218,6 +220,84 @@ def test_a_reviewers_throughput_with_the_keyboard(page) -> None:
     )
 
 
+# ------------------------------------------------------------------------------------------------ two reviewers
+
+FIRST_VERDICTS = ("Fine (4)", "Fine (4)", "Label error (1)", "Ambiguous (3)")
+# The second reviewer differs on the second image only.
+SECOND_VERDICTS = ("Fine (4)", "Label error (1)", "Label error (1)", "Ambiguous (3)")
+
+
+def _as_reviewer(page: object, name: str) -> None:
+    """Type ``name`` into the sidebar's Reviewer field (committed with Enter)."""
+    field = page.locator('[data-testid="stSidebar"]').get_by_label("Reviewer", exact=True)  # type: ignore[attr-defined]
+    field.fill(name)
+    field.press("Enter")
+    wait_until_idle(page)
+    assert field.input_value() == name
+
+
+def _verdicts_by_button(page: object, buttons: tuple[str, ...]) -> list[int]:
+    """Press ``buttons`` (verdicts) in turn, each on the image shown (the next one opens after each); the images."""
+    judged = []
+    for name in buttons:
+        settled(page.locator("h3", has_text=" of "))  # type: ignore[attr-defined]
+        _, index = heading_index(page)
+        page.get_by_role("button", name=name).click()  # type: ignore[attr-defined]
+        page.get_by_text(f"Saved: image {index} —").wait_for(timeout=OPENS_MS)  # type: ignore[attr-defined]
+        _idle(page)
+        judged.append(index)
+    return judged
+
+
+def test_two_reviewers_see_their_agreement_and_their_one_disagreement(page) -> None:
+    from sklearn.metrics import cohen_kappa_score
+
+    from essence.app.agreement import MEANING
+
+    first, second = "Dr. Ames", "Dr. Birch"
+    _as_reviewer(page, first)
+    settled(page.locator("h3", has_text=" of "))
+    start = heading_index(page)
+    images = _verdicts_by_button(page, FIRST_VERDICTS)
+    assert len(set(images)) == len(images), images
+    assert page.get_by_text(f"{first} and {second} —").count() == 0  # one of them alone: no pair yet
+    _as_reviewer(page, second)
+    for step in range(len(images), 0, -1):  # back to the first image judged
+        page.get_by_role("button", name="Previous (K)").click()
+        page.locator("h3", has_text=f"{start[0] + step - 1} of ").wait_for(timeout=OPENS_MS)
+        wait_until_idle(page)
+    settled(page.locator("h3", has_text=" of "))
+    assert heading_index(page) == start
+    assert _verdicts_by_button(page, SECOND_VERDICTS) == images
+
+    page.get_by_role("heading", name="Agreement between reviewers").wait_for()
+    said = page.locator('[data-testid="stMarkdownContainer"]', has_text=f"{first} and {second} —")
+    settled(said)
+    text = said.inner_text()
+    kappa = cohen_kappa_score(
+        [v.split(" (")[0].lower() for v in FIRST_VERDICTS],
+        [v.split(" (")[0].lower() for v in SECOND_VERDICTS],
+    )
+    assert (
+        MEANING in text and f"κ = {kappa:.2f}" in text and f"n = {len(images)} images both judged" in text
+    ), text
+    assert text.index(MEANING) < text.index("κ = "), text  # the plain words first
+    assert "they disagree on 1." in text, text
+    box = page.locator('[data-testid="stExpander"]', has_text=f"Images {first} and {second} disagree on (1)")
+    settled(box)
+    if box.locator("details[open]").count() == 0 and box.get_attribute("open") is None:
+        box.locator("summary").first.click()  # folded where other pairs are listed too
+    opens = box.get_by_role("button", name="Open image")
+    opens.first.wait_for(state="visible")
+    assert [b.inner_text() for b in opens.all()] == [f"Open image {images[1]}"]
+    box.get_by_text(f"image {images[1]}: {first} — fine, {second} — label error").wait_for()
+    opens.first.click()  # and it opens the image
+    page.locator("h3", has_text=re.compile(rf": image {images[1]}(?!\d)")).wait_for(timeout=OPENS_MS)
+    wait_until_idle(page)
+    settled(page.locator("h3", has_text=" of "))
+    assert heading_index(page)[1] == images[1]
+
+
 # ------------------------------------------------------------------------------------------------ uploads
 
 _spec = importlib.util.spec_from_file_location(
@@ -330,6 +410,100 @@ def test_a_dicom_zip_and_an_onnx_model_stay_after_a_reload_and_a_restart_and_are
     assert page.get_by_text(f"dataset: {data}", exact=True).count() == 0
     assert not _files(desk.home) & added, _files(desk.home) & added  # their files are gone from disk
     assert all(not p.exists() for p in added)
+
+
+EXPORTED = "Exported program (.pt2 from torch.export, architecture inside the file)"
+# In the folders' sorted order: the models' outputs are in that order.
+THREE_CLASSES = ("cyst", "normal", "tumour")
+
+
+def _exported_model(seed: int) -> bytes:
+    """A small CNN of three classes as a ``torch.export`` program (any batch size), its weights from ``seed``."""
+    from collections import OrderedDict
+
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    net = nn.Sequential(
+        OrderedDict(
+            conv1=nn.Conv2d(3, 6, 3, padding=1), relu1=nn.ReLU(), conv2=nn.Conv2d(6, 8, 3, padding=1),
+            relu2=nn.ReLU(), pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(), fc=nn.Linear(8, 3),
+        )
+    ).eval()  # fmt: skip
+    program = torch.export.export(
+        net, (torch.zeros(2, 3, 32, 32),), dynamic_shapes=({0: torch.export.Dim.DYNAMIC},)
+    )
+    buf = io.BytesIO()
+    torch.export.save(program, buf)
+    return buf.getvalue()
+
+
+def _folders_zip(names: tuple[str, ...], per_class: int = 3, size: int = 32) -> bytes:
+    """A zip of an ImageFolder tree (one folder of small PNGs per class)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name in names:
+            for i in range(per_class):
+                png = io.BytesIO()
+                Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(png, format="PNG")
+                z.writestr(f"scans/{name}/{i}.png", png.getvalue())
+    return buf.getvalue()
+
+
+def _upload_model(page: object, name: str, data: bytes) -> str:
+    """Add an exported 3-class model through the upload form; its label, once it is the current model."""
+    form = page.locator('[data-testid="stForm"]', has_text="Add the model")  # type: ignore[attr-defined]
+    form.locator('input[type="file"]').set_input_files(
+        files=[{"name": name, "mimeType": "application/octet-stream", "buffer": data}]
+    )
+    if shown(page, "Architecture") != EXPORTED:  # the first choice, so the form's own
+        select(page, "Architecture", EXPORTED)
+    page.get_by_label("Class names, in output order").fill(", ".join(THREE_CLASSES))  # type: ignore[attr-defined]
+    page.get_by_label("Slice (module path").fill("conv2")  # type: ignore[attr-defined]
+    page.get_by_label("Image size (px, square)").fill("32")  # type: ignore[attr-defined]
+    page.get_by_role("button", name="Add the model").click()  # type: ignore[attr-defined]
+    label = f"{name} (Exported)"
+    page.get_by_text(f"Added {label}; it is now the current model").wait_for()  # type: ignore[attr-defined]
+    wait_until_idle(page)
+    assert label in shown(page, "Model")
+    return label
+
+
+def test_compare_on_uploaded_models_offers_only_those_of_the_data_s_classes_and_no_server_path(
+    page, desk: Served
+) -> None:
+    go(page, "Your model & data")
+    first = _upload_model(page, "first.pt2", _exported_model(0))
+    second = _upload_model(page, "second.pt2", _exported_model(1))  # the current model: A
+    form = page.locator('[data-testid="stForm"]', has_text="Add the dataset")
+    form.locator('input[type="file"]').set_input_files(
+        files=[{"name": "three.zip", "mimeType": "application/zip", "buffer": _folders_zip(THREE_CLASSES)}]
+    )
+    page.get_by_role("button", name="Add the dataset").click()
+    page.get_by_text("Added three.zip (uploaded)").wait_for()
+    wait_until_idle(page)
+    assert "three.zip (uploaded)" in shown(page, "Dataset")
+    models = _options(page, "Model")
+    demo = [m for m in models if m.startswith("demo:")]
+    assert demo and first in models and second in models, models  # models of other classes are in the store
+
+    go(page, "Compare models")
+    page.locator("h1", has_text="Compare models").wait_for()
+    page.get_by_text("Images that changed").wait_for()
+    wait_until_idle(page)
+    assert second in page.locator("h3", has_text="A: ").first.inner_text()
+    offered = _options(page, "Compare with")
+    assert offered == [first], offered  # neither demo model (5 classes): only the other 3-class upload
+    caption = page.get_by_text("Not offered, as their classes are not the 3 of three.zip").inner_text()
+    assert all(m in caption for m in demo) and "5 outputs" in caption, caption  # and why, in words
+    text = page.locator("body").inner_text()
+    for server_path in (str(desk.home), str(desk.home / "uploads"), "/uploads/"):
+        assert server_path not in text, (server_path, text)
 
 
 # ------------------------------------------------------------------------------------------------ cold store

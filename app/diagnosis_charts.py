@@ -14,7 +14,7 @@ def separation_stages(diagnosis: object) -> pd.DataFrame:
     """How well a class is told from its neighbour at each stage, for :func:`separation_chart`.
 
     Args:
-        diagnosis: a :class:`~essence.core.diagnosis.ClassDiagnosis` with a probe.
+        diagnosis: a :class:`~essence.core.analyses.diagnosis.verdict.ClassDiagnosis` with a probe.
 
     Returns:
         Rows ``{"stage", "auc", "chance"}``: the raw images and each lossy preprocessing step (when the audit
@@ -90,7 +90,7 @@ def diagnosis_evidence(diagnosis: object) -> alt.TopLevelMixin | None:
     """The chart of a flagged class's evidence: its separation by stage, or its expert against the references.
 
     Args:
-        diagnosis: a :class:`~essence.core.diagnosis.ClassDiagnosis`.
+        diagnosis: a :class:`~essence.core.analyses.diagnosis.verdict.ClassDiagnosis`.
 
     Returns:
         :func:`expert_evidence_chart` for drowning experts, :func:`separation_chart` for "not read out" and

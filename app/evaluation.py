@@ -9,7 +9,7 @@ import torch
 
 from essence.app.shared import holding, remembered, shared
 from essence.core import ImageData, LoadedModel
-from essence.core.slices import inference_state
+from essence.core.engine.slices import inference_state
 
 # Batch of the app's passes: small enough for a laptop CPU's cache, large enough to amortise Python overhead.
 BATCH = 128

@@ -20,9 +20,9 @@ import numpy as np
 from PIL import Image
 
 from essence.app import charts, diagnosis_charts
-from essence.core.data import ImageData
-from essence.core.models import LoadedModel
-from essence.core.preprocessing import Preprocessing
+from essence.core.inputs.data import ImageData
+from essence.core.inputs.models import LoadedModel
+from essence.core.inputs.preprocessing import Preprocessing
 
 if TYPE_CHECKING:
     from essence.core import Diagnosis
@@ -89,7 +89,7 @@ def review_report(
         model: the reviewed model (name, card, preprocessing recipe).
         data: the dataset the cases come from.
         layer: the slice of the diagnosis.
-        diagnosis: a :class:`~essence.core.diagnosis.Diagnosis` of ``model`` on ``data``.
+        diagnosis: a :class:`~essence.core.analyses.diagnosis.verdict.Diagnosis` of ``model`` on ``data``.
         store: the store holding the verdicts (``all_verdicts(dataset_fp)``).
         predicted: int ``[N]`` the model's predictions (for the cases' table), if known.
         now: the report's time stamp (default: now, UTC).

@@ -34,9 +34,9 @@ from essence.core import (
     load_model,
     resolve_layer,
 )
-from essence.core.cards import with_class_names
-from essence.core.datasets import environment_data_root
-from essence.core.models import check_compatible
+from essence.core.inputs.cards import with_class_names
+from essence.core.inputs.datasets import environment_data_root
+from essence.core.inputs.models import check_compatible
 from essence.storage import ProfileKey, RunInfo
 
 if TYPE_CHECKING:
@@ -311,7 +311,7 @@ def diagnosis(
 def sweep(model: LoadedModel, data: ImageData, layer: str, cls: int, profiles: ClassProfiles) -> ExpertSweeps:
     """The expert sweep of class ``cls`` and its activation-ranked control, on the slice cached once."""
     from essence.core import expert_sweep
-    from essence.core.slice_cache import SliceCache, cache_slice
+    from essence.core.engine.activation_cache import SliceCache, cache_slice
 
     base = profile_key(model, data, layer, "logit").digest()
 

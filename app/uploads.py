@@ -35,12 +35,12 @@ from pathlib import Path, PurePosixPath
 
 from essence.app.limits import EXTRACT_LIMIT_MB, MAX_MEMBERS, MB, UPLOAD_LIMIT, UPLOAD_LIMIT_MB
 from essence.app.state import DataChoice, ModelChoice
-from essence.core.cards import check_class_names as core_check_class_names
-from essence.core.datasets import load_dataset
-from essence.core.errors import DataLoadError, ModelLoadError, SpecError, StoreError
-from essence.core.formats import IMAGE_SUFFIXES
-from essence.core.models import load_model
-from essence.core.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from essence.core.base.errors import DataLoadError, ModelLoadError, SpecError, StoreError
+from essence.core.inputs.cards import check_class_names as core_check_class_names
+from essence.core.inputs.datasets import load_dataset
+from essence.core.inputs.formats import IMAGE_SUFFIXES
+from essence.core.inputs.models import load_model
+from essence.core.inputs.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from essence.storage import default_store_path
 
 CHUNK = 1 << 20
@@ -310,7 +310,7 @@ def deidentify_tree(root: Path, *, skip_bad_images: bool = False) -> None:
     Raises:
         DataLoadError: a DICOM dataset's file that cannot be read (without ``skip_bad_images``).
     """
-    from essence.core.dicom_data import in_own_form, looks_like_dicom, write_deidentified
+    from essence.core.inputs.dicom_spec import in_own_form, looks_like_dicom, write_deidentified
 
     try:
         strict = not skip_bad_images and dataset_root(root).startswith("dicom:")
@@ -479,7 +479,7 @@ def model_from_upload(
             "a state_dict saved with torch.save, or a TorchScript model"
         ) from exc
     if layer:
-        from essence.core.slices import resolve_layer
+        from essence.core.engine.slices import resolve_layer
 
         resolve_layer(model.module, layer)
     label = f"{safe_name(name)} ({architecture.split(' ')[0]})"

@@ -30,10 +30,10 @@ import torch
 from sklearn.datasets import load_digits
 from torch import nn
 
-from essence.core.data import ImageData
-from essence.core.diagnosis import DROWNING, NOT_LEARNED, NOT_READ_OUT, OK, diagnose
-from essence.core.preprocessing import Preprocessing
-from essence.core.suspect_steps import audit_steps
+from essence.core.analyses.diagnosis.suspect_steps import audit_steps
+from essence.core.analyses.diagnosis.verdict import DROWNING, NOT_LEARNED, NOT_READ_OUT, OK, diagnose
+from essence.core.inputs.data import ImageData
+from essence.core.inputs.preprocessing import Preprocessing
 
 TRAIN = 900
 

@@ -19,8 +19,8 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from essence.core.experts import cache_slice, expert_sweep
-from essence.core.profiles import class_profiles
+from essence.core.analyses.experts.sweep import cache_slice, expert_sweep
+from essence.core.analyses.profiles import class_profiles
 
 
 def cnn(classes: int = 5) -> nn.Module:

@@ -5,7 +5,7 @@ Routes, for one image (batch of 1), on two models: the demo-sized CNN (64×64 RG
 
 - ``fwd+bwd``: one forward of the whole model and one backward of the class score to the input — the unit of
   cost (what a plain saliency map costs);
-- ``explain``: :func:`essence.core.explanation.explain` with ``top_k=5`` (influence at the slice, 5 unit maps,
+- ``explain``: :func:`essence.core.analyses.explanation.explain` with ``top_k=5`` (influence at the slice, 5 unit maps,
   integrated gradients with 32 points), everything the ``Explanation`` holds;
 - ``  influence``, ``  units``, ``  ig``: its three parts alone;
 - ``captum``: the same answers the usual Captum way — ``LayerGradientXActivation`` (``multiply_by_inputs=False``)
@@ -28,12 +28,12 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from essence.core.distributions import Instance
-from essence.core.engine import influence
-from essence.core.explanation import explain
-from essence.core.interpret import integrated_gradients, unit_gradients
-from essence.core.quantities import ClassScore
-from essence.core.slices import resolve_layer
+from essence.core.analyses.explanation import explain
+from essence.core.analyses.interpret import integrated_gradients, unit_input_gradients
+from essence.core.engine.distributions import Instance
+from essence.core.engine.influence import influence
+from essence.core.engine.quantities import ClassScore
+from essence.core.engine.slices import resolve_layer
 
 REPEATS = 5
 TOP_K = 5
@@ -118,7 +118,7 @@ def routes(model: nn.Module, layer: str, x: torch.Tensor, cls: int) -> dict[str,
             model, x[0], cls, layer=layer, top_k=TOP_K, ig_steps=IG_STEPS, device="cpu"
         ),
         "  influence": lambda: influence(model, (x, y), layer, q, Instance(), batch_size=1, device="cpu"),
-        "  units": lambda: unit_gradients(model, x[0], layer, units),
+        "  units": lambda: unit_input_gradients(model, x[0], layer, units),
         "  ig": lambda: integrated_gradients(model, x[0], q, steps=IG_STEPS, label=cls, device="cpu"),
         "captum": captum,
     }

@@ -48,14 +48,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_profiles import CLASSES, LAYER, build_model, reference  # noqa: E402
 
-from essence.core import slice_source  # noqa: E402
-from essence.core.data import ImageData, hash_arrays  # noqa: E402
-from essence.core.distributions import WholeDataset  # noqa: E402
-from essence.core.engine import influence  # noqa: E402
-from essence.core.models import LoadedModel, model_fingerprint  # noqa: E402
-from essence.core.preprocessing import Preprocessing  # noqa: E402
-from essence.core.profiles import class_profiles  # noqa: E402
-from essence.core.quantities import Comparative  # noqa: E402
+from essence.core.analyses.profiles import class_profiles  # noqa: E402
+from essence.core.engine import activation_source as slice_source  # noqa: E402
+from essence.core.engine.distributions import WholeDataset  # noqa: E402
+from essence.core.engine.influence import influence  # noqa: E402
+from essence.core.engine.quantities import Comparative  # noqa: E402
+from essence.core.inputs.data import ImageData, hash_arrays  # noqa: E402
+from essence.core.inputs.models import LoadedModel, model_fingerprint  # noqa: E402
+from essence.core.inputs.preprocessing import Preprocessing  # noqa: E402
 from essence.storage import Store  # noqa: E402
 
 
@@ -126,7 +126,7 @@ def main() -> None:
             slice_source.ELEMENTS_PER_PASS = keep
 
     def content_check() -> object:
-        from essence.storage.slices import SliceKey, _check_file, _checked_manifest
+        from essence.storage.activations import SliceKey, _check_file, _checked_manifest
 
         with Store.open(store_path) as store:
             key = SliceKey.of(model, data, LAYER)

@@ -57,12 +57,12 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from essence.core import load_dataset, load_model  # noqa: E402
-from essence.core.data import ImageData  # noqa: E402
-from essence.core.diagnosis import DiagnosisSettings, diagnose  # noqa: E402
-from essence.core.expert_evidence import expert_evidence  # noqa: E402
-from essence.core.experts import cache_slice, expert_sweep  # noqa: E402
-from essence.core.profiles import class_profiles  # noqa: E402
-from essence.core.triage import deviation_scores  # noqa: E402
+from essence.core.analyses.diagnosis.verdict import DiagnosisSettings, diagnose  # noqa: E402
+from essence.core.analyses.experts.evidence import expert_evidence  # noqa: E402
+from essence.core.analyses.experts.sweep import cache_slice, expert_sweep  # noqa: E402
+from essence.core.analyses.profiles import class_profiles  # noqa: E402
+from essence.core.analyses.triage import deviation_scores  # noqa: E402
+from essence.core.inputs.data import ImageData  # noqa: E402
 
 LAYER = "pool1"
 RARE = 7  # the class under-sampled in training
@@ -178,7 +178,7 @@ def as_before(module: nn.Module) -> Iterator[None]:
     for m in flags:
         m._run_with_interpreter = True  # type: ignore[assignment]
     try:
-        with mock.patch("essence.core.split.traceable_root", lambda m: m):
+        with mock.patch("essence.core.engine.split.traceable_root", lambda m: m):
             yield
     finally:
         for m in flags:

@@ -31,8 +31,8 @@ import torch
 import torchvision
 from torch import nn
 
-from essence.core.devices import resolve_device
-from essence.core.profiles import class_profiles
+from essence.core.analyses.profiles import class_profiles
+from essence.core.base.devices import resolve_device
 
 CLASSES = 10
 LAYER = "layer3"

@@ -38,7 +38,7 @@ import torch
 import torchvision
 from torch import nn
 
-from essence.core.profiles import class_profiles
+from essence.core.analyses.profiles import class_profiles
 
 CLASSES = 10
 LAYER = "layer3"

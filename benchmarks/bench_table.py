@@ -56,9 +56,9 @@ import bench_experts  # noqa: E402  (the per-mask re-run route)
 import bench_explain  # noqa: E402  (the one-image routes)
 import bench_profiles  # noqa: E402  (the model, the profile routes, on-demand images)
 
-from essence.core.experts import expert_sweep  # noqa: E402
-from essence.core.profiles import class_profiles  # noqa: E402
-from essence.core.triage import deviation_scores  # noqa: E402
+from essence.core.analyses.experts.sweep import expert_sweep  # noqa: E402
+from essence.core.analyses.profiles import class_profiles  # noqa: E402
+from essence.core.analyses.triage import deviation_scores  # noqa: E402
 
 LAYER = bench_profiles.LAYER
 CLASSES = bench_profiles.CLASSES

@@ -34,7 +34,7 @@ from sklearn.datasets import load_digits
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from essence.core.triage import Triage, deviation_scores
+from essence.core.analyses.triage import Triage, deviation_scores
 
 SEED = 0
 SHORTCUT_CLASS = 3

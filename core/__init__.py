@@ -2,7 +2,7 @@
 
 from typing import TYPE_CHECKING
 
-from essence.core.errors import (
+from essence.core.base.errors import (
     Cancelled,
     ClassNotFoundError,
     DataLoadError,
@@ -17,60 +17,78 @@ from essence.core.errors import (
 )
 
 if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and editors
-    from essence.core.cards import ClassOrder, ClassOrderError, class_order, read_card, write_card
-    from essence.core.comparison import Comparison, compare_models
-    from essence.core.data import ImageData
-    from essence.core.datasets import load_dataset
-    from essence.core.diagnosis import Diagnosis, diagnose
-    from essence.core.distributions import ClassConditional, GaussianNoise, Instance, LinearPath, WholeDataset
-    from essence.core.engine import Influence, influence
-    from essence.core.experts import ExpertSweep, expert_sweep
-    from essence.core.explanation import Explanation, explain
-    from essence.core.layers import LayerSuggestion, suggest_layer
-    from essence.core.models import LoadedModel, check_compatible, load_model
-    from essence.core.preprocessing import Preprocessing
-    from essence.core.profiles import ClassProfiles, class_profiles
-    from essence.core.quantities import ClassScore, Comparative, CustomQuantity, OwnLabel, PredictedClass
-    from essence.core.slices import capture, layer_names, resolve_layer
-    from essence.core.sums import InfluenceSums
-    from essence.core.triage import Triage, deviation_scores
+    from essence.core.analyses.comparison import Comparison, compare_models
+    from essence.core.analyses.diagnosis.verdict import Diagnosis, diagnose
+    from essence.core.analyses.experts.sweep import ExpertSweep, expert_sweep
+    from essence.core.analyses.explanation import Explanation, explain
+    from essence.core.analyses.layer_choice import LayerSuggestion, suggest_layer
+    from essence.core.analyses.profiles import ClassProfiles, class_profiles
+    from essence.core.analyses.triage import Triage, deviation_scores
+    from essence.core.engine.distributions import (
+        ClassConditional,
+        GaussianNoise,
+        Instance,
+        LinearPath,
+        WholeDataset,
+    )
+    from essence.core.engine.influence import Influence, influence
+    from essence.core.engine.quantities import (
+        ClassScore,
+        Comparative,
+        CustomQuantity,
+        OwnLabel,
+        PredictedClass,
+    )
+    from essence.core.engine.slices import capture, layer_names, resolve_layer
+    from essence.core.engine.sums import InfluenceSums
+    from essence.core.inputs.cards import ClassOrder, ClassOrderError, class_order, read_card, write_card
+    from essence.core.inputs.data import ImageData
+    from essence.core.inputs.datasets import load_dataset
+    from essence.core.inputs.models import LoadedModel, check_compatible, load_model
+    from essence.core.inputs.preprocessing import Preprocessing
 
 # Everything but the error types is imported on first use: the engine pulls in PyTorch and NumPy, the analyses
-# SciPy and scikit-learn too, and ``essence --help`` (or ``from essence.core.errors import ...``) needs none.
+# SciPy and scikit-learn too, and ``essence --help`` (or ``from essence.core.base.errors import ...``) needs none.
 _ENGINE = {
-    "essence.core.cards": ("ClassOrder", "ClassOrderError", "class_order", "read_card", "write_card"),
-    "essence.core.data": ("ImageData",),
-    "essence.core.datasets": ("load_dataset",),
-    "essence.core.distributions": (
+    "essence.core.inputs.cards": ("ClassOrder", "ClassOrderError", "class_order", "read_card", "write_card"),
+    "essence.core.inputs.data": ("ImageData",),
+    "essence.core.inputs.datasets": ("load_dataset",),
+    "essence.core.engine.distributions": (
         "ClassConditional",
         "GaussianNoise",
         "Instance",
         "LinearPath",
         "WholeDataset",
     ),
-    "essence.core.engine": ("Influence", "influence"),
-    "essence.core.models": ("LoadedModel", "check_compatible", "load_model"),
-    "essence.core.preprocessing": ("Preprocessing",),
-    "essence.core.profiles": ("ClassProfiles", "class_profiles"),
-    "essence.core.quantities": ("ClassScore", "Comparative", "CustomQuantity", "OwnLabel", "PredictedClass"),
-    "essence.core.slices": ("capture", "layer_names", "resolve_layer"),
-    "essence.core.sums": ("InfluenceSums",),
+    "essence.core.engine.influence": ("Influence", "influence"),
+    "essence.core.inputs.models": ("LoadedModel", "check_compatible", "load_model"),
+    "essence.core.inputs.preprocessing": ("Preprocessing",),
+    "essence.core.analyses.profiles": ("ClassProfiles", "class_profiles"),
+    "essence.core.engine.quantities": (
+        "ClassScore",
+        "Comparative",
+        "CustomQuantity",
+        "OwnLabel",
+        "PredictedClass",
+    ),
+    "essence.core.engine.slices": ("capture", "layer_names", "resolve_layer"),
+    "essence.core.engine.sums": ("InfluenceSums",),
 }
 
 # The analyses (they pull in SciPy and scikit-learn too).
 _LAZY = {
-    "deviation_scores": "essence.core.triage",
-    "Triage": "essence.core.triage",
-    "expert_sweep": "essence.core.experts",
-    "ExpertSweep": "essence.core.experts",
-    "diagnose": "essence.core.diagnosis",
-    "Diagnosis": "essence.core.diagnosis",
-    "compare_models": "essence.core.comparison",
-    "Comparison": "essence.core.comparison",
-    "explain": "essence.core.explanation",
-    "Explanation": "essence.core.explanation",
-    "suggest_layer": "essence.core.layers",
-    "LayerSuggestion": "essence.core.layers",
+    "deviation_scores": "essence.core.analyses.triage",
+    "Triage": "essence.core.analyses.triage",
+    "expert_sweep": "essence.core.analyses.experts.sweep",
+    "ExpertSweep": "essence.core.analyses.experts.sweep",
+    "diagnose": "essence.core.analyses.diagnosis.verdict",
+    "Diagnosis": "essence.core.analyses.diagnosis.verdict",
+    "compare_models": "essence.core.analyses.comparison",
+    "Comparison": "essence.core.analyses.comparison",
+    "explain": "essence.core.analyses.explanation",
+    "Explanation": "essence.core.analyses.explanation",
+    "suggest_layer": "essence.core.analyses.layer_choice",
+    "LayerSuggestion": "essence.core.analyses.layer_choice",
 }
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from essence.core.errors import ModelLoadError
+from essence.core.base.errors import ModelLoadError
 from essence.sample_data.fundus import CLASS_NAMES, generate, load_split, real_fundus_thumbnail
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from essence.core.preprocessing import Preprocessing
+from essence.core.inputs.preprocessing import Preprocessing
 from essence.sample_data import fundus
 from essence.sample_data.model import DEFAULT_LAYER, DemoCNN
 

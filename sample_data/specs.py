@@ -6,11 +6,11 @@ under the name ``demo``, and core's registry calls it the first time a ``demo:``
 
 from __future__ import annotations
 
-from essence.core.data import ImageData, hash_arrays
-from essence.core.errors import SpecError
-from essence.core.models import LoadedModel, model_fingerprint
-from essence.core.preprocessing import Preprocessing
-from essence.core.specs import DataRequest, ModelRequest, register_data_spec, register_model_spec
+from essence.core.base.errors import SpecError
+from essence.core.inputs.data import ImageData, hash_arrays
+from essence.core.inputs.models import LoadedModel, model_fingerprint
+from essence.core.inputs.preprocessing import Preprocessing
+from essence.core.inputs.specs import DataRequest, ModelRequest, register_data_spec, register_model_spec
 
 PREFIX = "demo"
 SPLITS = ("train", "val", "test")

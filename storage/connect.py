@@ -25,7 +25,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
-from essence.core.errors import StoreError
+from essence.core.base.errors import StoreError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 STORE_FILENAME = "essence.sqlite"

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from essence.core.errors import StoreError
+from essence.core.base.errors import StoreError
 
 # An unreferenced matrix file younger than this may belong to a write whose transaction has not committed yet
 # (files are written first, then referenced in one transaction): prune leaves it alone. This guards files

@@ -19,14 +19,15 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from essence.core.data import ImageData
-from essence.core.engine import Influence
-from essence.core.errors import EssenceError, StoreError
-from essence.core.models import LoadedModel
-from essence.core.profiles import ClassProfiles
-from essence.core.slice_source import use_slices
-from essence.core.sums import InfluenceSums
+from essence.core.analyses.profiles import ClassProfiles
+from essence.core.base.errors import EssenceError, StoreError
+from essence.core.engine.activation_source import use_slices
+from essence.core.engine.influence import Influence
+from essence.core.engine.sums import InfluenceSums
+from essence.core.inputs.data import ImageData
+from essence.core.inputs.models import LoadedModel
 from essence.storage import connect
+from essence.storage.activations import SliceFiles, StoreSlices, slice_limit_bytes
 from essence.storage.matrices import FileBlobs, from_bytes, sha256, to_bytes
 from essence.storage.models import BlobRow, MatrixRow, ProfileRow
 from essence.storage.records import (
@@ -34,7 +35,6 @@ from essence.storage.records import (
     RunInfo,
 )
 from essence.storage.reviews import damaged_row, new_run_row
-from essence.storage.slices import SliceFiles, StoreSlices, slice_limit_bytes
 
 # Per-instance matrices kept with a profile, by name: what triage needs from the same pass.
 MATRIX_NAMES = ("vectors", "indices", "labels", "outputs")
@@ -73,7 +73,7 @@ class ProfileCache:
         """Within the block, every analysis of ``model.module`` on ``data`` reads z from the store, or stores it.
 
         The first full pass at a slice stores its z; every later question at that slice runs the layers above
-        it only (:mod:`essence.core.slice_source`).
+        it only (:mod:`essence.core.engine.activation_source`).
 
         Args:
             model, data: whose z is served.

@@ -11,10 +11,10 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Literal, get_args
 
-from essence.core.data import ImageData
-from essence.core.distributions import ClassConditional
-from essence.core.models import LoadedModel
-from essence.core.quantities import OwnLabel, quantity_name
+from essence.core.engine.distributions import ClassConditional
+from essence.core.engine.quantities import OwnLabel, quantity_name
+from essence.core.inputs.data import ImageData
+from essence.core.inputs.models import LoadedModel
 
 # Version of the numbers' definition. Bump it whenever the engine's meaning of a stored profile changes
 # (a different gradient, reduction or normalisation): every profile stored under an older version then

@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from essence import __version__
-from essence.core.errors import SpecError, StoreError
+from essence.core.base.errors import SpecError, StoreError
 from essence.storage.models import RunRow, UploadRow, VerdictRow
 from essence.storage.records import (
     UPLOAD_KINDS,

@@ -16,8 +16,9 @@ from sqlalchemy import Engine, delete, func, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from essence.core.errors import EssenceError, SpecError
+from essence.core.base.errors import EssenceError, SpecError
 from essence.storage import connect
+from essence.storage.activations import SliceFiles
 from essence.storage.matrices import FileBlobs
 from essence.storage.models import BlobRow, MatrixRow, ProfileRow, RunRow, VerdictRow
 from essence.storage.profile_cache import ProfileCache
@@ -26,7 +27,6 @@ from essence.storage.records import (
     StoreInfo,
 )
 from essence.storage.reviews import Reviews, damaged_row, spreadsheet_safe, storable
-from essence.storage.slices import SliceFiles
 
 __all__ = ["Store", "damaged_row", "spreadsheet_safe", "storable"]
 

@@ -25,6 +25,10 @@ PACKAGES = {
 }
 
 
+# core's groups, bottom to top: each may import the groups before it, never one after it.
+CORE_GROUPS = ("base", "inputs", "engine", "analyses", "scale")
+
+
 @dataclass(frozen=True)
 class Rule:
     """Files under ``scope`` (but not under ``exempt``) import none of ``banned`` (nor their submodules).
@@ -63,6 +67,11 @@ RULES = (
     # and keeps resources alive (the cache module).
     Rule("app", ("streamlit",), exempt=("views", "components", "main.py", "cache.py")),
     Rule("sample_data", ("essence.app", "essence.storage", "essence.cli")),
+    # core's own groups, bottom to top: base → inputs → engine → analyses → scale (docs/architecture.md).
+    *(
+        Rule(f"core/{group}", tuple(f"essence.core.{above}" for above in CORE_GROUPS[i + 1 :]))
+        for i, group in enumerate(CORE_GROUPS[:-1])
+    ),
 )
 
 
@@ -176,6 +185,28 @@ def test_exemptions_are_exact_and_exist(rule: Rule, tmp_path: Path) -> None:
     assert sorted(found) == sorted(
         f"{rule.scope}/{Path(e).stem}_like.py imports {banned}" for e in rule.exempt
     )
+
+
+def test_every_core_module_lives_in_a_group() -> None:
+    """core/ itself holds only the public API's ``__init__.py``; each module sits in one of the groups."""
+    loose = sorted(p.name for p in (ROOT / "core").glob("*.py") if p.name != "__init__.py")
+    assert loose == []
+    folders = sorted(p.name for p in (ROOT / "core").iterdir() if p.is_dir() and p.name != "__pycache__")
+    assert folders == sorted(CORE_GROUPS)
+
+
+def test_core_modules_import_the_defining_module_not_the_public_api() -> None:
+    """Inside core, ``from essence.core import name`` would load the lazy public API and hide the real arrow."""
+    public = {"essence.core"}
+    bad = []
+    for path in sorted((ROOT / "core").rglob("*.py")):
+        if path == ROOT / "core" / "__init__.py":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module in public and not node.level:
+                bad.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert bad == []
 
 
 def test_relative_imports_are_resolved(tmp_path: Path) -> None:

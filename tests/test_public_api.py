@@ -112,7 +112,15 @@ def test_results_are_frozen_dataclasses():
 
     import essence.core as core
 
-    for name in ("Influence", "ClassProfiles", "Triage", "ExpertSweep", "Diagnosis", "Comparison", "Explanation"):
+    for name in (
+        "Influence",
+        "ClassProfiles",
+        "Triage",
+        "ExpertSweep",
+        "Diagnosis",
+        "Comparison",
+        "Explanation",
+    ):
         cls = getattr(core, name)
         assert dataclasses.is_dataclass(cls), name
         assert cls.__dataclass_params__.frozen, name

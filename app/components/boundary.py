@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import streamlit as st
 
-from essence.core.errors import EssenceError
+from essence.core.base.errors import EssenceError
 
 log = logging.getLogger("essence.app")
 

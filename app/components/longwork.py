@@ -24,7 +24,7 @@ from essence.app.components.prereq import Inputs
 from essence.app.components.session import recipe
 from essence.app.components.text import plain
 from essence.app.evaluation import BATCH
-from essence.core.profiles import ClassProfiles
+from essence.core.analyses.profiles import ClassProfiles
 
 T = TypeVar("T")
 Work = Callable[[Callable[[int, int], None], threading.Event], T]
@@ -47,7 +47,7 @@ def run(
         key: a prefix for this component's widget keys (unique per page).
         digest: names this computation in the session's list of cancelled work.
         work: the computation; it calls ``progress(batches done, batches in all)`` and stops when the event is
-            set (raising :class:`~essence.core.errors.Cancelled`).
+            set (raising :class:`~essence.core.base.errors.Cancelled`).
         detail: a line (markdown, data already escaped) saying what runs on what.
         images: the dataset's size, when ``work`` reports batches of :data:`BATCH` images (0: unknown).
         new: the caller knows nothing is remembered or stored: the box is shown at once, without first waiting

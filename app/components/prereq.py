@@ -10,9 +10,9 @@ from essence.app import cache, services
 from essence.app.components.boundary import said
 from essence.app.components.session import recipe
 from essence.app.components.text import plain, printable
-from essence.core.data import ImageData
-from essence.core.errors import EssenceError
-from essence.core.models import LoadedModel
+from essence.core.base.errors import EssenceError
+from essence.core.inputs.data import ImageData
+from essence.core.inputs.models import LoadedModel
 
 UPLOAD_PAGE = "views/upload.py"
 OVERVIEW_PAGE = "views/overview.py"

@@ -97,7 +97,7 @@ def _why(inputs: Inputs, result: object, row: int, granularity: str) -> None:
 
 def why_images(inputs: Inputs, index: int, units: list[int], granularity: str) -> list[np.ndarray]:
     """Each unit's saliency (input gradient of its activation) over the image, uint8 RGB (remembered)."""
-    from essence.core.interpret import display_image, overlay, saliency_map, unit_gradients
+    from essence.core.analyses.interpret import display_image, overlay, saliency_map, unit_input_gradients
 
     model, data = inputs.model, inputs.data
     key = (
@@ -113,7 +113,7 @@ def why_images(inputs: Inputs, index: int, units: list[int], granularity: str) -
     def run() -> list[np.ndarray]:
         x = data.tensors([index])[0]
         with holding(model):
-            grads = unit_gradients(model.module, x, inputs.layer, units, granularity=granularity)  # type: ignore[arg-type]
+            grads = unit_input_gradients(model.module, x, inputs.layer, units, granularity=granularity)  # type: ignore[arg-type]
         image = display_image(x, data.preprocessing.mean, data.preprocessing.std)
         return [enlarge(overlay(image, m)) for m in saliency_map(grads)]
 

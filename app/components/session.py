@@ -15,7 +15,7 @@ import streamlit as st
 
 from essence.app import registry
 from essence.app.state import DEMO_DATA, DEMO_MODEL, STATE_KEY, RecipeState
-from essence.core.errors import EssenceError
+from essence.core.base.errors import EssenceError
 
 REVIEWER_KEY = "reviewer"  # the reviewer's name, remembered in the page's address (survives a reload)
 

@@ -17,8 +17,8 @@ from essence.app.components import bound, longwork
 from essence.app.components.session import recipe
 from essence.app.components.text import plain, printable
 from essence.app.state import RecipeState
-from essence.core.errors import EssenceError
-from essence.core.models import LoadedModel
+from essence.core.base.errors import EssenceError
+from essence.core.inputs.models import LoadedModel
 
 MODEL_KEY = "sidebar-model"
 DATA_KEY = "sidebar-data"

@@ -13,7 +13,7 @@ from essence.app.components.session import recipe
 from essence.app.components.sidebar import recipe_box
 from essence.app.components.text import plain, printable
 from essence.app.state import DEMO_MODEL, DEMO_RETRAINED, RecipeState
-from essence.core.errors import EssenceError
+from essence.core.base.errors import EssenceError
 
 OTHER_KEY = "compare-with"
 # A class regressed when B loses this much recall on it: about two images in a class of 25 (the demo's

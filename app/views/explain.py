@@ -14,7 +14,7 @@ from essence.app.components.session import recipe
 from essence.app.components.text import plain, printable
 from essence.app.evaluation import predict
 from essence.app.uploads import check_upload_size
-from essence.core.errors import DataLoadError
+from essence.core.base.errors import DataLoadError
 
 TOP_UNITS = 4  # units interpreted: each gets a readable overlay, four fit a row
 INDEX_KEY = "explain-index"
@@ -120,7 +120,7 @@ def _pick_image(inputs):
             st.info("Upload an image, or pick one from the dataset.")
             st.stop()
         check_upload_size(file.size, file.name)
-        from essence.core.data import read_image
+        from essence.core.inputs.data import read_image
 
         with services.holding(inputs.model):
             image = read_image(

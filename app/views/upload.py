@@ -11,7 +11,7 @@ from essence.app.components.prereq import OVERVIEW_PAGE
 from essence.app.components.session import recipe
 from essence.app.components.text import for_people, plain
 from essence.app.state import DEMO_DATA, DEMO_MODEL
-from essence.core.errors import EssenceError
+from essence.core.base.errors import EssenceError
 
 
 def render() -> None:

@@ -8,8 +8,8 @@ import numpy as np
 
 from essence.app import diagnosis_charts
 from essence.app.report import _flagged_class, svg
-from essence.core.probe import Probe
-from essence.core.suspect_steps import StepAudit, StepTest
+from essence.core.analyses.diagnosis.probe import Probe
+from essence.core.analyses.diagnosis.suspect_steps import StepAudit, StepTest
 
 
 def not_learned() -> SimpleNamespace:

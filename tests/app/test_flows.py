@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from essence.app.state import STATE_KEY
-from essence.core.errors import DataLoadError
+from essence.core.base.errors import DataLoadError
 
 
 def _zip(folders: dict[str, int]) -> bytes:

@@ -67,7 +67,9 @@ def test_essence_report_writes_a_self_contained_review(tmp_path: Path, monkeypat
     assert not external_references(html), external_references(html)
     assert model.preprocessing.describe() in html  # the recipe
     names = ", ".join(model.class_names)
-    assert f"Classes, in output order:</b> {names} (from the model itself)" in html  # and where they came from
+    assert (
+        f"Classes, in output order:</b> {names} (from the model itself)" in html
+    )  # and where they came from
     assert "not learned" in html  # the diagnosis of class 2
     assert html.count("data:image/png;base64,") == 2  # the two reviewed cases, embedded
     assert html.count("<svg") >= 2  # charts rendered offline

@@ -14,7 +14,7 @@ from PIL import Image
 from essence.app import uploads
 from essence.app.limits import UPLOAD_LIMIT_MB
 from essence.cli.appcmd import streamlit_command
-from essence.core.errors import DataLoadError, ModelLoadError
+from essence.core.base.errors import DataLoadError, ModelLoadError
 
 
 def png(value: int) -> bytes:

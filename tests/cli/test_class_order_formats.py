@@ -288,7 +288,7 @@ def _module_profiles(case: dict):
     root = case["root"]
     module = load_model("chestnets:chestnet", root / "exports" / "W.safetensors")
     module.class_names = list(CLASSES)
-    from essence.core.preprocessing import Preprocessing
+    from essence.core.inputs.preprocessing import Preprocessing
 
     data = load_dataset(f"folder:{root / 'chest'}", Preprocessing.from_dict(GREY), class_names=CLASSES)
     return class_profiles(module.module, data, "2", device="cpu")
@@ -298,8 +298,8 @@ def test_through_essence_core_no_card_refuses_and_a_card_agrees(case: dict, tmp_
     import shutil
 
     from essence.core import check_compatible, class_profiles, load_dataset, load_model
-    from essence.core.cards import ClassOrderError, write_card
-    from essence.core.preprocessing import Preprocessing
+    from essence.core.inputs.cards import ClassOrderError, write_card
+    from essence.core.inputs.preprocessing import Preprocessing
 
     root = case["root"]
     for name, layer in (("model.pt2", "2"), ("net.onnx", case["formats"]["onnx"][1])):
@@ -329,7 +329,7 @@ def test_the_app_upload_route_asks_for_the_order_and_then_agrees(
     monkeypatch.setenv("ESSENCE_HOME", str(tmp_path / "home"))
     from essence.app import services, uploads
     from essence.core import check_compatible, class_profiles
-    from essence.core.cards import ClassOrderError
+    from essence.core.inputs.cards import ClassOrderError
 
     root = case["root"]
     recipe = uploads.recipe_of(None, 0.0, "none", "L")

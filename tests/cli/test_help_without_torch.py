@@ -75,7 +75,7 @@ def test_the_error_types_import_alone():
     """``essence.core`` resolves its engine on first use: its error types (and the package) need no torch."""
     code = (
         "import sys\n"
-        "from essence.core.errors import SpecError\n"
+        "from essence.core.base.errors import SpecError\n"
         "import essence.core\n"
         "assert essence.core.EssenceError is not None and issubclass(SpecError, essence.core.EssenceError)\n"
         "print('torch' in sys.modules, 'numpy' in sys.modules)\n"

@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from essence.core.exports import TRIAGE_COLUMNS, VERDICT_COLUMNS
+from essence.core.analyses.exports import TRIAGE_COLUMNS, VERDICT_COLUMNS
 
 timm = pytest.importorskip("timm", reason="the timm extra is part of dev")
 pytest.importorskip("pydicom", reason="the dicom extra is part of dev")
@@ -157,7 +157,9 @@ def test_the_upload_page_takes_dicom_zips_and_library_models(
         uploads.model_from_upload(weights.read_bytes(), "net.safetensors", uploads.LIBRARY, recipe)
 
 
-def test_verdicts_export_as_parquet_with_the_csv_columns(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_verdicts_export_as_parquet_with_the_csv_columns(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     pq = pytest.importorskip("pyarrow.parquet")
     from essence.cli import main
     from essence.storage import Store

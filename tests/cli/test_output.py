@@ -14,8 +14,8 @@ import torch
 
 from essence.cli import common
 from essence.cli.output import OUTPUT_MARKER, OUTPUT_VERSION, write_json, write_text_file
-from essence.core.errors import SpecError
-from essence.core.preprocessing import Preprocessing
+from essence.core.base.errors import SpecError
+from essence.core.inputs.preprocessing import Preprocessing
 
 
 def test_an_output_carries_the_marker_and_the_recipe_as_applied(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 
 from essence.cli import main
 from essence.core import load_dataset, load_model
-from essence.core.profiles import class_profiles
+from essence.core.analyses.profiles import class_profiles
 
 KEYS = {"layer", "granularity", "quantity", "classes", "counts", "unit_shape", "profiles", "stderr", "cached"}
 

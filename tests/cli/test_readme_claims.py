@@ -179,7 +179,7 @@ def test_a_unit_at_zero_is_no_top_unit_of_either_sign(capsys: pytest.CaptureFixt
     import torch
 
     from essence.cli.profile import print_summary
-    from essence.core.profiles import ClassProfiles
+    from essence.core.analyses.profiles import ClassProfiles
 
     mean = torch.tensor([[0.5, 0.0, 0.0, 0.2], [0.0, -0.3, 0.0, 0.0]])
     profiles = ClassProfiles(

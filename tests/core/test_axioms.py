@@ -16,10 +16,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from essence.core.distributions import ClassConditional, GaussianNoise, Instance, LinearPath, WholeDataset
-from essence.core.engine import influence
-from essence.core.preprocessing import Preprocessing
-from essence.core.quantities import ClassScore, Comparative, OwnLabel
+from essence.core.engine.distributions import (
+    ClassConditional,
+    GaussianNoise,
+    Instance,
+    LinearPath,
+    WholeDataset,
+)
+from essence.core.engine.influence import influence
+from essence.core.engine.quantities import ClassScore, Comparative, OwnLabel
+from essence.core.inputs.preprocessing import Preprocessing
 
 SETTINGS = settings(max_examples=15, deadline=None, derandomize=True)
 seeds = st.integers(0, 2**16)

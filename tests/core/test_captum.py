@@ -15,9 +15,9 @@ from torch import nn
 
 captum_attr = pytest.importorskip("captum.attr")
 
-from essence.core.distributions import ClassConditional, Instance, LinearPath  # noqa: E402
-from essence.core.engine import influence  # noqa: E402
-from essence.core.quantities import ClassScore, OwnLabel  # noqa: E402
+from essence.core.engine.distributions import ClassConditional, Instance, LinearPath  # noqa: E402
+from essence.core.engine.influence import influence  # noqa: E402
+from essence.core.engine.quantities import ClassScore, OwnLabel  # noqa: E402
 
 TOL = 1e-5
 

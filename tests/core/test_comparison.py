@@ -11,10 +11,10 @@ import torch
 from digits_models import digits_tensors, permuted_copy, train_cnn
 from torch import nn
 
-import essence.core.diagnosis as diagnosis_module
-from essence.core.comparison import compare_models
-from essence.core.diagnosis import diagnose
-from essence.core.errors import LabelMismatchError, SpecError
+import essence.core.analyses.diagnosis.verdict as diagnosis_module
+from essence.core.analyses.comparison import compare_models
+from essence.core.analyses.diagnosis.verdict import diagnose
+from essence.core.base.errors import LabelMismatchError, SpecError
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ from PIL import Image
 from tiny_models import tiny_cnn
 from torch import nn
 
-from essence.core.data import read_image
-from essence.core.errors import DataLoadError
-from essence.core.preprocessing import Preprocessing
+from essence.core.base.errors import DataLoadError
+from essence.core.inputs.data import read_image
+from essence.core.inputs.preprocessing import Preprocessing
 
 
 def test_read_image_resizes_refuses_wrong_mode_and_wrong_size(tmp_path) -> None:

@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from essence.core.datasets import load_dataset
-from essence.core.errors import DataLoadError, LabelMismatchError, SpecError
-from essence.core.models import check_compatible
-from essence.core.preprocessing import Preprocessing
+from essence.core.base.errors import DataLoadError, LabelMismatchError, SpecError
+from essence.core.inputs.datasets import load_dataset
+from essence.core.inputs.models import check_compatible
+from essence.core.inputs.preprocessing import Preprocessing
 
 RNG = np.random.default_rng(0)
 IMAGES = RNG.integers(0, 256, size=(6, 8, 8, 3), dtype=np.uint8)

@@ -18,10 +18,17 @@ import torch
 from sklearn.datasets import load_digits
 from torch import nn
 
-from essence.core.data import ImageData
-from essence.core.diagnosis import DROWNING, NOT_LEARNED, NOT_READ_OUT, OK, DiagnosisSettings, diagnose
-from essence.core.expert_criterion import ExpertCriterion
-from essence.core.preprocessing import Preprocessing
+from essence.core.analyses.diagnosis.verdict import (
+    DROWNING,
+    NOT_LEARNED,
+    NOT_READ_OUT,
+    OK,
+    DiagnosisSettings,
+    diagnose,
+)
+from essence.core.analyses.experts.criterion import ExpertCriterion
+from essence.core.inputs.data import ImageData
+from essence.core.inputs.preprocessing import Preprocessing
 
 TRAIN = 900  # digits 0..899 train, the other 897 are diagnosed
 

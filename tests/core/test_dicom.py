@@ -11,10 +11,10 @@ import pytest
 from dicom_samples import PATIENT_TEXT, dicom_folder, sample, varied
 from pydicom.data import get_testdata_file
 
-from essence.core.datasets import load_dataset
-from essence.core.dicom import DicomRecipe, DicomStep, patient_hash, read_dicom
-from essence.core.errors import DataLoadError, SpecError
-from essence.core.preprocessing import Preprocessing
+from essence.core.base.errors import DataLoadError, SpecError
+from essence.core.inputs.datasets import load_dataset
+from essence.core.inputs.dicom import DicomRecipe, DicomStep, patient_hash, read_dicom
+from essence.core.inputs.preprocessing import Preprocessing
 
 GREY = Preprocessing(mode="L", mean=(0.0,), std=(1.0,))
 

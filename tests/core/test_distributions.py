@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from essence.core.distributions import PATH_METHODS, GaussianNoise, LinearPath, noise_seed, path_points
-from essence.core.errors import SpecError
+from essence.core.base.errors import SpecError
+from essence.core.engine.distributions import PATH_METHODS, GaussianNoise, LinearPath, noise_seed, path_points
 
 METHODS = ["riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre"]
 

@@ -16,7 +16,15 @@ import pytest
 import torch
 from torch import nn
 
-from essence.core.distributions import (
+from essence.core.analyses.profiles import class_profiles
+from essence.core.base.errors import (
+    Cancelled,
+    ClassNotFoundError,
+    EmptyClassError,
+    LayerNotFoundError,
+    NonFiniteOutputError,
+)
+from essence.core.engine.distributions import (
     ClassConditional,
     GaussianNoise,
     Instance,
@@ -24,16 +32,8 @@ from essence.core.distributions import (
     WholeDataset,
     path_points,
 )
-from essence.core.engine import influence
-from essence.core.errors import (
-    Cancelled,
-    ClassNotFoundError,
-    EmptyClassError,
-    LayerNotFoundError,
-    NonFiniteOutputError,
-)
-from essence.core.profiles import class_profiles
-from essence.core.quantities import ClassScore, Comparative, OwnLabel, PredictedClass
+from essence.core.engine.influence import influence
+from essence.core.engine.quantities import ClassScore, Comparative, OwnLabel, PredictedClass
 
 TOL = 1e-5
 
@@ -524,7 +524,7 @@ def test_the_package_attribute_influence_is_always_the_function():
 
     import essence.core
 
-    for module in pkgutil.iter_modules(essence.core.__path__, "essence.core."):
+    for module in pkgutil.walk_packages(essence.core.__path__, "essence.core."):
         importlib.import_module(module.name)
     assert essence.core.influence is influence
     assert not isinstance(essence.core.influence, types.ModuleType)

@@ -8,12 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from essence.core import engine
-from essence.core.distributions import Instance, LinearPath
-from essence.core.engine import influence
-from essence.core.independence import BatchCouplingError
-from essence.core.slices import LayoutError
-from essence.core.sums import InfluenceSums
+from essence.core.base.independence import BatchCouplingError
+from essence.core.engine import influence as engine
+from essence.core.engine.distributions import Instance, LinearPath
+from essence.core.engine.influence import influence
+from essence.core.engine.slices import LayoutError
+from essence.core.engine.sums import InfluenceSums
 
 
 def _data(n: int = 10, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -149,8 +149,8 @@ def test_engine_keeps_its_batching():
 
 def test_non_finite_outputs_are_not_called_a_coupling():
     """NaN outputs differ from themselves: the coupling check leaves them to the error that names them."""
-    from essence.core.errors import NonFiniteOutputError
-    from essence.core.independence import check_batch_independent
+    from essence.core.base.errors import NonFiniteOutputError
+    from essence.core.base.independence import check_batch_independent
 
     class Nan(nn.Module):
         def __init__(self) -> None:

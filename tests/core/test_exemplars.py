@@ -7,9 +7,9 @@ import torch
 from tiny_models import tiny_cnn
 from torch import nn
 
-from essence.core.errors import EmptyClassError, SpecError
-from essence.core.exemplars import unit_exemplars
-from essence.core.profiles import class_profiles
+from essence.core.analyses.exemplars import unit_exemplars
+from essence.core.analyses.profiles import class_profiles
+from essence.core.base.errors import EmptyClassError, SpecError
 
 
 @pytest.fixture

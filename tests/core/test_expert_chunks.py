@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from essence.core import experts
-from essence.core.experts import expert_sweep
+from essence.core.analyses.experts import sweep as experts
+from essence.core.analyses.experts.sweep import expert_sweep
 
 
 class SkipAcross(nn.Module):

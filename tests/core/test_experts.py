@@ -10,11 +10,11 @@ import torch
 from sklearn.datasets import load_digits
 from torch import nn
 
-from essence.core.errors import ClassNotFoundError, EmptyClassError, SpecError
-from essence.core.experts import ExpertCriterion, cache_slice, default_grid, expert_sweep
-from essence.core.profiles import class_profiles
-from essence.core.slice_cache import halves_of, unit_gradients
-from essence.core.slices import capture
+from essence.core.analyses.experts.sweep import ExpertCriterion, cache_slice, default_grid, expert_sweep
+from essence.core.analyses.profiles import class_profiles
+from essence.core.base.errors import ClassNotFoundError, EmptyClassError, SpecError
+from essence.core.engine.activation_cache import halves_of, instance_gradients
+from essence.core.engine.slices import capture
 
 
 def net() -> nn.Sequential:
@@ -170,7 +170,7 @@ def test_unit_gradients_are_the_profiles_vectors(trained, layer: str) -> None:
     model, x, y = trained
     cache = cache_slice(model, (x, y), layer, device="cpu")
     rows = torch.nonzero(y == 3).flatten()
-    grads = unit_gradients(cache, 3, rows, device="cpu")
+    grads = instance_gradients(cache, 3, rows, device="cpu")
     p = class_profiles(model, (x, y), layer, device="cpu")
     assert torch.allclose(grads.mean(0), p.mean[3], atol=1e-4, rtol=1e-4)
 
@@ -204,13 +204,13 @@ class _Skip(nn.Module):
 
 
 def test_honest_test_on_the_hook_route() -> None:
-    from essence.core.expert_evidence import expert_evidence
+    from essence.core.analyses.experts.evidence import expert_evidence
 
     torch.manual_seed(0)
     model, x, y = _Skip().eval(), torch.randn(200, 10), torch.randint(0, 3, (200,))
     cache = cache_slice(model, (x, y), "b", device="cpu")
     assert cache.sliced.route == "hook"
-    grads = unit_gradients(cache, 1, torch.nonzero(y == 1).flatten(), device="cpu")
+    grads = instance_gradients(cache, 1, torch.nonzero(y == 1).flatten(), device="cpu")
     assert torch.allclose(grads.mean(0), class_profiles(model, (x, y), "b", device="cpu").mean[1], atol=1e-5)
     evidence = expert_evidence(model, (x, y), "b", 1, cache=cache, device="cpu")
     assert evidence.sweep.route == "hook" and evidence.sweep.crossfit and evidence.experts.shape == (5, 6)

@@ -8,9 +8,9 @@ import torch
 from tiny_models import NAMES, tiny_cnn
 from torch import nn
 
-from essence.core.errors import ClassNotFoundError, LayerNotFoundError, SpecError
-from essence.core.explanation import Explanation, explain
-from essence.core.interpret import unit_gradients
+from essence.core.analyses.explanation import Explanation, explain
+from essence.core.analyses.interpret import unit_input_gradients
+from essence.core.base.errors import ClassNotFoundError, LayerNotFoundError, SpecError
 
 
 @pytest.fixture
@@ -34,7 +34,7 @@ def test_explanation_shapes_and_top_units(model, image) -> None:
     order = torch.argsort(e.influence, descending=True)
     assert torch.equal(e.unit_ids, order[:3]) and torch.equal(e.negative_ids, order.flip(0)[:3])
     torch.testing.assert_close(e.unit_influence, e.influence[e.unit_ids])
-    torch.testing.assert_close(e.unit_gradients, unit_gradients(model, image, "2", e.unit_ids.tolist()))
+    torch.testing.assert_close(e.unit_gradients, unit_input_gradients(model, image, "2", e.unit_ids.tolist()))
     with torch.no_grad():
         logits = model(image[None])[0]
     assert e.prediction == int(logits.argmax())
@@ -101,7 +101,7 @@ def test_model_state_is_restored(model, image) -> None:
 
 def test_the_package_name_explain_is_the_function_on_every_access() -> None:
     import essence.core
-    import essence.core.explanation
+    import essence.core.analyses.explanation
 
     first = essence.core.explain
     from essence.core import explain as again

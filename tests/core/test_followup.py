@@ -9,15 +9,21 @@ import pytest
 import torch
 from torch import nn
 
-from essence.core.distributions import ClassConditional, GaussianNoise, Instance, LinearPath, WholeDataset
-from essence.core.engine import influence
-from essence.core.errors import SpecError
-from essence.core.experts import expert_sweep
-from essence.core.profiles import class_profiles
-from essence.core.quantities import ClassScore, Comparative, OwnLabel, PredictedClass
-from essence.core.slice_cache import cache_slice
-from essence.core.slice_source import StoredSlice, open_stored_slice, use_slices
-from essence.core.triage import deviation_scores
+from essence.core.analyses.experts.sweep import expert_sweep
+from essence.core.analyses.profiles import class_profiles
+from essence.core.analyses.triage import deviation_scores
+from essence.core.base.errors import SpecError
+from essence.core.engine.activation_cache import cache_slice
+from essence.core.engine.activation_source import StoredSlice, open_stored_slice, use_slices
+from essence.core.engine.distributions import (
+    ClassConditional,
+    GaussianNoise,
+    Instance,
+    LinearPath,
+    WholeDataset,
+)
+from essence.core.engine.influence import influence
+from essence.core.engine.quantities import ClassScore, Comparative, OwnLabel, PredictedClass
 
 LAYER = "2"
 

@@ -17,11 +17,11 @@ import torch
 from torch import fx, nn
 
 from essence.core import load_model
-from essence.core.experts import cache_slice, expert_sweep
-from essence.core.models import model_fingerprint
-from essence.core.profiles import class_profiles
-from essence.core.split import split_model
-from essence.core.unflattened import runs_interpreted, traceable_root
+from essence.core.analyses.experts.sweep import cache_slice, expert_sweep
+from essence.core.analyses.profiles import class_profiles
+from essence.core.engine.split import split_model
+from essence.core.inputs.models import model_fingerprint
+from essence.core.inputs.pt2_code import runs_interpreted, traceable_root
 
 # TinyCNN (tests/conftest.py): nested paths, batch norm, in-place ReLUs, a residual block.
 CUT = ["stem", "bn", "relu", "block", "head", "act", "fc"]

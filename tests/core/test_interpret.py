@@ -7,16 +7,16 @@ import pytest
 import torch
 from torch import nn
 
-from essence.core.errors import SpecError
-from essence.core.interpret import (
+from essence.core.analyses.interpret import (
     heatmap,
     integrated_gradients,
     overlay,
     relu_rule,
     saliency_map,
-    unit_gradients,
+    unit_input_gradients,
 )
-from essence.core.quantities import ClassScore, Comparative
+from essence.core.base.errors import SpecError
+from essence.core.engine.quantities import ClassScore, Comparative
 
 
 def tiny_cnn(inplace: bool = False, seed: int = 0) -> nn.Sequential:
@@ -45,7 +45,7 @@ def test_unit_saliency_equals_autograd_of_the_unit(layer: str, granularity: str,
     model = tiny_cnn()
     x = torch.randn(1, 8, 8)
     units = [3, 0, 5]
-    got = unit_gradients(model, x, layer, units, granularity=granularity)
+    got = unit_input_gradients(model, x, layer, units, granularity=granularity)
     below = model[:depth]
     for row, u in enumerate(units):
         xx = x[None].clone().requires_grad_(True)
@@ -58,7 +58,7 @@ def test_unit_saliency_equals_autograd_of_the_unit(layer: str, granularity: str,
 def test_unit_gradients_leave_the_model_as_it_was() -> None:
     model = tiny_cnn()
     model.train()
-    unit_gradients(model, torch.randn(1, 8, 8), "2", [1])
+    unit_input_gradients(model, torch.randn(1, 8, 8), "2", [1])
     assert model.training and all(p.requires_grad for p in model.parameters())
     assert no_hooks(model)
 
@@ -74,7 +74,7 @@ def test_relu_rule_hooks_are_removed_also_on_error(method: str) -> None:
         raise RuntimeError("boom")
     assert no_hooks(model)
     with pytest.raises(SpecError, match="out of range"):
-        unit_gradients(model, torch.randn(1, 8, 8), "2", [99], method=method)
+        unit_input_gradients(model, torch.randn(1, 8, 8), "2", [99], method=method)
     assert no_hooks(model)
 
 
@@ -89,15 +89,15 @@ def test_rules_match_their_definition_on_a_two_layer_net() -> None:
     deconv = lin1.weight.T @ w.clamp(min=0)
     plain = lin1.weight.T @ ((h > 0).float() * w)
     for method, want in (("guided", guided), ("deconvnet", deconv), ("saliency", plain)):
-        got = unit_gradients(model, x.view(5, 1, 1), "4", [2], method=method)
+        got = unit_input_gradients(model, x.view(5, 1, 1), "4", [2], method=method)
         torch.testing.assert_close(got[0].view(-1), want.detach(), rtol=1e-5, atol=1e-6)
 
 
 def test_inplace_relus_give_the_same_rules_as_plain_ones() -> None:
     x = torch.randn(1, 8, 8)
     for method in ("saliency", "guided", "deconvnet"):
-        a = unit_gradients(tiny_cnn(inplace=False), x, "2", [0, 4], method=method)
-        b = unit_gradients(tiny_cnn(inplace=True), x, "2", [0, 4], method=method)
+        a = unit_input_gradients(tiny_cnn(inplace=False), x, "2", [0, 4], method=method)
+        b = unit_input_gradients(tiny_cnn(inplace=True), x, "2", [0, 4], method=method)
         torch.testing.assert_close(a, b)
 
 
@@ -119,7 +119,7 @@ def test_rules_agree_with_captum(method: str) -> None:
 
     model = tiny_cnn()
     x = torch.randn(1, 1, 8, 8)
-    got = unit_gradients(model, x, "2", [1, 6], method=method)
+    got = unit_input_gradients(model, x, "2", [1, 6], method=method)
     wrapper = _SliceSum(model[:3]).eval()
     algo = (GuidedBackprop if method == "guided" else Deconvolution)(wrapper)
     for row, u in enumerate([1, 6]):
@@ -137,9 +137,9 @@ def test_guided_needs_relu_modules() -> None:
             return torch.relu(self.fc(x.flatten(1)))
 
     with pytest.raises(SpecError, match="no"):
-        unit_gradients(Functional(), torch.randn(4, 1, 1), "fc", [0], method="guided")
+        unit_input_gradients(Functional(), torch.randn(4, 1, 1), "fc", [0], method="guided")
     with pytest.raises(SpecError, match="unknown"):
-        unit_gradients(tiny_cnn(), torch.randn(1, 8, 8), "2", [0], method="lrp")  # type: ignore[arg-type]
+        unit_input_gradients(tiny_cnn(), torch.randn(1, 8, 8), "2", [0], method="lrp")  # type: ignore[arg-type]
 
 
 def test_integrated_gradients_completeness_on_a_smooth_model() -> None:
@@ -158,8 +158,8 @@ def test_integrated_gradients_completeness_on_a_smooth_model() -> None:
 
 
 def test_batched_path_equals_the_engines_linear_path() -> None:
-    from essence.core.distributions import LinearPath
-    from essence.core.engine import influence
+    from essence.core.engine.distributions import LinearPath
+    from essence.core.engine.influence import influence
 
     model = tiny_cnn()
     x = torch.randn(1, 8, 8, generator=torch.Generator().manual_seed(4))

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from essence.core.data import class_index
-from essence.core.datasets import load_dataset
-from essence.core.errors import ClassNotFoundError, DataLoadError, LabelMismatchError
-from essence.core.preprocessing import Preprocessing
+from essence.core.base.errors import ClassNotFoundError, DataLoadError, LabelMismatchError
+from essence.core.inputs.data import class_index
+from essence.core.inputs.datasets import load_dataset
+from essence.core.inputs.preprocessing import Preprocessing
 
 RNG = np.random.default_rng(0)
 LABELS = np.arange(24) % 12  # 12 classes: "10" and "11" sort before "2" as text

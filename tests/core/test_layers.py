@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from essence.core.errors import LayerNotFoundError, SpecError
-from essence.core.layers import concentration, default_candidates, suggest_layer
-from essence.core.profiles import class_profiles
+from essence.core.analyses.layer_choice import concentration, default_candidates, suggest_layer
+from essence.core.analyses.profiles import class_profiles
+from essence.core.base.errors import LayerNotFoundError, SpecError
 
 
 def tiny_cnn(seed: int = 0) -> nn.Sequential:

@@ -10,8 +10,7 @@ import torch
 from digits_models import digits_tensors, permuted_copy, train_cnn
 from torch import nn
 
-from essence.core.errors import Cancelled, LayerNotFoundError, SpecError
-from essence.core.matching import (
+from essence.core.analyses.matching import (
     ActivationMoments,
     Matching,
     ProfileDrift,
@@ -19,6 +18,7 @@ from essence.core.matching import (
     match_units,
     profile_drift,
 )
+from essence.core.base.errors import Cancelled, LayerNotFoundError, SpecError
 
 
 @pytest.fixture(scope="module")

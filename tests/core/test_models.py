@@ -10,8 +10,8 @@ import torchvision
 from safetensors.torch import save_file
 from torch import nn
 
-from essence.core.errors import ModelLoadError, SpecError
-from essence.core.models import load_model, model_fingerprint
+from essence.core.base.errors import ModelLoadError, SpecError
+from essence.core.inputs.models import load_model, model_fingerprint
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from essence.core.prefetch import THREAD_NAME, prefetch
+from essence.core.engine.prefetch import THREAD_NAME, prefetch
 
 
 def _batches(n: int = 7):

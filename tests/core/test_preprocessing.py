@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from essence.core.errors import SpecError
-from essence.core.preprocessing import Preprocessing, gaussian_blur
+from essence.core.base.errors import SpecError
+from essence.core.inputs.preprocessing import Preprocessing, gaussian_blur
 
 RECIPES = [
     Preprocessing(),

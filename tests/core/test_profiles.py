@@ -6,8 +6,8 @@ import pytest
 import torch
 from tiny_models import tiny_cnn
 
-from essence.core.errors import SpecError
-from essence.core.profiles import class_profiles, merge_profiles
+from essence.core.analyses.profiles import class_profiles, merge_profiles
+from essence.core.base.errors import SpecError
 
 
 @pytest.fixture
@@ -45,6 +45,6 @@ def test_parts_of_different_slices_or_none_are_refused(xy):
 
 
 def test_the_former_import_path_still_works():
-    from essence.core import distributed
+    from essence.core.scale import distributed
 
     assert distributed.merge_profiles is merge_profiles

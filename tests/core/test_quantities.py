@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from essence.core.errors import ClassNotFoundError, SpecError
-from essence.core.quantities import (
+from essence.core.base.errors import ClassNotFoundError, SpecError
+from essence.core.engine.quantities import (
     ClassScore,
     Comparative,
     CustomQuantity,

@@ -12,9 +12,9 @@ from sklearn.datasets import load_digits
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from essence.core.contributions import unit_contributions
-from essence.core.reasoning import Spread, concentrated, oas_shrinkage
-from essence.core.triage import deviation_scores
+from essence.core.analyses.contributions import unit_contributions
+from essence.core.analyses.reasoning import Spread, concentrated, oas_shrinkage
+from essence.core.analyses.triage import deviation_scores
 
 
 @pytest.mark.parametrize("n, units", [(40, 6), (12, 30)])

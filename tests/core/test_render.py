@@ -6,8 +6,8 @@ import numpy as np
 import torch
 from tiny_models import tiny_cnn
 
-from essence.core.explanation import explain
-from essence.core.render import render_panel
+from essence.core.analyses.explanation import explain
+from essence.core.analyses.render import render_panel
 
 
 def test_panel() -> None:

@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from essence.core.datasets import load_dataset
-from essence.core.preprocessing import Preprocessing
+from essence.core.inputs.datasets import load_dataset
+from essence.core.inputs.preprocessing import Preprocessing
 
 RNG = np.random.default_rng(7)
 GREY = Preprocessing(mode="L", mean=(0.0,), std=(1.0,))

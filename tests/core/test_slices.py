@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from essence.core.engine import influence
-from essence.core.errors import LayerNotFoundError
-from essence.core.slices import (
+from essence.core.base.errors import LayerNotFoundError
+from essence.core.engine.influence import influence
+from essence.core.engine.slices import (
     LayoutError,
     capture,
     inference_state,

@@ -14,12 +14,12 @@ import pytest
 import torch
 from torch import nn
 
-from essence.core import specs
-from essence.core.data import ImageData
-from essence.core.datasets import load_dataset
-from essence.core.errors import ModelLoadError, SpecError
-from essence.core.models import LoadedModel, load_model, model_fingerprint
-from essence.core.specs import DataRequest, ModelRequest, SpecRegistry
+from essence.core.base.errors import ModelLoadError, SpecError
+from essence.core.inputs import specs
+from essence.core.inputs.data import ImageData
+from essence.core.inputs.datasets import load_dataset
+from essence.core.inputs.models import LoadedModel, load_model, model_fingerprint
+from essence.core.inputs.specs import DataRequest, ModelRequest, SpecRegistry
 
 CORE = Path(__file__).resolve().parents[2] / "core"
 
@@ -101,8 +101,8 @@ def test_plugins_are_discovered_lazily_by_prefix(tmp_path: Path, monkeypatch: py
         tmp_path,
         "essence_toy_plugin",
         """
-        from essence.core import specs
-        from essence.core.models import LoadedModel
+        from essence.core.inputs import specs
+        from essence.core.inputs.models import LoadedModel
         from torch import nn
 
         CALLS = []

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from essence.core.errors import LayerNotFoundError
-from essence.core.split import split_model
+from essence.core.base.errors import LayerNotFoundError
+from essence.core.engine.split import split_model
 
 
 class Residual(nn.Module):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from essence.core.state import cancelled, memory_format, on_device
+from essence.core.base.model_state import cancelled, memory_format, on_device
 
 
 def test_cancelled_reads_none_events_and_callables():

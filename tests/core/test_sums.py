@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from essence.core.distributions import ClassConditional
-from essence.core.engine import influence
-from essence.core.errors import SpecError
-from essence.core.sums import InfluenceSums
+from essence.core.base.errors import SpecError
+from essence.core.engine.distributions import ClassConditional
+from essence.core.engine.influence import influence
+from essence.core.engine.sums import InfluenceSums
 
 
 def test_mean_and_stderr_match_numpy_on_uneven_groups():

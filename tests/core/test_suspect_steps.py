@@ -7,10 +7,15 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from essence.core.data import ImageData
-from essence.core.preprocessing import Preprocessing
-from essence.core.probe import chance_auc, probe_auc
-from essence.core.suspect_steps import SuspectSettings, audit_steps, contrast_description, lossy_steps
+from essence.core.analyses.diagnosis.probe import chance_auc, probe_auc
+from essence.core.analyses.diagnosis.suspect_steps import (
+    SuspectSettings,
+    audit_steps,
+    contrast_description,
+    lossy_steps,
+)
+from essence.core.inputs.data import ImageData
+from essence.core.inputs.preprocessing import Preprocessing
 
 
 def digits(**recipe: object) -> ImageData:

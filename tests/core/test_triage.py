@@ -12,9 +12,9 @@ from sklearn.datasets import load_digits
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from essence.core.errors import SpecError
-from essence.core.profiles import class_profiles
-from essence.core.triage import SCORES, deviation_scores, kendall_rows, spearman_rows
+from essence.core.analyses.profiles import class_profiles
+from essence.core.analyses.triage import SCORES, deviation_scores, kendall_rows, spearman_rows
+from essence.core.base.errors import SpecError
 
 
 def digits_net() -> nn.Sequential:

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from essence.core.errors import ModelLoadError
-from essence.core.models import load_model
-from essence.core.weights import apply_state_dict, load_weights
+from essence.core.base.errors import ModelLoadError
+from essence.core.inputs.models import load_model
+from essence.core.inputs.weights import apply_state_dict, load_weights
 
 
 class Sentinel:

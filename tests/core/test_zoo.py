@@ -23,10 +23,10 @@ from essence.core import (
     load_model,
     suggest_layer,
 )
-from essence.core.diagnosis_results import DiagnosisSettings
-from essence.core.errors import ModelLoadError, SpecError
-from essence.core.profiles import class_profiles
-from essence.core.slices import layer_names
+from essence.core.analyses.diagnosis.results import DiagnosisSettings
+from essence.core.analyses.profiles import class_profiles
+from essence.core.base.errors import ModelLoadError, SpecError
+from essence.core.engine.slices import layer_names
 
 timm = pytest.importorskip("timm", reason="the timm extra is part of dev: pip install -e '.[dev]'")
 monai_nets = pytest.importorskip("monai.networks.nets", reason="the monai extra is part of dev")
@@ -212,8 +212,8 @@ def export_onnx_fixed(path: Path) -> Path:
 
 def test_optional_formats_are_imported_only_when_asked_for() -> None:
     code = (
-        "import sys; from essence.core.models import load_model; from essence.core.datasets import load_dataset;"
-        "from essence.core import specs; print(sorted(specs.known_prefixes('model')));"
+        "import sys; from essence.core.inputs.models import load_model; from essence.core.inputs.datasets import load_dataset;"
+        "from essence.core.inputs import specs; print(sorted(specs.known_prefixes('model')));"
         "print([m for m in ('timm', 'monai', 'onnx2torch', 'pydicom') if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

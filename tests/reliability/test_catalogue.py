@@ -676,9 +676,9 @@ def test_a_train_mode_model_with_dropout_is_profiled_in_eval_mode(bad: Bad, tmp_
 
     With dropout active two runs would differ from each other and from the eval-mode model's numbers.
     """
-    from essence.core.data import ImageData
-    from essence.core.preprocessing import Preprocessing
-    from essence.core.profiles import class_profiles
+    from essence.core.analyses.profiles import class_profiles
+    from essence.core.inputs.data import ImageData
+    from essence.core.inputs.preprocessing import Preprocessing
 
     first = _profiles_json(bad, tmp_path / "h1", f"{FACTORY_MODULE}:dropout_cnn", tmp_path / "a.json")
     second = _profiles_json(bad, tmp_path / "h2", f"{FACTORY_MODULE}:dropout_cnn", tmp_path / "b.json")

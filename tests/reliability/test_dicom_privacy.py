@@ -42,12 +42,12 @@ from pydicom.uid import (  # noqa: E402
     generate_uid,
 )
 
-from essence.core import dicom  # noqa: E402
-from essence.core.data import MAX_IMAGE_PIXELS  # noqa: E402
-from essence.core.datasets import load_dataset  # noqa: E402
-from essence.core.dicom import DicomStep, patient_hash, read_dicom  # noqa: E402
-from essence.core.errors import DataLoadError  # noqa: E402
-from essence.core.preprocessing import Preprocessing  # noqa: E402
+from essence.core.base.errors import DataLoadError  # noqa: E402
+from essence.core.inputs import dicom  # noqa: E402
+from essence.core.inputs.data import MAX_IMAGE_PIXELS  # noqa: E402
+from essence.core.inputs.datasets import load_dataset  # noqa: E402
+from essence.core.inputs.dicom import DicomStep, patient_hash, read_dicom  # noqa: E402
+from essence.core.inputs.preprocessing import Preprocessing  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location(
     "dicom_samples", Path(__file__).parents[1] / "core" / "dicom_samples.py"
@@ -425,7 +425,7 @@ def test_a_small_file_declaring_16384_squared_is_refused_from_its_header(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, syntax: str
 ) -> None:
     def deidentify() -> None:  # what the app does to an uploaded file before it is kept
-        from essence.core.dicom_data import write_deidentified
+        from essence.core.inputs.dicom_spec import write_deidentified
 
         write_deidentified(path, tmp_path / "out.dcm")
 
@@ -533,7 +533,7 @@ def test_every_spec_kind_the_upload_page_gives_is_listed(tmp_path: Path, home: P
 def test_remove_never_deletes_outside_the_uploads(tmp_path: Path, home: Path) -> None:
     from essence.app import registry, uploads
     from essence.app.state import DataChoice
-    from essence.core.errors import StoreError
+    from essence.core.base.errors import StoreError
 
     folder = samples.dicom_folder(tmp_path / "scans", per_class=1)
     registry.register_dataset(DataChoice(label="mine", spec=f"dicom:{folder}"))

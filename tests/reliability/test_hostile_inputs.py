@@ -509,9 +509,9 @@ def test_npz_arrays_beyond_the_bound_are_refused_before_reading(
 ) -> None:
     """Item 5: a few kB of compressed zeros asking for more than the bound is refused from its headers alone
     (the bound is lowered here to 1 MB; the file holds 786 kB of images and labels in ~1 kB)."""
-    from essence.core import formats
-    from essence.core.datasets import load_dataset
-    from essence.core.errors import DataLoadError
+    from essence.core.base.errors import DataLoadError
+    from essence.core.inputs import formats
+    from essence.core.inputs.datasets import load_dataset
 
     assert files.f["npz_big"].stat().st_size < 20_000
     formats.check_npz_sizes(files.f["npz_big"])  # under the real bound

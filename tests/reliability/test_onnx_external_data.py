@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from essence.core import load_model
-from essence.core.errors import ModelLoadError
+from essence.core.base.errors import ModelLoadError
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnx2torch")

@@ -34,7 +34,7 @@ import torch
 from reliability_helpers import FACTORY_MODULE, Workspace, make_workspace, run_cli
 
 from essence.core import load_model
-from essence.core.errors import ModelLoadError, SpecError
+from essence.core.base.errors import ModelLoadError, SpecError
 
 timm = pytest.importorskip("timm", reason="the timm extra is part of dev")
 monai_nets = pytest.importorskip("monai.networks.nets", reason="the monai extra is part of dev")

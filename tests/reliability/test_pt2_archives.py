@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from essence.core import load_model
-from essence.core.errors import ModelLoadError
+from essence.core.base.errors import ModelLoadError
 from tests.reliability.reliability_helpers import make_workspace, run_cli
 
 
@@ -263,7 +263,7 @@ def test_the_app_upload_route_refuses_a_hostile_archive(
 ) -> None:
     monkeypatch.setenv("ESSENCE_HOME", str(tmp_path / "home"))
     from essence.app.uploads import TORCHSCRIPT, model_from_upload
-    from essence.core.preprocessing import Preprocessing
+    from essence.core.inputs.preprocessing import Preprocessing
 
     for i, kind in enumerate(("sample inputs replaced by a pickle", "an opaque_obj constant")):
         sentinel = tmp_path / f"ran-{i}"

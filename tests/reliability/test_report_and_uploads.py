@@ -20,7 +20,7 @@ import pytest
 from reliability_helpers import FACTORY_MODULE, images_and_labels, make_workspace, png_bytes, run_cli
 
 from essence.app import charts, uploads
-from essence.core.errors import DataLoadError
+from essence.core.base.errors import DataLoadError
 
 CPU = ["--device", "cpu"]
 CONTROL_NAMES = ["bell\x07", "tab\x0bbed", "esc\x1b[31m"]

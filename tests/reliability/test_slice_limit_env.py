@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from essence.core.errors import StoreError
-from essence.storage.slices import LIMIT_ENV, slice_limit_bytes
+from essence.core.base.errors import StoreError
+from essence.storage.activations import LIMIT_ENV, slice_limit_bytes
 from tests.reliability.reliability_helpers import FACTORY_MODULE, make_workspace, run_cli
 
 BAD = ["inf", "-inf", "nan", "-5", "lots", "1e400"]

@@ -24,11 +24,11 @@ import pytest
 import torch
 from torch import nn
 
-from essence.core.data import ImageData, hash_arrays
-from essence.core.errors import StoreError
-from essence.core.models import LoadedModel, model_fingerprint
-from essence.core.preprocessing import Preprocessing
-from essence.core.profiles import class_profiles
+from essence.core.analyses.profiles import class_profiles
+from essence.core.base.errors import StoreError
+from essence.core.inputs.data import ImageData, hash_arrays
+from essence.core.inputs.models import LoadedModel, model_fingerprint
+from essence.core.inputs.preprocessing import Preprocessing
 from essence.storage import Store
 from essence.storage.records import ProfileKey
 

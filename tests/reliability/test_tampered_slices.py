@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 import torch
 
-from essence.core.profiles import class_profiles
+from essence.core.analyses.profiles import class_profiles
 from essence.storage import Store
-from essence.storage.slices import SliceKey, StoredSliceWarning
+from essence.storage.activations import SliceKey, StoredSliceWarning
 from tests.storage.conftest import tiny_data, tiny_model
 
 LAYER = "act"
@@ -72,7 +72,7 @@ def _folder_linked_to_a_copy(folder: Path) -> None:
     z[6:] = -z[6:]
     z.flush()
     manifest = json.loads((copy / "slice.json").read_text())
-    from essence.storage.slices import (
+    from essence.storage.activations import (
         _file_sha256,
     )  # the copy's manifest matches the copy: only the link is wrong
 

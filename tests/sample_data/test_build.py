@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from essence.core.errors import ModelLoadError
-from essence.core.preprocessing import Preprocessing
+from essence.core.base.errors import ModelLoadError
+from essence.core.inputs.preprocessing import Preprocessing
 from essence.sample_data import DEMO_MODELS, build_demo_model, load_demo_card, load_split
 from essence.sample_data.build import build_demo
 

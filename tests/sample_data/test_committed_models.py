@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from essence.core.preprocessing import Preprocessing
+from essence.core.inputs.preprocessing import Preprocessing
 from essence.sample_data import DEMO_MODELS, MODELS_DIR, build_demo_model, load_split
 from essence.sample_data.build import metrics, predict
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from essence.core.preprocessing import Preprocessing
+from essence.core.inputs.preprocessing import Preprocessing
 from essence.sample_data.build import BLUR_SIGMA
 from essence.sample_data.drawing import Fundus, draw_fundus, without_lesions
 from essence.sample_data.lesions import Lesions, darken, draw_lesions

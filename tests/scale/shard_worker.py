@@ -15,8 +15,8 @@ import time
 import torch
 from torch import nn
 
-from essence.core.distributed import process_group, sharded_class_profiles
-from essence.core.errors import EssenceError, NonFiniteOutputError
+from essence.core.base.errors import EssenceError, NonFiniteOutputError
+from essence.core.scale.distributed import process_group, sharded_class_profiles
 
 N, CLASSES = 37, 3  # odd on purpose: the shards differ in size
 

@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from essence.core.distributed import (
+from essence.core.analyses.profiles import class_profiles
+from essence.core.base.errors import EmptyClassError, SpecError
+from essence.core.engine.sums import InfluenceSums
+from essence.core.scale.distributed import (
     DistEnv,
     DistributedError,
     agree,
@@ -18,10 +21,7 @@ from essence.core.distributed import (
     shard_indices,
     sharded_class_profiles,
 )
-from essence.core.errors import EmptyClassError, SpecError
-from essence.core.launch import launch_local
-from essence.core.profiles import class_profiles
-from essence.core.sums import InfluenceSums
+from essence.core.scale.launch import launch_local
 
 WORKER = Path(__file__).with_name("shard_worker.py")
 sys.path.insert(0, str(WORKER.parent))
@@ -74,9 +74,9 @@ def test_sums_of_disjoint_shards_are_the_sums_of_the_whole(rel_close):
     model, (x, y) = shard_worker.model(), shard_worker.data()
     whole = class_profiles(model, (x, y), "3", batch_size=4, device="cpu")
     merged = InfluenceSums.zeros(*whole.sums.sum.shape)
-    from essence.core.distributions import ClassConditional
-    from essence.core.engine import influence
-    from essence.core.quantities import OwnLabel
+    from essence.core.engine.distributions import ClassConditional
+    from essence.core.engine.influence import influence
+    from essence.core.engine.quantities import OwnLabel
 
     for r in range(3):
         part = influence(

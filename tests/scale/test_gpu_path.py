@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from essence.core.prefetch import prefetch
-from essence.core.profiles import class_profiles
+from essence.core.analyses.profiles import class_profiles
+from essence.core.engine.prefetch import prefetch
 
 
 def needs_cuda(test):

@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from essence.core.distributed import PEER_FAILED
-from essence.core.errors import SpecError
-from essence.core.launch import _error_line, launch_local
+from essence.core.base.errors import SpecError
+from essence.core.scale.distributed import PEER_FAILED
+from essence.core.scale.launch import _error_line, launch_local
 
 
 def program(body: str) -> list[str]:

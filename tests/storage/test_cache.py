@@ -7,12 +7,12 @@ import dataclasses
 import pytest
 import torch
 
-from essence.core.data import ImageData, hash_arrays
-from essence.core.errors import StoreError
-from essence.core.models import model_fingerprint
-from essence.core.preprocessing import Preprocessing
-from essence.core.profiles import ClassProfiles, class_profiles
-from essence.core.sums import InfluenceSums
+from essence.core.analyses.profiles import ClassProfiles, class_profiles
+from essence.core.base.errors import StoreError
+from essence.core.engine.sums import InfluenceSums
+from essence.core.inputs.data import ImageData, hash_arrays
+from essence.core.inputs.models import model_fingerprint
+from essence.core.inputs.preprocessing import Preprocessing
 from essence.storage import ENGINE_VERSION, ProfileKey, RunInfo, Store
 
 

@@ -20,10 +20,10 @@ from essence.storage.connect import resolve
 CHILD_MID_PROFILE = r"""
 import sys, time
 import numpy as np, torch
-from essence.core.data import ImageData, hash_arrays
-from essence.core.models import LoadedModel, model_fingerprint
-from essence.core.preprocessing import Preprocessing
-from essence.core.profiles import class_profiles
+from essence.core.inputs.data import ImageData, hash_arrays
+from essence.core.inputs.models import LoadedModel, model_fingerprint
+from essence.core.inputs.preprocessing import Preprocessing
+from essence.core.analyses.profiles import class_profiles
 from essence.storage import ProfileKey, Store
 from essence.storage import store as store_module
 

@@ -12,7 +12,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, text
 
-from essence.core.profiles import class_profiles
+from essence.core.analyses.profiles import class_profiles
 from essence.storage import ProfileKey, Store, head_revision
 from essence.storage.connect import MIGRATIONS, resolve
 from essence.storage.matrices import to_bytes

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from essence.core.errors import StoreError
+from essence.core.base.errors import StoreError
 from essence.storage import Store, default_store_path, head_revision
 
 
@@ -108,7 +108,7 @@ def test_a_newer_schema_is_refused_on_postgresql(pg_schema_url):
 
 READ_ONLY_CHILD = """
 import sys
-from essence.core.errors import StoreError
+from essence.core.base.errors import StoreError
 from essence.storage import Store
 try:
     Store.open(sys.argv[1])

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from essence.core.profiles import class_profiles
-from essence.core.slice_source import StoredSlice
+from essence.core.analyses.profiles import class_profiles
+from essence.core.engine.activation_source import StoredSlice
 from essence.storage import Store
-from essence.storage.slices import LIMIT_ENV, SliceKey
+from essence.storage.activations import LIMIT_ENV, SliceKey
 
 LAYER = "act"  # below it: the conv, whose forwards are counted
 
@@ -47,7 +47,7 @@ def test_first_question_stores_z_and_a_follow_up_runs_above_the_slice_only(tmp_p
 
 
 def test_the_stored_z_is_memory_mapped_and_serves_cache_slice(tmp_path, model, data):
-    from essence.core.slice_cache import cache_slice
+    from essence.core.engine.activation_cache import cache_slice
 
     with Store.open(tmp_path / "s.sqlite") as store:
         profiles(store, model, data, "logit")
@@ -188,7 +188,7 @@ def test_the_cli_stores_the_slice_shows_it_and_prunes_it(tmp_path, monkeypatch, 
 
 
 def test_an_error_of_the_pass_propagates_and_stores_nothing(tmp_path, model, data):
-    from essence.core.errors import Cancelled
+    from essence.core.base.errors import Cancelled
 
     calls = [0]
 
@@ -203,7 +203,7 @@ def test_an_error_of_the_pass_propagates_and_stores_nothing(tmp_path, model, dat
 
 
 def test_no_room_for_the_slice_leaves_the_answer_intact(tmp_path, model, data, monkeypatch):
-    from essence.storage.slices import SliceWriter
+    from essence.storage.activations import SliceWriter
 
     def full(*_args):
         raise OSError(28, "No space left on device")

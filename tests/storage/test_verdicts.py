@@ -13,8 +13,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
-from essence.core.errors import SpecError
-from essence.core.profiles import class_profiles
+from essence.core.analyses.profiles import class_profiles
+from essence.core.base.errors import SpecError
 from essence.storage import VERDICTS, ProfileKey, Store
 from essence.storage.matrices import ORPHAN_GRACE_S
 

@@ -29,7 +29,7 @@ try:
     import click
     import typer
 
-    from essence.core.errors import EssenceError
+    from essence.core.base.errors import EssenceError
 
     try:  # typer ≥ 0.20 vendors its own click: its exceptions are not click's
         from typer._click import exceptions as _typer_click
@@ -144,7 +144,7 @@ def cli_wording(exc: Exception) -> str:
     """An error of core in the command line's words: a parameter named as the option that sets it."""
     # A ClassOrderError exists only once the cards are imported: wording an earlier error imports neither them
     # nor PyTorch.
-    cards = sys.modules.get("essence.core.cards")
+    cards = sys.modules.get("essence.core.inputs.cards")
     text = str(exc)
     if cards is not None and isinstance(exc, cards.ClassOrderError):
         text = text.replace("in output order (class_names, e.g. ", "in output order (--class-names ")

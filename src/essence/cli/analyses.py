@@ -30,10 +30,10 @@ from essence.cli.common import (
 from essence.cli.exports import ExportOpt, check_export, write_diagnosis_export, write_triage_export
 from essence.cli.output import write_json
 from essence.cli.profile import compute_profiles
-from essence.core.errors import SpecError
+from essence.core.base.errors import SpecError
 
 if TYPE_CHECKING:
-    from essence.core.profiles import ClassProfiles
+    from essence.core.analyses.profiles import ClassProfiles
 
 GranOpt = Annotated[str, typer.Option("--granularity", help="channel (conv: whole channels) or neuron")]
 
@@ -151,7 +151,7 @@ def register(app: typer.Typer) -> None:
         export: ExportOpt = None,
     ) -> None:
         """Instances ranked for review: the doubtful and those right for unusual reasons first, with why."""
-        from essence.core.triage import SCORES, deviation_scores
+        from essence.core.analyses.triage import SCORES, deviation_scores
 
         if score not in SCORES:
             raise SpecError(f"--score {score!r} is not known: use one of {', '.join(SCORES)}")
@@ -220,8 +220,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Expert masks of one class over an α×β grid (paper Fig. 5), the activation-ranked control, and the
         honest test (cross-fitted, against the control and random masks)."""
-        from essence.core.expert_evidence import expert_evidence
-        from essence.core.experts import cache_slice, expert_sweep
+        from essence.core.analyses.experts.evidence import expert_evidence
+        from essence.core.analyses.experts.sweep import cache_slice, expert_sweep
 
         inputs = load_inputs(
             model, weights, trust_pickle, data, layer, batch_size=batch_size,
@@ -308,7 +308,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Per class: ok, drowning experts, not read out or not learned — with the evidence, the remedy, and the
         preprocessing step to suspect (docs/analyses.md)."""
-        from essence.core.diagnosis import DiagnosisSettings, diagnose
+        from essence.core.analyses.diagnosis.verdict import DiagnosisSettings, diagnose
 
         if not 0 < rare_share <= 1:
             raise SpecError(f"--rare-share {rare_share} must lie in (0, 1]")

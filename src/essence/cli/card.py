@@ -21,7 +21,7 @@ from essence.cli.common import (
     recipe_for,
     with_options,
 )
-from essence.core.errors import SpecError
+from essence.core.base.errors import SpecError
 
 
 def run_card(
@@ -43,9 +43,9 @@ def run_card(
     Raises:
         SpecError: a model with no file to put a card beside, no class names, or a wrong layer.
     """
-    from essence.core.cards import model_file_of, write_card
-    from essence.core.preprocessing import Preprocessing
-    from essence.core.slices import resolve_layer
+    from essence.core.engine.slices import resolve_layer
+    from essence.core.inputs.cards import model_file_of, write_card
+    from essence.core.inputs.preprocessing import Preprocessing
 
     loaded = load_model_spec(model, weights, trust_pickle, parse_class_names(class_names))
     target = model_file_of(model, weights)

@@ -21,15 +21,15 @@ import typer
 
 from essence.cli.output import write_json as write_json  # re-exported from their former home, for callers
 from essence.cli.output import write_text_file as write_text_file  # that still import them from here
-from essence.core.errors import LayerNotFoundError, SpecError
+from essence.core.base.errors import LayerNotFoundError, SpecError
 
 # Core's engine is imported inside the functions that use it: every command module imports this one, and
 # ``essence --help`` or a mistyped option must not wait for PyTorch.
 if TYPE_CHECKING:
-    from essence.core.cards import ClassOrder
-    from essence.core.data import ImageData
-    from essence.core.models import LoadedModel
-    from essence.core.preprocessing import Preprocessing
+    from essence.core.inputs.cards import ClassOrder
+    from essence.core.inputs.data import ImageData
+    from essence.core.inputs.models import LoadedModel
+    from essence.core.inputs.preprocessing import Preprocessing
 
 # The cards' names this module once imported, still found here (resolved on first use: see ``__getattr__``).
 _FROM_CARDS = (
@@ -47,7 +47,7 @@ _FROM_CARDS = (
 
 def __getattr__(name: str) -> Any:
     if name in _FROM_CARDS:
-        from essence.core import cards
+        from essence.core.inputs import cards
 
         return getattr(cards, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -131,8 +131,8 @@ class Inputs:
 def read_recipe(path: Path | None) -> Preprocessing | None:
     if path is None:
         return None
-    from essence.core.files import read_json
-    from essence.core.preprocessing import Preprocessing
+    from essence.core.base.files import read_json
+    from essence.core.inputs.preprocessing import Preprocessing
 
     return Preprocessing.from_dict(read_json(path, "preprocessing recipe", SpecError))
 
@@ -168,7 +168,7 @@ def load_data(
     skip_bad_images: bool = False,
 ) -> ImageData:
     """The data spec loaded for ``loaded``: its class names, its recipe (or the data's default) with the options."""
-    from essence.core.datasets import environment_data_root, load_dataset
+    from essence.core.inputs.datasets import environment_data_root, load_dataset
 
     recipe = recipe_for(loaded, size, blur, recipe_file)
 
@@ -192,9 +192,9 @@ def load_data(
 def load_model_spec(
     model: str, weights: Path | None, trust_pickle: bool, class_names: list[str] | None = None
 ) -> LoadedModel:
-    """The model, its card applied by core (:mod:`essence.core.cards`), and ``--class-names`` on top."""
-    from essence.core.cards import with_class_names
-    from essence.core.models import load_model
+    """The model, its card applied by core (:mod:`essence.core.inputs.cards`), and ``--class-names`` on top."""
+    from essence.core.inputs.cards import with_class_names
+    from essence.core.inputs.models import load_model
 
     return with_class_names(load_model(model, weights, trust_pickle=trust_pickle), class_names)
 
@@ -207,7 +207,7 @@ def parse_class_names(text: str | None) -> list[str] | None:
     """
     if text is None:
         return None
-    from essence.core.cards import check_class_names
+    from essence.core.inputs.cards import check_class_names
 
     return check_class_names([n.strip() for n in text.split(",")], "--class-names")
 
@@ -233,9 +233,9 @@ def load_inputs(
     Raises:
         ClassOrderError: the model names no classes and the data's class order would be a guess.
     """
-    from essence.core.cards import class_order
-    from essence.core.models import check_compatible
-    from essence.core.slices import resolve_layer
+    from essence.core.engine.slices import resolve_layer
+    from essence.core.inputs.cards import class_order
+    from essence.core.inputs.models import check_compatible
 
     loaded = load_model_spec(model, weights, trust_pickle, parse_class_names(class_names))
     dataset = load_data(
@@ -265,8 +265,8 @@ def say_recipe(recipe: Preprocessing | None, who: str = "") -> None:
     typer.echo(f"preprocessing{f' of {who}' if who else ''}: {described}")
 
 
-def check_granularity(value: str) -> str:
-    from essence.core.slices import GRANULARITIES
+def check_granularity_option(value: str) -> str:
+    from essence.core.engine.slices import GRANULARITIES
 
     if value not in GRANULARITIES:
         raise SpecError(

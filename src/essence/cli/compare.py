@@ -22,17 +22,17 @@ from essence.cli.common import (
     SkipBadOpt,
     TrustPickleOpt,
     WeightsOpt,
-    check_granularity,
+    check_granularity_option,
     load_data,
     load_model_spec,
     parse_class_names,
     say_recipe,
 )
 from essence.cli.output import write_json
-from essence.core.errors import LabelMismatchError, LayerNotFoundError, SpecError
+from essence.core.base.errors import LabelMismatchError, LayerNotFoundError, SpecError
 
 if TYPE_CHECKING:
-    from essence.core.models import LoadedModel
+    from essence.core.inputs.models import LoadedModel
 
 
 def _fmt(v: float) -> str:
@@ -43,7 +43,7 @@ def model_label(model: LoadedModel, weights: Path | None) -> str:
     """A model named by its spec (or card name) and its weights file: two models of one architecture differ.
 
     Examples:
-        >>> from essence.core.models import LoadedModel
+        >>> from essence.core.inputs.models import LoadedModel
         >>> model_label(LoadedModel(None, "torchvision:resnet18", "0"), Path("runs/v2.safetensors"))
         'torchvision:resnet18 (v2.safetensors)'
     """
@@ -75,9 +75,9 @@ def run_compare(
     skip_bad: bool = False,
     class_names: str | None = None,
 ) -> None:
-    from essence.core.comparison import compare_models
+    from essence.core.analyses.comparison import compare_models
 
-    check_granularity(granularity)
+    check_granularity_option(granularity)
     if kind not in ("logit", "prob"):
         raise SpecError(f"--kind {kind!r}: use logit or prob")
     names_given = parse_class_names(class_names)
@@ -89,8 +89,8 @@ def run_compare(
             f"{model} and {against} name their classes differently ({model_a.class_names[:5]} vs "
             f"{model_b.class_names[:5]}): compare models of the same classes"
         )
-    from essence.core.cards import class_order
-    from essence.core.models import check_compatible
+    from essence.core.inputs.cards import class_order
+    from essence.core.inputs.models import check_compatible
 
     options = {"size": size, "blur": blur, "recipe_file": recipe, "skip_bad_images": skip_bad}
     data_a = load_data(model_a, data, **options)  # type: ignore[arg-type]

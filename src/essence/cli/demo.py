@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from essence.core.errors import SpecError
+from essence.core.base.errors import SpecError
 
 QUICK_SCALE = 0.25
 QUICK_EPOCHS = 6

@@ -22,7 +22,7 @@ from essence.cli.common import (
     SkipBadOpt,
     TrustPickleOpt,
     WeightsOpt,
-    check_granularity,
+    check_granularity_option,
     load_inputs,
     load_model_spec,
     parse_class_names,
@@ -31,17 +31,17 @@ from essence.cli.common import (
     with_options,
 )
 from essence.cli.output import write_json, write_text_file
-from essence.core.errors import LayerNotFoundError, SpecError
+from essence.core.base.errors import LayerNotFoundError, SpecError
 
 if TYPE_CHECKING:
-    from essence.core.preprocessing import Preprocessing
+    from essence.core.inputs.preprocessing import Preprocessing
 
 
 def _as_applied(recipe: Preprocessing, image: Path) -> Preprocessing:
     """The recipe as applied to one image file: its scale by the file's bit depth, read from its header."""
     from PIL import Image
 
-    from essence.core.preprocessing import image_depth
+    from essence.core.inputs.preprocessing import image_depth
 
     try:
         with Image.open(image) as img:
@@ -72,13 +72,13 @@ def run_explain(
     blur: float | None = None,
     class_names: str | None = None,
 ) -> None:
-    from essence.core.cards import ClassOrder
-    from essence.core.data import read_image
-    from essence.core.explanation import explain
-    from essence.core.preprocessing import Preprocessing
-    from essence.core.render import render_panel
+    from essence.core.analyses.explanation import explain
+    from essence.core.analyses.render import render_panel
+    from essence.core.inputs.cards import ClassOrder
+    from essence.core.inputs.data import read_image
+    from essence.core.inputs.preprocessing import Preprocessing
 
-    check_granularity(granularity)
+    check_granularity_option(granularity)
     if kind not in ("logit", "prob"):
         raise SpecError(f"--kind {kind!r}: use logit or prob")
     loaded = load_model_spec(model, weights, trust_pickle, parse_class_names(class_names))
@@ -166,10 +166,10 @@ def run_layers(
     skip_bad: bool = False,
     class_names: str | None = None,
 ) -> None:
-    from essence.core.layers import suggest_layer
-    from essence.core.slices import layer_names
+    from essence.core.analyses.layer_choice import suggest_layer
+    from essence.core.engine.slices import layer_names
 
-    check_granularity(granularity)
+    check_granularity_option(granularity)
     if data is None:
         loaded = load_model_spec(model, weights, trust_pickle)
         typer.echo(f"layers of {loaded.name} (module paths for --layer; pass --data to score them):")

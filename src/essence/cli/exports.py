@@ -1,6 +1,6 @@
 """``--export FILE`` of ``essence triage`` and ``essence diagnose``: the result as a table other tools read.
 
-The format follows the file's name (:func:`essence.core.exports.export_format`): ``.csv``, ``.json``,
+The format follows the file's name (:func:`essence.core.analyses.exports.export_format`): ``.csv``, ``.json``,
 ``.parquet``; for the triage also ``.fiftyone.json`` (FiftyOne samples) and ``.npz`` (cleanlab's inputs).
 See docs/interop.md.
 """
@@ -16,9 +16,9 @@ import typer
 from essence.cli.output import write_text_file
 
 if TYPE_CHECKING:  # core's exports (NumPy) are imported where they are used, not by ``--help``
-    from essence.core.data import ImageData
-    from essence.core.diagnosis_results import Diagnosis
-    from essence.core.triage import Triage
+    from essence.core.analyses.diagnosis.results import Diagnosis
+    from essence.core.analyses.triage import Triage
+    from essence.core.inputs.data import ImageData
 
 ExportOpt = Annotated[
     list[Path] | None,
@@ -36,7 +36,7 @@ def check_export(paths: list[Path] | None, per_instance: bool) -> None:
     Raises:
         SpecError: naming the formats this command writes.
     """
-    from essence.core.exports import TABLE_FORMATS, export_format
+    from essence.core.analyses.exports import TABLE_FORMATS, export_format
 
     for path in paths or []:
         export_format(path, (*TABLE_FORMATS, "fiftyone", "cleanlab") if per_instance else TABLE_FORMATS)
@@ -46,7 +46,7 @@ def write_triage_export(
     paths: list[Path] | None, triage: Triage, data: ImageData, verdicts: Mapping[int, str | None]
 ) -> None:
     """Write the triage to each path in the format its name asks for."""
-    from essence.core.exports import export_format, triage_export
+    from essence.core.analyses.exports import export_format, triage_export
 
     reviewed = {i: v for i, v in verdicts.items() if v}
     for path in paths or []:
@@ -57,7 +57,7 @@ def write_triage_export(
 
 def write_diagnosis_export(paths: list[Path] | None, diagnosis: Diagnosis) -> None:
     """Write the diagnosis (one row per class) to each path."""
-    from essence.core.exports import (
+    from essence.core.analyses.exports import (
         DIAGNOSIS_COLUMNS,
         TABLE_FORMATS,
         diagnosis_rows,

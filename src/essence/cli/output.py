@@ -22,11 +22,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from essence.core.errors import SpecError
+from essence.core.base.errors import SpecError
 
 if TYPE_CHECKING:  # imported where used: ``essence --help`` loads this module, and neither torch nor numpy
-    from essence.core.cards import OUTPUT_MARKER, ClassOrder
-    from essence.core.preprocessing import Preprocessing
+    from essence.core.inputs.cards import OUTPUT_MARKER, ClassOrder
+    from essence.core.inputs.preprocessing import Preprocessing
 
     Recipe = Preprocessing | Mapping[str, Preprocessing | None] | None
     Classes = ClassOrder | Mapping[str, ClassOrder] | None
@@ -57,8 +57,8 @@ def __getattr__(name: str) -> Any:
     """``OUTPUT_MARKER``, ``Recipe`` and ``Classes``, resolved on first use (they need core's cards)."""
     if name not in ("OUTPUT_MARKER", "Recipe", "Classes"):
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from essence.core.cards import OUTPUT_MARKER, ClassOrder
-    from essence.core.preprocessing import Preprocessing
+    from essence.core.inputs.cards import OUTPUT_MARKER, ClassOrder
+    from essence.core.inputs.preprocessing import Preprocessing
 
     return {
         "OUTPUT_MARKER": OUTPUT_MARKER,
@@ -78,7 +78,7 @@ def write_json(path: Path | None, obj: Any, preprocessing: Recipe = None, classe
     """
     if path is None:
         return
-    from essence.core.cards import OUTPUT_MARKER, ClassOrder
+    from essence.core.inputs.cards import OUTPUT_MARKER, ClassOrder
 
     if isinstance(obj, dict):
         obj = {OUTPUT_MARKER: OUTPUT_VERSION, **obj}
@@ -98,7 +98,7 @@ def write_json(path: Path | None, obj: Any, preprocessing: Recipe = None, classe
 
 
 def _recipe_json(recipe: Recipe) -> dict[str, Any] | None:
-    from essence.core.preprocessing import Preprocessing
+    from essence.core.inputs.preprocessing import Preprocessing
 
     if isinstance(recipe, Preprocessing):
         return recipe.to_dict()

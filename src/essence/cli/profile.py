@@ -30,16 +30,16 @@ from essence.cli.common import (
     StoreOpt,
     TrustPickleOpt,
     WeightsOpt,
-    check_granularity,
+    check_granularity_option,
     load_inputs,
     progress_bar,
 )
 from essence.cli.output import write_json
-from essence.core.errors import SpecError
+from essence.core.base.errors import SpecError
 
 if TYPE_CHECKING:  # the engine is imported where it runs: ``essence profile --help`` needs no PyTorch
-    from essence.core.profiles import ClassProfiles
-    from essence.core.quantities import Kind
+    from essence.core.analyses.profiles import ClassProfiles
+    from essence.core.engine.quantities import Kind
 
 # The options ``profile`` and ``precompute`` share beyond those of every command (see ``common``).
 KindOpt = Annotated[str, typer.Option("--kind", help="class score differentiated: logit or prob")]
@@ -59,7 +59,7 @@ def check_no_empty_class(p: ClassProfiles) -> None:
     Raises:
         EmptyClassError: naming the empty classes and the fix.
     """
-    from essence.core.profiles import checked_class_names
+    from essence.core.analyses.profiles import checked_class_names
 
     checked_class_names(p.class_names, p.counts, int(p.counts.sum()), allow_empty=False)
 
@@ -95,7 +95,7 @@ def compute_profiles(
         EmptyClassError: a class has no instances and ``allow_empty`` is off.
         StoreError: the store cannot be opened or written (``--no-cache`` works without it).
     """
-    from essence.core.profiles import class_profiles
+    from essence.core.analyses.profiles import class_profiles
 
     def compute() -> ClassProfiles:
         with progress_bar(f"profiles at {inputs.layer}") as bar:
@@ -115,8 +115,8 @@ def compute_profiles(
 
     if no_cache:
         return compute()
-    from essence.core.devices import resolve_device
-    from essence.core.slice_source import set_default_slices
+    from essence.core.base.devices import resolve_device
+    from essence.core.engine.activation_source import set_default_slices
     from essence.storage import RunInfo, Store
 
     with Store.open(store) as opened:
@@ -186,7 +186,7 @@ class ProfileRequest:
 
     def check(self) -> None:
         """Refuse an unknown granularity or quantity kind before anything is loaded."""
-        check_granularity(self.granularity)
+        check_granularity_option(self.granularity)
         if self.kind not in ("logit", "prob"):
             raise SpecError(f"--kind {self.kind!r} is not known: use logit or prob")
 

@@ -54,9 +54,9 @@ def register(app: typer.Typer) -> None:
         import torch
 
         from essence.app.report import review_report
-        from essence.core.diagnosis import diagnose
-        from essence.core.profiles import class_profiles
-        from essence.core.slices import inference_state
+        from essence.core.analyses.diagnosis.verdict import diagnose
+        from essence.core.analyses.profiles import class_profiles
+        from essence.core.engine.slices import inference_state
         from essence.storage import RunInfo, Store
 
         inputs = load_inputs(

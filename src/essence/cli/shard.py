@@ -1,7 +1,7 @@
 """``essence precompute`` sharded over processes: under torchrun, or ``--distributed --nproc N`` on this machine.
 
 Every process loads the same model and data and computes its shard; one all-reduce merges the sums
-(:mod:`essence.core.distributed`); rank 0 alone reads and writes the store, in one transaction, and only after
+(:mod:`essence.core.scale.distributed`); rank 0 alone reads and writes the store, in one transaction, and only after
 a successful merge, so a process that fails leaves the store as it was.
 """
 
@@ -17,7 +17,9 @@ import typer
 from essence.cli.common import progress_bar
 from essence.cli.output import write_json
 from essence.cli.profile import ProfileRequest, check_no_empty_class, command_line, print_summary
-from essence.core.distributed import (
+from essence.core.analyses.profiles import ClassProfiles
+from essence.core.base.errors import SpecError
+from essence.core.scale.distributed import (
     DistEnv,
     DistributedError,
     agree,
@@ -27,9 +29,7 @@ from essence.core.distributed import (
     process_group,
     sharded_class_profiles,
 )
-from essence.core.errors import SpecError
-from essence.core.launch import launch_local
-from essence.core.profiles import ClassProfiles
+from essence.core.scale.launch import launch_local
 
 
 def wants_shards(distributed: bool) -> bool:

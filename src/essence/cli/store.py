@@ -28,7 +28,7 @@ from essence.cli.common import (
 )
 from essence.cli.output import write_json, write_text_file
 from essence.cli.profile import AllowEmptyOpt, KindOpt, ProfileRequest, run_profiles
-from essence.core.errors import SpecError
+from essence.core.base.errors import SpecError
 
 VerdictsOpt = Annotated[
     Path | None,
@@ -55,7 +55,7 @@ def _size(n: int | None) -> str:
 
 def info(store: str | None, json_path: Path | None) -> None:
     from essence.storage import Store
-    from essence.storage.slices import LIMIT_ENV, slice_limit_bytes
+    from essence.storage.activations import LIMIT_ENV, slice_limit_bytes
 
     with Store.open(store) as opened:
         facts = opened.info()
@@ -95,7 +95,7 @@ def export(store: str | None, verdicts: Path | None, profiles: Path | None, data
     with Store.open(store) as opened:
         if verdicts is not None:
             if fmt == "parquet":  # the JSON export's records, as a table with the same columns
-                from essence.core.exports import VERDICT_COLUMNS, table_bytes
+                from essence.core.analyses.exports import VERDICT_COLUMNS, table_bytes
 
                 records = json.loads(opened.export_verdicts("json", dataset_fp=dataset))["verdicts"]
                 write_text_file(verdicts, table_bytes(records, VERDICT_COLUMNS, "parquet"), "--verdicts")

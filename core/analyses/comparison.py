@@ -1,0 +1,385 @@
+"""Model comparison: an old and a retrained model on the same images (the recipe's step 6).
+
+Three views, in order:
+
+1. **Behaviour** — per-class recall, precision and confusion of each model, and the instances whose prediction
+   changed: *fixed* (wrong in A, right in B), *broken* (right in A, wrong in B), and *changed* (wrong in both,
+   differently).
+2. **Unit matching** — A's units matched one-to-one to B's by the correlation of their activations on the same
+   images (:func:`~essence.core.analyses.matching.match_units`).
+3. **Profile drift** — only after matching: per class, A's profile against B's, unit for matched unit
+   (:func:`~essence.core.analyses.matching.profile_drift`).
+
+Each side's drowning-expert diagnosis (:func:`~essence.core.analyses.diagnosis.verdict.diagnose`) is added on request, so that
+experts appearing or vanishing between the models are seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from essence.core.analyses.diagnosis.verdict import Diagnosis, DiagnosisSettings
+from essence.core.analyses.diagnosis.verdict import (
+    diagnose as diagnose_model,  # compare_models's flag is named diagnose
+)
+from essence.core.analyses.matching import (
+    ActivationMoments,
+    Matching,
+    MatchMode,
+    ProfileDrift,
+    joint_pass,
+    match_units,
+    profile_drift,
+)
+from essence.core.analyses.profiles import ClassProfiles, class_profiles
+from essence.core.base.devices import resolve_device
+from essence.core.base.errors import LabelMismatchError, SpecError
+from essence.core.engine.influence import CancelFlag
+from essence.core.engine.quantities import Kind
+from essence.core.engine.slices import Granularity, resolve_layer
+from essence.core.inputs.data import ImageData, class_index, labels_of
+
+
+@dataclass(frozen=True)
+class ClassDelta:
+    """One class, model A against model B.
+
+    ``recall`` is NaN for a class without instances, ``precision`` NaN for a class a model never predicts.
+    ``drift`` compares the class's profiles over matched units (a :class:`~essence.core.analyses.matching.ProfileDrift`).
+    ``diagnosis_a``/``diagnosis_b`` (``"ok"``, ``"drowning experts"``, ...) and ``expert_a``/``expert_b``
+    (whether an expert was found) come from each side's diagnosis, ``None`` when it was not run.
+    """
+
+    name: str
+    support: int
+    recall_a: float
+    recall_b: float
+    precision_a: float
+    precision_b: float
+    predicted_a: int
+    predicted_b: int
+    drift: ProfileDrift = field(default_factory=ProfileDrift)
+    diagnosis_a: str | None = None
+    diagnosis_b: str | None = None
+    expert_a: bool | None = None
+    expert_b: bool | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        def delta(b: float, a: float) -> float | None:
+            return None if not (np.isfinite(a) and np.isfinite(b)) else b - a
+
+        return {
+            "name": self.name,
+            "support": self.support,
+            "recall_a": self.recall_a,
+            "recall_b": self.recall_b,
+            "recall_delta": delta(self.recall_b, self.recall_a),
+            "precision_a": self.precision_a,
+            "precision_b": self.precision_b,
+            "precision_delta": delta(self.precision_b, self.precision_a),
+            "predicted_a": self.predicted_a,
+            "predicted_b": self.predicted_b,
+            "drift": self.drift.to_json(),
+            "diagnosis_a": self.diagnosis_a,
+            "diagnosis_b": self.diagnosis_b,
+            "expert_a": self.expert_a,
+            "expert_b": self.expert_b,
+        }
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Model A (old) against model B (retrained) on the same N images with K classes.
+
+    Attributes:
+        a, b: the models' names; layer_a, layer_b: the compared slices.
+        class_names: K names.
+        labels: int64 ``[N]``; predictions_a, predictions_b: int64 ``[N]``.
+        accuracy_a, accuracy_b: overall accuracy.
+        confusion_a, confusion_b: int64 ``[K, K]`` (row: true class, column: predicted).
+        classes: a :class:`ClassDelta` per class.
+        fixed: int64 dataset indices wrong in A and right in B; broken: right in A, wrong in B;
+        changed: wrong in both, with a different prediction.
+        matching: the unit :class:`~essence.core.analyses.matching.Matching`.
+        profiles_a, profiles_b: the class profiles compared.
+        diagnosis_a, diagnosis_b: each side's drowning-expert diagnosis, when it was asked for.
+        diagnosis_note: why a diagnosis is missing (empty when both are there).
+    """
+
+    a: str
+    b: str
+    layer_a: str
+    layer_b: str
+    class_names: list[str]
+    labels: torch.Tensor = field(repr=False)
+    predictions_a: torch.Tensor = field(repr=False)
+    predictions_b: torch.Tensor = field(repr=False)
+    accuracy_a: float = float("nan")
+    accuracy_b: float = float("nan")
+    confusion_a: torch.Tensor = field(default=None, repr=False)  # type: ignore[assignment]
+    confusion_b: torch.Tensor = field(default=None, repr=False)  # type: ignore[assignment]
+    classes: list[ClassDelta] = field(default_factory=list)
+    fixed: torch.Tensor = field(default=None, repr=False)  # type: ignore[assignment]
+    broken: torch.Tensor = field(default=None, repr=False)  # type: ignore[assignment]
+    changed: torch.Tensor = field(default=None, repr=False)  # type: ignore[assignment]
+    matching: Matching | None = field(default=None, repr=False)
+    profiles_a: ClassProfiles | None = field(default=None, repr=False)
+    profiles_b: ClassProfiles | None = field(default=None, repr=False)
+    diagnosis_a: Diagnosis | None = field(default=None, repr=False)
+    diagnosis_b: Diagnosis | None = field(default=None, repr=False)
+    diagnosis_note: str = ""
+
+    def class_delta(self, cls: int | str) -> ClassDelta:
+        """The :class:`ClassDelta` of a class given by index or name."""
+        return self.classes[class_index(cls, self.class_names)]
+
+    def to_json(self) -> dict[str, Any]:
+        """The stable JSON layout of ``essence compare --json`` (DESIGN §4)."""
+        return {
+            "a": self.a,
+            "b": self.b,
+            "layer_a": self.layer_a,
+            "layer_b": self.layer_b,
+            "accuracy_a": self.accuracy_a,
+            "accuracy_b": self.accuracy_b,
+            "classes": [c.to_json() for c in self.classes],
+            "confusion_a": self.confusion_a.tolist(),
+            "confusion_b": self.confusion_b.tolist(),
+            "changed": {
+                "fixed": self.fixed.tolist(),
+                "broken": self.broken.tolist(),
+                "changed_wrong": self.changed.tolist(),
+            },
+            "matching": self.matching.to_json() if self.matching is not None else None,
+            "diagnosis_a": None if self.diagnosis_a is None else self.diagnosis_a.to_json(),
+            "diagnosis_b": None if self.diagnosis_b is None else self.diagnosis_b.to_json(),
+            "diagnosis_note": self.diagnosis_note,
+        }
+
+
+def compare_models(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    data: ImageData | tuple[torch.Tensor, torch.Tensor],
+    layer_a: str,
+    layer_b: str | None = None,
+    *,
+    data_b: ImageData | tuple[torch.Tensor, torch.Tensor] | None = None,
+    names: tuple[str, str] = ("A", "B"),
+    class_names: Sequence[str] | None = None,
+    granularity: Granularity = "channel",
+    kind: Kind = "logit",
+    match: MatchMode = "signed",
+    threshold: float = 0.5,
+    allow_partial: bool = False,
+    top_k: int = 5,
+    diagnose: bool = True,
+    batch_size: int = 64,
+    device: str | torch.device = "auto",
+    cancel: CancelFlag = None,
+) -> Comparison:
+    """Compare model A (old) with model B (retrained) on the same images.
+
+    Args:
+        model_a, model_b: the two classifiers (each run in eval mode, frozen; restored after).
+        data: the images as A takes them (an :class:`ImageData` or ``(x, labels)`` tensors).
+        layer_a: A's slice; layer_b: B's slice (default: the same module path).
+        data_b: the same images as B takes them, when B's preprocessing differs (same order and labels).
+        names: display names of A and B.
+        class_names: the K class names (default: the data's).
+        granularity: ``channel`` (conv: activations averaged, gradients summed over positions) or ``neuron``.
+        kind: class score of the profiles (``logit`` or ``prob``).
+        match: ``signed`` or ``abs`` correlation to maximise (see :mod:`essence.core.analyses.matching`).
+        threshold: correlation counting as a good match.
+        allow_partial: match slices of different widths (rectangular assignment) instead of refusing.
+        top_k: k of the top-unit overlap.
+        diagnose: also run the drowning-expert diagnosis on each side.
+        batch_size, device, cancel: as elsewhere.
+
+    Returns:
+        A :class:`Comparison`.
+
+    Raises:
+        LabelMismatchError: ``data_b`` is not the same images and labels, or the models' outputs differ.
+        SpecError: slices of different widths (without ``allow_partial``), bad settings.
+        LayerNotFoundError: unknown layers.
+    """
+    layer_b = layer_a if layer_b is None else layer_b
+    if match not in ("signed", "abs"):
+        raise SpecError(f"match must be 'signed' or 'abs', got {match!r}")
+    if not -1 <= threshold <= 1:
+        raise SpecError(f"threshold is a correlation in [-1, 1], got {threshold}")
+    resolve_layer(model_a, layer_a)
+    resolve_layer(model_b, layer_b)
+    data_b = data if data_b is None else data_b
+    labels = labels_of(data)
+    if not np.array_equal(labels, labels_of(data_b)):
+        raise LabelMismatchError(
+            "the data for B has other labels than the data for A: compare on the same images"
+        )
+    fa, fb = getattr(data, "fingerprint", None), getattr(data_b, "fingerprint", None)
+    if fa is not None and fb is not None and fa != fb:
+        raise LabelMismatchError(
+            f"the data for A ({getattr(data, 'spec', '?')}) and B ({getattr(data_b, 'spec', '?')}) are different "
+            "images: compare on the same images"
+        )
+    dev = resolve_device(device)
+    preds_a, preds_b, moments = joint_pass(
+        model_a, model_b, data, data_b, layer_a, layer_b, granularity, batch_size, dev, cancel
+    )
+    k = _num_classes(moments, class_names, data)
+    names_k = list(class_names or getattr(data, "class_names", None) or [str(i) for i in range(k)])
+    matching = match_units(
+        moments, mode=match, threshold=threshold, allow_partial=allow_partial, layers=(layer_a, layer_b)
+    )
+    common = dict(
+        granularity=granularity,
+        kind=kind,
+        class_names=names_k,
+        allow_empty=True,
+        batch_size=batch_size,
+        device=dev,
+        cancel=cancel,
+    )
+    prof_a = class_profiles(model_a, data, layer_a, **common)  # type: ignore[arg-type]
+    prof_b = class_profiles(model_b, data_b, layer_b, **common)  # type: ignore[arg-type]
+    y = torch.as_tensor(np.array(labels))
+    conf_a, conf_b = _confusion(y, preds_a, k), _confusion(y, preds_b, k)
+    classes = [
+        _class_delta(c, names_k[c], conf_a, conf_b, prof_a.mean[c], prof_b.mean[c], matching, top_k)
+        for c in range(k)
+    ]
+    right_a, right_b = preds_a == y, preds_b == y
+    diag_a = diag_b = None
+    note = "not asked for"
+    if diagnose:
+        diag_a, diag_b = _diagnoses(
+            model_a, model_b, data, data_b, layer_a, layer_b, (prof_a, prof_b), batch_size, dev
+        )
+        note = ""
+        classes = [_with_diagnosis(d, c, diag_a, diag_b) for c, d in enumerate(classes)]
+    return Comparison(
+        a=names[0],
+        b=names[1],
+        layer_a=layer_a,
+        layer_b=layer_b,
+        class_names=names_k,
+        labels=y,
+        predictions_a=preds_a,
+        predictions_b=preds_b,
+        accuracy_a=float(right_a.double().mean()),
+        accuracy_b=float(right_b.double().mean()),
+        confusion_a=conf_a,
+        confusion_b=conf_b,
+        classes=classes,
+        fixed=torch.nonzero(~right_a & right_b).view(-1),
+        broken=torch.nonzero(right_a & ~right_b).view(-1),
+        changed=torch.nonzero(~right_a & ~right_b & (preds_a != preds_b)).view(-1),
+        matching=matching,
+        profiles_a=prof_a,
+        profiles_b=prof_b,
+        diagnosis_a=diag_a,
+        diagnosis_b=diag_b,
+        diagnosis_note=note,
+    )
+
+
+def _confusion(y: torch.Tensor, pred: torch.Tensor, k: int) -> torch.Tensor:
+    return torch.bincount(y * k + pred, minlength=k * k).reshape(k, k)
+
+
+def _num_classes(moments: ActivationMoments, class_names: Sequence[str] | None, data: object) -> int:
+    k = moments.outputs
+    names = class_names or getattr(data, "class_names", None)
+    if names is not None and len(names) != k:
+        raise LabelMismatchError(
+            f"the models have {k} outputs but there are {len(names)} class names: use data labelled with the "
+            "models' classes"
+        )
+    return k
+
+
+def _class_delta(
+    c: int,
+    name: str,
+    conf_a: torch.Tensor,
+    conf_b: torch.Tensor,
+    pa: torch.Tensor,
+    pb: torch.Tensor,
+    matching: Matching,
+    top_k: int,
+) -> ClassDelta:
+    def rates(conf: torch.Tensor) -> tuple[float, float, int]:
+        tp, support, predicted = int(conf[c, c]), int(conf[c].sum()), int(conf[:, c].sum())
+        recall = tp / support if support else float("nan")
+        precision = tp / predicted if predicted else float("nan")
+        return recall, precision, predicted
+
+    ra, pra, na = rates(conf_a)
+    rb, prb, nb = rates(conf_b)
+    return ClassDelta(
+        name=name,
+        support=int(conf_a[c].sum()),
+        recall_a=ra,
+        recall_b=rb,
+        precision_a=pra,
+        precision_b=prb,
+        predicted_a=na,
+        predicted_b=nb,
+        drift=profile_drift(pa, pb, matching, top_k),
+    )
+
+
+def _diagnoses(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    data: object,
+    data_b: object,
+    layer_a: str,
+    layer_b: str,
+    profiles: tuple[ClassProfiles, ClassProfiles],
+    batch_size: int,
+    dev: torch.device,
+) -> tuple[Diagnosis, Diagnosis]:
+    """Each side's drowning-expert diagnosis.
+
+    The profiles already computed are handed over when they are the ones the diagnosis would compute (same
+    quantity and granularity), so each side's profile pass is not repeated.
+    """
+    settings = DiagnosisSettings()
+    out = []
+    for model, d, layer, prof in (
+        (model_a, data, layer_a, profiles[0]),
+        (model_b, data_b, layer_b, profiles[1]),
+    ):
+        reuse = prof.quantity == f"{settings.kind}[label]" and prof.granularity == settings.granularity
+        out.append(
+            diagnose_model(
+                model,
+                d,
+                layer,
+                settings=settings,
+                profiles=prof if reuse else None,
+                batch_size=batch_size,
+                device=dev,
+            )
+        )
+    return out[0], out[1]
+
+
+def _with_diagnosis(delta: ClassDelta, c: int, diag_a: Diagnosis, diag_b: Diagnosis) -> ClassDelta:
+    """Add each side's verdict for class ``c`` and whether it has an expert (experts appearing or vanishing)."""
+
+    def verdict(d: Diagnosis) -> tuple[str | None, bool | None]:
+        if c >= len(d.classes):
+            return None, None
+        return d.classes[c].diagnosis, d.classes[c].expert is not None
+
+    (va, ea), (vb, eb) = verdict(diag_a), verdict(diag_b)
+    return replace(delta, diagnosis_a=va, diagnosis_b=vb, expert_a=ea, expert_b=eb)

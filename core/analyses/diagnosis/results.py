@@ -1,0 +1,204 @@
+"""What a diagnosis says: its settings, each class's verdict with its evidence, and the JSON (DESIGN §4).
+
+How the verdicts are reached is :mod:`essence.core.analyses.diagnosis.verdict`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from essence.core.analyses.diagnosis.probe import Probe, ProbeSettings
+from essence.core.analyses.diagnosis.suspect_steps import StepAudit, StepTest, SuspectSettings
+from essence.core.analyses.experts.criterion import ExpertCriterion
+from essence.core.analyses.experts.evidence import ExpertEvidence
+from essence.core.analyses.experts.sweep import ExpertSweep
+from essence.core.engine.quantities import Kind
+from essence.core.engine.slices import Granularity
+
+OK, DROWNING, NOT_READ_OUT, NOT_LEARNED = "ok", "drowning experts", "not read out", "not learned"
+
+
+@dataclass(frozen=True)
+class DiagnosisSettings:
+    """Settings of the diagnosis (each a documented choice, the same for every dataset).
+
+    Attributes:
+        rare_share: a class is *rarely predicted* when the model predicts it for fewer than
+            ``rare_share`` × its true count of instances. ½: a class the model names at most half as often
+            as it occurs has lost at least half its recall even if every prediction of it is right — a loss
+            no calibrated classifier shows; a balanced model predicts each class about as often as it occurs.
+        criterion: when a mask counts as an expert (:class:`ExpertCriterion`).
+        alphas, betas: the sweep's grid (default: :func:`~essence.core.analyses.experts.sweep.default_grid`).
+        kind: the quantity of the class profiles the masks are taken from (``"logit"``).
+        granularity: ``"channel"`` or ``"neuron"``.
+        top_units: how many top positive and negative units of each class are listed.
+        probe: the linear probe's settings (:class:`~essence.core.analyses.diagnosis.probe.ProbeSettings`).
+        suspects: the preprocessing audit's settings (:class:`~essence.core.analyses.diagnosis.suspect_steps.SuspectSettings`).
+        seed: seed of the cross-fit halves and the random masks.
+    """
+
+    rare_share: float = 0.5
+    criterion: ExpertCriterion = field(default_factory=ExpertCriterion)
+    alphas: Sequence[int] | None = None
+    betas: Sequence[int] | None = None
+    kind: Kind = "logit"
+    granularity: Granularity = "channel"
+    top_units: int = 5
+    probe: ProbeSettings = field(default_factory=ProbeSettings)
+    suspects: SuspectSettings = field(default_factory=SuspectSettings)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ClassDiagnosis:
+    """One class's diagnosis.
+
+    Attributes:
+        cls, name: the class.
+        count: its instances in the data.
+        recall: of the model's use (argmax); NaN without instances.
+        precision: NaN when the model never predicts it.
+        predicted_count: how many instances the model predicts as it.
+        diagnosis: ``"ok"``, ``"drowning experts"``, ``"not read out"`` or ``"not learned"``.
+        expert: the best honest expert ``{"alpha", "beta", "recall", "precision", "reference_recall", ...}``
+            or ``None``.
+        confused_with: ``[(class name, count)]`` what its instances are predicted as instead, most first.
+        drowned_by: names of the classes that drown its expert (drowning experts only).
+        top_positive, top_negative: its profile's top units.
+        advice: the evidence and the remedy, for people (empty when ok).
+        neighbour: the class it is probed against (most confused with it), or ``None``.
+        probe: the probe against the neighbour (decides "not read out" against "not learned").
+        probe_rest: the probe against every other class (reported).
+        audit: the preprocessing audit (not learned only, on data with raw images and a recipe).
+        evidence: the honest expert test (rarely predicted classes only).
+        remedy: the one-sentence remedy (empty when ok).
+    """
+
+    cls: int
+    name: str
+    count: int
+    recall: float
+    precision: float
+    predicted_count: int
+    diagnosis: str
+    expert: dict | None
+    confused_with: list[tuple[str, int]]
+    drowned_by: list[str]
+    top_positive: list[int]
+    top_negative: list[int]
+    advice: str
+    neighbour: str | None = None
+    probe: Probe | None = None
+    probe_rest: Probe | None = None
+    audit: StepAudit | None = field(default=None, repr=False)
+    evidence: ExpertEvidence | None = field(default=None, repr=False)
+    remedy: str = ""
+
+    @property
+    def sweep(self) -> ExpertSweep | None:
+        """The cross-fitted influence-ranked sweep (rarely predicted classes only)."""
+        return None if self.evidence is None else self.evidence.sweep
+
+    @property
+    def control(self) -> ExpertSweep | None:
+        """The cross-fitted activation-ranked control (rarely predicted classes only)."""
+        return None if self.evidence is None else self.evidence.control
+
+    @property
+    def suspect_steps(self) -> list[StepTest]:
+        """The preprocessing steps suspected of erasing the class (empty unless not learned)."""
+        return [] if self.audit is None else self.audit.suspects
+
+    def to_json(self) -> dict:
+        expert = None
+        if self.expert is not None:
+            expert = {k: self.expert[k] for k in ("alpha", "beta", "recall", "precision", "reference_recall")}
+            expert["units"] = self.expert["positive_units"] + self.expert["negative_units"]
+        return {
+            "name": self.name,
+            "index": self.cls,
+            "count": self.count,
+            "recall": self.recall,
+            "precision": self.precision,
+            "predicted_count": self.predicted_count,
+            "diagnosis": self.diagnosis,
+            "expert": expert,
+            "probe": None if self.probe is None else self.probe.to_json(),
+            "probe_rest": None if self.probe_rest is None else self.probe_rest.to_json(),
+            "suspect_steps": [s.to_json() for s in self.suspect_steps],
+            "tested_steps": [] if self.audit is None else [s.to_json() for s in self.audit.steps],
+            "raw_images_auc": None if self.audit is None else self.audit.raw_auc,
+            "neighbour": self.neighbour,
+            "confused_with": [{"class": c, "count": n} for c, n in self.confused_with],
+            "drowned_by": self.drowned_by,
+            "top_positive_units": self.top_positive,
+            "top_negative_units": self.top_negative,
+            "expert_test": None if self.evidence is None else self.evidence.to_json(),
+            "activation_control": None
+            if self.evidence is None
+            else {"best_recall": float(np.max(self.evidence.control.recall))},
+            "advice": self.advice,
+            "remedy": self.remedy,
+        }
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """The whole recipe's verdict at one slice.
+
+    Attributes:
+        layer: the slice.
+        classes: one :class:`ClassDiagnosis` per class.
+        accuracy: of the model's use on the data.
+        confusion: int64 ``[C, C]`` rows = true class, columns = predicted.
+        preprocessing: the data's preprocessing recipe, described (``None`` if unknown).
+        route: how g was run (``"fx"`` or ``"hook"``).
+        settings: the settings used.
+        recipe: the recipe as applied (``Preprocessing.to_dict()``), when the data records one.
+    """
+
+    layer: str
+    classes: list[ClassDiagnosis]
+    accuracy: float
+    confusion: np.ndarray = field(repr=False)
+    preprocessing: str | None
+    route: str
+    settings: DiagnosisSettings = field(repr=False)
+    recipe: dict | None = None
+
+    @property
+    def never_predicted(self) -> list[str]:
+        return [c.name for c in self.classes if c.predicted_count == 0 and c.count > 0]
+
+    def to_json(self) -> dict:
+        """``{"layer", "preprocessing", "classes": [{"name", "recall", "precision", "predicted_count",
+        "diagnosis", "expert", "probe", "suspect_steps", ...}], ...}`` (DESIGN §4)."""
+        c, p = self.settings.criterion, self.settings.probe
+        recipe = dict(self.recipe or {})
+        if self.preprocessing:
+            recipe["description"] = self.preprocessing
+        return {
+            "layer": self.layer,
+            "accuracy": self.accuracy,
+            "preprocessing": recipe or None,
+            "never_predicted": self.never_predicted,
+            "route": self.route,
+            "settings": {
+                "rare_share": self.settings.rare_share,
+                "precision_tolerance": c.precision_tolerance,
+                "prevalence_lift": c.prevalence_lift,
+                "min_recall_gain": c.min_recall_gain,
+                "false_alarm": c.false_alarm,
+                "random_masks": c.random_masks,
+                "probe_confidence": p.confidence,
+                "probe_folds": p.folds,
+                "max_survival": self.settings.suspects.max_survival,
+                "kind": self.settings.kind,
+                "granularity": self.settings.granularity,
+            },
+            "classes": [k.to_json() for k in self.classes],
+            "confusion": self.confusion.tolist(),
+        }

@@ -1,0 +1,291 @@
+"""The diagnosis of a rarely predicted class: drowning experts, not read out, or not learned — and what to suspect.
+
+For every class: recall, precision and how often the model predicts it. A class predicted for fewer than
+``rare_share`` × its true count is *rarely predicted*, and three questions name the cause:
+
+1. **Can the model's own read-out be made to predict it?** The honest expert test
+   (:func:`~essence.core.analyses.experts.evidence.expert_evidence`: cross-fitted, corrected for the grid, beating the
+   activation-ranked control and random masks). Yes → **drowning experts**: the model learned the class, but
+   in the full model other classes' units outweigh it. Remedy: rebalance the training data or reweight the loss.
+2. **Is its information in the slice?** A held-out linear probe of the class against its *neighbour* — the
+   class it is most confused with (:mod:`essence.core.analyses.diagnosis.probe`). Separates beyond chance → **not read out**: the
+   slice carries it but the layers above never use it. Remedy: retrain or rebalance the head.
+3. Otherwise **not learned**: the information is not at the slice. Each lossy step of the recorded recipe is
+   tested on the raw images for erasing what separates the class from its neighbour
+   (:mod:`essence.core.analyses.diagnosis.suspect_steps`); the suspects are named with their evidence. Remedy: change that step
+   (the paper's case: a Gaussian blur erased the microaneurysms that define class 2), or, with no suspect,
+   look at the data itself.
+
+Everything else is "ok". Every class also gets its probe, so the JSON is the same shape for all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from essence.core.analyses.diagnosis.probe import probe_class, probe_features
+from essence.core.analyses.diagnosis.results import (
+    DROWNING,
+    NOT_LEARNED,
+    NOT_READ_OUT,
+    OK,
+    ClassDiagnosis,
+    Diagnosis,
+    DiagnosisSettings,
+)
+from essence.core.analyses.diagnosis.suspect_steps import StepAudit, audit_steps
+from essence.core.analyses.experts.evidence import expert_evidence
+from essence.core.analyses.profiles import ClassProfiles, class_profiles
+from essence.core.engine.activation_cache import SliceCache, cache_slice
+from essence.core.engine.influence import CancelFlag, Progress
+from essence.core.inputs.data import ImageData
+
+__all__ = [
+    "DROWNING",
+    "NOT_LEARNED",
+    "NOT_READ_OUT",
+    "OK",
+    "ClassDiagnosis",
+    "Diagnosis",
+    "DiagnosisSettings",
+    "diagnose",
+]
+
+
+def diagnose(
+    model: nn.Module,
+    data: object,
+    layer: str,
+    *,
+    settings: DiagnosisSettings | None = None,
+    profiles: ClassProfiles | None = None,
+    preprocessing: str | None = None,
+    batch_size: int = 256,
+    device: str | torch.device = "auto",
+    progress: Progress | None = None,
+    cancel: CancelFlag = None,
+) -> Diagnosis:
+    """Diagnose every class at ``layer``: ok, drowning experts, not read out, or not learned.
+
+    Args:
+        model: the classifier.
+        data: an :class:`~essence.core.inputs.data.ImageData` (raw images and recipe: the preprocessing audit runs)
+            or ``(x, labels)`` tensors (no audit).
+        layer: module path of the slice.
+        settings: thresholds and grid (:class:`DiagnosisSettings`).
+        profiles: class profiles at ``layer`` (computed if not given; they give each class's top units).
+        preprocessing: a description of the inputs' recipe (default: the data's, if it has one).
+        batch_size, device, progress, cancel: as elsewhere (progress and cancel cover the profile pass).
+
+    Returns:
+        A :class:`Diagnosis`.
+
+    Raises:
+        LayerNotFoundError, LabelMismatchError, SpecError: bad slice, classes or grid.
+    """
+    s = settings or DiagnosisSettings()
+    if profiles is None:
+        profiles = class_profiles(
+            model,
+            data,
+            layer,
+            granularity=s.granularity,
+            kind=s.kind,
+            allow_empty=True,
+            batch_size=batch_size,
+            device=device,
+            progress=progress,
+            cancel=cancel,
+        )
+    cache = cache_slice(model, data, layer, batch_size=batch_size, device=device)
+    labels = cache.labels.numpy()
+    predicted = cache.outputs.argmax(1).numpy()
+    num = cache.num_classes
+    names = list(getattr(data, "class_names", None) or profiles.class_names)
+    confusion = np.zeros((num, num), dtype=np.int64)
+    np.add.at(confusion, (labels, predicted), 1)
+    recipe = getattr(data, "preprocessing", None)
+    described = preprocessing or (recipe.describe() if recipe is not None else None)
+    features = probe_features(cache.z, s.probe.max_features)
+    run = _ClassRun(
+        model, data, layer, names, confusion, profiles, cache, features, s, described, batch_size, device
+    )
+    return Diagnosis(
+        layer=layer,
+        classes=[run.diagnose(i) for i in range(num)],
+        accuracy=float((labels == predicted).mean()),
+        confusion=confusion,
+        preprocessing=described,
+        route=cache.sliced.route,
+        settings=s,
+        recipe=recipe.to_dict() if recipe is not None else None,
+    )
+
+
+@dataclass
+class _ClassRun:
+    """What every class's diagnosis shares (one slice cache, one set of probe features)."""
+
+    model: nn.Module
+    data: object
+    layer: str
+    names: list[str]
+    confusion: np.ndarray
+    profiles: ClassProfiles
+    cache: SliceCache
+    features: np.ndarray
+    s: DiagnosisSettings
+    recipe: str | None
+    batch_size: int
+    device: str | torch.device
+
+    def diagnose(self, i: int) -> ClassDiagnosis:
+        cm, names, s = self.confusion, self.names, self.s
+        count, pred, tp = int(cm[i].sum()), int(cm[:, i].sum()), int(cm[i, i])
+        order = self.profiles.order(i)
+        confused = [
+            (names[j], int(cm[i, j])) for j in np.argsort(-cm[i], kind="stable") if j != i and cm[i, j]
+        ]
+        base = dict(
+            cls=i,
+            name=names[i],
+            count=count,
+            recall=tp / count if count else float("nan"),
+            precision=tp / pred if pred else float("nan"),
+            predicted_count=pred,
+            confused_with=confused,
+            # A unit at 0 pushes neither way: it is no top unit of either sign (fewer than top_units then).
+            top_positive=[int(u) for u in order[: s.top_units] if self.profiles.mean[i, u] > 0],
+            top_negative=[int(u) for u in order.flip(0)[: s.top_units] if self.profiles.mean[i, u] < 0],
+        )
+        if count == 0:
+            return ClassDiagnosis(
+                **base,
+                diagnosis=OK,
+                expert=None,
+                drowned_by=[],
+                advice="no instances in the data: not judged",
+            )
+        j = self.neighbour(i)
+        labels = self.cache.labels.numpy()
+        probe = None if j is None else probe_class(self.features, labels, i, j, names, s.probe)
+        rest = probe_class(self.features, labels, i, None, names, s.probe)
+        base.update(neighbour=None if j is None else names[j], probe=probe, probe_rest=rest)
+        if pred >= s.rare_share * count:
+            return ClassDiagnosis(**base, diagnosis=OK, expert=None, drowned_by=[], advice="")
+        evidence = expert_evidence(
+            self.model, self.data, self.layer, i, cache=self.cache, neighbour=j, criterion=s.criterion,
+            alphas=s.alphas, betas=s.betas, kind=s.kind, granularity=s.granularity, seed=s.seed,
+            batch_size=self.batch_size, device=self.device,
+        )  # fmt: skip
+        how = (
+            "never predicted" if pred == 0 else f"rarely predicted ({pred} predictions for {count} instances)"
+        )
+        best = evidence.best
+        if best is not None:
+            drowned = _drowned_by(best, confused, names, self.profiles)
+            culprits = ", ".join(drowned or [c for c, _ in confused]) or "other classes"
+            remedy = f"rebalance the training data or reweight the loss for {names[i]}"
+            return ClassDiagnosis(
+                **base, diagnosis=DROWNING, expert=best, drowned_by=drowned, evidence=evidence,
+                advice=(
+                    f"{how}; an expert exists (α={best['alpha']}, β={best['beta']}: cross-fitted recall "
+                    f"{best['recall']:.2f} at precision {best['precision']:.2f}, against the model's "
+                    f"{base['recall']:.2f} and {best['reference_recall']:.2f} for the best control or random mask "
+                    f"of its size) but is drowned by the units of {culprits}. Remedy: {remedy}"
+                ),
+                remedy=remedy,
+            )  # fmt: skip
+        top = float(np.max(evidence.sweep.recall))
+        where = f"the slice separates it from {base['neighbour']}" if probe else "the slice separates it"
+        if probe is not None and probe.separates:
+            remedy = (
+                "the layers above the slice never read it out: retrain or rebalance the head (e.g. fine-tune "
+                f"the layers above {self.layer} with a class-balanced loss)"
+            )
+            return ClassDiagnosis(
+                **base, diagnosis=NOT_READ_OUT, expert=None, drowned_by=[], evidence=evidence,
+                advice=(
+                    f"{how}; {where} (held-out probe AUC {probe.auc:.2f}, chance up to {probe.threshold:.2f}) but "
+                    f"no mask of its units makes the head predict it (best cross-fitted recall {top:.2f}). "
+                    f"Remedy: {remedy}"
+                ),
+                remedy=remedy,
+            )  # fmt: skip
+        audit = self.audit(i, j)
+        auc = (
+            ""
+            if probe is None
+            else f" (held-out probe AUC {probe.auc:.2f}, chance up to {probe.threshold:.2f})"
+        )
+        remedy = _remedy(audit, self.recipe, base["neighbour"])
+        return ClassDiagnosis(
+            **base, diagnosis=NOT_LEARNED, expert=None, drowned_by=[], evidence=evidence, audit=audit,
+            advice=(
+                f"{how}; no expert, and the slice does not separate it from {base['neighbour']}{auc}: not "
+                f"learned. Remedy: {remedy}"
+            ),
+            remedy=remedy,
+        )  # fmt: skip
+
+    def neighbour(self, i: int) -> int | None:
+        """The class most confused with ``i`` (either way); without confusion, the nearest class mean of z."""
+        cm = self.confusion
+        present = [j for j in range(len(cm)) if j != i and cm[j].sum() > 0]
+        if not present:
+            return None
+        both = {j: int(cm[i, j] + cm[j, i]) for j in present}
+        best = max(present, key=lambda j: both[j])
+        if both[best] > 0:
+            return best
+        labels = self.cache.labels.numpy()
+        f = self.features
+        scale = f.std(0) + 1e-12
+        mine = f[labels == i].mean(0) / scale
+        return min(present, key=lambda j: float(np.linalg.norm(f[labels == j].mean(0) / scale - mine)))
+
+    def audit(self, i: int, j: int | None) -> StepAudit | None:
+        """The preprocessing audit of ``i`` against ``j``, when the data has raw images and a recipe."""
+        if j is None or not isinstance(self.data, ImageData):
+            return None
+        return audit_steps(self.data, i, j, self.s.suspects)
+
+
+def _remedy(audit: StepAudit | None, recipe: str | None, neighbour: str | None) -> str:
+    """What to do about a class that was not learned, from the preprocessing audit."""
+    if audit is None:
+        where = f" (recipe: {recipe})" if recipe else ""
+        return f"look at the data and the preprocessing{where}"
+    if audit.suspects:
+        named = "; ".join(f"{t.step} — {t.evidence}" for t in audit.suspects)
+        return f"suspect the preprocessing: {named}; retrain without that step or with a milder one"
+    if not audit.raw_separates:
+        return (
+            f"no step of the recipe is to blame: even the raw images do not separate it from {neighbour} on their "
+            f"contrast (AUC {audit.raw_auc:.2f}, chance up to {audit.threshold:.2f}); check the labels and "
+            "whether the images can show the class"
+        )
+    tested = ", ".join(t.step for t in audit.steps) or "none"
+    return (
+        f"the raw images separate it from {neighbour} (contrast AUC {audit.raw_auc:.2f}) and no lossy step of "
+        f"the recipe (tested: {tested}) erases that: the layers below the slice do not extract it — more "
+        "images of the class, or more capacity or resolution below the slice"
+    )
+
+
+def _drowned_by(
+    expert: dict, confused: list[tuple[str, int]], names: list[str], profiles: ClassProfiles
+) -> list[str]:
+    """Classes its instances are predicted as whose top positive units overlap the expert's positive units."""
+    mine = set(expert["positive_units"])
+    alpha = max(1, expert["alpha"])
+    out = []
+    for name, _ in confused:
+        theirs = {int(u) for u in profiles.order(names.index(name))[:alpha]}
+        if mine & theirs:
+            out.append(name)
+    return out

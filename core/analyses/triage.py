@@ -1,0 +1,403 @@
+"""Triage (paper §3.3, Fig. 3): rank instances by how far their own influence departs from their class's.
+
+Every instance x with label y has its own influence vector v = ∂q/∂z at z = h(x), with the paper's quantity
+q = softmax_y (f restricted to the label, point distribution), and its class has a profile χ_y (the mean of
+the same vectors over the class's instances). A correct instance follows the class-wide ordering of units;
+a misclassified or mislabelled one looks random against it. The vectors and the profiles come from one pass
+(:func:`~essence.core.analyses.profiles.class_profiles` with ``keep_instances=True``).
+
+Deviation scores (higher = less like its class; each in [0, 2] or [0, 1]); T_y is the set of the ``top_k``
+units of χ_y by absolute influence:
+
+- ``spearman``: 1 − ρ_s(v[T_y], χ_y[T_y]), Spearman's rank correlation over the class's top units
+  (the paper's Fig. 3 view: does the instance follow the class's ordering?).
+- ``kendall``: 1 − τ_b(v[T_y], χ_y[T_y]), Kendall's τ-b over the same units (as ``scipy.stats.kendalltau``).
+- ``cosine``: 1 − cos(v, χ_y) over all units.
+- ``mass``: 1 − Σ_{j∈T_y} |v_j| / Σ_j |v_j|, the share of the instance's absolute influence that falls
+  outside its class's top units.
+- ``combined``: the mean of the fractional ranks (in [0, 1]) of ``cosine`` and of 1 − softmax_y — the
+  instance's deviation and its ``self_confidence`` (the model's disbelief in the label), each worth half.
+
+And the plain baselines from the outputs alone, for comparison on the same table:
+
+- ``doubt``: 1 − max_k softmax_k, the model's doubt about its own prediction: one minus its *confidence*
+  (max_k softmax_k, the probability of the predicted class, which every output reports as ``confidence``).
+- ``self_confidence``: 1 − softmax_y (cleanlab's self-confidence, as a suspicion score).
+- ``mistakenness``: (m · e^(−H(softmax)) + 1) / 2, m = +1 if predicted ≠ y else −1, H in nats (FiftyOne).
+
+And the reasoning score (:mod:`essence.core.analyses.reasoning`), which the outputs cannot give:
+
+- ``reasoning``: how far the instance's per-unit contributions to its label's logit (each unit's value times
+  its influence, :mod:`essence.core.analyses.contributions`) depart from its class's, a leave-one-out, shrunk
+  Mahalanobis distance to the class's reference instances, in units of the class's median. It finds
+  instances predicted *right* for a reason unlike their class's (a shortcut mark), which every output score
+  ranks as the least suspect.
+- ``merged``: max(rank(``self_confidence``), rank(``reasoning`` among the instances predicted as labelled)),
+  ranks scaled to [0, 1]: two queues interleaved — the doubtful, and the confidently right for unusual
+  reasons — so that the top of each stays at the top and neither score hides the other's finds.
+
+The default ranking is ``merged`` (``benchmarks/bench_triage.py``, table in ``docs/analyses.md``): on digits
+``self_confidence`` finds flipped labels with ROC AUC ≈ 0.99–1.0 and no influence score beats it there, while a
+planted shortcut is ranked least suspect by it (AUC ≈ 0.1) and found by ``reasoning`` (AUC ≈ 0.9 at mid-network
+slices); the merged queue keeps both kinds near its top. ``--score self_confidence`` gives the plain
+cleanlab queue.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from essence.core.analyses.contributions import UnitContributions, unit_contributions
+from essence.core.analyses.profiles import ClassProfiles, class_profiles
+from essence.core.analyses.reasoning import Reasoning, reasoning_scores
+from essence.core.base.errors import SpecError
+from essence.core.engine.influence import CancelFlag, Progress
+from essence.core.engine.quantities import Kind
+from essence.core.engine.slices import Granularity
+
+ScoreName = Literal[
+    "merged",
+    "reasoning",
+    "combined",
+    "spearman",
+    "kendall",
+    "cosine",
+    "mass",
+    "doubt",
+    "self_confidence",
+    "mistakenness",
+]
+SCORES: tuple[str, ...] = (
+    "merged",
+    "reasoning",
+    "combined",
+    "spearman",
+    "kendall",
+    "cosine",
+    "mass",
+    "doubt",
+    "self_confidence",
+    "mistakenness",
+)
+DEFAULT_SCORE: ScoreName = "merged"
+DEFAULT_TOP_K = 16
+
+
+@dataclass(frozen=True)
+class Triage:
+    """Instances ranked for review, most deviant from their class first.
+
+    Attributes:
+        layer: the slice's module path.
+        score: the name of the score that ranks (``deviation``).
+        quantity: the quantity the instance vectors are of (``prob[label]`` by default).
+        top_k: units per class the rank scores look at.
+        class_names: ``C`` names.
+        indices: int64 ``[N]`` each row's position in the dataset.
+        labels: int64 ``[N]`` given labels.
+        predicted: int64 ``[N]`` the model's argmax.
+        confidence: float64 ``[N]`` softmax probability of the predicted class (max p; its complement, 1 − max p,
+            is the ``doubt`` score).
+        label_probability: float64 ``[N]`` softmax probability of the given label.
+        probabilities: float64 ``[N, K]`` the model's softmax.
+        scores: every score by name, float64 ``[N]`` each (higher = more suspect).
+        deviation: float64 ``[N]`` the ranking score (``scores[score]``).
+        ranking: int64 ``[N]`` row numbers ordered most deviant first (ties: lower dataset index first).
+        reasoning: the reasoning score and the misclassified read through profiles
+            (:class:`~essence.core.analyses.reasoning.Reasoning`, ``[N]`` arrays in the same row order).
+        why_units: int64 ``[N, m]`` per row, the units whose contributions to the label's logit depart most
+            from the class's (``reasoning.why_units``).
+        why_z: float64 ``[N, m]`` their departures (c_j − μ_j) / σ_j against the class's reference spread.
+    """
+
+    layer: str
+    score: str
+    quantity: str
+    top_k: int
+    class_names: list[str]
+    indices: np.ndarray
+    labels: np.ndarray
+    predicted: np.ndarray
+    confidence: np.ndarray
+    label_probability: np.ndarray
+    probabilities: np.ndarray = field(repr=False)
+    scores: dict[str, np.ndarray] = field(repr=False)
+    deviation: np.ndarray = field(repr=False)
+    ranking: np.ndarray = field(repr=False)
+    reasoning: Reasoning = field(repr=False)
+    why_units: np.ndarray = field(repr=False)
+    why_z: np.ndarray = field(repr=False)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def rows(self, top: int | None = None) -> list[dict]:
+        """The ranking as records, most suspect first (the CLI's JSON ``scores``).
+
+        Each row holds ``confidence`` (max p, the predicted class's probability), ``label_probability`` (the
+        given label's), ``deviation`` (the ranking score) and every score by name, ``doubt`` (1 − max p) among them.
+
+        Args:
+            top: keep the first ``top`` rows only (default: every ranked instance).
+        """
+        order = self.ranking if top is None else self.ranking[: max(0, top)]
+        out = []
+        for r in order:
+            row = {
+                "index": int(self.indices[r]),
+                "label": int(self.labels[r]),
+                "label_name": self.class_names[int(self.labels[r])],
+                "predicted": int(self.predicted[r]),
+                "predicted_name": self.class_names[int(self.predicted[r])],
+                "confidence": float(self.confidence[r]),
+                "label_probability": float(self.label_probability[r]),
+                "deviation": float(self.deviation[r]),
+            }
+            row.update({name: float(values[r]) for name, values in self.scores.items()})
+            row["reasoning_predicted"] = float(self.reasoning.to_predicted[r])
+            row["reading"] = self.reasoning.reading[r] or None
+            row["why"] = [
+                {"unit": int(u), "z": float(z)} for u, z in zip(self.why_units[r], self.why_z[r], strict=True)
+            ]
+            out.append(row)
+        return out
+
+    def to_json(self, top: int | None = None) -> dict:
+        """The stable JSON layout of ``essence triage --json`` (DESIGN §4): every ranked instance by default."""
+        return {
+            "layer": self.layer,
+            "score": self.score,
+            "quantity": self.quantity,
+            "top_k": self.top_k,
+            "scores": self.rows(top),
+        }
+
+
+def deviation_scores(
+    model: nn.Module,
+    data: object,
+    layer: str,
+    *,
+    profiles: ClassProfiles | None = None,
+    contributions: UnitContributions | None = None,
+    kind: Kind = "prob",
+    granularity: Granularity = "channel",
+    top_k: int | None = None,
+    score: ScoreName = DEFAULT_SCORE,
+    batch_size: int = 64,
+    device: str | torch.device = "auto",
+    progress: Progress | None = None,
+    cancel: CancelFlag = None,
+) -> Triage:
+    """Score every instance by how far its own influence departs from its class profile.
+
+    Args:
+        model: the classifier.
+        data: an :class:`~essence.core.inputs.data.ImageData` or ``(x, labels)`` tensors.
+        layer: module path of the slice.
+        profiles: class profiles computed with ``keep_instances=True`` (reused: no pass is run);
+            by default they are computed here, in one pass, with the ``kind`` quantity.
+        contributions: the per-unit contributions of the same data at the same slice (reused); by default
+            computed here, in a second pass (:func:`~essence.core.analyses.contributions.unit_contributions`).
+        kind: the label's score the instance vectors are of: ``"prob"`` (softmax, the paper's; default) or
+            ``"logit"``. Where the layers above the slice are linear, a logit's gradient is the same for every
+            instance and carries nothing; the softmax's is weighted by the instance's own output.
+        granularity: ``"channel"`` or ``"neuron"``.
+        top_k: units of each class's profile the rank scores look at (default ``min(16, U)``).
+        score: the ranking score (see the module docstring); default ``"merged"`` (doubt and reasoning).
+        batch_size, device, progress, cancel: as in :func:`~essence.core.engine.influence.influence`.
+
+    Returns:
+        A :class:`Triage`.
+
+    Raises:
+        SpecError: unknown score, ``top_k`` < 2, profiles without instance vectors, or contributions of
+            other instances.
+        EmptyClassError, LabelMismatchError, LayerNotFoundError: from the profile pass.
+    """
+    if score == "confidence":  # named so once, though it ranked by 1 − max p
+        raise SpecError("the triage score 'confidence' is now named 'doubt' (1 − max p): use doubt")
+    if score not in SCORES:
+        raise SpecError(f"unknown triage score {score!r}: use one of {', '.join(SCORES)}")
+    if profiles is None:
+        profiles = class_profiles(
+            model,
+            data,
+            layer,
+            granularity=granularity,
+            kind=kind,
+            allow_empty=True,
+            keep_instances=True,
+            batch_size=batch_size,
+            device=device,
+            progress=progress,
+            cancel=cancel,
+        )
+    inst = profiles.instances
+    if inst is None or inst.instance_vectors is None or inst.outputs is None:
+        raise SpecError(
+            "these class profiles carry no instance vectors: compute them with keep_instances=True "
+            "(or let deviation_scores compute them)"
+        )
+    units = profiles.num_units
+    k = min(DEFAULT_TOP_K, units) if top_k is None else int(top_k)
+    if not 2 <= k <= units:
+        raise SpecError(f"top_k={top_k} must lie in 2..{units} (the layer's units)")
+    v = inst.instance_vectors.double().numpy()
+    y = inst.instance_labels.numpy().astype(np.int64)
+    probs = torch.softmax(inst.outputs.double(), dim=1).numpy()
+    mean = profiles.mean.double().numpy()
+    indices = inst.instance_indices.numpy().astype(np.int64)
+    if contributions is None:
+        contributions = unit_contributions(
+            model,
+            data,
+            profiles.layer,
+            granularity=profiles.granularity,
+            batch_size=batch_size,
+            device=device,
+            progress=progress,
+            cancel=cancel,
+        )
+    reasoning = reasoning_scores(_aligned(contributions, indices), len(profiles.class_names))
+    scores = _scores(v, y, probs, mean, k, reasoning.score)
+    deviation = scores[score]
+    # Most deviant first; equal scores keep dataset order so the queue is stable across runs.
+    ranking = np.lexsort((indices, -deviation))
+    return Triage(
+        layer=profiles.layer,
+        score=score,
+        quantity=profiles.quantity,
+        top_k=k,
+        class_names=list(profiles.class_names),
+        indices=indices,
+        labels=y,
+        predicted=probs.argmax(1).astype(np.int64),
+        confidence=probs.max(1),
+        label_probability=probs[np.arange(len(y)), y],
+        probabilities=probs,
+        scores=scores,
+        deviation=deviation,
+        ranking=ranking.astype(np.int64),
+        reasoning=reasoning,
+        why_units=reasoning.why_units,
+        why_z=reasoning.why_z,
+    )
+
+
+def _aligned(contributions: UnitContributions, indices: np.ndarray) -> UnitContributions:
+    """The contributions in the profile pass's row order (the same dataset, the same instances)."""
+    if np.array_equal(contributions.indices, indices):
+        return contributions
+    order = np.argsort(contributions.indices, kind="stable")
+    at = np.searchsorted(contributions.indices[order], indices)
+    at = np.clip(at, 0, len(order) - 1)
+    if len(contributions) != len(indices) or not np.array_equal(contributions.indices[order][at], indices):
+        raise SpecError(
+            "these contributions are of other instances than the profiles: compute both on the same data"
+        )
+    rows = torch.from_numpy(order[at])
+    return UnitContributions(
+        layer=contributions.layer,
+        granularity=contributions.granularity,
+        indices=contributions.indices[order[at]],
+        labels=contributions.labels[order[at]],
+        predicted=contributions.predicted[order[at]],
+        outputs=contributions.outputs[rows],
+        to_label=contributions.to_label[rows],
+        to_predicted=contributions.to_predicted[rows],
+    )
+
+
+# ------------------------------------------------------------------------------------------------- scores
+
+
+def _scores(
+    v: np.ndarray, y: np.ndarray, probs: np.ndarray, mean: np.ndarray, k: int, reasoning: np.ndarray
+) -> dict[str, np.ndarray]:
+    n = len(y)
+    profile = mean[y]  # [N, U] each instance's class profile
+    top = np.argsort(-np.abs(np.nan_to_num(mean)), axis=1, kind="stable")[:, :k]  # [C, k]
+    units = top[y]  # [N, k]
+    vt = np.take_along_axis(v, units, axis=1)
+    pt = np.take_along_axis(profile, units, axis=1)
+    label_p = probs[np.arange(n), y]
+    predicted = probs.argmax(1)
+    entropy = -(probs * np.log(np.clip(probs, 1e-300, None))).sum(1)
+    m = np.where(predicted != y, 1.0, -1.0)
+    out = {
+        "spearman": 1.0 - spearman_rows(vt, pt),
+        "kendall": 1.0 - kendall_rows(vt, pt),
+        "cosine": 1.0 - cosine_rows(v, profile),
+        "mass": mass_outside(v, units),
+        "doubt": 1.0 - probs.max(1),
+        "self_confidence": 1.0 - label_p,
+        "mistakenness": (m * np.exp(-entropy) + 1.0) / 2.0,
+    }
+    out["combined"] = (fractional_rank(out["cosine"]) + fractional_rank(1.0 - label_p)) / 2.0
+    out["reasoning"] = reasoning
+    # The second queue holds only instances predicted as labelled: the ones doubt cannot see. (A misclassified
+    # or mislabelled instance departs from its class's reasons too, and would crowd that queue with what the
+    # first already finds.) A class too small for a reference set has no reasoning score: it ranks last there.
+    unseen = np.where(predicted == y, np.nan_to_num(reasoning, nan=-np.inf), -np.inf)
+    out["merged"] = np.maximum(fractional_rank(out["self_confidence"]), fractional_rank(unseen))
+    return {name: out[name] for name in SCORES}
+
+
+def fractional_rank(x: np.ndarray) -> np.ndarray:
+    """Ranks scaled to [0, 1] (ties share their average rank): 0 for the smallest, 1 for the largest."""
+    from scipy.stats import rankdata
+
+    if len(x) < 2:
+        return np.zeros(len(x))
+    return (rankdata(x) - 1.0) / (len(x) - 1.0)
+
+
+def spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Spearman's ρ between each row of ``a`` and of ``b`` ``[N, k]`` (0 where a row is constant)."""
+    from scipy.stats import rankdata
+
+    return _pearson_rows(rankdata(a, axis=1), rankdata(b, axis=1))
+
+
+def _pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a - a.mean(1, keepdims=True)
+    b = b - b.mean(1, keepdims=True)
+    den = np.sqrt((a * a).sum(1) * (b * b).sum(1))
+    # A constant row (e.g. a saturated softmax: all gradients zero) has no ordering: treat as uncorrelated.
+    return np.where(den > 0, (a * b).sum(1) / np.where(den > 0, den, 1.0), 0.0)
+
+
+def kendall_rows(a: np.ndarray, b: np.ndarray, chunk: int = 2048) -> np.ndarray:
+    """Kendall's τ-b between each row of ``a`` and of ``b`` ``[N, k]`` (0 where a row is constant).
+
+    τ_b = Σ_{i<j} s^a_ij s^b_ij / √(Σ (s^a_ij)² · Σ (s^b_ij)²), s_ij = sign(x_i − x_j): the same value as
+    ``scipy.stats.kendalltau`` (variant b), vectorised over rows.
+    """
+    out = np.empty(len(a))
+    iu = np.triu_indices(a.shape[1], k=1)
+    for s in range(0, len(a), chunk):
+        sa = np.sign(a[s : s + chunk, :, None] - a[s : s + chunk, None, :])[:, iu[0], iu[1]]
+        sb = np.sign(b[s : s + chunk, :, None] - b[s : s + chunk, None, :])[:, iu[0], iu[1]]
+        den = np.sqrt((sa * sa).sum(1) * (sb * sb).sum(1))
+        out[s : s + chunk] = np.where(den > 0, (sa * sb).sum(1) / np.where(den > 0, den, 1.0), 0.0)
+    return out
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each row pair (0 where either row is zero)."""
+    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return np.where(den > 0, (a * b).sum(1) / np.where(den > 0, den, 1.0), 0.0)
+
+
+def mass_outside(v: np.ndarray, units: np.ndarray) -> np.ndarray:
+    """Share of each row's absolute influence outside its class's top units (0 for a zero row)."""
+    absv = np.abs(v)
+    total = absv.sum(1)
+    inside = np.take_along_axis(absv, units, axis=1).sum(1)
+    return np.where(total > 0, 1.0 - inside / np.where(total > 0, total, 1.0), 0.0)

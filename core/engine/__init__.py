@@ -1,0 +1,1 @@
+"""The influence engine: slices (where a network is cut), quantities, distributions, the batched influence computation, running sums, and the activations z = h(x) kept for follow-up questions. Imports the base layer and inputs."""

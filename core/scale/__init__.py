@@ -1,0 +1,1 @@
+"""Scale-out: sharded profiles on torch.distributed and launching local processes. May import every other group."""

@@ -34,7 +34,7 @@ from essence.core import (
     load_model,
     resolve_layer,
 )
-from essence.core.inputs.cards import with_class_names
+from essence.core.inputs.cards import output_names, with_class_names
 from essence.core.inputs.datasets import environment_data_root
 from essence.core.inputs.models import check_compatible
 from essence.storage import ProfileKey, RunInfo
@@ -130,7 +130,7 @@ def _check(model: LoadedModel, data: ImageData) -> bool:
 
 def class_names(model: LoadedModel, data: ImageData) -> list[str]:
     """The classes' names: the model's own, else the data's."""
-    return list(model.class_names or data.class_names)
+    return output_names(model.class_names, data)
 
 
 def layers_of(model: LoadedModel) -> list[str]:
@@ -210,6 +210,7 @@ def compute_profiles(
     if hit is not None:
         return hit
     names = class_names(model, data)
+    source = store().slice_source(model, data)  # the first pass at the slice stores its z
 
     def compute() -> ClassProfiles:
         return class_profiles(
@@ -223,6 +224,7 @@ def compute_profiles(
             batch_size=BATCH,
             progress=progress,
             cancel=cancel,
+            activations=source,
         )
 
     with holding(model):
@@ -235,6 +237,7 @@ def compute_profiles(
             compute,
             keep_instances=True,
             run_info=RunInfo(command="essence app", device="auto"),
+            activations=source,
         )
     key = ("profiles", profile_key(model, data, layer, kind).digest())
     return shared().results.put(key, _named(profiles, names))
@@ -256,8 +259,9 @@ def triage(model: LoadedModel, data: ImageData, layer: str, profiles: ClassProfi
     key = ("triage", profile_key(model, data, layer, "prob").digest())
 
     def run() -> Triage:
-        with holding(model), store().serving_slices(model, data):  # z from the store where it holds it
-            return deviation_scores(model.module, data, layer, profiles=profiles)
+        source = store().slice_source(model, data)  # z from the store where it holds it
+        with holding(model):
+            return deviation_scores(model.module, data, layer, profiles=profiles, activations=source)
 
     return remembered(key, run)
 
@@ -282,7 +286,8 @@ def diagnosis(
 
     def run() -> Diagnosis:
         start = time.perf_counter()
-        with holding(model), store().serving_slices(model, data):  # the slice's stored z: g alone runs
+        source = store().slice_source(model, data)  # the slice's stored z: g alone runs
+        with holding(model):
             result = diagnose(
                 model.module,
                 data,
@@ -292,6 +297,7 @@ def diagnosis(
                 batch_size=BATCH,
                 progress=progress,
                 cancel=cancel,
+                activations=source,
             )
         info = RunInfo(
             command="essence app",
@@ -316,8 +322,8 @@ def sweep(model: LoadedModel, data: ImageData, layer: str, cls: int, profiles: C
     base = profile_key(model, data, layer, "logit").digest()
 
     def cached() -> SliceCache:
-        with store().serving_slices(model, data):  # the stored z (memory-mapped) when the store holds it
-            return cache_slice(model.module, data, layer, batch_size=BATCH)
+        source = store().slice_source(model, data)  # the stored z (memory-mapped) when the store holds it
+        return cache_slice(model.module, data, layer, batch_size=BATCH, activations=source)
 
     def run() -> ExpertSweeps:
         z = remembered(("slice", base), cached)

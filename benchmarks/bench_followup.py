@@ -13,7 +13,7 @@ non-trivial), slice ``layer3``, channel granularity, 64 px, N = 512 images, batc
   softmax probability) — open the store, find the stored z (memory-mapped; the graph cut and checked against
   the stored outputs), g forward and backward only, the profiles written, the store closed;
 * **follow-up (comparative)** — ``influence`` of a comparative quantity (class 1 rather than 2 over the
-  whole dataset) inside ``Store.serving_slices``: the Python API route;
+  whole dataset) with ``activations=store.slice_source(model, data)``: the Python API route;
 * **follow-up, g at batch 64** — the follow-up with g's batch held at 64 (``ELEMENTS_PER_PASS`` = 0), to show
   how much of the gain is the larger batches g can take (the rest is not running h);
 * **content check** — the part of every follow-up that proves the stored slice is byte for byte what was
@@ -74,11 +74,23 @@ def make_inputs(n: int, size: int) -> tuple[LoadedModel, ImageData]:
 def ask(store_path: Path, model: LoadedModel, data: ImageData, kind: str, batch: int) -> object:
     """One question end to end through the store, recomputed (never served from the store's profiles)."""
 
-    def compute() -> object:
-        return class_profiles(model.module, data, LAYER, kind=kind, batch_size=batch, device="cpu")  # type: ignore[arg-type]
-
     with Store.open(store_path) as store:
-        return store.cached_profiles(model, data, LAYER, "channel", kind, compute, refresh=True)
+        source = store.slice_source(model, data)
+
+        def compute() -> object:
+            return class_profiles(
+                model.module,
+                data,
+                LAYER,
+                kind=kind,  # type: ignore[arg-type]
+                batch_size=batch,
+                device="cpu",
+                activations=source,
+            )
+
+        return store.cached_profiles(
+            model, data, LAYER, "channel", kind, compute, refresh=True, activations=source
+        )
 
 
 def main() -> None:
@@ -106,7 +118,7 @@ def main() -> None:
             return store.info().slices > 0
 
     def comparative() -> object:
-        with Store.open(store_path) as store, store.serving_slices(model, data):
+        with Store.open(store_path) as store:
             return influence(
                 model.module,
                 data,
@@ -115,6 +127,7 @@ def main() -> None:
                 WholeDataset(),
                 batch_size=args.batch,
                 device="cpu",
+                activations=store.slice_source(model, data),
             )
 
     def at_batch() -> object:

@@ -2,7 +2,8 @@
 
 A slice is stored once, by the first full pass at it (the engine hands over z batch by batch: no extra pass),
 and read back memory-mapped, so a follow-up question runs the layers above the slice only
-(:mod:`essence.core.engine.activation_source`). Keyed like profiles, without the question: model, dataset and
+(:mod:`essence.core.engine.activation_source`). :class:`StoreSlices` is the activation source the engine is
+handed explicitly (``activations=store.slice_source(model, data)``). Keyed like profiles, without the question: model, dataset and
 preprocessing fingerprints, layer, engine version. Same key → the same z.
 
 Layout: ``essence.slices/<key digest>/`` holds ``z.npy`` ``[N, *z_shape]`` (written in place through a memory
@@ -35,9 +36,10 @@ import time
 import uuid
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -114,7 +116,8 @@ class SliceEntry:
 
 
 class SliceWriter:
-    """Receives z, labels and outputs batch by batch (a :class:`~essence.core.engine.activation_source.SliceRecorder`)."""
+    """Receives z, labels and outputs batch by batch (an :class:`~essence.core.engine.activation_source.
+    ActivationRecorder`)."""
 
     def __init__(self, folder: Path, n: int, limit: int) -> None:
         self.folder = folder
@@ -123,9 +126,9 @@ class SliceWriter:
         self.rows = 0
         self.layout: Layout = "unknown"
         self.skipped = False
-        self._z: np.memmap | None = None
-        self._labels: list[np.ndarray] = []
-        self._outputs: list[np.ndarray] = []
+        self._z: np.memmap[Any, np.dtype[Any]] | None = None
+        self._labels: list[np.ndarray[Any, np.dtype[Any]]] = []
+        self._outputs: list[np.ndarray[Any, np.dtype[Any]]] = []
 
     def write(self, z: torch.Tensor, labels: torch.Tensor, outputs: torch.Tensor, layout: Layout) -> None:
         if self.skipped:
@@ -292,17 +295,18 @@ class SliceFiles:
         tmp = self.root / f"{_TMP}{uuid.uuid4().hex}"
         writer = SliceWriter(tmp, n, limit)
         pending = PendingSlice(self, key, writer, limit)
+        handed_over = False
         try:
             yield writer  # an error of the pass itself propagates: nothing is stored
             if writer.skipped or writer._z is None or writer.rows != n:
                 return
             if deferred is not None:
                 deferred.append(pending)
-                pending = None  # its owner publishes or discards it
+                handed_over = True  # its owner publishes or discards it
                 return
             pending.publish()
         finally:
-            if pending is not None:
+            if not handed_over:
                 pending.discard()
 
     def _publish(self, key: SliceKey, writer: SliceWriter, limit: int) -> None:
@@ -381,10 +385,12 @@ class PendingSlice:
 
 
 class StoreSlices:
-    """The slice source of one (model, data) pair: finds and records their z in a store's slice folder.
+    """The activation source of one (model, data) pair: finds and records their z in a store's slice folder.
 
-    Pass it to :func:`essence.core.engine.activation_source.use_slices` (``Store.serving_slices`` does): every analysis of
-    exactly this model and data object then reads and records z through it.
+    An :class:`~essence.core.engine.activation_source.ActivationSource`, handed out by ``Store.slice_source``.
+    Pass it as ``activations=`` to the analyses of exactly this model and data object: they read z through it,
+    and the first full pass at a slice records z into it. It vouches for its own objects only: asked about
+    another model or data, it finds nothing and records nothing.
     """
 
     def __init__(self, files: SliceFiles, model: LoadedModel, data: ImageData, limit: int) -> None:
@@ -393,7 +399,7 @@ class StoreSlices:
         self.data = data
         self.limit = limit
         self._found: dict[str, StoredSlice] = {}
-        # Slices recorded inside Store.serving_slices(defer=True): published when its block succeeds.
+        # Slices recorded inside :meth:`held`: published when its block succeeds.
         self.deferred: list[PendingSlice] | None = None
 
     def _key(self, model: nn.Module, data: object, layer: str) -> SliceKey | None:
@@ -413,11 +419,29 @@ class StoreSlices:
             self._found[digest] = found
         return self._found[digest]
 
-    def recorder(self, model: nn.Module, data: object, layer: str, n: int):  # noqa: ANN201 (a context manager)
+    def recorder(
+        self, model: nn.Module, data: object, layer: str, n: int
+    ) -> AbstractContextManager[SliceWriter] | None:
+        """A context that stores the z written to it (``None``: another model or data, or already stored)."""
         key = self._key(model, data, layer)
         if key is None or self.limit <= 0 or self.files.folder(key).is_dir():
             return None
         return self.files.record(key, n, self.limit, self.deferred)
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """Hold what is recorded inside the block: store it once the block succeeds, drop it if it raises.
+
+        A command that fails after its pass (an empty class, a locked store) then leaves the store as it found
+        it: the slice's z and the command's results are stored together or not at all.
+        """
+        self.deferred = []
+        try:
+            yield
+        except BaseException:
+            self.discard_deferred()
+            raise
+        self.publish_deferred()
 
     def publish_deferred(self) -> None:
         """Store what was recorded while deferred (the command succeeded)."""
@@ -439,7 +463,7 @@ class StoredSliceWarning(UserWarning):
 SLICE_FILES = ("z.npy", "labels.npy", "outputs.npy")
 
 
-def _checked_manifest(folder: Path, key: SliceKey) -> dict:
+def _checked_manifest(folder: Path, key: SliceKey) -> dict[str, Any]:
     """The slice's manifest, checked for the shape :meth:`SliceWriter.finish` writes.
 
     Raises:
@@ -476,7 +500,7 @@ def _checked_manifest(folder: Path, key: SliceKey) -> dict:
     return m
 
 
-def _check_file(path: Path, facts: dict) -> None:
+def _check_file(path: Path, facts: dict[str, Any]) -> None:
     """A regular file (not a link) of the recorded size and SHA-256, streamed once over the whole file.
 
     Raises:

@@ -21,7 +21,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
@@ -83,7 +83,7 @@ class Location:
         return str(self.path) if self.path else self.url.render_as_string(hide_password=True)
 
 
-def resolve(url_or_path: str | os.PathLike | None) -> Location:
+def resolve(url_or_path: str | os.PathLike[str] | None) -> Location:
     """Turn ``None`` (the default store), a path (a file or a folder) or a SQLAlchemy URL into a location.
 
     Every SQLite URL that names a file, in whichever form (``sqlite:////abs/path``, ``sqlite:///file:PATH?uri=true``,
@@ -287,7 +287,7 @@ def create(location: Location, timeout: float) -> Engine:
 
 def _configure_sqlite(engine: Engine, timeout: float) -> None:
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection, _record) -> None:
+    def _on_connect(dbapi_connection: sqlite3.Connection, _record: object) -> None:
         dbapi_connection.isolation_level = None  # we issue BEGIN ourselves (see ``_on_begin``)
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
@@ -298,7 +298,7 @@ def _configure_sqlite(engine: Engine, timeout: float) -> None:
         cursor.close()
 
     @event.listens_for(engine, "begin")
-    def _on_begin(conn) -> None:
+    def _on_begin(conn: Connection) -> None:
         write = conn.get_execution_options().get("essence_write", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 

@@ -1,7 +1,9 @@
 """The store's profile cache: class profiles (with per-instance matrices) under their full key, and the
 slices (z = h(x)) stored beside them for follow-up questions.
 
-A profile, its run and its matrices are written in one transaction: together or not at all.
+A profile, its run and its matrices are written in one transaction: together or not at all. The stored z reaches
+an analysis only as an argument: :meth:`ProfileCache.slice_source` hands out the source, and the caller passes it
+on (``activations=``).
 """
 
 from __future__ import annotations
@@ -10,9 +12,9 @@ import dataclasses
 import json
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import TYPE_CHECKING, cast
 
 import torch
 from sqlalchemy import delete, select
@@ -21,8 +23,8 @@ from sqlalchemy.orm import Session
 
 from essence.core.analyses.profiles import ClassProfiles
 from essence.core.base.errors import EssenceError, StoreError
-from essence.core.engine.activation_source import use_slices
 from essence.core.engine.influence import Influence
+from essence.core.engine.slices import GRANULARITIES, Granularity
 from essence.core.engine.sums import InfluenceSums
 from essence.core.inputs.data import ImageData
 from essence.core.inputs.models import LoadedModel
@@ -58,6 +60,11 @@ class ProfileCache:
     def slice_source(self, model: LoadedModel, data: ImageData) -> StoreSlices | None:
         """The source of stored z for ``model`` on ``data`` (``None``: a server store, or slices turned off).
 
+        Pass it as ``activations=`` to the analyses of ``model.module`` on ``data``: the first full pass at a
+        slice stores its z, and every later question at that slice runs the layers above it only
+        (:mod:`essence.core.engine.activation_source`). It works on after the store is closed (it reads and
+        writes the slice folder only).
+
         Raises:
             StoreError: ``ESSENCE_SLICE_CACHE_MB`` is not a size.
         """
@@ -65,34 +72,6 @@ class ProfileCache:
         if self.slice_files is None or limit <= 0:
             return None
         return StoreSlices(self.slice_files, model, data, limit)
-
-    @contextmanager
-    def serving_slices(
-        self, model: LoadedModel, data: ImageData, *, defer: bool = False
-    ) -> Iterator[StoreSlices | None]:
-        """Within the block, every analysis of ``model.module`` on ``data`` reads z from the store, or stores it.
-
-        The first full pass at a slice stores its z; every later question at that slice runs the layers above
-        it only (:mod:`essence.core.engine.activation_source`).
-
-        Args:
-            model, data: whose z is served.
-            defer: store what the block records only if the block succeeds as a whole (a command that fails
-                after its pass — an empty class, a locked store — leaves the store as it found it).
-        """
-        source = self.slice_source(model, data)
-        if source is None:
-            yield None
-            return
-        if defer:
-            source.deferred = []
-        try:
-            with use_slices(source):
-                yield source
-        except BaseException:
-            source.discard_deferred()
-            raise
-        source.publish_deferred()
 
     # ------------------------------------------------------------------------------------------- profiles
 
@@ -136,7 +115,7 @@ class ProfileCache:
             sums,
             class_names=json.loads(row.class_names),
             layer=row.layer,
-            granularity=row.granularity,  # type: ignore[arg-type]
+            granularity=_granularity(row.granularity),
             quantity=row.quantity,
             unit_shape=shape,
             cached=True,
@@ -291,6 +270,7 @@ class ProfileCache:
         keep_instances: bool = False,
         refresh: bool = False,
         run_info: RunInfo | None = None,
+        activations: StoreSlices | None = None,
     ) -> ClassProfiles:
         """The class profiles of ``(model, data, layer, granularity, kind)``: from the store, or computed.
 
@@ -306,6 +286,9 @@ class ProfileCache:
                 is a miss).
             refresh: recompute and replace even if stored.
             run_info: command and device for the run record (the time is measured here).
+            activations: the source ``compute`` reads and records z through (:meth:`slice_source` of the same
+                model and data): the z it records is stored only together with the profiles, both or (on any
+                error) neither.
 
         Raises:
             StoreError: the store cannot be read or written.
@@ -320,7 +303,7 @@ class ProfileCache:
                 return hit
         start = time.perf_counter()
         # The slice's z is stored only together with the profiles: both, or (on any error) neither.
-        with self.serving_slices(model, data, defer=True):
+        with activations.held() if activations is not None else nullcontext():
             profiles = compute()
             seconds = time.perf_counter() - start
             info = run_info or RunInfo()
@@ -350,6 +333,13 @@ def _check_matches(key: ProfileKey, p: ClassProfiles) -> None:
     ]
     if mismatched:
         raise StoreError("refusing to store profiles under a key they do not match: " + "; ".join(mismatched))
+
+
+def _granularity(text: str) -> Granularity:
+    """A stored granularity, checked (a row with another one is damaged: ``ValueError``)."""
+    if text not in GRANULARITIES:
+        raise ValueError(f"granularity {text!r} is not one the engine knows")
+    return cast(Granularity, text)  # one of GRANULARITIES, checked above
 
 
 def _instance_matrices(p: ClassProfiles) -> dict[str, torch.Tensor]:

@@ -126,7 +126,7 @@ class Verdict:
     reviewer: str
     created_at: datetime
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "dataset_fingerprint": self.dataset_fp,
@@ -164,7 +164,7 @@ class StoreInfo:
     slices: int = 0
     slice_bytes: int = 0
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {
             "url": self.url,
             "path": self.path,

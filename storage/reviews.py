@@ -10,7 +10,7 @@ import io
 import json
 import socket
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -187,7 +187,9 @@ class Reviews:
 
     # ------------------------------------------------------------------------------------------- uploads
 
-    def register_upload(self, kind: str, label: str, spec: str, details: dict | None = None) -> Upload:
+    def register_upload(
+        self, kind: str, label: str, spec: str, details: dict[str, Any] | None = None
+    ) -> Upload:
         """Register a model or dataset uploaded in the app (the same kind and label again replaces it).
 
         Args:
@@ -305,7 +307,7 @@ def _run_of(r: RunRow) -> Run:
     )
 
 
-def _recipe_of(text: str | None) -> dict | None:
+def _recipe_of(text: str | None) -> dict[str, Any] | None:
     """The recorded recipe, or ``None`` (not recorded, or not readable: a run record is never an error)."""
     if not text:
         return None

@@ -53,7 +53,9 @@ class Store(ProfileCache, Reviews):
     # ------------------------------------------------------------------------------------------- opening
 
     @classmethod
-    def open(cls, url_or_path: str | os.PathLike | None = None, *, timeout: float | None = None) -> Store:
+    def open(
+        cls, url_or_path: str | os.PathLike[str] | None = None, *, timeout: float | None = None
+    ) -> Store:
         """Open (creating or upgrading as needed) the store at a path or SQLAlchemy URL.
 
         Args:

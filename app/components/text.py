@@ -46,37 +46,37 @@ def printable(text: object) -> str:
     return "".join(ch for ch in spaced if unicodedata.category(ch) not in ("Cc", "Cf"))
 
 
-# What the library's messages advise on the command line, said as the switches the app's upload page has.
+# What the library's messages advise (its parameters), said as the switches the app's upload page has.
 # A route only the command line has (a ``package.module:function`` factory) is said as the upload page's own.
 APP_SWITCHES = (
     (
-        re.compile(r"use --model torchvision:ARCH or package\.module:function with --weights \S+"),
+        re.compile(r"use the spec torchvision:ARCH or package\.module:function with weights=\S+"),
         "choose its architecture in the list and add it again",
     ),
     (
-        re.compile(r"load the PyTorch model itself \(package\.module:function --weights FILE\)"),
+        re.compile(r"load the PyTorch model itself \(package\.module:function with weights=FILE\)"),
         "upload the PyTorch model's weights instead, with its architecture chosen in the list",
     ),
     (
-        re.compile(r"or use package\.module:function --weights FILE"),
+        re.compile(r"or use package\.module:function with weights=FILE"),
         "or upload its weights with its architecture chosen in the list",
     ),
     (
         re.compile(
-            r"use demo:blurred\|sharp, torchvision:ARCH --weights FILE, package\.module:function --weights FILE, "
-            r"or an exported program PATH\.pt2 \(torch\.export\.save\)"
+            r"use demo:blurred\|sharp, torchvision:ARCH with weights=FILE, "
+            r"package\.module:function with weights=FILE, or an exported program PATH\.pt2 \(torch\.export\.save\)"
         ),
         "upload weights (a state_dict or .safetensors) with their architecture chosen in the list, or an "
         "exported program (.pt2, torch.export.save)",
     ),
     (
-        re.compile(r"package\.module:function( with)?( --weights \S+)?"),
+        re.compile(r"package\.module:function( with)?( weights=\S+)?"),
         "its weights with the architecture chosen in the list",
     ),
-    (re.compile(r"pass --trust-pickle"), "tick “Trust this pickle”"),
-    (re.compile(r"pass --skip-bad-images"), "tick “Skip unreadable images”"),
-    (re.compile(r"--weights FILE(\.safetensors)?"), "a weights file"),
-    (re.compile(r"use --model torchvision:ARCH"), "choose its architecture"),
+    (re.compile(r"pass trust_pickle=True"), "tick “Trust this pickle”"),
+    (re.compile(r"pass (--skip-bad-images|on_bad_image='skip')"), "tick “Skip unreadable images”"),
+    (re.compile(r"weights=FILE(\.safetensors)?"), "a weights file"),
+    (re.compile(r"use the spec torchvision:ARCH"), "choose its architecture"),
     (
         re.compile(r"in output order \(class_names, e\.g\. "),
         "in output order (the model's “Class names” field, e.g. ",

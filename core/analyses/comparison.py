@@ -40,9 +40,11 @@ from essence.core.analyses.matching import (
 from essence.core.analyses.profiles import ClassProfiles, class_profiles
 from essence.core.base.devices import resolve_device
 from essence.core.base.errors import LabelMismatchError, SpecError
-from essence.core.engine.influence import CancelFlag
+from essence.core.base.model_state import CancelFlag
+from essence.core.engine.activation_source import ActivationSource
 from essence.core.engine.quantities import Kind
 from essence.core.engine.slices import Granularity, resolve_layer
+from essence.core.inputs.cards import output_names
 from essence.core.inputs.data import ImageData, class_index, labels_of
 
 
@@ -93,6 +95,11 @@ class ClassDelta:
         }
 
 
+def _no_counts(*shape: int) -> torch.Tensor:
+    """An empty int64 tensor: what a comparison built by hand holds until its counts are given."""
+    return torch.zeros(shape, dtype=torch.int64)
+
+
 @dataclass(frozen=True)
 class Comparison:
     """Model A (old) against model B (retrained) on the same N images with K classes.
@@ -110,6 +117,20 @@ class Comparison:
         profiles_a, profiles_b: the class profiles compared.
         diagnosis_a, diagnosis_b: each side's drowning-expert diagnosis, when it was asked for.
         diagnosis_note: why a diagnosis is missing (empty when both are there).
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> from essence.core import Comparison, compare_models
+        >>> _ = torch.manual_seed(0)
+        >>> a, b = (nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).eval() for _ in "ab")
+        >>> x, y = torch.randn(60, 4), torch.arange(60) % 3
+        >>> c = compare_models(a, b, (x, y), "1", diagnose=False, device="cpu")
+        >>> isinstance(c, Comparison), c.confusion_a.shape, c.class_names
+        (True, torch.Size([3, 3]), ['0', '1', '2'])
+        >>> delta = c.class_delta("0")  # one class, A against B
+        >>> delta.support, delta.drift.k
+        (20, 5)
     """
 
     a: str
@@ -122,12 +143,12 @@ class Comparison:
     predictions_b: torch.Tensor = field(repr=False)
     accuracy_a: float = float("nan")
     accuracy_b: float = float("nan")
-    confusion_a: torch.Tensor = field(default=None, repr=False)  # type: ignore[assignment]
-    confusion_b: torch.Tensor = field(default=None, repr=False)  # type: ignore[assignment]
+    confusion_a: torch.Tensor = field(default_factory=lambda: _no_counts(0, 0), repr=False)
+    confusion_b: torch.Tensor = field(default_factory=lambda: _no_counts(0, 0), repr=False)
     classes: list[ClassDelta] = field(default_factory=list)
-    fixed: torch.Tensor = field(default=None, repr=False)  # type: ignore[assignment]
-    broken: torch.Tensor = field(default=None, repr=False)  # type: ignore[assignment]
-    changed: torch.Tensor = field(default=None, repr=False)  # type: ignore[assignment]
+    fixed: torch.Tensor = field(default_factory=lambda: _no_counts(0), repr=False)
+    broken: torch.Tensor = field(default_factory=lambda: _no_counts(0), repr=False)
+    changed: torch.Tensor = field(default_factory=lambda: _no_counts(0), repr=False)
     matching: Matching | None = field(default=None, repr=False)
     profiles_a: ClassProfiles | None = field(default=None, repr=False)
     profiles_b: ClassProfiles | None = field(default=None, repr=False)
@@ -140,7 +161,7 @@ class Comparison:
         return self.classes[class_index(cls, self.class_names)]
 
     def to_json(self) -> dict[str, Any]:
-        """The stable JSON layout of ``essence compare --json`` (DESIGN §4)."""
+        """The stable JSON layout of the comparison (DESIGN §4; what ``essence compare --json`` writes)."""
         return {
             "a": self.a,
             "b": self.b,
@@ -183,6 +204,7 @@ def compare_models(
     batch_size: int = 64,
     device: str | torch.device = "auto",
     cancel: CancelFlag = None,
+    activations: ActivationSource | None = None,
 ) -> Comparison:
     """Compare model A (old) with model B (retrained) on the same images.
 
@@ -201,6 +223,8 @@ def compare_models(
         top_k: k of the top-unit overlap.
         diagnose: also run the drowning-expert diagnosis on each side.
         batch_size, device, cancel: as elsewhere.
+        activations: where z may be stored (:class:`~essence.core.engine.activation_source.ActivationSource`),
+            asked for each side; a source serves only the model and data it is of (the store's: one side).
 
     Returns:
         A :class:`Comparison`.
@@ -209,15 +233,78 @@ def compare_models(
         LabelMismatchError: ``data_b`` is not the same images and labels, or the models' outputs differ.
         SpecError: slices of different widths (without ``allow_partial``), bad settings.
         LayerNotFoundError: unknown layers.
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> from essence.core import compare_models
+        >>> _ = torch.manual_seed(0)
+        >>> old = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+        >>> new = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+        >>> x, y = torch.randn(60, 4), torch.arange(60) % 3
+        >>> c = compare_models(old, new, (x, y), "1", names=("old", "new"), diagnose=False, device="cpu")
+        >>> c.a, c.b, c.matching.units_a, len(c.matching.pairs_a)
+        ('old', 'new', 8, 8)
+        >>> sorted(c.to_json()["changed"])  # dataset indices fixed, broken and changed by the retraining
+        ['broken', 'changed_wrong', 'fixed']
     """
     layer_b = layer_a if layer_b is None else layer_b
+    data_b = data if data_b is None else data_b
+    labels = _same_question(model_a, model_b, data, data_b, layer_a, layer_b, match, threshold)
+    dev = resolve_device(device)
+    preds_a, preds_b, moments = joint_pass(
+        model_a, model_b, data, data_b, layer_a, layer_b, granularity, batch_size, dev, cancel
+    )
+    k = _num_classes(moments, class_names, data)
+    names_k = output_names(class_names, data) or [str(i) for i in range(k)]
+    matching = match_units(
+        moments, mode=match, threshold=threshold, allow_partial=allow_partial, layers=(layer_a, layer_b)
+    )
+    prof_a = _profiles(
+        model_a, data, layer_a, names_k, granularity, kind, batch_size, dev, cancel, activations
+    )
+    prof_b = _profiles(
+        model_b, data_b, layer_b, names_k, granularity, kind, batch_size, dev, cancel, activations
+    )
+    out = _behaviour(names, (layer_a, layer_b), names_k, torch.as_tensor(np.array(labels)), preds_a, preds_b)
+    classes = [
+        _class_delta(
+            c, names_k[c], out.confusion_a, out.confusion_b, prof_a.mean[c], prof_b.mean[c], matching, top_k
+        )
+        for c in range(k)
+    ]
+    out = replace(out, classes=classes, matching=matching, profiles_a=prof_a, profiles_b=prof_b)
+    if not diagnose:
+        return out
+    diag_a, diag_b = _diagnoses(
+        model_a, model_b, data, data_b, layer_a, layer_b, (prof_a, prof_b), batch_size, dev, activations
+    )
+    return replace(
+        out,
+        classes=[_with_diagnosis(d, c, diag_a, diag_b) for c, d in enumerate(classes)],
+        diagnosis_a=diag_a,
+        diagnosis_b=diag_b,
+        diagnosis_note="",
+    )
+
+
+def _same_question(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    data: object,
+    data_b: object,
+    layer_a: str,
+    layer_b: str,
+    match: MatchMode,
+    threshold: float,
+) -> np.ndarray:
+    """Check the settings, the two slices and that both sides see the same images; returns the labels ``[N]``."""
     if match not in ("signed", "abs"):
         raise SpecError(f"match must be 'signed' or 'abs', got {match!r}")
     if not -1 <= threshold <= 1:
         raise SpecError(f"threshold is a correlation in [-1, 1], got {threshold}")
     resolve_layer(model_a, layer_a)
     resolve_layer(model_b, layer_b)
-    data_b = data if data_b is None else data_b
     labels = labels_of(data)
     if not np.array_equal(labels, labels_of(data_b)):
         raise LabelMismatchError(
@@ -229,64 +316,65 @@ def compare_models(
             f"the data for A ({getattr(data, 'spec', '?')}) and B ({getattr(data_b, 'spec', '?')}) are different "
             "images: compare on the same images"
         )
-    dev = resolve_device(device)
-    preds_a, preds_b, moments = joint_pass(
-        model_a, model_b, data, data_b, layer_a, layer_b, granularity, batch_size, dev, cancel
-    )
-    k = _num_classes(moments, class_names, data)
-    names_k = list(class_names or getattr(data, "class_names", None) or [str(i) for i in range(k)])
-    matching = match_units(
-        moments, mode=match, threshold=threshold, allow_partial=allow_partial, layers=(layer_a, layer_b)
-    )
-    common = dict(
+    return labels
+
+
+def _profiles(
+    model: nn.Module,
+    data: object,
+    layer: str,
+    class_names: list[str],
+    granularity: Granularity,
+    kind: Kind,
+    batch_size: int,
+    dev: torch.device,
+    cancel: CancelFlag,
+    activations: ActivationSource | None,
+) -> ClassProfiles:
+    """One side's class profiles; a class empty in the data keeps its (NaN) row, so both sides have K rows."""
+    return class_profiles(
+        model,
+        data,
+        layer,
         granularity=granularity,
         kind=kind,
-        class_names=names_k,
+        class_names=class_names,
         allow_empty=True,
         batch_size=batch_size,
         device=dev,
         cancel=cancel,
+        activations=activations,
     )
-    prof_a = class_profiles(model_a, data, layer_a, **common)  # type: ignore[arg-type]
-    prof_b = class_profiles(model_b, data_b, layer_b, **common)  # type: ignore[arg-type]
-    y = torch.as_tensor(np.array(labels))
-    conf_a, conf_b = _confusion(y, preds_a, k), _confusion(y, preds_b, k)
-    classes = [
-        _class_delta(c, names_k[c], conf_a, conf_b, prof_a.mean[c], prof_b.mean[c], matching, top_k)
-        for c in range(k)
-    ]
+
+
+def _behaviour(
+    names: tuple[str, str],
+    layers: tuple[str, str],
+    class_names: list[str],
+    y: torch.Tensor,
+    preds_a: torch.Tensor,
+    preds_b: torch.Tensor,
+) -> Comparison:
+    """The comparison's first view: accuracy, confusion and the instances whose prediction changed."""
+    k = len(class_names)
     right_a, right_b = preds_a == y, preds_b == y
-    diag_a = diag_b = None
-    note = "not asked for"
-    if diagnose:
-        diag_a, diag_b = _diagnoses(
-            model_a, model_b, data, data_b, layer_a, layer_b, (prof_a, prof_b), batch_size, dev
-        )
-        note = ""
-        classes = [_with_diagnosis(d, c, diag_a, diag_b) for c, d in enumerate(classes)]
     return Comparison(
         a=names[0],
         b=names[1],
-        layer_a=layer_a,
-        layer_b=layer_b,
-        class_names=names_k,
+        layer_a=layers[0],
+        layer_b=layers[1],
+        class_names=class_names,
         labels=y,
         predictions_a=preds_a,
         predictions_b=preds_b,
         accuracy_a=float(right_a.double().mean()),
         accuracy_b=float(right_b.double().mean()),
-        confusion_a=conf_a,
-        confusion_b=conf_b,
-        classes=classes,
+        confusion_a=_confusion(y, preds_a, k),
+        confusion_b=_confusion(y, preds_b, k),
         fixed=torch.nonzero(~right_a & right_b).view(-1),
         broken=torch.nonzero(right_a & ~right_b).view(-1),
         changed=torch.nonzero(~right_a & ~right_b & (preds_a != preds_b)).view(-1),
-        matching=matching,
-        profiles_a=prof_a,
-        profiles_b=prof_b,
-        diagnosis_a=diag_a,
-        diagnosis_b=diag_b,
-        diagnosis_note=note,
+        diagnosis_note="not asked for",
     )
 
 
@@ -346,6 +434,7 @@ def _diagnoses(
     profiles: tuple[ClassProfiles, ClassProfiles],
     batch_size: int,
     dev: torch.device,
+    activations: ActivationSource | None,
 ) -> tuple[Diagnosis, Diagnosis]:
     """Each side's drowning-expert diagnosis.
 
@@ -368,6 +457,7 @@ def _diagnoses(
                 profiles=prof if reuse else None,
                 batch_size=batch_size,
                 device=dev,
+                activations=activations,
             )
         )
     return out[0], out[1]

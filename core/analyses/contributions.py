@@ -20,7 +20,7 @@ batches holding a misclassified instance) — about the physical reference of DE
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,9 +35,9 @@ from essence.core.base.errors import (
     NonFiniteOutputError,
     SpecError,
 )
-from essence.core.base.model_state import cancelled, on_device
-from essence.core.engine.influence import CancelFlag, Progress
-from essence.core.engine.slices import Granularity, capture, inference_state, is_input_layer, reduce_units
+from essence.core.base.model_state import CancelFlag, cancelled, inference_state, on_device
+from essence.core.engine.influence import Progress
+from essence.core.engine.slices import Capture, Granularity, capture, is_input_layer, reduce_units
 from essence.core.inputs.data import as_batches
 
 
@@ -107,7 +107,9 @@ def unit_contributions(
         raise EmptyClassError("the data holds no instances: nothing to score")
     total = -(-n // batch_size)
     kept: dict[str, list[torch.Tensor]] = {k: [] for k in ("cy", "cp", "idx", "y", "out")}
-    hook = nullcontext() if is_input_layer(layer) else capture(model, layer)
+    hook: AbstractContextManager[Capture | None] = (
+        nullcontext() if is_input_layer(layer) else capture(model, layer)
+    )
     with inference_state(model), on_device(model, dev), hook as cap:
         for done, (x, y, idx) in enumerate(batches, start=1):
             if cancelled(cancel):
@@ -131,9 +133,15 @@ def unit_contributions(
 
 
 def _batch(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, layer: str, cap: object, granularity: Granularity
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    layer: str,
+    cap: Capture | None,
+    granularity: Granularity,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One forward and one (or two) backwards above the slice: contributions to the label and the prediction."""
+    leaf: torch.Tensor | None
     with torch.enable_grad():
         if cap is None:
             leaf = x.detach().requires_grad_(True)

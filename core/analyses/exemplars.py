@@ -110,8 +110,9 @@ def unit_exemplars(
             device=device,
             keep_instances=True,
         )
-        vectors = result.instance_vectors
-        positions = torch.as_tensor(members)[result.instance_indices]
+        vectors, rows = result.instance_vectors, result.instance_indices
+        assert vectors is not None and rows is not None, "keep_instances=True keeps every instance's vector"
+        positions = torch.as_tensor(members)[rows]
     else:
         if instance_indices is None:
             raise SpecError("instance_indices must come with instance_vectors (both from the same pass)")
@@ -130,7 +131,9 @@ def unit_exemplars(
     )
 
 
-def _subset(data: ImageData | tuple, idx: np.ndarray) -> ImageData | tuple:
+def _subset(
+    data: ImageData | tuple[torch.Tensor, torch.Tensor], idx: np.ndarray
+) -> ImageData | tuple[torch.Tensor, torch.Tensor]:
     """The instances ``idx`` of a dataset, as a dataset of its own (positions 0..len(idx)-1)."""
     if isinstance(data, ImageData):
         return replace(

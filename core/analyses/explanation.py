@@ -33,11 +33,11 @@ from essence.core.analyses.interpret import (
 )
 from essence.core.base.devices import resolve_device
 from essence.core.base.errors import LayerNotFoundError, SpecError
-from essence.core.base.model_state import on_device
+from essence.core.base.model_state import inference_state, on_device
 from essence.core.engine.distributions import Instance
 from essence.core.engine.influence import influence
 from essence.core.engine.quantities import ClassScore, Comparative, Kind, quantity_name
-from essence.core.engine.slices import Granularity, inference_state, is_input_layer, resolve_layer
+from essence.core.engine.slices import Granularity, is_input_layer, resolve_layer
 from essence.core.inputs.data import class_index
 from essence.core.inputs.preprocessing import Preprocessing
 
@@ -69,6 +69,21 @@ class Explanation:
         ig_error: completeness error of IG: q(x) − q(baseline) − Σ ig.
         ig_map: uint8 ``[H, W, 3]`` IG summed over channels: red positive, blue negative.
         prediction: the predicted class index; probabilities: float32 ``[K]`` softmax of the outputs.
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> from essence.core import Explanation, explain
+        >>> _ = torch.manual_seed(0)
+        >>> model = nn.Sequential(
+        ...     nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(),
+        ...     nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3),
+        ... ).eval()
+        >>> e = explain(model, torch.rand(1, 8, 8), 0, layer="3", top_k=2, device="cpu")
+        >>> isinstance(e, Explanation), e.influence.shape, e.unit_gradients.shape, e.heatmaps.shape
+        (True, torch.Size([8]), torch.Size([2, 1, 8, 8]), (2, 8, 8, 3))
+        >>> sorted(e.to_json())[:4]
+        ['class', 'granularity', 'ig_completeness_error', 'ig_sum']
     """
 
     cls: int
@@ -165,11 +180,28 @@ def explain(
         ClassNotFoundError: unknown class name or index (the message lists the classes).
         LayerNotFoundError: unknown layer, or the input slice.
         SpecError: ``top_k < 1``, unknown method or kind, ``vs`` equal to ``cls``, an image of the wrong shape.
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> from essence.core import explain
+        >>> _ = torch.manual_seed(0)
+        >>> model = nn.Sequential(
+        ...     nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(),
+        ...     nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3),
+        ... ).eval()
+        >>> image = torch.rand(1, 8, 8)  # one preprocessed image [C, H, W]
+        >>> e = explain(model, image, "cat", vs="dog", layer="3", top_k=2, class_names=["cat", "dog", "fox"],
+        ...             device="cpu")
+        >>> e.question, e.quantity
+        ("why 'cat' rather than 'dog'", 'logit[0]-logit[1]')
+        >>> e.unit_ids.shape, e.overlays.shape, e.image.shape  # 2 top units, their maps on the 8×8 image
+        (torch.Size([2]), (2, 8, 8, 3), (8, 8, 3))
     """
     if is_input_layer(layer):
         raise LayerNotFoundError(
             "explain needs a slice above the input (the input-level view is the integrated-gradients map): "
-            "pass --layer (list them with `essence layers`)"
+            "name a module path above it with layer= (essence.core.layer_names(model) lists them)"
         )
     resolve_layer(model, layer)
     if method not in METHODS:
@@ -227,7 +259,7 @@ def _explain(
     b = None if vs is None else class_index(vs, names)
     if b == a:
         raise SpecError(
-            f"--vs names the same class as --class ({names[a]!r}): pick another class to compare with"
+            f"vs= names the same class as cls= ({names[a]!r}): pick another class to compare with"
         )
     quantity = ClassScore(a, kind) if b is None else Comparative(a, b, kind)
     label = torch.tensor([a])

@@ -39,6 +39,9 @@ if TYPE_CHECKING:
     from essence.core.inputs.data import ImageData
 
 ExportFormat = Literal["csv", "json", "parquet", "fiftyone", "cleanlab"]
+_EXPORT_FORMATS: dict[str, ExportFormat] = {
+    "csv": "csv", "json": "json", "parquet": "parquet", "fiftyone": "fiftyone", "cleanlab": "cleanlab",
+}  # fmt: skip
 TABLE_FORMATS = ("csv", "json", "parquet")
 # The triage table, in this order; the score columns are every score of essence.core.analyses.triage.SCORES.
 # ``confidence`` is max p (the predicted class's probability), ``doubt`` 1 − max p (added last, as columns are).
@@ -85,12 +88,13 @@ def export_format(
         else "cleanlab" if name.endswith(".npz")
         else name.rsplit(".", 1)[-1] if "." in name else ""
     )  # fmt: skip
-    if fmt not in allowed:
+    known = _EXPORT_FORMATS.get(fmt)
+    if known is None or fmt not in allowed:
         shown = {"fiftyone": "FILE.fiftyone.json", "cleanlab": "FILE.npz (cleanlab)"}
         raise SpecError(
-            f"--export {path}: name a {', '.join(shown.get(f, f'FILE.{f}') for f in allowed)} file"
+            f"export path {path}: name a {', '.join(shown.get(f, f'FILE.{f}') for f in allowed)} file"
         )
-    return fmt  # type: ignore[return-value]
+    return known
 
 
 def triage_rows(

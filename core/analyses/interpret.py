@@ -28,34 +28,44 @@ from typing import Literal
 import numpy as np
 import torch
 from torch import nn
+from torch.autograd.function import BackwardCFunction, FunctionCtx
 
 from essence.core.base.errors import LayerNotFoundError, SpecError
-from essence.core.engine.distributions import Instance, LinearPath
+from essence.core.base.model_state import inference_state
+from essence.core.engine.distributions import Instance, LinearPath, PathMethod
 from essence.core.engine.influence import influence
 from essence.core.engine.quantities import Quantity
-from essence.core.engine.slices import Granularity, inference_state, resolve_layer
+from essence.core.engine.slices import Granularity, resolve_layer
 
 Method = Literal["saliency", "guided", "deconvnet"]
 METHODS: tuple[str, ...] = ("saliency", "guided", "deconvnet")
 
 
-class _RectifiedReLU(torch.autograd.Function):
-    """ReLU whose backward is guided backprop's or DeconvNet's rule."""
+class _GuidedReLU(torch.autograd.Function):
+    """ReLU whose backward is guided backprop's rule: positive gradients, where the forward input was positive."""
 
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, guided: bool) -> torch.Tensor:
+    def forward(ctx: FunctionCtx, x: torch.Tensor) -> torch.Tensor:
         out = x.clamp(min=0)
         ctx.save_for_backward(out)
-        ctx.guided = guided
         return out
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+    def backward(ctx: BackwardCFunction, grad: torch.Tensor) -> torch.Tensor:
         (out,) = ctx.saved_tensors
-        g = grad.clamp(min=0)
-        if ctx.guided:
-            g = g * (out > 0).to(g.dtype)
-        return g, None
+        return grad.clamp(min=0) * (out > 0).to(grad.dtype)
+
+
+class _DeconvReLU(torch.autograd.Function):
+    """ReLU whose backward is DeconvNet's rule: positive gradients, whatever the forward input."""
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, x: torch.Tensor) -> torch.Tensor:
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx: BackwardCFunction, grad: torch.Tensor) -> torch.Tensor:
+        return grad.clamp(min=0)
 
 
 @contextmanager
@@ -82,17 +92,18 @@ def relu_rule(model: nn.Module, method: Method) -> Iterator[int]:
     if not relus:
         raise SpecError(
             f"method {method!r} modifies the backward of nn.ReLU modules, and this model has none (it may "
-            "apply ReLU as a function): use --method saliency"
+            "apply ReLU as a function): use method='saliency'"
         )
-    guided = method == "guided"
+    rule = _GuidedReLU if method == "guided" else _DeconvReLU
     inputs: dict[int, torch.Tensor] = {}
 
-    def pre(module: nn.Module, args: tuple) -> None:
+    def pre(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
         x = args[0]
         inputs[id(module)] = x.clone() if getattr(module, "inplace", False) else x
 
-    def post(module: nn.Module, _args: tuple, _output: torch.Tensor) -> torch.Tensor:
-        return _RectifiedReLU.apply(inputs.pop(id(module)), guided)
+    def post(module: nn.Module, _args: tuple[torch.Tensor, ...], _output: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = rule.apply(inputs.pop(id(module)))  # Function.apply is untyped
+        return out
 
     handles = []
     try:
@@ -153,7 +164,7 @@ def unit_input_gradients(
     xs = x.to(device).expand(len(units), *x.shape[1:]).clone().requires_grad_(True)
     got: dict[str, torch.Tensor] = {}
 
-    def stop(_m: nn.Module, _i: tuple, out: torch.Tensor) -> None:
+    def stop(_m: nn.Module, _i: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
         got["z"] = out
         raise _Reached
 
@@ -189,7 +200,7 @@ def integrated_gradients(
     *,
     baseline: float | torch.Tensor = 0.0,
     steps: int = 32,
-    method: str = "gausslegendre",
+    method: PathMethod = "gausslegendre",
     label: int = 0,
     batch_size: int = 32,
     device: str | torch.device = "cpu",
@@ -220,7 +231,7 @@ def integrated_gradients(
     if x.ndim == 4:
         x = x[0]
     base = torch.as_tensor(baseline, dtype=x.dtype).expand_as(x)
-    path = LinearPath(steps=steps, baseline=base, method=method)  # type: ignore[arg-type]
+    path = LinearPath(steps=steps, baseline=base, method=method)
     alphas, weights = zip(*path.points(), strict=True)
     points = torch.stack([base + a * (x - base) for a in alphas])
     labels = torch.full((steps,), label, dtype=torch.long)
@@ -235,8 +246,10 @@ def integrated_gradients(
         device=device,
         keep_instances=True,
     )
-    grads = torch.empty_like(result.instance_vectors, dtype=torch.float64)
-    grads[result.instance_indices] = result.instance_vectors.double()
+    vectors, rows = result.instance_vectors, result.instance_indices
+    assert vectors is not None and rows is not None, "keep_instances=True keeps every point's vector"
+    grads = torch.empty_like(vectors, dtype=torch.float64)
+    grads[rows] = vectors.double()
     average = (torch.tensor(weights, dtype=torch.float64)[:, None] * grads).sum(0)
     attribution = average.reshape(x.shape) * (x - base).double()
     with inference_state(model), torch.no_grad():
@@ -287,7 +300,10 @@ def overlay(image: np.ndarray, saliency: np.ndarray) -> np.ndarray:
     """The image scaled by the map, uint8 ``[H, W, 3]``: bright where the unit is sensitive, dark elsewhere."""
     if image.shape[:2] != saliency.shape:
         raise SpecError(f"image {image.shape[:2]} and map {saliency.shape} differ in size")
-    return (image.astype(np.float32) * saliency[..., None]).round().clip(0, 255).astype(np.uint8)
+    scaled: np.ndarray = (
+        (image.astype(np.float32) * saliency[..., None]).round().clip(0, 255).astype(np.uint8)
+    )
+    return scaled
 
 
 # A perceptually ordered dark-to-bright ramp (black → purple → orange → yellow), linear between anchors.
@@ -299,7 +315,8 @@ def heatmap(saliency: np.ndarray) -> np.ndarray:
     s = np.clip(np.nan_to_num(saliency), 0, 1) * (len(_RAMP) - 1)
     lo = np.floor(s).astype(int).clip(0, len(_RAMP) - 2)
     t = (s - lo)[..., None]
-    return ((1 - t) * _RAMP[lo] + t * _RAMP[lo + 1]).round().astype(np.uint8)
+    coloured: np.ndarray = ((1 - t) * _RAMP[lo] + t * _RAMP[lo + 1]).round().astype(np.uint8)
+    return coloured
 
 
 def signed_map(attribution: torch.Tensor) -> np.ndarray:

@@ -27,7 +27,7 @@ op above it cannot overwrite it).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,10 +37,10 @@ from torch import nn
 
 from essence.core.base.devices import resolve_device
 from essence.core.base.errors import Cancelled, EmptyClassError, LayerNotFoundError, SpecError
-from essence.core.base.model_state import cancelled, on_device
-from essence.core.engine.influence import CancelFlag, Progress
+from essence.core.base.model_state import CancelFlag, cancelled, inference_state, on_device
+from essence.core.engine.influence import Progress
 from essence.core.engine.quantities import Kind, OwnLabel
-from essence.core.engine.slices import Granularity, inference_state, layer_names, reduce_units, resolve_layer
+from essence.core.engine.slices import Granularity, layer_names, reduce_units, resolve_layer
 from essence.core.engine.sums import InfluenceSums
 from essence.core.inputs.data import as_batches, labels_of
 
@@ -76,7 +76,20 @@ class LayerSuggestion:
         reason: one sentence on why it was picked.
         settings: the rule's settings (``mass``, ``min_depth``, ``max_depth``, ``min_units``, ``kind``,
             ``granularity``, ``instances``).
-        all_layers: every module path of the model (what ``--layer`` accepts).
+        all_layers: every module path of the model (what a ``layer`` argument accepts).
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> from essence.core import LayerSuggestion, suggest_layer
+        >>> _ = torch.manual_seed(0)
+        >>> model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
+        >>> data = (torch.randn(60, 4), torch.arange(60) % 3)
+        >>> s = suggest_layer(model.eval(), data, layers=["1", "3"], device="cpu")
+        >>> isinstance(s, LayerSuggestion), [(score.name, score.units) for score in s.layers]
+        (True, [('1', 16), ('3', 16)])
+        >>> s.suggested in ("1", "3"), sorted(s.settings)[:3]
+        (True, ['granularity', 'instances', 'kind'])
     """
 
     layers: list[LayerScore]
@@ -188,18 +201,29 @@ def suggest_layer(
     Raises:
         LayerNotFoundError: an unknown layer name, a layer not reached, or no candidate layer.
         SpecError: settings out of range.
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> from essence.core import suggest_layer
+        >>> _ = torch.manual_seed(0)
+        >>> model = nn.Sequential(
+        ...     nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(),
+        ...     nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3),
+        ... ).eval()
+        >>> images, labels = torch.rand(30, 1, 8, 8), torch.arange(30) % 3
+        >>> s = suggest_layer(model, (images, labels), min_units=4, device="cpu")
+        >>> [score.name for score in s.layers]  # the conv layers; the output layer is left out
+        ['0', '2']
+        >>> s.suggested, s.reason.startswith(s.suggested + ":")
+        ('2', True)
     """
     if not 0 < mass <= 1 or not 0 <= min_depth <= max_depth <= 1 or min_units < 1:
         raise SpecError(
             f"need 0 < mass ≤ 1, 0 ≤ min_depth ≤ max_depth ≤ 1 and min_units ≥ 1; got mass={mass}, "
             f"depth=[{min_depth}, {max_depth}], min_units={min_units}"
         )
-    names = list(layers) if layers is not None else default_candidates(model)
-    if not names:
-        raise LayerNotFoundError("the model has no Conv or Linear layer to score: pass layers explicitly")
-    modules = {n: resolve_layer(model, n) for n in names}
-    if any(m is None for m in modules.values()):
-        raise LayerNotFoundError("the input is not a layer to score: leave '' out of layers")
+    modules = _candidate_modules(model, layers)
     labels = labels_of(data)
     subset = None
     if max_instances is not None and len(labels) > max_instances:
@@ -230,10 +254,7 @@ def suggest_layer(
         )
         for n in order
     ]
-    best = min(
-        (r for r in results if r.eligible),
-        key=lambda r: (np.nan_to_num(r.share80, nan=2.0), -np.nan_to_num(r.gini, nan=-1.0), -r.depth),
-    )
+    best = _most_concentrated(results)
     reason = (
         f"{best.name}: {best.share80:.0%} of its {best.units} units carry {mass:.0%} of the absolute class "
         f"influence (Gini {best.gini:.2f}), the most concentrated of the eligible layers"
@@ -248,6 +269,26 @@ def suggest_layer(
         "instances": int(len(labels) if subset is None else len(subset)),
     }
     return LayerSuggestion(results, best.name, reason, settings, layer_names(model))
+
+
+def _candidate_modules(model: nn.Module, layers: Sequence[str] | None) -> dict[str, nn.Module]:
+    """The modules to score by path: ``layers``, by default :func:`default_candidates`; never the input."""
+    names = list(layers) if layers is not None else default_candidates(model)
+    if not names:
+        raise LayerNotFoundError("the model has no Conv or Linear layer to score: pass layers explicitly")
+    found = {n: resolve_layer(model, n) for n in names}
+    modules = {n: m for n, m in found.items() if m is not None}
+    if len(modules) < len(found):
+        raise LayerNotFoundError("the input is not a layer to score: leave '' out of layers")
+    return modules
+
+
+def _most_concentrated(results: list[LayerScore]) -> LayerScore:
+    """The eligible layer with the lowest share80, ties broken by the higher Gini, then the deeper layer."""
+    return min(
+        (r for r in results if r.eligible),
+        key=lambda r: (np.nan_to_num(r.share80, nan=2.0), -np.nan_to_num(r.gini, nan=-1.0), -r.depth),
+    )
 
 
 def _units(shape: tuple[int, ...], granularity: Granularity) -> int:
@@ -302,8 +343,8 @@ def _gradients_at(
     outputs: dict[str, torch.Tensor] = {}
     order: list[str] = []
 
-    def hook_for(name: str):  # noqa: ANN202 - a forward hook
-        def hook(_m: nn.Module, _i: tuple, out: torch.Tensor) -> torch.Tensor:
+    def hook_for(name: str) -> Callable[[nn.Module, tuple[object, ...], torch.Tensor], torch.Tensor]:
+        def hook(_m: nn.Module, _i: tuple[object, ...], out: torch.Tensor) -> torch.Tensor:
             if not isinstance(out, torch.Tensor):
                 raise LayerNotFoundError(
                     f"layer {name!r} returns {type(out).__name__}, not a tensor: leave it out"

@@ -29,10 +29,15 @@ from scipy.optimize import linear_sum_assignment
 from scipy.stats import spearmanr
 from torch import nn
 
-from essence.core.base.errors import Cancelled, LabelMismatchError, LayerNotFoundError, SpecError
-from essence.core.base.model_state import cancelled, on_device
-from essence.core.engine.influence import CancelFlag
-from essence.core.engine.slices import Granularity, inference_state, resolve_layer
+from essence.core.base.errors import (
+    Cancelled,
+    EmptyClassError,
+    LabelMismatchError,
+    LayerNotFoundError,
+    SpecError,
+)
+from essence.core.base.model_state import CancelFlag, cancelled, inference_state, on_device
+from essence.core.engine.slices import Granularity, resolve_layer
 from essence.core.inputs.data import as_batches
 
 MatchMode = Literal["signed", "abs"]
@@ -149,23 +154,32 @@ class ActivationMoments:
             )
             self.saa, self.sbb = torch.zeros_like(self.sa), torch.zeros_like(self.sb)
             self.sab = torch.zeros(a.shape[1], b.shape[1], dtype=torch.float64)
+        sa, sb, saa, sbb, sab = self._sums()
         self.n += a.shape[0]
-        self.sa += a.sum(0)
-        self.sb += b.sum(0)
-        self.saa += (a * a).sum(0)
-        self.sbb += (b * b).sum(0)
-        self.sab += a.T @ b
+        # in place: the sums held by the moments grow
+        sa += a.sum(0)
+        sb += b.sum(0)
+        saa += (a * a).sum(0)
+        sbb += (b * b).sum(0)
+        sab += a.T @ b
+
+    def _sums(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(sa, sb, saa, sbb, sab)``, there once a batch has been added."""
+        if self.sa is None or self.sb is None or self.saa is None or self.sbb is None or self.sab is None:
+            raise EmptyClassError("no images were seen: the units' correlation needs at least one image")
+        return self.sa, self.sb, self.saa, self.sbb, self.sab
 
     def correlation(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(corr [Ua, Ub], constant_a [Ua] bool, constant_b [Ub] bool)``; 0 where a unit never varies."""
+        sa, sb, saa, sbb, sab = self._sums()
         n = max(self.n, 1)
-        ma, mb = self.sa / n, self.sb / n
-        va = (self.saa / n - ma * ma).clamp(min=0)
-        vb = (self.sbb / n - mb * mb).clamp(min=0)
-        cov = self.sab / n - ma[:, None] * mb[None, :]
+        ma, mb = sa / n, sb / n
+        va = (saa / n - ma * ma).clamp(min=0)
+        vb = (sbb / n - mb * mb).clamp(min=0)
+        cov = sab / n - ma[:, None] * mb[None, :]
         # a unit whose variance is at rounding level of its mean square never varies: no correlation is defined
-        const_a = va <= 1e-10 * (self.saa / n).clamp(min=1e-30)
-        const_b = vb <= 1e-10 * (self.sbb / n).clamp(min=1e-30)
+        const_a = va <= 1e-10 * (saa / n).clamp(min=1e-30)
+        const_b = vb <= 1e-10 * (sbb / n).clamp(min=1e-30)
         denom = torch.sqrt(va[:, None] * vb[None, :])
         corr = torch.where(denom > 0, cov / denom.clamp(min=1e-300), torch.zeros_like(cov)).clamp(-1, 1)
         corr[const_a] = 0
@@ -215,8 +229,8 @@ def joint_pass(
     moments = ActivationMoments()
     preds_a, preds_b = [], []
 
-    def keep(key: str) -> Callable[[nn.Module, tuple, torch.Tensor], None]:
-        def hook(_m: nn.Module, _i: tuple, out: torch.Tensor) -> None:
+    def keep(key: str) -> Callable[[nn.Module, tuple[object, ...], torch.Tensor], None]:
+        def hook(_m: nn.Module, _i: tuple[object, ...], out: torch.Tensor) -> None:
             seen[key] = _reduce_activation(out.detach().float(), granularity).cpu()
 
         return hook
@@ -285,7 +299,7 @@ def match_units(
     if ua != ub and not allow_partial:
         raise SpecError(
             f"the slices have different widths: A's {layers[0]!r} has {ua} units, B's {layers[1]!r} has {ub}; "
-            "compare layers of the same width (--layer / --layer-b), or allow a partial matching (--partial)"
+            "compare layers of the same width (layer_a= / layer_b=), or allow a partial matching (allow_partial=True)"
         )
     score = corr.abs() if mode == "abs" else corr
     rows, cols = linear_sum_assignment(-score.numpy())

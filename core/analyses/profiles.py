@@ -8,17 +8,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from essence.core.base.errors import EmptyClassError, LabelMismatchError, SpecError
+from essence.core.base.model_state import CancelFlag
+from essence.core.engine.activation_source import ActivationSource
 from essence.core.engine.distributions import ClassConditional
-from essence.core.engine.influence import Autocast, CancelFlag, Influence, Progress, influence
+from essence.core.engine.influence import Autocast, Influence, Progress, influence
 from essence.core.engine.quantities import Kind, OwnLabel
 from essence.core.engine.slices import Granularity
 from essence.core.engine.sums import InfluenceSums
+from essence.core.inputs.cards import output_names
 from essence.core.inputs.data import ImageData, labels_of
 
 
@@ -38,6 +42,18 @@ class ClassProfiles:
         sums: the running sums (float64) the profile was finalised from (mergeable, stored).
         instances: the per-instance vectors from the same pass, if asked for (see :class:`Influence`).
         cached: whether the result was served from the store.
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> from essence.core import ClassProfiles, class_profiles
+        >>> _ = torch.manual_seed(0)
+        >>> model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+        >>> p = class_profiles(model, (torch.randn(60, 4), torch.arange(60) % 3), "1", device="cpu")
+        >>> isinstance(p, ClassProfiles), p.num_units, p.counts.tolist()
+        (True, 16, [20, 20, 20])
+        >>> p.order(0)[:3].shape  # class 0's three most positively influential units
+        torch.Size([3])
     """
 
     mean: torch.Tensor
@@ -60,10 +76,10 @@ class ClassProfiles:
         """Unit indices of class ``cls`` sorted by influence (most positive first)."""
         return torch.argsort(self.mean[cls], descending=descending)
 
-    def to_json(self) -> dict:
-        """The stable JSON layout of the CLI's ``profile --json`` (DESIGN §4)."""
+    def to_json(self) -> dict[str, Any]:
+        """The stable JSON layout of the profiles (DESIGN §4; what ``essence profile --json`` writes)."""
 
-        def clean(t: torch.Tensor) -> list:
+        def clean(t: torch.Tensor) -> list[list[float | None]]:
             a = t.detach().cpu().double().numpy()
             return [[None if not np.isfinite(v) else float(v) for v in row] for row in a]
 
@@ -125,8 +141,8 @@ def checked_class_names(
     empty = [names[i] for i in range(num_classes) if int(counts[i]) == 0]
     if empty and not allow_empty:
         raise EmptyClassError(
-            f"classes {empty} have no instances in the data (of {num_instances}): add their images, or allow "
-            "empty classes (CLI: --allow-empty)"
+            f"classes {empty} have no instances in the data (of {num_instances}): add their images, or keep "
+            "empty classes with allow_empty=True"
         )
     return names
 
@@ -147,6 +163,7 @@ def class_profiles(
     progress: Progress | None = None,
     cancel: CancelFlag = None,
     channels_last: bool = False,
+    activations: ActivationSource | None = None,
 ) -> ClassProfiles:
     """Every class's influence profile at ``layer`` in one streamed pass.
 
@@ -161,6 +178,8 @@ def class_profiles(
         keep_instances: also keep every instance's own vector (for triage) from the same pass.
         batch_size, device, autocast, progress, cancel, channels_last: as in
             :func:`~essence.core.engine.influence.influence`.
+        activations: where z may be stored, read instead of running the layers below the slice, and recorded
+            by a full pass (:class:`~essence.core.engine.activation_source.ActivationSource`).
 
     Returns:
         :class:`ClassProfiles` with ``mean``/``stderr`` ``[C, U]``.
@@ -168,8 +187,19 @@ def class_profiles(
     Raises:
         EmptyClassError: a class of the model has no instances (unless ``allow_empty``).
         LabelMismatchError: the data's classes do not match the model's outputs.
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> from essence.core import class_profiles
+        >>> _ = torch.manual_seed(0)
+        >>> model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+        >>> x, y = torch.randn(60, 4), torch.arange(60) % 3
+        >>> p = class_profiles(model, (x, y), "1", class_names=["cat", "dog", "fox"], device="cpu")
+        >>> p.mean.shape, p.stderr.shape, p.quantity, p.class_names
+        (torch.Size([3, 16]), torch.Size([3, 16]), 'logit[label]', ['cat', 'dog', 'fox'])
     """
-    names = list(class_names or getattr(data, "class_names", None) or [])
+    names = output_names(class_names, data)
     labels = labels_of(data)
     result = influence(
         model,
@@ -186,6 +216,7 @@ def class_profiles(
         progress=progress,
         cancel=cancel,
         channels_last=channels_last,
+        activations=activations,
     )
     names = checked_class_names(names, result.counts, len(labels), allow_empty)
     return ClassProfiles(

@@ -103,7 +103,8 @@ class Spread:
         inside = (proj**2 / ((1.0 - self.shrinkage) * eig + self._floor())).sum(1)
         rest = np.clip((e * e).sum(1) - (proj**2).sum(1), 0.0, None)
         with np.errstate(over="ignore"):
-            return inside + rest / self._floor()
+            d: np.ndarray = inside + rest / self._floor()
+        return d
 
     def leave_one_out(self) -> np.ndarray:
         """d₋ᵢ of each reference instance against the other n − 1 ``[n]`` (Sherman–Morrison, exact for fixed δ, ν)."""
@@ -111,7 +112,8 @@ class Spread:
         s2 = self.singular**2
         m = (self.left**2 * s2 / ((1.0 - d) * s2 / (n - 1) + self._floor())).sum(1)
         k = (1.0 - d) * n / (n - 1) ** 2
-        return (n / (n - 1)) ** 2 * m / np.clip(1.0 - k * m, np.finfo(np.float64).eps, None)
+        loo: np.ndarray = (n / (n - 1)) ** 2 * m / np.clip(1.0 - k * m, np.finfo(np.float64).eps, None)
+        return loo
 
 
 def concentrated(x: np.ndarray, support: float = SUPPORT, max_steps: int = 20) -> np.ndarray:

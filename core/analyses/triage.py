@@ -39,14 +39,14 @@ And the reasoning score (:mod:`essence.core.analyses.reasoning`), which the outp
 The default ranking is ``merged`` (``benchmarks/bench_triage.py``, table in ``docs/analyses.md``): on digits
 ``self_confidence`` finds flipped labels with ROC AUC ≈ 0.99–1.0 and no influence score beats it there, while a
 planted shortcut is ranked least suspect by it (AUC ≈ 0.1) and found by ``reasoning`` (AUC ≈ 0.9 at mid-network
-slices); the merged queue keeps both kinds near its top. ``--score self_confidence`` gives the plain
+slices); the merged queue keeps both kinds near its top. ``score="self_confidence"`` gives the plain
 cleanlab queue.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -56,7 +56,9 @@ from essence.core.analyses.contributions import UnitContributions, unit_contribu
 from essence.core.analyses.profiles import ClassProfiles, class_profiles
 from essence.core.analyses.reasoning import Reasoning, reasoning_scores
 from essence.core.base.errors import SpecError
-from essence.core.engine.influence import CancelFlag, Progress
+from essence.core.base.model_state import CancelFlag
+from essence.core.engine.activation_source import ActivationSource
+from essence.core.engine.influence import Progress
 from essence.core.engine.quantities import Kind
 from essence.core.engine.slices import Granularity
 
@@ -113,6 +115,19 @@ class Triage:
         why_units: int64 ``[N, m]`` per row, the units whose contributions to the label's logit depart most
             from the class's (``reasoning.why_units``).
         why_z: float64 ``[N, m]`` their departures (c_j − μ_j) / σ_j against the class's reference spread.
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> from essence.core import Triage, deviation_scores
+        >>> _ = torch.manual_seed(0)
+        >>> model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+        >>> t = deviation_scores(model, (torch.randn(30, 4), torch.arange(30) % 3), "1", device="cpu")
+        >>> isinstance(t, Triage), sorted(t.scores) == sorted(SCORES)
+        (True, True)
+        >>> row = t.rows(top=1)[0]  # the most suspect instance, as a record
+        >>> row["index"] == int(t.indices[t.ranking[0]]), row["label_name"] in t.class_names
+        (True, True)
     """
 
     layer: str
@@ -136,8 +151,8 @@ class Triage:
     def __len__(self) -> int:
         return len(self.indices)
 
-    def rows(self, top: int | None = None) -> list[dict]:
-        """The ranking as records, most suspect first (the CLI's JSON ``scores``).
+    def rows(self, top: int | None = None) -> list[dict[str, Any]]:
+        """The ranking as records, most suspect first (the ``scores`` of :meth:`to_json`).
 
         Each row holds ``confidence`` (max p, the predicted class's probability), ``label_probability`` (the
         given label's), ``deviation`` (the ranking score) and every score by name, ``doubt`` (1 − max p) among them.
@@ -148,7 +163,7 @@ class Triage:
         order = self.ranking if top is None else self.ranking[: max(0, top)]
         out = []
         for r in order:
-            row = {
+            row: dict[str, Any] = {
                 "index": int(self.indices[r]),
                 "label": int(self.labels[r]),
                 "label_name": self.class_names[int(self.labels[r])],
@@ -167,8 +182,9 @@ class Triage:
             out.append(row)
         return out
 
-    def to_json(self, top: int | None = None) -> dict:
-        """The stable JSON layout of ``essence triage --json`` (DESIGN §4): every ranked instance by default."""
+    def to_json(self, top: int | None = None) -> dict[str, Any]:
+        """The stable JSON layout of the triage (DESIGN §4; what ``essence triage --json`` writes): every ranked
+        instance by default."""
         return {
             "layer": self.layer,
             "score": self.score,
@@ -193,6 +209,7 @@ def deviation_scores(
     device: str | torch.device = "auto",
     progress: Progress | None = None,
     cancel: CancelFlag = None,
+    activations: ActivationSource | None = None,
 ) -> Triage:
     """Score every instance by how far its own influence departs from its class profile.
 
@@ -211,6 +228,8 @@ def deviation_scores(
         top_k: units of each class's profile the rank scores look at (default ``min(16, U)``).
         score: the ranking score (see the module docstring); default ``"merged"`` (doubt and reasoning).
         batch_size, device, progress, cancel: as in :func:`~essence.core.engine.influence.influence`.
+        activations: where z may be stored, for the profile pass (as in
+            :func:`~essence.core.analyses.profiles.class_profiles`).
 
     Returns:
         A :class:`Triage`.
@@ -219,11 +238,21 @@ def deviation_scores(
         SpecError: unknown score, ``top_k`` < 2, profiles without instance vectors, or contributions of
             other instances.
         EmptyClassError, LabelMismatchError, LayerNotFoundError: from the profile pass.
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> from essence.core import deviation_scores
+        >>> _ = torch.manual_seed(0)
+        >>> model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+        >>> x, y = torch.randn(60, 4), torch.arange(60) % 3
+        >>> t = deviation_scores(model, (x, y), "1", device="cpu")
+        >>> t.score, t.quantity, t.top_k, len(t), t.probabilities.shape
+        ('merged', 'prob[label]', 16, 60, (60, 3))
+        >>> bool((t.deviation[t.ranking][:-1] >= t.deviation[t.ranking][1:]).all())  # most suspect first
+        True
     """
-    if score == "confidence":  # named so once, though it ranked by 1 − max p
-        raise SpecError("the triage score 'confidence' is now named 'doubt' (1 − max p): use doubt")
-    if score not in SCORES:
-        raise SpecError(f"unknown triage score {score!r}: use one of {', '.join(SCORES)}")
+    _check_score(score)
     if profiles is None:
         profiles = class_profiles(
             model,
@@ -237,22 +266,10 @@ def deviation_scores(
             device=device,
             progress=progress,
             cancel=cancel,
+            activations=activations,
         )
-    inst = profiles.instances
-    if inst is None or inst.instance_vectors is None or inst.outputs is None:
-        raise SpecError(
-            "these class profiles carry no instance vectors: compute them with keep_instances=True "
-            "(or let deviation_scores compute them)"
-        )
-    units = profiles.num_units
-    k = min(DEFAULT_TOP_K, units) if top_k is None else int(top_k)
-    if not 2 <= k <= units:
-        raise SpecError(f"top_k={top_k} must lie in 2..{units} (the layer's units)")
-    v = inst.instance_vectors.double().numpy()
-    y = inst.instance_labels.numpy().astype(np.int64)
-    probs = torch.softmax(inst.outputs.double(), dim=1).numpy()
-    mean = profiles.mean.double().numpy()
-    indices = inst.instance_indices.numpy().astype(np.int64)
+    vectors, labels, positions, outputs = _instance_rows(profiles)
+    k = _top_k(top_k, profiles.num_units)
     if contributions is None:
         contributions = unit_contributions(
             model,
@@ -264,8 +281,58 @@ def deviation_scores(
             progress=progress,
             cancel=cancel,
         )
+    y = labels.numpy().astype(np.int64)
+    probs = torch.softmax(outputs.double(), dim=1).numpy()
+    indices = positions.numpy().astype(np.int64)
     reasoning = reasoning_scores(_aligned(contributions, indices), len(profiles.class_names))
-    scores = _scores(v, y, probs, mean, k, reasoning.score)
+    scores = _scores(vectors.double().numpy(), y, probs, profiles.mean.double().numpy(), k, reasoning.score)
+    return _ranked(profiles, score, k, indices, y, probs, scores, reasoning)
+
+
+def _check_score(score: str) -> None:
+    """Refuse an unknown ranking score, and say what the one renamed is called now."""
+    if score == "confidence":  # named so once, though it ranked by 1 − max p
+        raise SpecError("the triage score 'confidence' is now named 'doubt' (1 − max p): use doubt")
+    if score not in SCORES:
+        raise SpecError(f"unknown triage score {score!r}: use one of {', '.join(SCORES)}")
+
+
+def _instance_rows(profiles: ClassProfiles) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(vectors [N, U], labels [N], dataset indices [N], outputs [N, K])`` kept by the profile pass."""
+    inst = profiles.instances
+    if (
+        inst is None
+        or inst.instance_vectors is None
+        or inst.instance_labels is None
+        or inst.instance_indices is None
+        or inst.outputs is None
+    ):
+        raise SpecError(
+            "these class profiles carry no instance vectors: compute them with keep_instances=True "
+            "(or let deviation_scores compute them)"
+        )
+    return inst.instance_vectors, inst.instance_labels, inst.instance_indices, inst.outputs
+
+
+def _top_k(top_k: int | None, units: int) -> int:
+    """The units per class the rank scores look at: ``top_k``, by default ``min(16, U)``; checked."""
+    k = min(DEFAULT_TOP_K, units) if top_k is None else int(top_k)
+    if not 2 <= k <= units:
+        raise SpecError(f"top_k={top_k} must lie in 2..{units} (the layer's units)")
+    return k
+
+
+def _ranked(
+    profiles: ClassProfiles,
+    score: str,
+    k: int,
+    indices: np.ndarray,
+    y: np.ndarray,
+    probs: np.ndarray,
+    scores: dict[str, np.ndarray],
+    reasoning: Reasoning,
+) -> Triage:
+    """The instances ranked by ``scores[score]``, with what the review shows beside each."""
     deviation = scores[score]
     # Most deviant first; equal scores keep dataset order so the queue is stable across runs.
     ranking = np.lexsort((indices, -deviation))
@@ -355,7 +422,8 @@ def fractional_rank(x: np.ndarray) -> np.ndarray:
 
     if len(x) < 2:
         return np.zeros(len(x))
-    return (rankdata(x) - 1.0) / (len(x) - 1.0)
+    ranks: np.ndarray = rankdata(x)  # SciPy ships no types: float64 [N]
+    return (ranks - 1.0) / (len(x) - 1.0)
 
 
 def spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -30,7 +30,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise SpecError(
-                f"device {device!r} asked for, but no CUDA device is available: use --device cpu or auto"
+                f"device {device!r} asked for, but no CUDA device is available: use device='cpu' or 'auto'"
             )
         return torch.device(name)
     raise SpecError(f"unknown device {device!r}: use auto, cpu or cuda")

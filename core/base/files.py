@@ -32,7 +32,7 @@ def regular_file(path: str | os.PathLike[str], what: str, error: type[EssenceErr
 
     Args:
         path: the file a user named.
-        what: what it is meant to be, for the message (``"the --image file"``, ``"npz:PATH"``).
+        what: what it is meant to be, for the message (``"the image"``, ``"npz:PATH"``).
         error: the :class:`EssenceError` subclass to raise.
 
     Returns:

@@ -9,17 +9,22 @@ substituted at the layer, and :meth:`SliceCache.inputs` gives it the inputs back
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from essence.core.base.devices import resolve_device
 from essence.core.base.errors import EmptyClassError, SpecError
-from essence.core.base.model_state import on_device
-from essence.core.engine.quantities import Kind
-from essence.core.engine.slices import Granularity, inference_state
+from essence.core.base.model_state import inference_state, on_device
+from essence.core.engine.gradient import ON_CACHED_Z, Forward, quantity_gradient
+from essence.core.engine.quantities import ClassScore, Kind
+from essence.core.engine.slices import Granularity
 from essence.core.engine.split import SlicedModel, split_model
 from essence.core.inputs.data import as_batches
+
+if TYPE_CHECKING:  # the source's module builds on this one
+    from essence.core.engine.activation_source import ActivationSource
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,7 @@ def cache_slice(
     *,
     batch_size: int = 256,
     device: str | torch.device = "auto",
+    activations: ActivationSource | None = None,
 ) -> SliceCache:
     """Run h once over the data and keep z (and the model's outputs) in CPU memory.
 
@@ -67,18 +73,17 @@ def cache_slice(
         data: an :class:`~essence.core.inputs.data.ImageData` or ``(x, labels)`` tensors.
         layer: module path of the slice.
         batch_size, device: as elsewhere.
+        activations: where z may already be stored (:class:`~essence.core.engine.activation_source.
+            ActivationSource`); when it holds this slice, its z is returned and h does not run at all.
 
     Returns:
-        A :class:`SliceCache`; inside :func:`~essence.core.engine.activation_source.use_slices` the source's stored z when it
-        holds this slice (memory-mapped: h does not run at all).
+        A :class:`SliceCache` (the source's :class:`~essence.core.engine.activation_source.StoredSlice`,
+        memory-mapped, when it holds this slice).
 
     Raises:
         LayerNotFoundError: unknown layer. EmptyClassError: the data holds no instances.
     """
-    from essence.core.engine.activation_source import active_source  # imports this module
-
-    source = active_source()
-    found = source.find(model, data, layer) if source is not None else None
+    found = activations.find(model, data, layer) if activations is not None else None
     if found is not None:
         return found
     dev = resolve_device(device)
@@ -147,21 +152,27 @@ def instance_gradients(
     """
     if kind not in ("logit", "prob"):
         raise SpecError(f"unknown quantity kind {kind!r}: use 'logit' or 'prob'")
+    if granularity not in ("channel", "neuron"):
+        raise SpecError(f"unknown granularity {granularity!r}: use 'channel' or 'neuron'")
     dev = resolve_device(device)
     model = cache.sliced.model
+    score = ClassScore(cls, kind)
     out: list[torch.Tensor] = []
-    with inference_state(model), on_device(model, dev), torch.enable_grad():
+    with inference_state(model), on_device(model, dev):
         for s in range(0, len(rows), batch_size):
             idx = rows[s : s + batch_size]
-            z = cache.z[idx].to(dev).requires_grad_(True)
-            x = cache.inputs(idx).to(dev) if cache.sliced.needs_input else None
-            y = cache.sliced.g(z, x).float()
-            q = torch.softmax(y, dim=1)[:, cls] if kind == "prob" else y[:, cls]
-            (grad,) = torch.autograd.grad(q.sum(), z)
-            if grad.ndim > 2 and granularity == "channel":
-                grad = grad.reshape(grad.shape[0], grad.shape[1], -1).sum(-1)
-            out.append(unit_values(grad, "neuron" if grad.ndim > 2 else granularity).float().cpu())
+            grad = quantity_gradient(
+                _above(cache, idx, dev), cache.labels[idx].to(dev), score, granularity, outputs_on=ON_CACHED_Z
+            )
+            out.append(grad.vectors.float().cpu())
     return torch.cat(out) if out else torch.zeros(0, 0)
+
+
+def _above(cache: SliceCache, idx: torch.Tensor, dev: torch.device) -> Forward:
+    """The forward through g at the cached z of rows ``idx`` (a leaf), with their inputs where g needs them."""
+    leaf = cache.z[idx].to(dev).requires_grad_(True)
+    x = cache.inputs(idx).to(dev) if cache.sliced.needs_input else None
+    return lambda: (cache.sliced.g(leaf, x), leaf)
 
 
 def halves_of(labels: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

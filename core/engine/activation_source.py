@@ -2,15 +2,17 @@
 
 The first question at a slice pays one forward through the whole model (and one backward above the slice).
 Every later one — another quantity, a comparative "why A rather than B", triage vectors, a sweep, the
-diagnosis — needs only z, which does not change with the question. A *slice source* keeps z once it has been
-computed and hands it back:
+diagnosis — needs only z, which does not change with the question. An *activation source* keeps z once it has
+been computed and hands it back. Both ways of giving z are explicit arguments:
 
-- explicitly: ``influence(model, data, layer, ..., slices=cache)`` with a :class:`~essence.core.engine.activation_cache.
-  SliceCache` (in memory, from :func:`~essence.core.engine.activation_cache.cache_slice`) or a :class:`StoredSlice`
-  (memory-mapped from the store);
-- ambiently: inside ``with use_slices(source):`` every analysis asks ``source`` for the z of its
-  (model, data, layer), and the first full pass at a slice hands its z to the source's recorder, batch by
-  batch, so that storing it costs no extra pass. ``essence.storage`` provides the store's source.
+- ``influence(model, data, layer, ..., slices=cache)`` takes z itself: a :class:`~essence.core.engine.
+  activation_cache.SliceCache` (in memory, from :func:`~essence.core.engine.activation_cache.cache_slice`) or a
+  :class:`StoredSlice` (memory-mapped from the store);
+- ``influence(..., activations=source)`` (and every analysis that reads z: ``class_profiles``,
+  ``deviation_scores``, ``expert_sweep``, ``diagnose``, ``compare_models``, ``cache_slice``) takes an
+  :class:`ActivationSource`: it is asked for the z of the call's (model, data, layer), and the first full pass at
+  a slice hands its z to the source's recorder, batch by batch, so that storing it costs no extra pass.
+  ``essence.storage`` provides the store's source (``Store.slice_source(model, data)``).
 
 A stored z is used only where the graph can be cut at the slice (``route == "fx"``: g runs alone) and only
 for distributions that evaluate the model at the instances themselves. Paths (integrated gradients) and
@@ -19,9 +21,8 @@ noise move the input, so their z is not any stored one: they run h, whatever the
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
-from contextvars import ContextVar
+from collections.abc import Iterator, Sized
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -29,11 +30,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from essence.core.base.errors import NonFiniteOutputError, SpecError
+from essence.core.base.errors import SpecError
 from essence.core.engine.activation_cache import SliceCache
 from essence.core.engine.distributions import Distribution, GaussianNoise, LinearPath
+from essence.core.engine.gradient import ON_STORED_Z, BatchGradient, quantity_gradient
 from essence.core.engine.quantities import Quantity
-from essence.core.engine.slices import Granularity, Layout, record_layout, reduce_units
+from essence.core.engine.slices import Granularity, Layout, record_layout
 from essence.core.engine.split import split_model
 
 # Instances whose outputs g(z) must reproduce before a stored z is trusted for a model.
@@ -59,14 +61,14 @@ class StoredSlice(SliceCache):
     nbytes: int = 0
 
 
-class SliceRecorder(Protocol):
+class ActivationRecorder(Protocol):
     """Receives z, labels and outputs of a full pass over a dataset, batch by batch, in dataset order."""
 
     def write(self, z: torch.Tensor, labels: torch.Tensor, outputs: torch.Tensor, layout: Layout) -> None:
         """Append one batch: z ``[B, *z_shape]``, labels int64 ``[B]``, outputs ``[B, K]``."""
 
 
-class SliceSource(Protocol):
+class ActivationSource(Protocol):
     """Finds a stored z for a (model, data, layer), and records one where none is stored."""
 
     def find(self, model: nn.Module, data: object, layer: str) -> StoredSlice | None:
@@ -74,31 +76,8 @@ class SliceSource(Protocol):
 
     def recorder(
         self, model: nn.Module, data: object, layer: str, n: int
-    ) -> AbstractContextManager[SliceRecorder] | None:
+    ) -> AbstractContextManager[ActivationRecorder] | None:
         """A context that stores what is written to it when it exits cleanly (``None``: do not record)."""
-
-
-_SOURCE: ContextVar[SliceSource | None] = ContextVar("essence_slice_source", default=None)
-
-
-@contextmanager
-def use_slices(source: SliceSource | None) -> Iterator[SliceSource | None]:
-    """Make every analysis in the block read (and record) z through ``source`` (``None``: none)."""
-    token = _SOURCE.set(source)
-    try:
-        yield source
-    finally:
-        _SOURCE.reset(token)
-
-
-def set_default_slices(source: SliceSource | None) -> None:
-    """Make ``source`` the slice source of the current context until it ends (a one-command process: the CLI)."""
-    _SOURCE.set(source)
-
-
-def active_source() -> SliceSource | None:
-    """The slice source of the current context (set by :func:`use_slices`), or ``None``."""
-    return _SOURCE.get()
 
 
 def moves_input(distribution: Distribution) -> bool:
@@ -107,9 +86,14 @@ def moves_input(distribution: Distribution) -> bool:
 
 
 def usable_slice(
-    slices: SliceCache | None, model: nn.Module, data: object, layer: str, distribution: Distribution
+    slices: SliceCache | None,
+    activations: ActivationSource | None,
+    model: nn.Module,
+    data: object,
+    layer: str,
+    distribution: Distribution,
 ) -> SliceCache | None:
-    """The z the engine may run g on: ``slices`` if given, else the active source's; ``None`` to run h.
+    """The z the engine may run g on: ``slices`` if given, else what ``activations`` holds; ``None`` to run h.
 
     Raises:
         SpecError: ``slices`` is of another slice or of another number of instances than ``data``.
@@ -117,8 +101,7 @@ def usable_slice(
     if moves_input(distribution):
         return None  # the path or noise points are not the instances: their z is not stored anywhere
     if slices is None:
-        source = active_source()
-        slices = source.find(model, data, layer) if source is not None else None
+        slices = activations.find(model, data, layer) if activations is not None else None
         if slices is None:
             return None
     if slices.layer != layer:
@@ -133,14 +116,6 @@ def usable_slice(
             f"the slice given holds {len(slices.z)} instances but the data {n}: pass the z of this data"
         )
     return slices if slices.sliced.route == "fx" else None
-
-
-def slice_recorder(
-    model: nn.Module, data: object, layer: str, n: int
-) -> AbstractContextManager[SliceRecorder] | None:
-    """The active source's recorder for a full pass over ``data`` at ``layer``, or ``None``."""
-    source = active_source()
-    return source.recorder(model, data, layer, n) if source is not None else None
 
 
 def slice_batches(
@@ -160,9 +135,9 @@ def above_batch_size(cache: SliceCache, batch_size: int) -> int:
     return max(batch_size, min(len(cache.z), ELEMENTS_PER_PASS // per_instance))
 
 
-def gradient_above(
+def stored_gradient(
     cache: SliceCache, z: torch.Tensor, y: torch.Tensor, q: Quantity, granularity: Granularity
-) -> tuple[torch.Tensor, tuple[int, ...], torch.Tensor]:
+) -> BatchGradient:
     """One forward and one backward through g alone: every instance's ∂q/∂z at the stored z.
 
     Args:
@@ -173,38 +148,20 @@ def gradient_above(
         granularity: ``"channel"`` or ``"neuron"`` (and the other granularities of the engine).
 
     Returns:
-        ``(vectors [B, U], z_shape, outputs [B, K])`` as the engine's full pass gives them.
+        A :class:`~essence.core.engine.gradient.BatchGradient` as the engine's full pass gives it.
 
     Raises:
         SpecError: g does not return ``[B, K]``. NonFiniteOutputError: NaN or infinity in outputs or gradient.
     """
-    with torch.enable_grad():
-        leaf = z.detach().requires_grad_(True)
-        out = cache.sliced.g(leaf)
-        if not isinstance(out, torch.Tensor) or out.ndim != 2:
-            raise SpecError(
-                f"the model must return a [batch, classes] tensor; got {getattr(out, 'shape', type(out).__name__)}"
-            )
-        if not torch.isfinite(out).all():
-            raise NonFiniteOutputError(
-                "the model produced NaN or infinite outputs on the stored slice: check the weights, or "
-                "remove the stored slices (essence store prune --slices) and recompute"
-            )
-        values = q(out if out.dtype == torch.float64 else out.float(), y)
-        (grad,) = torch.autograd.grad(values.sum(), leaf, allow_unused=True)
-    if grad is None:
-        grad = torch.zeros_like(leaf)
-    if not torch.isfinite(grad).all():
-        raise NonFiniteOutputError(
-            "the gradient at the slice is NaN or infinite: check the model and its inputs"
-        )
-    grad = grad if grad.dtype == torch.float64 else grad.float()
-    return reduce_units(grad, granularity), tuple(leaf.shape[1:]), out.detach()
+    leaf = z.detach().requires_grad_(True)
+    return quantity_gradient(
+        lambda: (cache.sliced.g(leaf), leaf), y, q, granularity, layer=cache.layer, outputs_on=ON_STORED_Z
+    )
 
 
 def slice_layout(cache: SliceCache, model: nn.Module) -> Layout:
     """The layout of z: recorded with a stored slice, else read from one instance's forward through the model."""
-    recorded = getattr(cache, "layout", "unknown")
+    recorded: Layout = cache.layout if isinstance(cache, StoredSlice) else "unknown"
     if recorded != "unknown":
         return recorded
     first = torch.zeros(1, dtype=torch.long)
@@ -263,7 +220,9 @@ def open_stored_slice(
 
 
 def _length(data: object) -> int | None:
+    """The number of instances in ``data`` (``(x, labels)`` tensors or a sized dataset), ``None`` if unsized."""
+    first = data[0] if isinstance(data, tuple | list) else data
     try:
-        return len(data[0]) if isinstance(data, tuple | list) else len(data)  # type: ignore[arg-type]
-    except TypeError:
+        return len(first) if isinstance(first, Sized) else None
+    except TypeError:  # a zero-dimensional tensor has __len__ but no length
         return None

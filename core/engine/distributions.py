@@ -14,7 +14,7 @@ its points; a group's vector is the average of its instances' vectors.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -23,12 +23,25 @@ from essence.core.base.errors import SpecError
 
 GroupBy = Literal["instance", "class", "dataset"]
 PathMethod = Literal["riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre"]
-PATH_METHODS: tuple[str, ...] = PathMethod.__args__
+PATH_METHODS: tuple[str, ...] = get_args(PathMethod)
 
 
 @dataclass(frozen=True)
 class Instance:
-    """The point distribution of each instance (or of the one at ``index``): influence = its gradient."""
+    """The point distribution of each instance (or of the one at ``index``): influence = its gradient.
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> from essence.core.engine.influence import influence
+        >>> _ = torch.manual_seed(0)
+        >>> model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)).eval()
+        >>> data = (torch.randn(5, 4), torch.tensor([0, 1, 0, 1, 1]))
+        >>> influence(model, data, "1", "logit", Instance(), device="cpu").groups.tolist()  # a row per instance
+        [0, 1, 2, 3, 4]
+        >>> influence(model, data, "1", "logit", Instance(index=3), device="cpu").mean.shape  # only instance 3
+        torch.Size([1, 3])
+    """
 
     index: int | None = None
     group_by: GroupBy = "instance"
@@ -40,7 +53,20 @@ class Instance:
 
 @dataclass(frozen=True)
 class ClassConditional:
-    """The instances of each class (or of class ``cls`` only), one vector per class."""
+    """The instances of each class (or of class ``cls`` only), one vector per class.
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> from essence.core.engine.influence import influence
+        >>> _ = torch.manual_seed(0)
+        >>> model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)).eval()
+        >>> data = (torch.randn(5, 4), torch.tensor([0, 1, 0, 1, 1]))
+        >>> influence(model, data, "1", "logit", ClassConditional(), device="cpu").counts.tolist()
+        [2, 3]
+        >>> influence(model, data, "1", "logit", ClassConditional(cls=1), device="cpu").counts.tolist()
+        [0, 3]
+    """
 
     cls: int | None = None
     group_by: GroupBy = "class"
@@ -52,7 +78,19 @@ class ClassConditional:
 
 @dataclass(frozen=True)
 class WholeDataset:
-    """Every instance of the data, one vector."""
+    """Every instance of the data, one vector.
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> from essence.core.engine.influence import influence
+        >>> _ = torch.manual_seed(0)
+        >>> model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)).eval()
+        >>> data = (torch.randn(5, 4), torch.tensor([0, 1, 0, 1, 1]))
+        >>> chi = influence(model, data, "1", "logit", WholeDataset(), device="cpu")
+        >>> chi.groups.tolist(), chi.counts.tolist(), chi.distribution
+        ([0], [5], 'dataset')
+    """
 
     group_by: GroupBy = "dataset"
 
@@ -110,6 +148,23 @@ class LinearPath:
 
     Raises:
         SpecError: an unknown quadrature rule or too few steps for it (when the object is made).
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> from essence.core.engine.influence import influence
+        >>> path = LinearPath(steps=8)
+        >>> round(sum(w for _, w in path.points()), 12)  # the weights of the quadrature sum to 1
+        1.0
+        >>> path.transform(torch.ones(1, 3), 0.5, 0, torch.tensor([0]))  # halfway from the baseline 0
+        tensor([[0.5000, 0.5000, 0.5000]])
+        >>> _ = torch.manual_seed(0)
+        >>> model = nn.Sequential(nn.Linear(3, 2)).eval()
+        >>> x = torch.randn(1, 3)
+        >>> avg = influence(model, (x, torch.tensor([1])), "", "logit", path, "neuron", device="cpu").mean
+        >>> ig = (x * avg).sum()  # integrated gradients: they sum to logit(x) − logit(baseline)
+        >>> bool(torch.allclose(ig, model(x)[0, 1] - model(torch.zeros(1, 3))[0, 1]))
+        True
     """
 
     steps: int = 50
@@ -141,8 +196,8 @@ class LinearPath:
                 )
             base = base[rows]
         try:
-            torch.broadcast_shapes(base.shape, x.shape)
-        except RuntimeError as exc:
+            np.broadcast_shapes(tuple(base.shape), tuple(x.shape))
+        except ValueError as exc:
             raise SpecError(
                 f"a baseline of shape {tuple(base.shape)} does not fit inputs {tuple(x.shape[1:])}: give a "
                 "constant, one input-shaped tensor, or one per dataset instance"
@@ -163,6 +218,17 @@ class GaussianNoise:
     dataset, so an instance's influence does not depend on the batch it is computed in. The three are mixed
     by NumPy's ``SeedSequence`` (a hash), so no two (instance, sample) pairs share a stream (a linear
     combination of them would: instance 7919's first sample was instance 0's second).
+
+    Examples:
+        >>> import torch
+        >>> noise = GaussianNoise(samples=4, sigma=0.1, seed=0)
+        >>> len(noise.points()), noise.name
+        (4, 'noise(samples=4,sigma=0.1,seed=0)/instance')
+        >>> x = torch.zeros(2, 3)
+        >>> in_a_batch = noise.transform(x, 0.0, 0, torch.tensor([5, 6]))
+        >>> alone = noise.transform(x[1:], 0.0, 0, torch.tensor([6]))
+        >>> torch.equal(in_a_batch[1:], alone)  # an instance's noise depends on its index, not on its batch
+        True
     """
 
     samples: int = 16

@@ -10,11 +10,17 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Iterator
+from typing import TypeVar, cast
+
+import torch
 
 THREAD_NAME = "essence-prefetch"
+Batch = TypeVar("Batch", bound=tuple[torch.Tensor, ...])
 
 
-def prefetch(batches: Iterator, *, pin: bool, depth: int = 2, background: bool | None = None) -> Iterator:
+def prefetch(
+    batches: Iterator[Batch], *, pin: bool, depth: int = 2, background: bool | None = None
+) -> Iterator[Batch]:
     """Yield ``batches`` prepared up to ``depth`` ahead in a background thread, pinned if ``pin``.
 
     Order is kept; an error raised while preparing a batch is raised here; leaving early stops the thread.
@@ -31,7 +37,7 @@ def prefetch(batches: Iterator, *, pin: bool, depth: int = 2, background: bool |
     if not (pin if background is None else background):
         yield from batches
         return
-    ready: queue.Queue = queue.Queue(maxsize=depth)
+    ready: queue.Queue[object] = queue.Queue(maxsize=depth)
     stop = threading.Event()
     end = object()
 
@@ -59,7 +65,9 @@ def prefetch(batches: Iterator, *, pin: bool, depth: int = 2, background: bool |
         while (item := ready.get()) is not end:
             if isinstance(item, BaseException):
                 raise item
-            yield item
+            yield cast(
+                Batch, item
+            )  # what produce() put: a batch (pinned: the same tensors, in pinned copies)
     finally:
         stop.set()
         worker.join(timeout=5)

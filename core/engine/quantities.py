@@ -21,7 +21,8 @@ Kind = Literal["logit", "prob"]
 class Quantity(Protocol):
     """Anything that maps ``(logits [B, K], labels [B]) -> [B]``."""
 
-    def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor: ...
+    # Positional-only: a plain function ``(logits, labels) -> [B]`` of any parameter names is a quantity too.
+    def __call__(self, logits: torch.Tensor, labels: torch.Tensor, /) -> torch.Tensor: ...
 
 
 def _scores(logits: torch.Tensor, kind: Kind) -> torch.Tensor:
@@ -41,7 +42,16 @@ def _check_class(index: int, num_classes: int, what: str = "class") -> None:
 
 @dataclass(frozen=True)
 class ClassScore:
-    """The score of one class: its logit, or its softmax probability."""
+    """The score of one class: its logit, or its softmax probability.
+
+    Examples:
+        >>> import torch
+        >>> logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]])  # [B=2, K=3]
+        >>> ClassScore(1)(logits, torch.tensor([0, 1]))  # class 1's logit, whatever each label
+        tensor([0., 1.])
+        >>> ClassScore(0, "prob")(torch.zeros(1, 4), torch.tensor([2])), ClassScore(2).name
+        (tensor([0.2500]), 'logit[2]')
+    """
 
     cls: int
     kind: Kind = "logit"
@@ -57,7 +67,16 @@ class ClassScore:
 
 @dataclass(frozen=True)
 class Comparative:
-    """Why ``a`` rather than ``b``: score of a − score of b."""
+    """Why ``a`` rather than ``b``: score of a − score of b.
+
+    Examples:
+        >>> import torch
+        >>> logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+        >>> Comparative(0, 2)(logits, torch.tensor([0, 1]))  # logit[0] − logit[2] of each instance
+        tensor([3., 0.])
+        >>> Comparative(0, 2).name
+        'logit[0]-logit[2]'
+    """
 
     a: int
     b: int
@@ -76,7 +95,14 @@ class Comparative:
 
 @dataclass(frozen=True)
 class PredictedClass:
-    """The score of the class the model predicts for each instance (argmax, held fixed while differentiating)."""
+    """The score of the class the model predicts for each instance (argmax, held fixed while differentiating).
+
+    Examples:
+        >>> import torch
+        >>> logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+        >>> PredictedClass()(logits, torch.tensor([2, 2]))  # the top logit of each row; labels are ignored
+        tensor([2., 1.])
+    """
 
     kind: Kind = "logit"
 
@@ -96,6 +122,14 @@ class OwnLabel:
     ``kind="prob"`` is the paper's quantity for triage (softmax output of the label, f|L): where the network
     above the slice is linear, a logit's gradient is the same for every instance and carries no per-instance
     information, while the softmax's gradient still depends on the instance.
+
+    Examples:
+        >>> import torch
+        >>> logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+        >>> OwnLabel()(logits, torch.tensor([0, 2]))  # row 0's logit of class 0, row 1's of class 2
+        tensor([2., 0.])
+        >>> OwnLabel("prob")(torch.zeros(2, 4), torch.tensor([1, 3]))  # uniform softmax: 1/K each
+        tensor([0.2500, 0.2500])
     """
 
     kind: Kind = "logit"
@@ -116,7 +150,14 @@ class OwnLabel:
 
 @dataclass(frozen=True)
 class CustomQuantity:
-    """Wrap a user's callable ``(logits [B, K], labels [B]) -> [B]``."""
+    """Wrap a user's callable ``(logits [B, K], labels [B]) -> [B]``.
+
+    Examples:
+        >>> import torch
+        >>> margin = CustomQuantity(lambda logits, labels: logits[:, 0] - logits[:, 1:].amax(1), "margin[0]")
+        >>> margin(torch.tensor([[3.0, 1.0, 2.0]]), torch.tensor([0])), margin.name
+        (tensor([1.]), 'margin[0]')
+    """
 
     fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     label: str = "custom"
@@ -134,10 +175,10 @@ def quantity_name(q: Quantity) -> str:
     return getattr(q, "name", None) or getattr(q, "__name__", None) or type(q).__name__
 
 
-def as_quantity(q: Quantity | Callable | str) -> Quantity:
+def as_quantity(q: Quantity | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | str) -> Quantity:
     """Accept a quantity object, a plain callable, or a short string (``logit``, ``prob``, ``predicted``)."""
     if isinstance(q, str):
-        table = {
+        table: dict[str, Quantity] = {
             "logit": OwnLabel("logit"),
             "prob": OwnLabel("prob"),
             "predicted": PredictedClass("logit"),

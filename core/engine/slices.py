@@ -29,7 +29,9 @@ import torch
 from torch import nn
 
 from essence.core.base.errors import LayerNotFoundError, SpecError
-from essence.core.base.model_state import inference_state  # noqa: F401  (re-exported: the engine's users reach it here)
+from essence.core.base.model_state import (
+    inference_state as inference_state,  # re-exported: the engine's users reach it here
+)
 
 Granularity = Literal["channel", "neuron", "feature", "token"]
 GRANULARITIES: tuple[str, ...] = ("channel", "neuron", "feature", "token")
@@ -54,7 +56,13 @@ def is_input_layer(layer: str) -> bool:
 
 
 def layer_names(model: nn.Module) -> list[str]:
-    """Every sliceable module path of ``model`` (the root module excluded)."""
+    """Every sliceable module path of ``model`` (the root module excluded).
+
+    Examples:
+        >>> from torch import nn
+        >>> layer_names(nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Sequential(nn.Linear(3, 2))))
+        ['0', '1', '2', '2.0']
+    """
     return [name for name, _ in model.named_modules() if name]
 
 
@@ -63,12 +71,22 @@ def resolve_layer(model: nn.Module, layer: str) -> nn.Module | None:
 
     Raises:
         LayerNotFoundError: ``layer`` is not a module path; the message lists the closest valid names.
+
+    Examples:
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+        >>> resolve_layer(model, "1"), resolve_layer(model, "") is None  # "" is the input slice
+        (ReLU(), True)
+        >>> resolve_layer(model, "3")
+        Traceback (most recent call last):
+            ...
+        essence.core.base.errors.LayerNotFoundError: layer '3' is not a module of the model; valid names include: 0, 1, 2 (list them all with `essence layers --model ...`)
     """
     if not isinstance(layer, str):
         raise LayerNotFoundError(f"layer must be a module path string, got {type(layer).__name__}")
     if is_input_layer(layer):
         return None
-    modules = dict(model.named_modules())
+    modules: dict[str, nn.Module] = dict(model.named_modules())
     if layer in modules and layer:
         return modules[layer]
     names = layer_names(model)
@@ -241,7 +259,11 @@ def _layout_of(module: nn.Module, rank: int) -> Layout | None:
         return "tokens" if rank == 2 else "channels_last"
     dims = getattr(module, "dims", None)
     if name == "Permute" and isinstance(dims, list | tuple) and rank == 3:  # torchvision's Permute (Swin)
-        return {(0, 2, 3, 1): "channels_last", (0, 3, 1, 2): "channels_first"}.get(tuple(dims), "unknown")
+        permuted: dict[tuple[int, ...], Layout] = {
+            (0, 2, 3, 1): "channels_last",
+            (0, 3, 1, 2): "channels_first",
+        }
+        return permuted.get(tuple(dims), "unknown")
     return "unknown"
 
 
@@ -276,11 +298,11 @@ def record_layout(model: nn.Module, layer: str) -> Iterator[LayoutRecord]:
     module = resolve_layer(model, layer)
     leaves = [] if module is None else [m for m in model.modules() if next(m.children(), None) is None]
 
-    def hook(m: nn.Module, _inputs: tuple, output: object) -> None:
+    def hook(m: nn.Module, _inputs: tuple[object, ...], output: object) -> None:
         if isinstance(output, torch.Tensor) and record.reached is None:
             record.calls.append((m, tuple(output.shape[1:])))
 
-    def reached(_m: nn.Module, _inputs: tuple, _output: object) -> None:
+    def reached(_m: nn.Module, _inputs: tuple[object, ...], _output: object) -> None:
         if record.reached is None:
             record.reached = len(record.calls)
 
@@ -296,7 +318,8 @@ def record_layout(model: nn.Module, layer: str) -> Iterator[LayoutRecord]:
 
 def input_layout(x_shape: tuple[int, ...]) -> Layout:
     """The layout of inputs ``[B, *x_shape]``: images are channels-first by the data's contract."""
-    return {1: "features", 3: "channels_first"}.get(len(x_shape), "unknown")
+    by_rank: dict[int, Layout] = {1: "features", 3: "channels_first"}
+    return by_rank.get(len(x_shape), "unknown")
 
 
 @dataclass
@@ -329,13 +352,26 @@ def capture(model: nn.Module, layer: str, substitute: torch.Tensor | None = None
 
     Raises:
         LayerNotFoundError: unknown layer.
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> _ = torch.manual_seed(0)
+        >>> model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)).eval()
+        >>> with capture(model, "1") as cap:
+        ...     logits = model(torch.randn(5, 4))
+        >>> cap.leaf.shape, cap.leaf.requires_grad  # z at the slice, a leaf of the graph above it
+        (torch.Size([5, 3]), True)
+        >>> (grad,) = torch.autograd.grad(logits[:, 0].sum(), cap.leaf)  # ∂logit₀/∂z: the last layer's row 0
+        >>> torch.allclose(grad, model[2].weight[0].expand(5, 3))
+        True
     """
     module = resolve_layer(model, layer)
     if module is None:
         raise LayerNotFoundError("the input slice needs no hook: differentiate with respect to x")
     cap = Capture(substitute=substitute)
 
-    def hook(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+    def hook(_module: nn.Module, _inputs: tuple[object, ...], output: torch.Tensor) -> torch.Tensor:
         if not isinstance(output, torch.Tensor):
             raise LayerNotFoundError(
                 f"layer {layer!r} returns {type(output).__name__}, not a tensor: pick a layer with a tensor output"
@@ -351,7 +387,7 @@ def capture(model: nn.Module, layer: str, substitute: torch.Tensor | None = None
         cap.leaf = output.detach().requires_grad_(True)
         return cap.leaf.clone()
 
-    def reset(_module: nn.Module, _inputs: tuple) -> None:
+    def reset(_module: nn.Module, _inputs: tuple[object, ...]) -> None:
         cap.calls = 0
 
     handles = [model.register_forward_pre_hook(reset), module.register_forward_hook(hook)]

@@ -77,18 +77,21 @@ class SlicedModel:
                 f"the model cannot be cut at {self.layer!r} ({self.reason}); g re-runs it and needs the inputs x"
             )
         with capture(self.model, self.layer, substitute=z):
-            return self.model(x)
+            out: torch.Tensor = self.model(x)
+        return out
 
 
 def _h_by_hook(model: nn.Module, layer: str, x: torch.Tensor) -> torch.Tensor:
     module = resolve_layer(model, layer)
     out: list[torch.Tensor] = []
 
-    def hook(_m: nn.Module, _i: tuple, output: torch.Tensor) -> None:
+    def hook(_m: nn.Module, _i: tuple[object, ...], output: torch.Tensor) -> None:
         out.append(output)
         raise _StopForward
 
-    handle = module.register_forward_hook(hook)  # type: ignore[union-attr]
+    if module is None:
+        raise LayerNotFoundError("the input slice has no layers below it: z is the input itself")
+    handle = module.register_forward_hook(hook)
     try:
         model(x)
     except _StopForward:
@@ -148,7 +151,9 @@ def _cut(model: nn.Module, layer: str) -> tuple[fx.GraphModule, fx.GraphModule]:
         ValueError: the graph cannot be cut there (reason in the message).
     """
     target = resolve_layer(model, layer)
-    tracer = _SliceTracer(target)  # type: ignore[arg-type]
+    if target is None:  # split_model answers the input slice before cutting anything
+        raise ValueError("the input slice has no layers below it to cut")
+    tracer = _SliceTracer(target)
     # An unflattened torch.export program is traced through its own graph (its forward flattens its inputs
     # with pytree, which fx cannot trace); the submodules are the model's own either way.
     traced = traceable_root(model)

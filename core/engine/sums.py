@@ -24,6 +24,15 @@ class InfluenceSums:
         sum: float64 ``[G, U]`` Σ of instance vectors per group.
         sumsq: float64 ``[G, U]`` Σ of their squares.
         count: int64 ``[G]`` instances per group.
+
+    Examples:
+        >>> import torch
+        >>> first, second = InfluenceSums.zeros(2, 3), InfluenceSums.zeros(2, 3)  # G=2 groups of U=3 units
+        >>> first.add(torch.ones(2, 3), torch.tensor([0, 1]))  # one instance in each group
+        >>> second.add(torch.full((2, 3), 3.0), torch.tensor([0, 0]))  # another shard: two in group 0
+        >>> merged = first.merge(second)
+        >>> merged.count.tolist(), merged.mean()[0].tolist()  # group 0: (1 + 3 + 3) / 3
+        ([3, 1], [2.3333333333333335, 2.3333333333333335, 2.3333333333333335])
     """
 
     sum: torch.Tensor

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -55,7 +56,23 @@ CLASS_SOURCES: tuple[str, ...] = ("card", "model", "option", "data", "index")
 
 
 class ClassOrderError(LabelMismatchError):
-    """The model names no classes and the data's class order would be a guess."""
+    """The model names no classes and the data's class order would be a guess.
+
+    Examples:
+        A model that names no classes, on data whose class names are its own sorting (folder names):
+
+        >>> import numpy as np
+        >>> from torch import nn
+        >>> from essence.core import ImageData, LoadedModel, Preprocessing, class_order
+        >>> folders = ImageData(
+        ...     "folder:scans", np.array([0, 1]), ["nodule", "normal"], Preprocessing(), "v1",
+        ...     arrays=np.zeros((2, 8, 8, 3), dtype=np.uint8), class_order="sorted",
+        ... )
+        >>> class_order(LoadedModel(nn.Linear(4, 2), "my:net", "f0"), folders)
+        Traceback (most recent call last):
+        ...
+        essence.core.inputs.cards.ClassOrderError: my:net does not say which class each of its outputs is, ...
+    """
 
 
 def card_path(model_file: str | os.PathLike[str]) -> Path:
@@ -102,6 +119,20 @@ def read_card(model_file: str | os.PathLike[str] | None) -> tuple[dict[str, Any]
     Raises:
         SpecError: a card that is not valid JSON, not an object, an Essence output, of an unknown schema, or
             with values of the wrong type (the key is named).
+
+    Examples:
+        >>> import json
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from essence.core import read_card
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     weights = Path(folder) / "W.safetensors"
+        ...     _ = (Path(folder) / "W.card.json").write_text(json.dumps({"class_names": ["normal", "nodule"]}))
+        ...     card, path = read_card(weights)
+        >>> card, path.name
+        ({'class_names': ['normal', 'nodule']}, 'W.card.json')
+        >>> read_card(None) is None
+        True
     """
     if model_file is None:
         return None
@@ -225,6 +256,18 @@ def write_card(model: LoadedModel, model_file: str | os.PathLike[str], recipe: P
     Raises:
         SpecError: the model has no class names to record, or the path is taken by something that is not a
             card (an Essence output, a folder).
+
+    Examples:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from essence.core import load_model, read_card
+        >>> model = load_model("demo:blurred")
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     weights = Path(folder) / "W.safetensors"
+        ...     path = write_card(model, weights, model.preprocessing)
+        ...     card, _ = read_card(weights)
+        >>> path.name, card["class_names"][:2], card["default_layer"]
+        ('W.card.json', ['severity 1', 'severity 2'], 'fc1')
     """
     if not model.class_names:
         raise SpecError(
@@ -263,7 +306,15 @@ class ClassOrder:
 
     Attributes:
         names: the class of output 0, 1, ... .
-        source: ``"card"``, ``"model"``, ``"option"`` or ``"data"`` (module docstring).
+        source: ``"card"``, ``"model"``, ``"option"``, ``"data"`` or ``"index"`` (module docstring).
+
+    Examples:
+        >>> from essence.core import ClassOrder
+        >>> order = ClassOrder(("normal", "nodule"), "card")
+        >>> order.describe()
+        'classes (from the card): normal, nodule'
+        >>> order.to_json()
+        {'names': ['normal', 'nodule'], 'from': 'card'}
     """
 
     names: tuple[str, ...]
@@ -300,21 +351,55 @@ def with_class_names(model: LoadedModel, names: list[str] | tuple[str, ...] | No
     return model
 
 
+def output_names(model_names: Sequence[str] | None, data: object) -> list[str]:
+    """The class of each model output: the model's names (its card, the caller's, its own), else the data's.
+
+    The one fallback every caller shares; :func:`class_order` adds where the names came from and refuses to
+    match a model that names no classes to class names the data sorted itself.
+
+    Args:
+        model_names: the model's class names in output order (``LoadedModel.class_names``), or ``None``.
+        data: an :class:`~essence.core.inputs.data.ImageData`, or any data form (its ``class_names``, if any).
+
+    Returns:
+        The names (empty when neither names any).
+    """
+    return list(model_names or getattr(data, "class_names", None) or [])
+
+
 def class_order(model: LoadedModel, data: ImageData) -> ClassOrder:
     """The class order of ``model``'s outputs on ``data`` (module docstring), never a guess.
 
     Raises:
         ClassOrderError: the model names no classes and the data's order of its class names is its own sorting.
+
+    Examples:
+        A model that names its classes:
+
+        >>> from essence.core import load_dataset, load_model
+        >>> model = load_model("demo:blurred")
+        >>> class_order(model, load_dataset("demo:test", model.preprocessing)).describe()
+        'classes (from the model): severity 1, severity 2, severity 3, severity 4, severity 5'
+
+        A model that names none, on data whose labels are class indices (the digits), takes the data's names:
+
+        >>> from torch import nn
+        >>> from essence.core import LoadedModel
+        >>> bare = LoadedModel(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), "my:digits", "f0")
+        >>> order = class_order(bare, load_dataset("digits"))
+        >>> order.source, order.names[:3]
+        ('data', ('0', '1', '2'))
     """
+    names = tuple(output_names(model.class_names, data))
     if model.class_names:
-        return ClassOrder(tuple(model.class_names), model.class_source or "model")
+        return ClassOrder(names, model.class_source or "model")
     if getattr(data, "class_order", "indices") == "sorted":
-        names = ",".join(data.class_names)
+        example = ",".join(data.class_names)
         file = model_file_of(model.spec, model.card.get("weights"))
         where = f" ({card_path(file).name} beside {file.name})" if file is not None else ""
         raise ClassOrderError(
             f"{model.spec} does not say which class each of its outputs is, and {data.spec} names its classes "
             f"({', '.join(data.class_names[:6])}) in an order of its own, which Essence will not guess: give the "
-            f"class names in output order (class_names, e.g. {names}) or a model card{where}"
+            f"class names in output order (class_names, e.g. {example}) or a model card{where}"
         )
-    return ClassOrder(tuple(data.class_names), "data")
+    return ClassOrder(names, "data")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import io
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Sequence, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -52,6 +53,27 @@ class ImageData:
             in digits or integer labels), ``"given"`` (mapped onto class names the caller gave: the model's),
             or ``"sorted"`` (the data's own class names, sorted — folder names, text labels: an order the
             model may not share, see :func:`essence.core.inputs.cards.class_order`).
+
+    Examples:
+        :func:`load_dataset` makes one from a spec; images already in memory are wrapped directly:
+
+        >>> import numpy as np
+        >>> from essence.core import ImageData, Preprocessing
+        >>> images = np.zeros((4, 8, 8, 3), dtype=np.uint8)  # N×H×W×C
+        >>> data = ImageData(
+        ...     spec="my:images",
+        ...     labels=np.array([0, 1, 1, 0]),
+        ...     class_names=["cat", "dog"],
+        ...     preprocessing=Preprocessing(),
+        ...     fingerprint="my-images-v1",
+        ...     arrays=images,
+        ... )
+        >>> data.preprocessing.scale  # the recipe as applied: uint8 values / 255
+        255.0
+        >>> data.class_index("dog"), data.indices_of(1).tolist()
+        (1, [1, 2])
+        >>> tuple(data.tensors([0, 3]).shape)  # preprocessed [B, C, H, W]
+        (2, 3, 8, 8)
     """
 
     spec: str
@@ -118,7 +140,7 @@ class ImageData:
             if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[-1] not in (1, 3):
                 a = np.moveaxis(a, 0, -1)
             return a[..., None] if a.ndim == 2 else a
-        return np.asarray(open_image(self.paths[index]).convert("RGB"))
+        return np.asarray(open_image(self._path(index)).convert("RGB"))
 
     def tensors(self, indices: Sequence[int] | np.ndarray) -> torch.Tensor:
         """Preprocessed images ``[B, C, H, W]`` of the given instances."""
@@ -126,14 +148,19 @@ class ImageData:
         self.check_batch_memory(len(indices))
         if self.arrays is not None:
             return self.preprocessing.apply_array(self.arrays[indices])
-        images = [self.preprocessing.apply_pil(open_image(self.paths[i])) for i in indices]
+        images = [self.preprocessing.apply_pil(open_image(self._path(i))) for i in indices]
         shapes = {tuple(t.shape) for t in images}
         if len(shapes) > 1:
             raise DataLoadError(
                 f"{self.spec}: images have different sizes {sorted(shapes)[:3]}; set a size in the recipe "
-                "(CLI: --size H W)"
+                "(size=(H, W))"
             )
         return torch.stack(images)
+
+    def _path(self, index: int) -> Path:
+        """The file of instance ``index`` (a dataset without ``arrays`` holds ``paths``)."""
+        assert self.paths is not None, "ImageData holds arrays or paths"  # __post_init__ refused neither
+        return self.paths[index]
 
     def max_batch_size(self) -> int | None:
         """The most instances one batch may hold (:data:`MAX_BATCH_BYTES` of preprocessed inputs), or ``None``
@@ -150,8 +177,8 @@ class ImageData:
         return None if size is None else self.preprocessing.channels * size[0] * size[1] * 4
 
     def check_batch_memory(self, n: int) -> None:
-        """Refuse batches of ``n`` whose preprocessed images alone exceed :data:`MAX_BATCH_BYTES` (``--size 8192
-        8192`` with the default batch asks for over 50 GB), naming the batch size that fits.
+        """Refuse batches of ``n`` whose preprocessed images alone exceed :data:`MAX_BATCH_BYTES` (``size=(8192,
+        8192)`` with the default batch asks for over 50 GB), naming the batch size that fits.
 
         Raises:
             DataLoadError: naming the batch's size in memory and the largest batch that fits.
@@ -163,8 +190,8 @@ class ImageData:
             size = f"{size[0]}×{size[1]} px" if isinstance(size, tuple) else size
             raise DataLoadError(
                 f"{self.spec}: a batch of {n} images of {size} is {n * per_image / 2**30:.1f} GiB "
-                f"of inputs alone, above the {MAX_BATCH_BYTES / 2**30:.0f} GiB a batch may take: lower --batch-size "
-                f"to {fits} or less, or choose a smaller --size"
+                f"of inputs alone, above the {MAX_BATCH_BYTES / 2**30:.0f} GiB a batch may take: use batch_size={fits} "
+                "(or less), or choose a smaller size"
             )
 
     def batches(self, batch_size: int, indices: Sequence[int] | np.ndarray | None = None) -> Iterator[Batch]:
@@ -219,11 +246,11 @@ def _name_index(text: str, names: list[str]) -> int | None:
     return lowered.index(text.lower()) if text.lower() in lowered else None
 
 
-def _checked_index(value: object, names: list[str]) -> int:
+def _checked_index(value: int | str, names: list[str]) -> int:
     from essence.core.base.errors import ClassNotFoundError
 
     try:
-        i = int(value)  # type: ignore[call-overload]
+        i = int(value)
     except (TypeError, ValueError) as exc:
         raise ClassNotFoundError(f"unknown class {value!r}: the classes are {names}") from exc
     if not 0 <= i < len(names):
@@ -319,7 +346,7 @@ def read_image(
         want = "colour (RGB)" if preprocessing.mode == "RGB" else "greyscale (L)"
         raise DataLoadError(
             f"{name} is mode {img.mode}, but the model takes {want} images: pass an image of that mode, or "
-            "allow the conversion (CLI: --convert-mode)"
+            "allow the conversion (convert_mode=True)"
         )
     if (
         preprocessing.size is None
@@ -329,7 +356,7 @@ def read_image(
         h, w = expected_size
         raise DataLoadError(
             f"{name} is {img.height}×{img.width} px but the model takes {h}×{w} images: resize it to {h}×{w}, "
-            f"or give the recipe a size (CLI: --size {h} {w})"
+            f"or give the recipe a size (size=({h}, {w}))"
         )
     x = preprocessing.apply_pil(img)
     if model is not None and preprocessing.size is None:
@@ -340,7 +367,7 @@ def read_image(
         except RuntimeError as exc:
             raise DataLoadError(
                 f"{name} is {img.height}×{img.width} px, which the model cannot take ({str(exc).splitlines()[0][:120]}); "
-                "resize it to the size the model was trained on, or give the recipe a size (CLI: --size H W)"
+                "resize it to the size the model was trained on, or give the recipe a size (size=(H, W))"
             ) from exc
         except EssenceError:
             raise
@@ -357,7 +384,7 @@ def hash_arrays(*arrays: np.ndarray, extra: str = "") -> str:
     for a in arrays:
         a = np.ascontiguousarray(a)
         h.update(f"{a.dtype}{a.shape}".encode())
-        h.update(a.reshape(-1).view(np.uint8))  # also for empty arrays, which memoryview cannot cast
+        h.update(a.reshape(-1).view(np.uint8).data)  # the bytes as they are (also of an empty array), no copy
     h.update(extra.encode())
     return h.hexdigest()[:16]
 
@@ -391,17 +418,17 @@ def as_batches(
 
         return gen(), len(order)
     if isinstance(data, torch.utils.data.Dataset):
-        order = list(range(len(data))) if indices is None else [int(i) for i in indices]
+        positions = list(range(_dataset_len(data))) if indices is None else [int(i) for i in indices]
 
         def gen_ds() -> Iterator[Batch]:
-            for s in range(0, len(order), batch_size):
-                idx = order[s : s + batch_size]
+            for s in range(0, len(positions), batch_size):
+                idx = positions[s : s + batch_size]
                 items = [data[i] for i in idx]
                 xs = torch.stack([torch.as_tensor(it[0]) for it in items])
                 ys = torch.as_tensor([int(it[1]) for it in items])
                 yield xs, ys, torch.as_tensor(idx)
 
-        return gen_ds(), len(order)
+        return gen_ds(), len(positions)
     raise SpecError(
         f"cannot read data of type {type(data).__name__}: pass an ImageData, (x, labels) tensors or a Dataset"
     )
@@ -419,7 +446,12 @@ def labels_of(data: object) -> np.ndarray:
         # torchvision-style datasets list their labels in ``targets``: reading them there avoids decoding
         # every image once just for its label.
         targets = getattr(data, "targets", None)
-        if targets is not None and len(targets) == len(data):
+        if targets is not None and len(targets) == _dataset_len(data):
             return np.asarray(torch.as_tensor(np.asarray(targets)).long().view(-1))
-        return np.asarray([int(data[i][1]) for i in range(len(data))], dtype=np.int64)
+        return np.asarray([int(data[i][1]) for i in range(_dataset_len(data))], dtype=np.int64)
     raise SpecError(f"cannot read labels of {type(data).__name__}")
+
+
+def _dataset_len(data: torch.utils.data.Dataset[Any]) -> int:
+    """The length of a map-style dataset (torch's ``Dataset`` declares no ``__len__``, its subclasses do)."""
+    return len(cast(Sized, data))

@@ -45,6 +45,25 @@ def load_dataset(
     Raises:
         SpecError: a malformed spec, or an unknown prefix (the message lists the known ones).
         DataLoadError: files that cannot be read. LabelMismatchError: labels that are not the classes.
+
+    Examples:
+        scikit-learn's digits (8×8 greyscale, values 0..16, bundled with scikit-learn: nothing is downloaded):
+
+        >>> from essence.core import load_dataset
+        >>> digits = load_dataset("digits")
+        >>> len(digits), digits.num_classes, digits.preprocessing.describe()
+        (1797, 10, 'L, no blur, values / 16')
+        >>> x, labels, indices = next(digits.batches(4))
+        >>> tuple(x.shape), labels.tolist(), indices.tolist()
+        ((4, 1, 8, 8), [0, 1, 2, 3], [0, 1, 2, 3])
+
+        A split of the bundled demo, with the recipe of the model it is meant for:
+
+        >>> from essence.core import load_model
+        >>> model = load_model("demo:blurred")
+        >>> test = load_dataset("demo:test", model.preprocessing)
+        >>> len(test), test.class_names[0]
+        (798, 'severity 1')
     """
     if not isinstance(spec, str) or not spec.strip():
         raise SpecError(f"empty data spec: use {SPEC_FORMS}")

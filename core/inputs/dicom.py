@@ -36,7 +36,7 @@ import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal, cast
 
 import numpy as np
 
@@ -104,8 +104,10 @@ class DicomStep:
             SpecError: anything else.
         """
         text = text.strip().lower()
-        if text in ("header", "range"):
-            return cls(window=text)  # type: ignore[arg-type]
+        if text == "header":
+            return cls(window="header")
+        if text == "range":
+            return cls(window="range")
         parts = text.split(",")
         try:
             center, width = (float(p) for p in parts)
@@ -164,8 +166,9 @@ class DicomRecipe(Preprocessing):
         base = Preprocessing.from_dict(d)
         if not isinstance(step, dict):
             return base
-        known = {k: step.get(k) for k in ("window", "center", "width")}
-        return cls(**{**base.__dict__, "dicom": DicomStep(**known)})  # type: ignore[arg-type]
+        known: dict[str, Any] = {k: step.get(k) for k in ("window", "center", "width")}
+        fields: dict[str, Any] = {**base.__dict__, "dicom": DicomStep(**known)}
+        return cls(**fields)
 
     def describe(self) -> str:
         return f"{self.dicom.describe()}; {super().describe()}"
@@ -322,7 +325,7 @@ def _open_deflated(path: Path, meta: Any, name: str) -> Any:
     while True:
         head, whole = _inflate(path, start, limit, name)
         reached.clear()
-        stream = DicomBytesIO(head)
+        stream = cast(BinaryIO, DicomBytesIO(head))  # a file-like object, as pydicom's own reader casts it
         header = read_dataset(stream, False, True, stop_when=at_pixels)
         if reached or whole:
             break
@@ -346,7 +349,7 @@ def _open_deflated(path: Path, meta: Any, name: str) -> Any:
             f"{name}: its deflated data inflates to more than its header declares ({declared:,} bytes of "
             "pixels); remove or replace the file"
         )
-    ds = read_dataset(DicomBytesIO(data), False, True)
+    ds = read_dataset(cast(BinaryIO, DicomBytesIO(data)), False, True)
     ds.file_meta = meta
     return ds
 
@@ -509,12 +512,14 @@ def _window(
 ) -> tuple[np.ndarray, tuple[float, float]]:
     """Modality LUT then the window, onto [0, 1] (float64), and the ``(center, width)`` used."""
     try:
-        from pydicom.pixels import apply_modality_lut
+        from pydicom.pixels.processing import apply_modality_lut
     except ImportError:  # pydicom 2.x
-        from pydicom.pixel_data_handlers.util import apply_modality_lut
+        from pydicom.pixel_data_handlers import util
+
+        apply_modality_lut = util.apply_modality_lut
     values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
-    if step.window == "fixed":
-        center, width = float(step.center), float(step.width)  # type: ignore[arg-type]
+    if step.center is not None and step.width is not None:  # a fixed window: the step holds them only then
+        center, width = step.center, step.width
     else:
         header = _header_window(ds) if step.window == "header" else None
         center, width = header or _stored_range(ds, values)

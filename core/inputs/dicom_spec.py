@@ -126,7 +126,7 @@ def load_dicom(request: DataRequest) -> DicomData:
             images.append(read_dicom(f, step))
         except DataLoadError as exc:
             if request.on_bad_image == "error":
-                raise DataLoadError(f"{exc} (or pass --skip-bad-images to leave such files out)") from exc
+                raise DataLoadError(f"{exc} (or pass on_bad_image='skip' to leave such files out)") from exc
             skipped.append((f.name, str(exc)))
             continue
         kept.append(i)
@@ -222,7 +222,7 @@ def _stack(pixels: list[np.ndarray], channels: int, size: tuple[int, int] | None
     if size is None:
         raise DataLoadError(
             f"{spec}: the DICOM images have different sizes ({', '.join(f'{h}×{w}' for h, w in shapes[:3])}); "
-            "give the recipe a size (CLI: --size H W)"
+            "give the recipe a size (size=(H, W))"
         )
     return np.stack([_resized(p, size) for p in pixels])
 
@@ -235,7 +235,8 @@ def _resized(p: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     x = x[None, None] if x.ndim == 2 else x.permute(2, 0, 1)[None]
     y = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)[0]
     y = y[0] if p.ndim == 2 else y.permute(1, 2, 0)
-    return np.clip(y.round().numpy(), 0, 65535).astype(np.uint16)
+    display: np.ndarray = np.clip(y.round().numpy(), 0, 65535).astype(np.uint16)
+    return display
 
 
 def looks_like_dicom(path: Path) -> bool:

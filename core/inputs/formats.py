@@ -352,7 +352,7 @@ def labels_to_indices(raw: Any, names: list[str] | None, where: str) -> tuple[np
             [float(v) for v in as_str], as_str, where, names_tried=by_name is None and bool(names)
         )
         in_range = names is not None and bool(ints.min() >= 0 and ints.max() < len(names))
-        if by_name is not None and in_range and by_name != ints.tolist():
+        if by_name is not None and names is not None and in_range and by_name != ints.tolist():
             k = next(n for n, (a, b) in enumerate(zip(by_name, ints.tolist(), strict=True)) if a != b)
             raise LabelMismatchError(
                 f"{where}: labels such as {as_str[k]!r} are both class names and class indices, and they disagree "
@@ -456,7 +456,7 @@ def check_images(
             open_image(f)
         except DataLoadError as exc:
             if policy == "error":
-                raise DataLoadError(f"{exc} (or pass --skip-bad-images to leave such files out)") from exc
+                raise DataLoadError(f"{exc} (or pass on_bad_image='skip' to leave such files out)") from exc
             skipped.append((str(f), str(exc)))
             continue
         kept.append(f)

@@ -45,13 +45,13 @@ from essence.core.inputs.weights import apply_state_dict, load_weights, torch_lo
 
 MODEL_FILE_SUFFIXES = {".pt", ".pth", ".ts", ".jit", ".pt2", ".torchscript"}
 SPEC_FORMS = (
-    "demo:blurred|sharp, torchvision:ARCH --weights FILE, package.module:function --weights FILE, "
+    "demo:blurred|sharp, torchvision:ARCH with weights=FILE, package.module:function with weights=FILE, "
     "or an exported program PATH.pt2 (torch.export.save)"
 )
 TORCHSCRIPT_REFUSAL = (
     "is a TorchScript model, which Essence cannot analyse (PyTorch runs no hooks on ScriptModules and every "
     "analysis reads its slice through one): save it with torch.export.save(torch.export.export(model, (x,)), "
-    "'model.pt2') and pass the .pt2, or use package.module:function --weights FILE"
+    "'model.pt2') and pass the .pt2, or use package.module:function with weights=FILE"
 )
 
 
@@ -69,6 +69,18 @@ class LoadedModel:
         card: extra facts (demo card, training metrics).
         class_source: where ``class_names`` came from: ``"card"`` (a card file), ``"option"`` (the caller),
             ``None`` for the model's own (the demo); see :mod:`essence.core.inputs.cards`.
+
+    Examples:
+        :func:`load_model` makes one from a spec; a model already in memory is wrapped directly:
+
+        >>> from torch import nn
+        >>> from essence.core import LoadedModel
+        >>> from essence.core.inputs.models import model_fingerprint
+        >>> module = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval()
+        >>> names = [str(i) for i in range(10)]
+        >>> model = LoadedModel(module, "my:digits", model_fingerprint(module), class_names=names, default_layer="1")
+        >>> model.name, model.default_layer
+        ('my:digits', '1')
     """
 
     module: nn.Module
@@ -109,6 +121,36 @@ def load_model(
         SpecError: a malformed spec, an unknown prefix (the message lists the known ones), or a card of the
             wrong shape.
         ModelLoadError: weights missing, unreadable, unsafe, or not fitting the architecture.
+
+    Examples:
+        The bundled demo's model, with its class names, recipe and default slice:
+
+        >>> from essence.core import load_model
+        >>> model = load_model("demo:blurred")
+        >>> model.class_names[:2], model.default_layer, model.module.training
+        (['severity 1', 'severity 2'], 'fc1', False)
+        >>> print(model.preprocessing.describe())
+        RGB, Gaussian blur σ=2 px, values / 255, mean 0.479,0.188,0.137, std 0.342,0.141,0.102
+
+        Weights of your own for a torchvision architecture (the number of outputs is read from them), with the
+        card beside them that names the classes:
+
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> import torch
+        >>> import torchvision
+        >>> from safetensors.torch import save_file
+        >>> _ = torch.manual_seed(0)
+        >>> net = torchvision.models.mobilenet_v3_small(num_classes=2)
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     weights = Path(folder) / "W.safetensors"
+        ...     save_file(net.state_dict(), weights)
+        ...     _ = (Path(folder) / "W.card.json").write_text('{"class_names": ["normal", "nodule"]}')
+        ...     model = load_model("torchvision:mobilenet_v3_small", weights)
+        >>> model.class_names, model.class_source
+        (['normal', 'nodule'], 'card')
+        >>> model.module(torch.zeros(1, 3, 64, 64)).shape
+        torch.Size([1, 2])
     """
     if not isinstance(spec, str) or not spec.strip():
         raise SpecError(
@@ -131,9 +173,9 @@ def load_model(
     else:
         loaded = None
     if loaded is not None:
-        found = read_card(model_file_of(spec, weights))  # the one place a card is read, for every format
-        if found is not None:
-            apply_card(loaded, found[0])
+        card = read_card(model_file_of(spec, weights))  # the one place a card is read, for every format
+        if card is not None:
+            apply_card(loaded, card[0])
         return loaded
     known = ", ".join(specs.known_prefixes("model")) or "none"
     raise SpecError(
@@ -170,7 +212,7 @@ def load_torchvision(request: ModelRequest) -> LoadedModel:
         )
     if weights is None:
         raise ModelLoadError(
-            f"torchvision:{arch} needs a weights file (--weights FILE.safetensors or a state_dict .pt); "
+            f"torchvision:{arch} needs a weights file (weights=FILE.safetensors or a state_dict .pt); "
             "nothing is downloaded at run time"
         )
     state = load_weights(weights, trust_pickle=request.trust_pickle)
@@ -270,7 +312,7 @@ def _load_exported(path: Path, spec: str, trust_pickle: bool = False) -> LoadedM
 def _load_file_model(path: Path, spec: str, trust_pickle: bool) -> LoadedModel:
     if not os.path.lexists(path):
         raise ModelLoadError(f"model file {str(path)!r} does not exist; check the path")
-    regular_file(path, "--model", ModelLoadError)  # a FIFO, a device or a symlink loop, named as such
+    regular_file(path, "the model spec", ModelLoadError)  # a FIFO, a device or a symlink loop, named as such
     kind = _archive_kind(path)
     if kind == "export" or (kind is None and path.suffix == ".pt2"):
         return _load_exported(path, spec, trust_pickle)
@@ -289,8 +331,8 @@ def _load_file_model(path: Path, spec: str, trust_pickle: bool) -> LoadedModel:
         )
     if isinstance(obj, dict):
         raise ModelLoadError(
-            f"{path} holds weights (a state_dict) but no architecture: use --model torchvision:ARCH or "
-            f"package.module:function with --weights {path}"
+            f"{path} holds weights (a state_dict) but no architecture: use the spec torchvision:ARCH or "
+            f"package.module:function with weights={path}"
         )
     raise ModelLoadError(
         f"{path} is neither an exported program (.pt2), a whole pickled module nor a state_dict: use {SPEC_FORMS}"
@@ -399,6 +441,20 @@ def check_compatible(model: LoadedModel | nn.Module, data: ImageData) -> int:
             (:func:`essence.core.inputs.cards.class_order`).
         BatchCouplingError: an instance's output depends on the rest of its batch (see
             :mod:`essence.core.base.independence`).
+
+    Examples:
+        >>> from essence.core import load_dataset, load_model
+        >>> model = load_model("demo:blurred")
+        >>> check_compatible(model, load_dataset("demo:test", model.preprocessing))
+        5
+
+        A model of 3 outputs does not fit the 10 classes of the digits:
+
+        >>> from torch import nn
+        >>> check_compatible(nn.Sequential(nn.Flatten(), nn.Linear(64, 3)), load_dataset("digits"))
+        Traceback (most recent call last):
+        ...
+        essence.core.base.errors.LabelMismatchError: the model has 3 outputs but digits has 10 classes ...
     """
     module = model.module if isinstance(model, LoadedModel) else model
     x = data.tensors(np.arange(min(4, len(data), data.max_batch_size() or 4)))
@@ -414,7 +470,7 @@ def check_compatible(model: LoadedModel | nn.Module, data: ImageData) -> int:
         msg = str(exc).splitlines()[0][:200]
         raise DataLoadError(
             f"the model cannot run on {data.spec} (inputs {tuple(x.shape[1:])}): {msg}; check the image size "
-            "and channels of the preprocessing (--size, mode)"
+            "and channels of the preprocessing (size, mode)"
         ) from exc
     except EssenceError:
         raise

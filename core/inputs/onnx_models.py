@@ -39,14 +39,14 @@ def load_onnx(request: ModelRequest) -> LoadedModel:
     """The ``onnx:PATH`` loader (see the module docstring).
 
     Raises:
-        SpecError: no path, or ``--weights`` given.
+        SpecError: no path, or ``weights`` given.
         ModelLoadError: onnx/onnx2torch missing, an unreadable file, unsupported operators, no layers to slice,
             a fixed batch size, several inputs.
     """
     if not request.arg.strip():
         raise SpecError("model spec onnx: needs a path: onnx:MODEL.onnx")
     if request.weights is not None:
-        raise SpecError(f"{request.spec} holds its own weights: drop --weights")
+        raise SpecError(f"{request.spec} holds its own weights: drop weights=")
     path = Path(request.arg.strip())
     if not path.is_file():
         raise ModelLoadError(f"ONNX file {str(path)!r} does not exist; check the path")
@@ -69,17 +69,17 @@ def load_onnx(request: ModelRequest) -> LoadedModel:
         raise ModelLoadError(
             f"{path.name} uses ONNX operators that cannot be converted to PyTorch modules: {', '.join(ops)}; "
             "export the model without them (another opset, or replace the layer), or load the PyTorch model "
-            "itself (package.module:function --weights FILE)"
+            "itself (package.module:function with weights=FILE)"
         ) from exc
     except Exception as exc:  # the converter fails in many ways on graphs it half-supports
         raise ModelLoadError(
             f"{path.name} cannot be converted to PyTorch ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}): "
-            "load the PyTorch model itself (package.module:function --weights FILE)"
+            "load the PyTorch model itself (package.module:function with weights=FILE)"
         ) from exc
     if not any(True for name, _ in module.named_modules() if name):
         raise ModelLoadError(
             f"{path.name} converted to a graph without layers to slice: load the PyTorch model itself "
-            "(package.module:function --weights FILE)"
+            "(package.module:function with weights=FILE)"
         )
     return LoadedModel(
         module=module.eval(),

@@ -70,6 +70,25 @@ class Preprocessing:
         file_depths: the bit depths of the image files the recipe was applied to (8, 16; 32 for 32-bit integer
             and float files), recorded when any is not 8-bit (they are read at 8-bit precision); ``None`` for
             8-bit files, arrays, and a recipe not yet applied. Derived from the files, never chosen.
+
+    Examples:
+        A greyscale recipe that resizes to 32×32 and blurs; applied to uint8 arrays, their values are / 255:
+
+        >>> import numpy as np
+        >>> from essence.core import Preprocessing
+        >>> recipe = Preprocessing(mode="L", size=(32, 32), blur_sigma=2, mean=(0.5,), std=(0.25,))
+        >>> print(recipe.for_container(np.dtype(np.uint8)).describe())
+        L, resize 32×32, Gaussian blur σ=2 px, values / 255, mean 0.5, std 0.25
+        >>> images = np.zeros((2, 64, 64), dtype=np.uint8)  # N×H×W
+        >>> tuple(recipe.apply_array(images).shape)  # [N, C, H, W], float32
+        (2, 1, 32, 32)
+
+        The recipe travels as JSON (in a model card, beside every output) and comes back the same:
+
+        >>> recipe.to_dict()
+        {'mode': 'L', 'size': [32, 32], 'blur_sigma': 2.0, 'mean': [0.5], 'std': [0.25], 'scale': None}
+        >>> Preprocessing.from_dict(recipe.to_dict()) == recipe
+        True
     """
 
     mode: Literal["RGB", "L"] = "RGB"
@@ -83,66 +102,17 @@ class Preprocessing:
     def __post_init__(self) -> None:
         if self.mode not in ("RGB", "L"):
             raise SpecError(f"preprocessing mode {self.mode!r} is not supported: use 'RGB' or 'L'")
-        channels = self.channels
-        for name in ("mean", "std"):
-            value = tuple(float(v) for v in getattr(self, name))
-            if len(value) == 1 and channels == 3:
-                value = value * 3
-            if len(value) != channels:
-                raise SpecError(
-                    f"preprocessing {name} has {len(value)} values, mode {self.mode} needs {channels}"
-                )
-            object.__setattr__(self, name, value)
-        if not all(s > 0 and math.isfinite(s) for s in self.std):
-            raise SpecError(f"preprocessing std must be positive and finite, got {self.std}")
-        if not all(math.isfinite(m) for m in self.mean):
-            raise SpecError(f"preprocessing mean must be finite, got {self.mean}")
-        if self.scale is not None and (
-            isinstance(self.scale, bool | str)
-            or not (float(self.scale) > 0 and math.isfinite(float(self.scale)))
-        ):
-            raise SpecError(
-                f"preprocessing scale (the raw value that maps to 1.0) must be > 0 or null (the container's "
-                f"range), got {self.scale!r}"
-            )
-        if self.blur_sigma < 0 or not math.isfinite(self.blur_sigma):
-            raise SpecError(f"blur sigma must be a finite number ≥ 0, got {self.blur_sigma}")
-        if self.blur_sigma > MAX_SIDE:  # a kernel of billions of taps; any image is flat long before
-            raise SpecError(
-                f"blur sigma {self.blur_sigma:g} px is above {MAX_SIDE} px, wider than any image: choose a sigma "
-                "of a few pixels (the paper's blur erased lesions at about 2 px)"
-            )
+        mean, std = _normalisation(self.mode, self.channels, self.mean, self.std)
+        object.__setattr__(self, "mean", mean)
+        object.__setattr__(self, "std", std)
+        scale = _checked_scale(self.scale)
+        blur_sigma = _checked_blur(self.blur_sigma)
         if self.size is not None:
-            size = tuple(int(v) for v in self.size)
-            if len(size) != 2 or min(size) < 1:
-                raise SpecError(
-                    f"preprocessing size must be (height, width) of positive ints, got {self.size}"
-                )
-            if max(size) > MAX_SIDE:
-                raise SpecError(
-                    f"preprocessing size {size} is above {MAX_SIDE} px a side: no classifier takes such inputs, "
-                    "and one batch would not fit in memory; choose the size the model was trained at"
-                )
-            object.__setattr__(self, "size", size)
-        object.__setattr__(self, "blur_sigma", float(self.blur_sigma))
-        object.__setattr__(self, "scale", None if self.scale is None else float(self.scale))
+            object.__setattr__(self, "size", _checked_size(self.size))
+        object.__setattr__(self, "blur_sigma", blur_sigma)
+        object.__setattr__(self, "scale", scale)
         if self.file_depths is not None:
-            try:
-                depths = tuple(self.file_depths)
-            except TypeError:
-                depths = ()
-            if (
-                isinstance(self.file_depths, str)
-                or not depths
-                or not all(
-                    isinstance(d, int) and not isinstance(d, bool) and d in FILE_DEPTHS for d in depths
-                )
-            ):
-                raise SpecError(
-                    f"preprocessing file_depths {self.file_depths!r} must be bit depths among "
-                    f"{sorted(FILE_DEPTHS)}, or null (they are recorded from the files, not chosen)"
-                )
-            object.__setattr__(self, "file_depths", tuple(sorted(set(depths))))
+            object.__setattr__(self, "file_depths", _checked_file_depths(self.file_depths))
 
     @property
     def channels(self) -> int:
@@ -234,7 +204,7 @@ class Preprocessing:
 
     def describe(self) -> str:
         """One line for people, e.g. ``RGB 64×64, Gaussian blur σ=2.0 px, normalised``."""
-        parts = [self.mode]
+        parts: list[str] = [self.mode]
         if self.size:
             parts.append(f"resize {self.size[0]}×{self.size[1]}")
         parts.append(f"Gaussian blur σ={self.blur_sigma:g} px" if self.blur_sigma > 0 else "no blur")
@@ -313,6 +283,102 @@ class Preprocessing:
         mean = torch.tensor(self.mean).view(1, -1, 1, 1)
         std = torch.tensor(self.std).view(1, -1, 1, 1)
         return (x - mean) / std
+
+
+def _normalisation(
+    mode: str, channels: int, mean: Iterable[float], std: Iterable[float]
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """A recipe's mean and std as one float per channel (a single value stands for all three of RGB).
+
+    Raises:
+        SpecError: a count that is not the mode's channels, a std that is not positive and finite, or a mean
+            that is not finite.
+    """
+    per_channel = []
+    for name, values in (("mean", mean), ("std", std)):
+        value = tuple(float(v) for v in values)
+        if len(value) == 1 and channels == 3:
+            value = value * 3
+        if len(value) != channels:
+            raise SpecError(f"preprocessing {name} has {len(value)} values, mode {mode} needs {channels}")
+        per_channel.append(value)
+    mean_c, std_c = per_channel
+    if not all(s > 0 and math.isfinite(s) for s in std_c):
+        raise SpecError(f"preprocessing std must be positive and finite, got {std_c}")
+    if not all(math.isfinite(m) for m in mean_c):
+        raise SpecError(f"preprocessing mean must be finite, got {mean_c}")
+    return mean_c, std_c
+
+
+def _checked_scale(scale: float | None) -> float | None:
+    """A recipe's scale as a float, or None (the container's range).
+
+    Raises:
+        SpecError: not a positive finite number.
+    """
+    if scale is not None and (
+        isinstance(scale, bool | str) or not (float(scale) > 0 and math.isfinite(float(scale)))
+    ):
+        raise SpecError(
+            f"preprocessing scale (the raw value that maps to 1.0) must be > 0 or null (the container's "
+            f"range), got {scale!r}"
+        )
+    return None if scale is None else float(scale)
+
+
+def _checked_blur(sigma: float) -> float:
+    """A recipe's blur sigma as a float.
+
+    Raises:
+        SpecError: negative, not finite, or wider than any image (:data:`MAX_SIDE`).
+    """
+    if sigma < 0 or not math.isfinite(sigma):
+        raise SpecError(f"blur sigma must be a finite number ≥ 0, got {sigma}")
+    if sigma > MAX_SIDE:  # a kernel of billions of taps; any image is flat long before
+        raise SpecError(
+            f"blur sigma {sigma:g} px is above {MAX_SIDE} px, wider than any image: choose a sigma "
+            "of a few pixels (the paper's blur erased lesions at about 2 px)"
+        )
+    return float(sigma)
+
+
+def _checked_size(size: Iterable[int]) -> tuple[int, int]:
+    """A recipe's size as ``(height, width)`` ints.
+
+    Raises:
+        SpecError: not two positive sides, or a side above :data:`MAX_SIDE`.
+    """
+    sides = tuple(int(v) for v in size)
+    if len(sides) != 2 or min(sides) < 1:
+        raise SpecError(f"preprocessing size must be (height, width) of positive ints, got {size}")
+    if max(sides) > MAX_SIDE:
+        raise SpecError(
+            f"preprocessing size {sides} is above {MAX_SIDE} px a side: no classifier takes such inputs, "
+            "and one batch would not fit in memory; choose the size the model was trained at"
+        )
+    return sides[0], sides[1]
+
+
+def _checked_file_depths(file_depths: Iterable[int]) -> tuple[int, ...]:
+    """Recorded bit depths, sorted and distinct.
+
+    Raises:
+        SpecError: anything but a non-empty collection of the depths of :data:`FILE_DEPTHS`.
+    """
+    try:
+        depths = tuple(file_depths)
+    except TypeError:
+        depths = ()
+    if (
+        isinstance(file_depths, str)
+        or not depths
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d in FILE_DEPTHS for d in depths)
+    ):
+        raise SpecError(
+            f"preprocessing file_depths {file_depths!r} must be bit depths among "
+            f"{sorted(FILE_DEPTHS)}, or null (they are recorded from the files, not chosen)"
+        )
+    return tuple(sorted(set(depths)))
 
 
 def channels_last(shape: tuple[int, ...]) -> bool:

@@ -66,9 +66,11 @@ def traceable_root(model: nn.Module) -> nn.Module:
     """
     if not is_unflattened(model):
         return model
-    signature: Any = model.module_call_graph[0].signature  # type: ignore[index]
+    # Its graph and call graph are attributes of the unflattened program that ``nn.Module`` does not declare.
+    program: Any = model
+    signature = program.module_call_graph[0].signature
     graph = fx.Graph()
-    flat = graph.graph_copy(model.graph, {})  # type: ignore[arg-type]
+    flat = graph.graph_copy(program.graph, {})
     leaves = list(flat) if isinstance(flat, tuple | list) else [flat]
     out_spec = getattr(signature, "out_spec", None)
     graph.output(pytree.tree_unflatten(leaves, out_spec) if out_spec is not None else flat)

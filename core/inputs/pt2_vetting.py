@@ -56,7 +56,7 @@ reading): a compressed entry cannot become a memory bomb."""
 MAX_JSON_BYTES = 256 << 20
 """The most bytes one JSON entry (a graph, a config) may have."""
 
-TRUST_HINT = "pass --trust-pickle only if you trust the file's source (it can then run code)"
+TRUST_HINT = "pass trust_pickle=True only if you trust the file's source (it can then run code)"
 
 # Entries (relative to the archive's top folder) whose content torch reads as plain text or raw bytes.
 _TEXT_ENTRIES = {"archive_format", "archive_version", "byteorder", ".data/version", ".data/serialization_id"}
@@ -178,17 +178,24 @@ class _Vetter:
 
     # --- the format of torch ≥ 2.7 -------------------------------------------------------------------------
     def _vet_current(self, rel: dict[str, str]) -> None:
-        configs: dict[str, dict[str, Any]] = {}
-        for r in rel:
-            if (
-                r.startswith("data/weights/")
-                and r.endswith("_weights_config.json")
-                or r.startswith("data/constants/")
-                and r.endswith("_constants_config.json")
-            ):
-                configs[r] = self._payload_config(rel[r])
-        raw: set[str] = set()  # payload files read as raw bytes
-        pickled: set[str] = set()  # tensors saved with torch.save (the config says use_pickle)
+        configs = {r: self._payload_config(full) for r, full in rel.items() if _is_payload_config(r)}
+        raw, pickled = self._payload_files(rel, configs)
+        for r, full in rel.items():
+            if r in configs or r in raw:
+                continue
+            if r in pickled:
+                self._vet_torch_pickle(full)
+            else:
+                self._vet_current_entry(r, full)
+
+    def _payload_files(
+        self, rel: dict[str, str], configs: dict[str, dict[str, Any]]
+    ) -> tuple[set[str], set[str]]:
+        """The payload files the configs name: those read as raw bytes, and tensors saved with ``torch.save``
+        (the config says ``use_pickle``). A pickled Python object is refused: ``opaque_obj_*`` constants are read
+        with ``pickle.loads``, ``custom_obj_*`` ones with TorchScript's unpickler."""
+        raw: set[str] = set()
+        pickled: set[str] = set()
         for cfg_entry, config in configs.items():
             folder = cfg_entry.rsplit("/", 1)[0] + "/"
             for fqn, meta in config.items():
@@ -198,35 +205,29 @@ class _Vetter:
                         f"{self.name}: {cfg_entry} names no valid file for {fqn!r}: {_RESAVE}"
                     )
                 entry = folder + path_name
-                tensor_file = path_name.startswith(("weight_", "tensor_"))
-                if (
-                    not tensor_file and not self.trust
-                ):  # opaque_obj_* (pickle.loads), custom_obj_* (TorchScript)
+                if not path_name.startswith(("weight_", "tensor_")) and not self.trust:
                     raise self.refuse(rel.get(entry, entry), f"is a pickled Python object (constant {fqn!r})")
                 (pickled if meta.get("use_pickle") else raw).add(entry)
-        for r, full in rel.items():
-            if r in configs or r in raw:
-                continue
-            if r in pickled:
-                self._vet_torch_pickle(full)
-                continue
-            if r in _TEXT_ENTRIES or r.startswith(_TEXT_PREFIXES):
-                continue
-            if r.startswith("models/") and r.endswith(".json"):
-                if not self.trust:
-                    _vet_graph(self.name, full, self.read_json(full))
-                continue
-            if r.startswith("data/sample_inputs/") and r.endswith(".pt"):
-                self._vet_torch_pickle(full)
-                continue
-            if r.startswith(("data/weights/", "data/constants/")) and r.endswith(".pt"):  # legacy files
-                self._vet_torch_pickle(full)
-                continue
-            if self.trust:
-                continue
-            if r.startswith(("data/aotinductor/", "data/executorch/", "data/mtia")):
-                raise self.refuse(full, "is compiled native code")
-            raise self.refuse(full, "is not part of a program saved by torch.export.save")
+        return raw, pickled
+
+    def _vet_current_entry(self, r: str, full: str) -> None:
+        """An entry no payload config names: the archive's text, the graph, a ``torch.save`` pickle, or refused."""
+        if r in _TEXT_ENTRIES or r.startswith(_TEXT_PREFIXES):
+            return
+        if r.startswith("models/") and r.endswith(".json"):
+            if not self.trust:
+                _vet_graph(self.name, full, self.read_json(full))
+            return
+        sample_inputs = r.startswith("data/sample_inputs/") and r.endswith(".pt")
+        legacy_payload = r.startswith(("data/weights/", "data/constants/")) and r.endswith(".pt")
+        if sample_inputs or legacy_payload:
+            self._vet_torch_pickle(full)
+            return
+        if self.trust:
+            return
+        if r.startswith(("data/aotinductor/", "data/executorch/", "data/mtia")):
+            raise self.refuse(full, "is compiled native code")
+        raise self.refuse(full, "is not part of a program saved by torch.export.save")
 
     def _payload_config(self, entry: str) -> dict[str, Any]:
         cfg = self.read_json(entry)
@@ -265,6 +266,12 @@ class _Vetter:
             raise self.refuse(
                 entry, f"is a pickle that torch.load(weights_only=True) refuses ({type(exc).__name__})"
             ) from exc
+
+
+def _is_payload_config(entry: str) -> bool:
+    """Whether ``entry`` (relative to the archive's folder) is the payload config of the weights or constants."""
+    weights = entry.startswith("data/weights/") and entry.endswith("_weights_config.json")
+    return weights or entry.startswith("data/constants/") and entry.endswith("_constants_config.json")
 
 
 def _vet_graph(name: str, entry: str, graph: Any) -> None:

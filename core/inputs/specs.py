@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from essence.core.base.errors import SpecError
 from essence.core.inputs.preprocessing import Preprocessing
@@ -88,6 +88,8 @@ class DataRequest:
 
 ModelLoader = Callable[[ModelRequest], "LoadedModel"]
 DataLoader = Callable[[DataRequest], "ImageData"]
+# Either kind of loader: the registry's tables share their bookkeeping.
+_Loader = TypeVar("_Loader", bound=Callable[..., object])
 
 
 def _entry_points() -> list[importlib.metadata.EntryPoint]:
@@ -139,7 +141,7 @@ class SpecRegistry:
         return sorted(set(table) | pending | optional)
 
     def _register(
-        self, table: dict[str, Callable], kind: str, prefix: str, loader: Callable, replace: bool
+        self, table: dict[str, _Loader], kind: str, prefix: str, loader: _Loader, replace: bool
     ) -> None:
         if not isinstance(prefix, str) or not _PREFIX.match(prefix):
             raise SpecError(
@@ -157,7 +159,7 @@ class SpecRegistry:
                 )
             table[prefix] = loader
 
-    def _lookup(self, table: dict[str, Callable], prefix: str) -> Callable | None:
+    def _lookup(self, table: dict[str, _Loader], prefix: str) -> _Loader | None:
         if prefix in table:
             return table[prefix]
         with self._lock:
@@ -188,7 +190,7 @@ class SpecRegistry:
                 ) from exc
 
 
-def _qualname(loader: Callable) -> str:
+def _qualname(loader: Callable[..., object]) -> str:
     return f"{getattr(loader, '__module__', '?')}.{getattr(loader, '__qualname__', repr(loader))}"
 
 

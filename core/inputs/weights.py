@@ -50,7 +50,7 @@ def torch_load(path: Path, trust_pickle: bool) -> Any:
             raise ModelLoadError(f"{path} is not a readable PyTorch file: {exc}") from exc
         raise ModelLoadError(
             f"{path} is a full pickle, which can run arbitrary code when loaded, so it was refused; save a "
-            "state_dict or safetensors instead, or pass --trust-pickle if you trust its source"
+            "state_dict or safetensors instead, or pass trust_pickle=True if you trust its source"
         ) from exc
     except Exception as exc:  # a corrupt file fails in many ways (KeyError, UnicodeDecodeError...)
         raise ModelLoadError(
@@ -98,7 +98,8 @@ def load_weights(path: str | Path, *, trust_pickle: bool = False) -> dict[str, t
         state = {k[len("module.") :]: v for k, v in state.items()}
     for name, tensor in state.items():
         _check_plain(tensor, name, path)
-    return state
+    checked: dict[str, torch.Tensor] = state
+    return checked
 
 
 def _check_plain(tensor: torch.Tensor, name: str, path: Path) -> None:

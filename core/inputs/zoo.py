@@ -33,6 +33,7 @@ import ast
 import difflib
 import inspect
 import re
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -117,19 +118,19 @@ def refuse_loading_arguments(kwargs: dict[str, Any], spec: str) -> None:
     """Refuse, by name, an argument that downloads or reads files, or whose value looks like a path or URL.
 
     Raises:
-        SpecError: one line naming the argument and the fix (the weights come from ``--weights`` only).
+        SpecError: one line naming the argument and the fix (the weights come from ``weights`` only).
     """
     for name, value in kwargs.items():
         if is_loading_argument(name):
             raise SpecError(
                 f"model spec {spec}: the argument {name} downloads or reads files, which Essence never lets a "
-                "library do; drop it and pass the weights with --weights FILE.safetensors"
+                "library do; drop it and pass the weights as weights=FILE.safetensors"
             )
         found = _path_like(value)
         if found is not None:
             raise SpecError(
                 f"model spec {spec}: the value of {name} ({found[:80]!r}) looks like a file path or URL; "
-                "architecture arguments are numbers, names and tuples, the weights come with --weights FILE"
+                "architecture arguments are numbers, names and tuples, the weights come with weights=FILE"
             )
 
 
@@ -198,15 +199,17 @@ def _library(name: str, extra: str) -> Any:
         ) from exc
 
 
-def _needs_weights(spec: str, weights: object) -> None:
+def _needs_weights(spec: str, weights: str | Path | None) -> str | Path:
+    """The weights file of ``spec``: a zoo model is never built without one (nothing is downloaded)."""
     if weights is None:
         raise ModelLoadError(
-            f"{spec} needs a weights file (--weights FILE.safetensors or a state_dict .pt); nothing is downloaded "
+            f"{spec} needs a weights file (weights=FILE.safetensors or a state_dict .pt); nothing is downloaded "
             "at run time"
         )
+    return weights
 
 
-def shapes_from_weights(probe: nn.Module, state: dict) -> tuple[int | None, int | None]:
+def shapes_from_weights(probe: nn.Module, state: dict[str, torch.Tensor]) -> tuple[int | None, int | None]:
     """The input channels (first convolution) and outputs (last linear layer) the weights were saved with.
 
     Args:
@@ -256,14 +259,14 @@ def load_timm(request: ModelRequest) -> LoadedModel:
         raise SpecError(f"timm has no model {arch!r} ({hint}); name one of timm's architectures")
     if kwargs:
         refuse_foreign_arguments(kwargs, _timm_class(timm, arch, request.spec), request.spec, "timm")
-    _needs_weights(request.spec, request.weights)
-    state = load_weights(request.weights, trust_pickle=request.trust_pickle)  # type: ignore[arg-type]
+    weights = _needs_weights(request.spec, request.weights)
+    state = load_weights(weights, trust_pickle=request.trust_pickle)
     build = _builder(lambda **kw: timm.create_model(arch, pretrained=False, **kw), request.spec)
     channels, classes = shapes_from_weights(build(**kwargs), state)
     sizes = {"in_chans": kwargs.get("in_chans", channels or 3)}
     sizes["num_classes"] = kwargs.get("num_classes", request.num_classes or classes or 1000)
     module = build(**{**kwargs, **sizes})
-    apply_state_dict(module, state, request.weights)  # type: ignore[arg-type]
+    apply_state_dict(module, state, weights)
     cfg = getattr(module, "pretrained_cfg", None) or {}
     mean = tuple(float(v) for v in cfg.get("mean", (0.485, 0.456, 0.406)))
     std = tuple(float(v) for v in cfg.get("std", (0.229, 0.224, 0.225)))
@@ -301,8 +304,8 @@ def load_monai(request: ModelRequest) -> LoadedModel:
             f"MONAI has no network {name!r} (closest: {', '.join(close) or 'none'}); see monai.networks.nets"
         )
     refuse_foreign_arguments(kwargs, network, request.spec, "MONAI")
-    _needs_weights(request.spec, request.weights)
-    state = load_weights(request.weights, trust_pickle=request.trust_pickle)  # type: ignore[arg-type]
+    weights = _needs_weights(request.spec, request.weights)
+    state = load_weights(weights, trust_pickle=request.trust_pickle)
     params = constructor_parameters(network)
     in_name = next((n for n in _IN_NAMES if n in params), None)
     out_name = next((n for n in _OUT_NAMES if n in params), None)
@@ -323,7 +326,7 @@ def load_monai(request: ModelRequest) -> LoadedModel:
     if out_name:
         sizes[out_name] = kwargs.get(out_name, request.num_classes or classes or 2)
     module = build(**{**fixed, **kwargs, **sizes, **forced})
-    apply_state_dict(module, state, request.weights)  # type: ignore[arg-type]
+    apply_state_dict(module, state, weights)
     channels = int(sizes.get(in_name, channels or 1)) if in_name else (channels or 1)
     return LoadedModel(
         module=module.eval(),

@@ -17,6 +17,7 @@ import time
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
+from typing import IO
 
 from essence.core.base.errors import SpecError
 from essence.core.scale.distributed import PEER_FAILED
@@ -89,59 +90,91 @@ def launch_local(
     """
     if nproc < 1:
         raise SpecError(f"--nproc {nproc}: start at least 1 process")
-    base = dict(os.environ if env is None else env)
-    port = _free_port()
-    per = threads or max(1, (os.cpu_count() or 1) // nproc)
-    procs: list[subprocess.Popen] = []
-    terminated: set[int] = set()
-    seen: list[int] = []  # failed ranks, in the order their failure was noticed
+    children = _rank_environments(dict(os.environ if env is None else env), nproc, threads)
+    procs: list[subprocess.Popen[bytes]] = []
     with ExitStack() as files:
         outs = [files.enter_context(tempfile.TemporaryFile(mode="w+")) for _ in range(nproc)]
         errs = [files.enter_context(tempfile.TemporaryFile(mode="w+")) for _ in range(nproc)]
         try:
-            for rank in range(nproc):
-                child = {
-                    **base,
-                    "RANK": str(rank),
-                    "WORLD_SIZE": str(nproc),
-                    "LOCAL_RANK": str(rank),
-                    "LOCAL_WORLD_SIZE": str(nproc),
-                    "MASTER_ADDR": "127.0.0.1",
-                    "MASTER_PORT": str(port),
-                }
-                child.setdefault("OMP_NUM_THREADS", str(per))
+            for rank, child in enumerate(children):
                 procs.append(subprocess.Popen(list(command), env=child, stdout=outs[rank], stderr=errs[rank]))
-            deadline = float("inf")
-            # Poll every process each time, noting failures in the order they are seen; after the first,
-            # let the others end by themselves briefly: the one that failed for its own reason then says
-            # why, instead of being cut off by its echo on another process.
-            while None in (codes := [p.poll() for p in procs]) and time.monotonic() < deadline:
-                seen += [r for r, c in enumerate(codes) if c not in (None, 0) and r not in seen]
-                if seen and deadline == float("inf"):
-                    deadline = time.monotonic() + grace_s
-                time.sleep(poll_s)
-            seen += [r for r, c in enumerate(codes) if c not in (None, 0) and r not in seen]
-            for r, p in enumerate(procs):
-                if p.poll() is None:
-                    p.terminate()
-                    terminated.add(r)
-            for p in procs:
-                try:
-                    p.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+            seen = _watch(procs, poll_s, grace_s)
+            terminated = _stop_the_rest(procs)
         finally:
             for p in procs:  # an interrupt of the launcher must not leave orphans
                 if p.poll() is None:
                     p.kill()
                     p.wait()
-        texts = []
-        for f in errs:
-            f.seek(0)
-            texts.append(f.read())
-        outs[0].seek(0)
-        stdout = outs[0].read()
+        texts = [_read(f) for f in errs]
+        stdout = _read(outs[0])
+    return _outcome(procs, seen, terminated, texts, stdout)
+
+
+def _rank_environments(base: dict[str, str], nproc: int, threads: int | None) -> list[dict[str, str]]:
+    """Each process's environment: ``base`` with the variables torchrun sets, and its share of the cores."""
+    port = _free_port()
+    per = threads or max(1, (os.cpu_count() or 1) // nproc)
+    children = []
+    for rank in range(nproc):
+        child = {
+            **base,
+            "RANK": str(rank),
+            "WORLD_SIZE": str(nproc),
+            "LOCAL_RANK": str(rank),
+            "LOCAL_WORLD_SIZE": str(nproc),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+        child.setdefault("OMP_NUM_THREADS", str(per))
+        children.append(child)
+    return children
+
+
+def _watch(procs: list[subprocess.Popen[bytes]], poll_s: float, grace_s: float) -> list[int]:
+    """Wait until every process has ended, or until ``grace_s`` after the first failure.
+
+    Returns:
+        The failed ranks, in the order their failure was noticed.
+    """
+    seen: list[int] = []
+    deadline = float("inf")
+    # Poll every process each time, noting failures in the order they are seen; after the first, let the
+    # others end by themselves briefly: the one that failed for its own reason then says why, instead of
+    # being cut off by its echo on another process.
+    while None in (codes := [p.poll() for p in procs]) and time.monotonic() < deadline:
+        seen += [r for r, c in enumerate(codes) if c not in (None, 0) and r not in seen]
+        if seen and deadline == float("inf"):
+            deadline = time.monotonic() + grace_s
+        time.sleep(poll_s)
+    return seen + [r for r, c in enumerate(codes) if c not in (None, 0) and r not in seen]
+
+
+def _stop_the_rest(procs: list[subprocess.Popen[bytes]]) -> set[int]:
+    """Terminate the processes still running (killing those that do not end); returns their ranks."""
+    terminated: set[int] = set()
+    for r, p in enumerate(procs):
+        if p.poll() is None:
+            p.terminate()
+            terminated.add(r)
+    for p in procs:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    return terminated
+
+
+def _read(f: IO[str]) -> str:
+    f.seek(0)
+    return f.read()
+
+
+def _outcome(
+    procs: list[subprocess.Popen[bytes]], seen: list[int], terminated: set[int], texts: list[str], stdout: str
+) -> LaunchResult:
+    """How the job ended: success, or the first process that failed for its own reason and why."""
+    nproc = len(procs)
     failed = seen + [r for r, p in enumerate(procs) if p.returncode != 0 and r not in terminated | set(seen)]
     if not failed:
         return LaunchResult(0, None, "", stdout, texts)

@@ -51,15 +51,17 @@ def test_upload_errors_name_files_and_the_app_switches(essence_home) -> None:
     path = root / "models" / "0123abcd" / "weights.pt"
     said = for_people(
         f"{path} is a full pickle, which can run arbitrary code when loaded, so it was refused; save a "
-        "state_dict or safetensors instead, or pass --trust-pickle if you trust its source",
+        "state_dict or safetensors instead, or pass trust_pickle=True if you trust its source",
         root,
     )
     assert str(essence_home) not in said and said.startswith("weights.pt is a full pickle")
-    assert "--trust-pickle" not in said and "Trust this pickle" in said
+    assert "trust_pickle" not in said and "Trust this pickle" in said
     said = for_people(
         f"bad image {root}/datasets/x/data/a/x.png (or pass --skip-bad-images to leave it out)", root
     )
     assert "--skip" not in said and "Skip unreadable images" in said and "bad image x.png" in said
+    said = for_people(f"{root}/datasets/x/data/b.dcm: unreadable (or pass on_bad_image='skip' to leave it out)", root)
+    assert "on_bad_image" not in said and "Skip unreadable images" in said
 
 
 def test_a_class_name_with_a_control_character_is_refused(essence_home) -> None:

@@ -8,8 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
-from sklearn.datasets import load_digits
-from torch import nn
 
 from essence.cli import main
 
@@ -25,7 +23,7 @@ def build():
 
 
 @pytest.fixture(scope="module")
-def model_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def model_files(tmp_path_factory: pytest.TempPathFactory, trained_digits_net) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("factory")
     (root / "essence_cli_digits_net.py").write_text(FACTORY)
     import sys
@@ -33,17 +31,9 @@ def model_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     sys.path.insert(0, str(root))
     import essence_cli_digits_net as mod
 
-    d = load_digits()
-    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0  # the digits recipe: scale 16
-    y = torch.tensor(d.target)
-    torch.manual_seed(0)
+    # mod.build() after torch.manual_seed(0), 60 Adam steps on batches of 64 digits (tests/cli/conftest.py)
     model = mod.build()
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(60):
-        idx = torch.randint(0, len(y), (64,))
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-        opt.step()
+    model.load_state_dict(trained_digits_net(0, 60).state_dict())
     with torch.no_grad():  # plant a never-predicted class
         model.fc2.weight[6] = 0
         model.fc2.bias[6] = -30

@@ -118,9 +118,10 @@ def case(tmp_path_factory: pytest.TempPathFactory) -> dict:
     }
 
 
-# One command per format runs as a subprocess (the console script as a user starts it); the rest run in this
-# process through the same entry point (``essence.cli.main``), which saves an interpreter and torch's import each.
-SUBPROCESS = {"profile", "diagnose"}
+# One command per format runs as a subprocess in each test (the console script as a user starts it); the rest run
+# in this process through the same entry point (``essence.cli.main``), which saves an interpreter and torch's
+# import each.
+SUBPROCESS = {"diagnose"}
 
 
 def _run(case: dict, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:

@@ -1,18 +1,23 @@
-"""Every analysis, through the console script, on a model saved as a ``torch.export`` program (``.pt2``).
+"""Every analysis, through the command line, on a model saved as a ``torch.export`` program (``.pt2``).
 
 A format is supported when profile, triage, experts, diagnose, compare, explain and report all run on it; this
 is the test behind that row of ``docs/formats.md``. TorchScript, which no analysis can hook, is refused with a
 one-line error naming the format that works.
+
+Profile and the TorchScript refusal run the console script in a subprocess, as a user starts it; the other
+commands run in this process through the same entry point (``essence.cli.main``), which saves a fresh
+interpreter and torch's import for each.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
 import sys
 import warnings
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -20,52 +25,26 @@ import pytest
 import torch
 from PIL import Image
 from sklearn.datasets import load_digits
-from torch import nn
 
 ESSENCE = [str(Path(sys.executable).parent / "essence")]
 CPU = ["--device", "cpu"]
 
 
-def _digits_net(seed: int, steps: int) -> nn.Sequential:
-    """A small digits CNN, trained a little (enough for a diagnosis to have something to say)."""
-    d = load_digits()
-    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0  # the digits recipe: scale 16
-    y = torch.tensor(d.target)
-    torch.manual_seed(seed)
-    model = nn.Sequential(
-        OrderedDict(
-            conv1=nn.Conv2d(1, 8, 3, padding=1),
-            relu1=nn.ReLU(),
-            pool1=nn.MaxPool2d(2),
-            flatten=nn.Flatten(),
-            fc1=nn.Linear(128, 32),
-            relu3=nn.ReLU(),
-            fc2=nn.Linear(32, 10),
-        )
-    )
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(steps):
-        idx = torch.randint(0, len(y), (64,))
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-        opt.step()
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
-def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def files(tmp_path_factory: pytest.TempPathFactory, trained_digits_net) -> dict[str, Path]:
+    """``a`` and ``b``: small digits CNNs trained a little (enough for a diagnosis to have something to say)."""
     root = tmp_path_factory.mktemp("formats")
     example = torch.zeros(4, 1, 8, 8)
     out = {}
     for name, seed, steps in (("a", 0, 40), ("b", 1, 80)):
-        model = _digits_net(seed, steps)
+        model = trained_digits_net(seed, steps).eval()
         program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim.DYNAMIC},))
         out[name] = root / f"{name}.pt2"
         torch.export.save(program, str(out[name]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         out["script"] = root / "script.pt"
-        torch.jit.script(_digits_net(0, 0)).save(str(out["script"]))
+        torch.jit.script(trained_digits_net(0, 0).eval()).save(str(out["script"]))
     digit = load_digits().images[0]
     out["image"] = root / "digit.png"
     Image.fromarray((digit * 16).astype(np.uint8), mode="L").save(out["image"])
@@ -78,10 +57,35 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def essence(files: dict[str, Path], *args: str) -> subprocess.CompletedProcess:
+    """The console script in a fresh process."""
     env = {**os.environ, "ESSENCE_HOME": str(files["home"])}
     return subprocess.run(
         [*ESSENCE, *args], capture_output=True, text=True, env=env, timeout=600, check=False
     )
+
+
+def essence_in_process(files: dict[str, Path], *args: str) -> subprocess.CompletedProcess:
+    """``essence.cli.main`` in this process, with the same home: what the console script runs."""
+    from essence.cli import main
+
+    saved = dict(os.environ)
+    os.environ["ESSENCE_HOME"] = str(files["home"])
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main(list(args))
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+
+
+# One analysis as a user starts it; the rest through the same entry point, in this process.
+SUBPROCESS = {"profile"}
 
 
 COMMANDS = {
@@ -146,7 +150,8 @@ def test_every_analysis_runs_on_an_exported_program(
     files: dict[str, Path], command: str, tmp_path: Path
 ) -> None:
     out = tmp_path / ("report.html" if command == "report" else f"{command}.json")
-    result = essence(files, *COMMANDS[command](files, str(out)), *CPU)
+    run = essence if command in SUBPROCESS else essence_in_process
+    result = run(files, *COMMANDS[command](files, str(out)), *CPU)
     assert result.returncode == 0, result.stderr[-2000:]
     assert out.is_file() and out.stat().st_size > 0
     if command == "report":

@@ -61,8 +61,24 @@ def test_help_imports_neither_torch_nor_numpy(args, tmp_path):
         (("profile", "--bogus"), "No such option: --bogus"),
         (("profile", "--data", "digits"), "Missing option '--model'"),
         (("profile", "--model", "demo:blurred", "--data", "digits", "--batch-size", "lots"), "--batch-size"),
+        (
+            ("profile", "--model", "demo:blurred", "--data", "digits", "--kind", "bogus"),
+            "--kind 'bogus' is not known: use logit or prob",
+        ),
+        (
+            ("profile", "--model", "demo:blurred", "--data", "digits", "--granularity", "bogus"),
+            "--granularity 'bogus' is not known: use channel or neuron",
+        ),
+        (("triage", "--model", "demo:blurred", "--data", "digits", "--score", "vibes"), "--score 'vibes'"),
+        (
+            ("explain", "--model", "demo:blurred", "--image", "x.png", "--class", "0", "--method", "lrp"),
+            "--method 'lrp'",
+        ),
     ],
-    ids=["unknown option", "missing option", "not a number"],
+    ids=[
+        *("unknown option", "missing option", "not a number"),
+        *("bad kind", "bad granularity", "bad score", "bad method"),
+    ],
 )
 def test_an_argument_error_is_one_line_without_torch(args, says, tmp_path):
     code, out, err, imported = run(*args, home=tmp_path)

@@ -1,10 +1,17 @@
 """DICOM through the CLI (profile, triage with every export, report), with no patient identifier in any output,
-and the bad inputs of the interop formats as one line each, exit status 2."""
+and the bad inputs of the interop formats as one line each, exit status 2.
+
+The DICOM profile runs the CLI in a fresh process, as a user starts it; the other commands run in this process
+through the same entry point (``essence.cli.main``): a fresh interpreter importing torch, timm and pydicom costs
+seconds each, and the commands' output and files are what these tests read.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import importlib.util
+import io
 import json
 import os
 import shutil
@@ -32,11 +39,33 @@ MODEL = "timm:test_resnet"
 LAYER = "layer2"
 
 
-def essence(home: Path, *args: str) -> subprocess.CompletedProcess:
+def essence_process(home: Path, *args: str) -> subprocess.CompletedProcess:
+    """``python -m essence.cli ARGS`` in a fresh process."""
     env = {**os.environ, "ESSENCE_HOME": str(home)}
     return subprocess.run(
         [sys.executable, "-m", "essence.cli", *args], capture_output=True, text=True, env=env, timeout=600
     )
+
+
+def essence(home: Path, *args: str) -> subprocess.CompletedProcess:
+    """``essence.cli.main(ARGS)`` in this process, with ``ESSENCE_HOME=home``: exit status, stdout, stderr."""
+    from essence.cli import main
+
+    saved = dict(os.environ)
+    os.environ["ESSENCE_HOME"] = str(home)
+    os.environ.pop("ESSENCE_DEBUG", None)
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main(list(args))
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +92,7 @@ def test_a_dicom_folder_goes_through_profile_triage_and_report(setup: tuple[Path
         "--layer",
         LAYER,
     )
-    profile = essence(home, "profile", *common, "--json", str(out / "profile.json"))
+    profile = essence_process(home, "profile", *common, "--json", str(out / "profile.json"))
     assert profile.returncode == 0, profile.stderr
     assert "DICOM rescale slope/intercept, window C=40 W=400" in profile.stdout
     recipe = json.loads((out / "profile.json").read_text())["preprocessing"]
@@ -92,6 +121,7 @@ def test_a_dicom_folder_goes_through_profile_triage_and_report(setup: tuple[Path
     assert "window C=40 W=400" in (out / "report.html").read_text()  # the DICOM step, shown like the blur
     diagnose = essence(home, "diagnose", *common, "--export", str(out / "diagnosis.csv"))
     assert diagnose.returncode == 0, diagnose.stderr
+    printed = profile.stdout + profile.stderr + triage.stdout + report.stdout + diagnose.stdout
     assert [r["class_name"] for r in csv.DictReader((out / "diagnosis.csv").open())] == ["ct", "mr"]
 
     # patient identifiers: in no output, and nowhere in the store
@@ -101,6 +131,8 @@ def test_a_dicom_folder_goes_through_profile_triage_and_report(setup: tuple[Path
         blob = path.read_bytes()
         for text in samples.PATIENT_TEXT:
             assert text.encode() not in blob, f"{text} found in {path.name}"
+    for text in samples.PATIENT_TEXT:
+        assert text not in printed, f"{text} printed"
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from digits_models import digits_tensors, permuted_copy, train_cnn
+from digits_models import digits_tensors, permuted_copy, trained_cnn
 from torch import nn
 
 import essence.core.analyses.diagnosis.verdict as diagnosis_module
@@ -25,7 +25,7 @@ def digits() -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def trained(digits: tuple[torch.Tensor, torch.Tensor]) -> nn.Sequential:
-    return train_cnn(0, *digits)
+    return trained_cnn(0, n=len(digits[1]))  # as train_cnn(0, *digits), trained once for every file
 
 
 def test_a_renumbered_model_changes_nothing_and_its_profiles_do_not_drift(trained, digits) -> None:

@@ -24,7 +24,7 @@ def test_read_image_resizes_refuses_wrong_mode_and_wrong_size(tmp_path) -> None:
     with pytest.raises(DataLoadError, match="mode L.*colour"):
         read_image(grey, Preprocessing(size=(10, 10)))
     assert read_image(grey, Preprocessing(size=(10, 10)), convert_mode=True).shape == (3, 10, 10)
-    with pytest.raises(DataLoadError, match="20×16 px but the model takes 10×10.*--size 10 10"):
+    with pytest.raises(DataLoadError, match=r"20×16 px but the model takes 10×10.*size=\(10, 10\)"):
         read_image(rgb, Preprocessing(), expected_size=(10, 10))
     flat = nn.Sequential(nn.Flatten(), nn.Linear(300, 4))
     with pytest.raises(DataLoadError, match="20×16 px, which the model cannot take"):

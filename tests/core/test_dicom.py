@@ -81,7 +81,7 @@ def test_labels_from_a_csv_and_patients_kept_as_pseudonyms_only(tmp_path: Path) 
 def test_images_of_different_sizes_need_a_size(tmp_path: Path) -> None:
     folder = dicom_folder(tmp_path / "scans", per_class=1)
     shutil.copy(get_testdata_file("CT_small.dcm"), folder / "ct" / "big.dcm")  # 128×128
-    with pytest.raises(DataLoadError, match=r"different sizes \(64×64, 128×128\).*--size H W"):
+    with pytest.raises(DataLoadError, match=r"different sizes \(64×64, 128×128\).*size=\(H, W\)"):
         load_dataset(f"dicom:{folder}", GREY)
     resized = load_dataset(f"dicom:{folder}", Preprocessing(mode="L", size=(32, 32), mean=(0.0,), std=(1.0,)))
     assert resized.arrays.shape == (3, 32, 32)
@@ -122,7 +122,7 @@ def test_bad_files_are_refused_in_one_line_naming_the_fix(tmp_path: Path, kind: 
     folder = bad_file(tmp_path, kind)
     with pytest.raises(DataLoadError, match=message) as caught:
         load_dataset(f"dicom:{folder}", GREY)
-    assert "\n" not in str(caught.value) and "--skip-bad-images" in str(caught.value)
+    assert "\n" not in str(caught.value) and "on_bad_image='skip'" in str(caught.value)
     skipped = load_dataset(f"dicom:{folder}", GREY, on_bad_image="skip")
     assert len(skipped) == 2 and [name for name, _ in skipped.skipped] == ["bad.dcm"]
 

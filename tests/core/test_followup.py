@@ -14,7 +14,7 @@ from essence.core.analyses.profiles import class_profiles
 from essence.core.analyses.triage import deviation_scores
 from essence.core.base.errors import SpecError
 from essence.core.engine.activation_cache import cache_slice
-from essence.core.engine.activation_source import StoredSlice, open_stored_slice, use_slices
+from essence.core.engine.activation_source import StoredSlice, open_stored_slice
 from essence.core.engine.distributions import (
     ClassConditional,
     GaussianNoise,
@@ -152,14 +152,19 @@ def test_triage_vectors_and_profiles_from_the_first_pass_stored_z():
     source = MemorySource(model, data)
     fresh_triage = deviation_scores(model, data, LAYER, kind="prob", device="cpu")
     fresh_logit = class_profiles(model, data, LAYER, kind="logit", device="cpu")
-    with use_slices(source):
-        first = class_profiles(model, data, LAYER, kind="prob", keep_instances=True, device="cpu")
-        assert source.records == 1 and source.stored is not None  # the first question stored z on the way
-        below = BelowSlice(model)
-        logit = class_profiles(model, data, LAYER, kind="logit", device="cpu")
-        vectors = class_profiles(model, data, LAYER, kind="prob", keep_instances=True, device="cpu")
-        assert below.calls == 0  # another quantity, and the triage vectors, from g alone
-        triage = deviation_scores(model, data, LAYER, profiles=vectors, kind="prob", device="cpu")
+    first = class_profiles(
+        model, data, LAYER, kind="prob", keep_instances=True, device="cpu", activations=source
+    )
+    assert source.records == 1 and source.stored is not None  # the first question stored z on the way
+    below = BelowSlice(model)
+    logit = class_profiles(model, data, LAYER, kind="logit", device="cpu", activations=source)
+    vectors = class_profiles(
+        model, data, LAYER, kind="prob", keep_instances=True, device="cpu", activations=source
+    )
+    assert below.calls == 0  # another quantity, and the triage vectors, from g alone
+    triage = deviation_scores(
+        model, data, LAYER, profiles=vectors, kind="prob", device="cpu", activations=source
+    )
     torch.testing.assert_close(logit.mean, fresh_logit.mean, rtol=1e-5, atol=1e-6)
     assert first.instances is not None and first.instances.instance_vectors is not None
     for name, values in fresh_triage.scores.items():
@@ -171,11 +176,10 @@ def test_sweep_on_a_stored_z_equals_the_sweep_on_a_fresh_one():
     model, data = net(), dataset()
     source = MemorySource(model, data)
     fresh = expert_sweep(model, data, LAYER, 1, device="cpu")
-    with use_slices(source):
-        class_profiles(model, data, LAYER, device="cpu")  # the first question stores z
-        below = BelowSlice(model)
-        got = expert_sweep(model, data, LAYER, 1, device="cpu")
-        assert below.calls == 0
+    class_profiles(model, data, LAYER, device="cpu", activations=source)  # the first question stores z
+    below = BelowSlice(model)
+    got = expert_sweep(model, data, LAYER, 1, device="cpu", activations=source)
+    assert below.calls == 0
     np.testing.assert_array_equal(got.recall, fresh.recall)
     np.testing.assert_array_equal(got.predicted, fresh.predicted)
     np.testing.assert_equal(got.baseline, fresh.baseline)

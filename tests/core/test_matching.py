@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from digits_models import digits_tensors, permuted_copy, train_cnn
+from digits_models import digits_tensors, permuted_copy, trained_cnn
 from torch import nn
 
 from essence.core.analyses.matching import (
@@ -29,7 +29,7 @@ def digits() -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def trained(digits: tuple[torch.Tensor, torch.Tensor]) -> nn.Sequential:
-    return train_cnn(0, *digits)
+    return trained_cnn(0, n=len(digits[1]))  # as train_cnn(0, *digits), trained once for every file
 
 
 def matched(a: nn.Module, b: nn.Module, data: tuple[torch.Tensor, torch.Tensor], layer: str) -> Matching:
@@ -48,7 +48,7 @@ def test_matching_recovers_a_permutation(trained, digits) -> None:
 
 
 def test_two_separately_trained_models_match_better_than_chance(trained, digits) -> None:
-    m = matched(trained, train_cnn(1, *digits), digits, "6")
+    m = matched(trained, trained_cnn(1, n=len(digits[1])), digits, "6")
     assert sorted(m.pairs_a.tolist()) == list(range(32)) and sorted(m.pairs_b.tolist()) == list(range(32))
     # the assignment is optimal: no other permutation of B gives a larger total correlation (check random ones)
     total = float(m.correlation[m.pairs_a, m.pairs_b].sum())

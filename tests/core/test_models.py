@@ -163,7 +163,7 @@ def test_full_pickle_refused_unless_trusted(tmp_path):
     model = nn.Sequential(nn.Linear(3, 2))
     path = tmp_path / "full.pt"
     torch.save(model, path)
-    with pytest.raises(ModelLoadError, match="trust-pickle"):
+    with pytest.raises(ModelLoadError, match="trust_pickle=True"):
         load_model(str(path))
     loaded = load_model(str(path), trust_pickle=True)
     assert same_outputs(loaded.module, model, (2, 3))

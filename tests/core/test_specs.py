@@ -155,7 +155,8 @@ def test_core_never_imports_the_demo(tmp_path: Path) -> None:
         import sys
         sys.path.insert(0, {str(tmp_path)!r})
         import essence.core
-        from essence.core import load_dataset, load_model, specs
+        from essence.core import load_dataset, load_model
+        from essence.core.inputs import specs
         load_model("essence_toy_factory:build", {str(tmp_path / "w.pt")!r})
         load_dataset("digits")
         try:

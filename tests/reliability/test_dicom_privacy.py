@@ -324,7 +324,7 @@ def test_a_header_out_of_bounds_is_refused_before_decoding_in_one_line(
         with pytest.raises(DataLoadError, match=rf"^bad\.dcm: {HEADER_CASES[case]}") as caught:
             read_dicom(bad, DicomStep())
     assert "\n" not in str(caught.value)
-    with pytest.raises(DataLoadError, match=r"^bad\.dcm: .*--skip-bad-images") as caught:
+    with pytest.raises(DataLoadError, match=r"^bad\.dcm: .*on_bad_image='skip'") as caught:
         load_dataset(f"dicom:{folder}", GREY)
     assert "\n" not in str(caught.value)
     skipped = load_dataset(f"dicom:{folder}", GREY, on_bad_image="skip")

@@ -22,8 +22,8 @@ from PIL import Image
 from reliability_helpers import images_and_labels, png_bytes
 
 from essence.core import load_dataset, load_model
-from essence.core.inputs import models
 from essence.core.base.errors import EssenceError
+from essence.core.inputs import models
 from essence.core.inputs.data import open_image
 from essence.core.inputs.preprocessing import Preprocessing
 

@@ -319,7 +319,7 @@ ROWS = [
         ("--alphas", "whole numbers"),
     ),
     Row("--blur-sigma 1e9", _profile("--blur-sigma", "1e9"), ("blur sigma", "above 8192 px")),
-    Row("--size 8192 8192, default batch", _profile("--size", "8192", "8192"), ("GiB", "lower --batch-size")),
+    Row("--size 8192 8192, default batch", _profile("--size", "8192", "8192"), ("GiB", "use --batch-size")),
     Row(
         "prune --older-than inf", lambda fs: ["store", "prune", "--older-than", "inf"], ("--older-than inf",)
     ),

@@ -28,10 +28,16 @@ LAYER = "act"
 
 
 def _profiles(store: Store, model, data, kind: str):
-    def compute():
-        return class_profiles(model.module, data, LAYER, kind=kind, keep_instances=True, device="cpu")
+    source = store.slice_source(model, data)
 
-    return store.cached_profiles(model, data, LAYER, "channel", kind, compute, keep_instances=True)
+    def compute():
+        return class_profiles(
+            model.module, data, LAYER, kind=kind, keep_instances=True, device="cpu", activations=source
+        )
+
+    return store.cached_profiles(
+        model, data, LAYER, "channel", kind, compute, keep_instances=True, activations=source
+    )
 
 
 def _scale_late_rows(folder: Path) -> None:
@@ -147,6 +153,7 @@ def test_a_damaged_slice_is_named_once_recomputed_and_stored_again(tmp_path: Pat
     with Store.open(path) as store, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         again = _profiles(store, model, data, "prob")  # a profile cached by now: ask another quantity too
+        source = store.slice_source(model, data)
         other = store.cached_profiles(
             model,
             data,
@@ -154,8 +161,15 @@ def test_a_damaged_slice_is_named_once_recomputed_and_stored_again(tmp_path: Pat
             "neuron",
             "logit",
             lambda: class_profiles(
-                model.module, data, LAYER, kind="logit", granularity="neuron", device="cpu"
+                model.module,
+                data,
+                LAYER,
+                kind="logit",
+                granularity="neuron",
+                device="cpu",
+                activations=source,
             ),
+            activations=source,
         )
     assert not [w for w in caught if issubclass(w.category, StoredSliceWarning)]
     assert calls[0] == 0, "the re-stored slice was not served"

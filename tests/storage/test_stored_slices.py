@@ -23,10 +23,16 @@ def counting(model) -> list[int]:
 
 
 def profiles(store, model, data, kind, layer=LAYER):
-    def compute():
-        return class_profiles(model.module, data, layer, kind=kind, keep_instances=True, device="cpu")
+    source = store.slice_source(model, data)
 
-    return store.cached_profiles(model, data, layer, "channel", kind, compute, keep_instances=True)
+    def compute():
+        return class_profiles(
+            model.module, data, layer, kind=kind, keep_instances=True, device="cpu", activations=source
+        )
+
+    return store.cached_profiles(
+        model, data, layer, "channel", kind, compute, keep_instances=True, activations=source
+    )
 
 
 def test_first_question_stores_z_and_a_follow_up_runs_above_the_slice_only(tmp_path, model, data):
@@ -52,8 +58,8 @@ def test_the_stored_z_is_memory_mapped_and_serves_cache_slice(tmp_path, model, d
     with Store.open(tmp_path / "s.sqlite") as store:
         profiles(store, model, data, "logit")
         calls = counting(model)
-        with store.serving_slices(model, data):
-            cache = cache_slice(model.module, data, LAYER, device="cpu")
+        source = store.slice_source(model, data)
+        cache = cache_slice(model.module, data, LAYER, device="cpu", activations=source)
         assert isinstance(cache, StoredSlice) and calls[0] == 0
         assert cache.layout == "channels_first" and cache.nbytes > 0
         z = cache.z.numpy()
@@ -196,9 +202,12 @@ def test_an_error_of_the_pass_propagates_and_stores_nothing(tmp_path, model, dat
         calls[0] += 1
         return calls[0] > 1  # after the first batch
 
-    with Store.open(tmp_path / "s.sqlite") as store, store.serving_slices(model, data):
+    with Store.open(tmp_path / "s.sqlite") as store:
+        source = store.slice_source(model, data)
         with pytest.raises(Cancelled):
-            class_profiles(model.module, data, LAYER, batch_size=4, cancel=cancel, device="cpu")
+            class_profiles(
+                model.module, data, LAYER, batch_size=4, cancel=cancel, device="cpu", activations=source
+            )
         assert store.info().slices == 0 and store.slice_files.size() == 0
 
 
@@ -221,13 +230,17 @@ def test_a_command_that_fails_after_its_pass_stores_no_slice(tmp_path, model, da
     """The z and the profiles are stored together or not at all: an error after the pass (an empty class, a
     locked store) leaves the store as it found it, and the same question then stores both."""
     with Store.open(tmp_path / "s.sqlite") as store:
+        source = store.slice_source(model, data)
 
         def compute_then_fail():
-            class_profiles(model.module, data, LAYER, kind="logit", device="cpu")  # the full pass runs
+            # the full pass runs
+            class_profiles(model.module, data, LAYER, kind="logit", device="cpu", activations=source)
             raise RuntimeError("after the pass")
 
         with pytest.raises(RuntimeError, match="after the pass"):
-            store.cached_profiles(model, data, LAYER, "channel", "logit", compute_then_fail)
+            store.cached_profiles(
+                model, data, LAYER, "channel", "logit", compute_then_fail, activations=source
+            )
         assert store.info().slices == 0
         assert not [p for p in store.slice_files.root.iterdir()], "a temporary folder was left behind"
         profiles(store, model, data, "logit")

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from statistics import NormalDist
+from typing import Any
 
 import numpy as np
 import torch
@@ -75,7 +76,7 @@ class Probe:
         """Whether the probe separates the class beyond chance."""
         return bool(np.isfinite(self.auc) and self.auc > self.threshold)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         """``{"auc", "threshold", "against", "positives", "negatives", "separates"}`` (NaN as ``null``)."""
         return {
             "auc": float(self.auc) if np.isfinite(self.auc) else None,

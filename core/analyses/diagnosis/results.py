@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -14,7 +15,7 @@ from essence.core.analyses.diagnosis.probe import Probe, ProbeSettings
 from essence.core.analyses.diagnosis.suspect_steps import StepAudit, StepTest, SuspectSettings
 from essence.core.analyses.experts.criterion import ExpertCriterion
 from essence.core.analyses.experts.evidence import ExpertEvidence
-from essence.core.analyses.experts.sweep import ExpertSweep
+from essence.core.analyses.experts.sweep import Expert, ExpertSweep
 from essence.core.engine.quantities import Kind
 from essence.core.engine.slices import Granularity
 
@@ -84,7 +85,7 @@ class ClassDiagnosis:
     precision: float
     predicted_count: int
     diagnosis: str
-    expert: dict | None
+    expert: Expert | None
     confused_with: list[tuple[str, int]]
     drowned_by: list[str]
     top_positive: list[int]
@@ -112,11 +113,19 @@ class ClassDiagnosis:
         """The preprocessing steps suspected of erasing the class (empty unless not learned)."""
         return [] if self.audit is None else self.audit.suspects
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
+        """One class's verdict and evidence as JSON (the ``classes`` rows of :meth:`Diagnosis.to_json`)."""
+        e = self.expert
         expert = None
-        if self.expert is not None:
-            expert = {k: self.expert[k] for k in ("alpha", "beta", "recall", "precision", "reference_recall")}
-            expert["units"] = self.expert["positive_units"] + self.expert["negative_units"]
+        if e is not None:
+            expert = {
+                "alpha": e["alpha"],
+                "beta": e["beta"],
+                "recall": e["recall"],
+                "precision": e["precision"],
+                "reference_recall": e["reference_recall"],
+                "units": e["positive_units"] + e["negative_units"],
+            }
         return {
             "name": self.name,
             "index": self.cls,
@@ -158,6 +167,18 @@ class Diagnosis:
         route: how g was run (``"fx"`` or ``"hook"``).
         settings: the settings used.
         recipe: the recipe as applied (``Preprocessing.to_dict()``), when the data records one.
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> from essence.core import Diagnosis, diagnose
+        >>> _ = torch.manual_seed(0)
+        >>> model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+        >>> d = diagnose(model, (torch.randn(60, 4), torch.arange(60) % 3), "1", device="cpu")
+        >>> isinstance(d, Diagnosis), d.confusion.shape, int(d.confusion.sum())
+        (True, (3, 3), 60)
+        >>> sorted(d.to_json()["classes"][0])[:4]
+        ['activation_control', 'advice', 'confused_with', 'count']
     """
 
     layer: str
@@ -167,13 +188,13 @@ class Diagnosis:
     preprocessing: str | None
     route: str
     settings: DiagnosisSettings = field(repr=False)
-    recipe: dict | None = None
+    recipe: dict[str, Any] | None = None
 
     @property
     def never_predicted(self) -> list[str]:
         return [c.name for c in self.classes if c.predicted_count == 0 and c.count > 0]
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         """``{"layer", "preprocessing", "classes": [{"name", "recall", "precision", "predicted_count",
         "diagnosis", "expert", "probe", "suspect_steps", ...}], ...}`` (DESIGN §4)."""
         c, p = self.settings.criterion, self.settings.probe

@@ -33,6 +33,7 @@ that survives is s = (a′ − ½) / (a − ½), clipped to [0, 1]. The step is 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -85,7 +86,7 @@ class StepTest:
     suspect: bool
     evidence: str
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         """``{"step", "evidence", "auc_before", "auc_after", "threshold", "survival", "suspect"}``."""
         return {
             "step": self.step,
@@ -232,7 +233,8 @@ def _raw(data: ImageData, index: int) -> tuple[np.ndarray, float]:
         if a.ndim == 3 and a.shape[0] in (1, 3, 4) and a.shape[-1] not in (1, 3, 4):
             a = np.moveaxis(a, 0, -1)
         return (a[..., None] if a.ndim == 2 else a), float(data.preprocessing.scale or 1.0)
-    image, top = read_8bit(open_image(data.paths[index]))  # type: ignore[index]
+    assert data.paths is not None, "an ImageData without arrays reads its images from paths"
+    image, top = read_8bit(open_image(data.paths[index]))
     if image.mode not in ("L", "RGB", "RGBA"):
         image = image.convert("RGB")
     a = np.asarray(image, dtype=np.float32)

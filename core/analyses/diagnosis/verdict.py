@@ -21,13 +21,13 @@ Everything else is "ok". Every class also gets its probe, so the JSON is the sam
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from torch import nn
 
-from essence.core.analyses.diagnosis.probe import probe_class, probe_features
+from essence.core.analyses.diagnosis.probe import Probe, probe_class, probe_features
 from essence.core.analyses.diagnosis.results import (
     DROWNING,
     NOT_LEARNED,
@@ -38,10 +38,13 @@ from essence.core.analyses.diagnosis.results import (
     DiagnosisSettings,
 )
 from essence.core.analyses.diagnosis.suspect_steps import StepAudit, audit_steps
-from essence.core.analyses.experts.evidence import expert_evidence
+from essence.core.analyses.experts.evidence import ExpertEvidence, expert_evidence
+from essence.core.analyses.experts.sweep import Expert
 from essence.core.analyses.profiles import ClassProfiles, class_profiles
+from essence.core.base.model_state import CancelFlag
 from essence.core.engine.activation_cache import SliceCache, cache_slice
-from essence.core.engine.influence import CancelFlag, Progress
+from essence.core.engine.activation_source import ActivationSource
+from essence.core.engine.influence import Progress
 from essence.core.inputs.data import ImageData
 
 __all__ = [
@@ -68,6 +71,7 @@ def diagnose(
     device: str | torch.device = "auto",
     progress: Progress | None = None,
     cancel: CancelFlag = None,
+    activations: ActivationSource | None = None,
 ) -> Diagnosis:
     """Diagnose every class at ``layer``: ok, drowning experts, not read out, or not learned.
 
@@ -80,12 +84,32 @@ def diagnose(
         profiles: class profiles at ``layer`` (computed if not given; they give each class's top units).
         preprocessing: a description of the inputs' recipe (default: the data's, if it has one).
         batch_size, device, progress, cancel: as elsewhere (progress and cancel cover the profile pass).
+        activations: where z may be stored (read instead of running h, for the profiles and the slice's
+            cache; :class:`~essence.core.engine.activation_source.ActivationSource`).
 
     Returns:
         A :class:`Diagnosis`.
 
     Raises:
         LayerNotFoundError, LabelMismatchError, SpecError: bad slice, classes or grid.
+
+    Examples:
+        A head whose class 2 is pushed below the others, on labels the healthy model gives:
+
+        >>> import torch
+        >>> from torch import nn
+        >>> from essence.core import diagnose
+        >>> _ = torch.manual_seed(0)
+        >>> model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+        >>> x = torch.randn(90, 4)
+        >>> with torch.no_grad():
+        ...     y = model(x).argmax(1)
+        ...     model[2].bias[2] -= 3.0
+        >>> d = diagnose(model, (x, y), "1", device="cpu")
+        >>> [c.diagnosis for c in d.classes], d.never_predicted
+        (['ok', 'ok', 'not read out'], ['class 2'])
+        >>> d.classes[2].remedy.startswith("the layers above the slice never read it out")
+        True
     """
     s = settings or DiagnosisSettings()
     if profiles is None:
@@ -100,8 +124,9 @@ def diagnose(
             device=device,
             progress=progress,
             cancel=cancel,
+            activations=activations,
         )
-    cache = cache_slice(model, data, layer, batch_size=batch_size, device=device)
+    cache = cache_slice(model, data, layer, batch_size=batch_size, device=device, activations=activations)
     labels = cache.labels.numpy()
     predicted = cache.outputs.argmax(1).numpy()
     num = cache.num_classes
@@ -144,90 +169,101 @@ class _ClassRun:
     device: str | torch.device
 
     def diagnose(self, i: int) -> ClassDiagnosis:
+        """Class ``i``'s verdict: ok unless rarely predicted; then drowning, not read out or not learned."""
+        s, base = self.s, self.facts(i)
+        if base.count == 0:
+            return replace(base, advice="no instances in the data: not judged")
+        j = self.neighbour(i)
+        labels = self.cache.labels.numpy()
+        probe = None if j is None else probe_class(self.features, labels, i, j, self.names, s.probe)
+        rest = probe_class(self.features, labels, i, None, self.names, s.probe)
+        base = replace(base, neighbour=None if j is None else self.names[j], probe=probe, probe_rest=rest)
+        if base.predicted_count >= s.rare_share * base.count:
+            return base
+        evidence = expert_evidence(
+            self.model, self.data, self.layer, i, cache=self.cache, neighbour=j, criterion=s.criterion,
+            alphas=s.alphas, betas=s.betas, kind=s.kind, granularity=s.granularity, seed=s.seed,
+            batch_size=self.batch_size, device=self.device,
+        )  # fmt: skip
+        if evidence.best is not None:
+            return self.drowning(base, evidence, evidence.best)
+        if probe is not None and probe.separates:
+            return self.not_read_out(base, evidence, probe)
+        return self.not_learned(base, evidence, self.audit(i, j))
+
+    def facts(self, i: int) -> ClassDiagnosis:
+        """Class ``i``'s counts, rates, confusions and top units, judged ok until a question says otherwise."""
         cm, names, s = self.confusion, self.names, self.s
         count, pred, tp = int(cm[i].sum()), int(cm[:, i].sum()), int(cm[i, i])
         order = self.profiles.order(i)
-        confused = [
-            (names[j], int(cm[i, j])) for j in np.argsort(-cm[i], kind="stable") if j != i and cm[i, j]
-        ]
-        base = dict(
+        return ClassDiagnosis(
             cls=i,
             name=names[i],
             count=count,
             recall=tp / count if count else float("nan"),
             precision=tp / pred if pred else float("nan"),
             predicted_count=pred,
-            confused_with=confused,
+            confused_with=[
+                (names[j], int(cm[i, j])) for j in np.argsort(-cm[i], kind="stable") if j != i and cm[i, j]
+            ],
             # A unit at 0 pushes neither way: it is no top unit of either sign (fewer than top_units then).
             top_positive=[int(u) for u in order[: s.top_units] if self.profiles.mean[i, u] > 0],
             top_negative=[int(u) for u in order.flip(0)[: s.top_units] if self.profiles.mean[i, u] < 0],
+            diagnosis=OK,
+            expert=None,
+            drowned_by=[],
+            advice="",
         )
-        if count == 0:
-            return ClassDiagnosis(
-                **base,
-                diagnosis=OK,
-                expert=None,
-                drowned_by=[],
-                advice="no instances in the data: not judged",
-            )
-        j = self.neighbour(i)
-        labels = self.cache.labels.numpy()
-        probe = None if j is None else probe_class(self.features, labels, i, j, names, s.probe)
-        rest = probe_class(self.features, labels, i, None, names, s.probe)
-        base.update(neighbour=None if j is None else names[j], probe=probe, probe_rest=rest)
-        if pred >= s.rare_share * count:
-            return ClassDiagnosis(**base, diagnosis=OK, expert=None, drowned_by=[], advice="")
-        evidence = expert_evidence(
-            self.model, self.data, self.layer, i, cache=self.cache, neighbour=j, criterion=s.criterion,
-            alphas=s.alphas, betas=s.betas, kind=s.kind, granularity=s.granularity, seed=s.seed,
-            batch_size=self.batch_size, device=self.device,
+
+    def drowning(self, base: ClassDiagnosis, evidence: ExpertEvidence, best: Expert) -> ClassDiagnosis:
+        """An expert exists: the model learned the class, and other classes' units outweigh it."""
+        drowned = _drowned_by(best, base.confused_with, self.names, self.profiles)
+        culprits = ", ".join(drowned or [c for c, _ in base.confused_with]) or "other classes"
+        remedy = f"rebalance the training data or reweight the loss for {base.name}"
+        return replace(
+            base, diagnosis=DROWNING, expert=best, drowned_by=drowned, evidence=evidence,
+            advice=(
+                f"{_rarity(base)}; an expert exists (α={best['alpha']}, β={best['beta']}: cross-fitted recall "
+                f"{best['recall']:.2f} at precision {best['precision']:.2f}, against the model's "
+                f"{base.recall:.2f} and {best['reference_recall']:.2f} for the best control or random mask "
+                f"of its size) but is drowned by the units of {culprits}. Remedy: {remedy}"
+            ),
+            remedy=remedy,
         )  # fmt: skip
-        how = (
-            "never predicted" if pred == 0 else f"rarely predicted ({pred} predictions for {count} instances)"
-        )
-        best = evidence.best
-        if best is not None:
-            drowned = _drowned_by(best, confused, names, self.profiles)
-            culprits = ", ".join(drowned or [c for c, _ in confused]) or "other classes"
-            remedy = f"rebalance the training data or reweight the loss for {names[i]}"
-            return ClassDiagnosis(
-                **base, diagnosis=DROWNING, expert=best, drowned_by=drowned, evidence=evidence,
-                advice=(
-                    f"{how}; an expert exists (α={best['alpha']}, β={best['beta']}: cross-fitted recall "
-                    f"{best['recall']:.2f} at precision {best['precision']:.2f}, against the model's "
-                    f"{base['recall']:.2f} and {best['reference_recall']:.2f} for the best control or random mask "
-                    f"of its size) but is drowned by the units of {culprits}. Remedy: {remedy}"
-                ),
-                remedy=remedy,
-            )  # fmt: skip
+
+    def not_read_out(self, base: ClassDiagnosis, evidence: ExpertEvidence, probe: Probe) -> ClassDiagnosis:
+        """No expert, but the slice separates the class: the layers above it never read it out."""
         top = float(np.max(evidence.sweep.recall))
-        where = f"the slice separates it from {base['neighbour']}" if probe else "the slice separates it"
-        if probe is not None and probe.separates:
-            remedy = (
-                "the layers above the slice never read it out: retrain or rebalance the head (e.g. fine-tune "
-                f"the layers above {self.layer} with a class-balanced loss)"
-            )
-            return ClassDiagnosis(
-                **base, diagnosis=NOT_READ_OUT, expert=None, drowned_by=[], evidence=evidence,
-                advice=(
-                    f"{how}; {where} (held-out probe AUC {probe.auc:.2f}, chance up to {probe.threshold:.2f}) but "
-                    f"no mask of its units makes the head predict it (best cross-fitted recall {top:.2f}). "
-                    f"Remedy: {remedy}"
-                ),
-                remedy=remedy,
-            )  # fmt: skip
-        audit = self.audit(i, j)
+        remedy = (
+            "the layers above the slice never read it out: retrain or rebalance the head (e.g. fine-tune "
+            f"the layers above {self.layer} with a class-balanced loss)"
+        )
+        return replace(
+            base, diagnosis=NOT_READ_OUT, evidence=evidence,
+            advice=(
+                f"{_rarity(base)}; the slice separates it from {base.neighbour} (held-out probe AUC "
+                f"{probe.auc:.2f}, chance up to {probe.threshold:.2f}) but no mask of its units makes the head "
+                f"predict it (best cross-fitted recall {top:.2f}). Remedy: {remedy}"
+            ),
+            remedy=remedy,
+        )  # fmt: skip
+
+    def not_learned(
+        self, base: ClassDiagnosis, evidence: ExpertEvidence, audit: StepAudit | None
+    ) -> ClassDiagnosis:
+        """No expert and no separation at the slice: not learned; the preprocessing audit names suspects."""
+        probe = base.probe
         auc = (
             ""
             if probe is None
             else f" (held-out probe AUC {probe.auc:.2f}, chance up to {probe.threshold:.2f})"
         )
-        remedy = _remedy(audit, self.recipe, base["neighbour"])
-        return ClassDiagnosis(
-            **base, diagnosis=NOT_LEARNED, expert=None, drowned_by=[], evidence=evidence, audit=audit,
+        remedy = _remedy(audit, self.recipe, base.neighbour)
+        return replace(
+            base, diagnosis=NOT_LEARNED, evidence=evidence, audit=audit,
             advice=(
-                f"{how}; no expert, and the slice does not separate it from {base['neighbour']}{auc}: not "
-                f"learned. Remedy: {remedy}"
+                f"{_rarity(base)}; no expert, and the slice does not separate it from {base.neighbour}{auc}: "
+                f"not learned. Remedy: {remedy}"
             ),
             remedy=remedy,
         )  # fmt: skip
@@ -255,6 +291,13 @@ class _ClassRun:
         return audit_steps(self.data, i, j, self.s.suspects)
 
 
+def _rarity(c: ClassDiagnosis) -> str:
+    """How seldom the model predicts the class, in words."""
+    if c.predicted_count == 0:
+        return "never predicted"
+    return f"rarely predicted ({c.predicted_count} predictions for {c.count} instances)"
+
+
 def _remedy(audit: StepAudit | None, recipe: str | None, neighbour: str | None) -> str:
     """What to do about a class that was not learned, from the preprocessing audit."""
     if audit is None:
@@ -278,7 +321,7 @@ def _remedy(audit: StepAudit | None, recipe: str | None, neighbour: str | None) 
 
 
 def _drowned_by(
-    expert: dict, confused: list[tuple[str, int]], names: list[str], profiles: ClassProfiles
+    expert: Expert, confused: list[tuple[str, int]], names: list[str], profiles: ClassProfiles
 ) -> list[str]:
     """Classes its instances are predicted as whose top positive units overlap the expert's positive units."""
     mine = set(expert["positive_units"])

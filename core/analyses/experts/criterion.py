@@ -99,4 +99,5 @@ class ExpertCriterion:
         if references is not None:
             reference = np.maximum(reference, references)
         gain = self.recall_gain(count, int(np.size(recall)) if cells is None else cells)
-        return (recall - reference >= gain - 1e-12) & ok_precision
+        experts: np.ndarray = (recall - reference >= gain - 1e-12) & ok_precision
+        return experts

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from essence.core.analyses.experts.criterion import ExpertCriterion
-from essence.core.analyses.experts.sweep import ExpertSweep, expert_sweep
+from essence.core.analyses.experts.sweep import Expert, ExpertSweep, RankBy, expert_sweep
 from essence.core.engine.activation_cache import SliceCache
 from essence.core.engine.quantities import Kind
 from essence.core.engine.slices import Granularity
@@ -50,11 +51,11 @@ class ExpertEvidence:
     random: list[ExpertSweep] = field(repr=False)
     reference: np.ndarray = field(repr=False)
     experts: np.ndarray = field(repr=False)
-    best: dict | None
+    best: Expert | None
     gain: float
     criterion: ExpertCriterion = field(repr=False)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         """``{"best", "gain", "cells", "control_best_recall", "random_best_recall", "crossfit"}``."""
         return {
             "best": None
@@ -108,21 +109,17 @@ def expert_evidence(
         EmptyClassError: the class has no instances. SpecError: a bad grid.
     """
     c = criterion or ExpertCriterion()
-    common = dict(
-        alphas=alphas,
-        betas=betas,
-        kind=kind,
-        granularity=granularity,
-        cache=cache,
-        batch_size=batch_size,
-        device=device,
-    )
-    sweep = expert_sweep(model, data, layer, cls, rank_by="influence", crossfit=True, seed=seed, **common)
-    control = expert_sweep(model, data, layer, cls, rank_by="activation", crossfit=True, seed=seed, **common)
-    random = [
-        expert_sweep(model, data, layer, cls, rank_by="random", seed=seed + 1 + k, **common)
-        for k in range(c.random_masks)
-    ]
+
+    def swept(rank_by: RankBy, crossfit: bool, seed: int) -> ExpertSweep:
+        return expert_sweep(
+            model, data, layer, cls, alphas=alphas, betas=betas, rank_by=rank_by, kind=kind,
+            granularity=granularity, cache=cache, crossfit=crossfit, seed=seed, batch_size=batch_size,
+            device=device,
+        )  # fmt: skip
+
+    sweep = swept("influence", True, seed)
+    control = swept("activation", True, seed)
+    random = [swept("random", False, seed + 1 + k) for k in range(c.random_masks)]
     reference = np.maximum.reduce([control.recall, *(r.recall for r in random)])
     experts = c.experts(
         sweep.recall,
@@ -155,7 +152,7 @@ def _pair_share(cache: SliceCache, cls: int, neighbour: int | None) -> float:
     return n_i / (n_i + n_j)
 
 
-def _best(sweep: ExpertSweep, experts: np.ndarray, reference: np.ndarray) -> dict | None:
+def _best(sweep: ExpertSweep, experts: np.ndarray, reference: np.ndarray) -> Expert | None:
     """The best expert cell (:meth:`ExpertSweep.best`) with the best reference recall at its cell."""
     best = sweep.best(experts=experts)
     if best is not None:

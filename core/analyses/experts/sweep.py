@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, NotRequired, TypedDict
 
 import numpy as np
 import torch
@@ -30,17 +30,58 @@ from essence.core.analyses.experts.criterion import ExpertCriterion
 from essence.core.analyses.profiles import ClassProfiles, class_profiles
 from essence.core.base.devices import resolve_device
 from essence.core.base.errors import EmptyClassError, LabelMismatchError, SpecError
-from essence.core.base.model_state import on_device
+from essence.core.base.model_state import inference_state, on_device
 from essence.core.engine.activation_cache import SliceCache, cache_slice, halves_of, rank_units, unit_values
+from essence.core.engine.activation_source import ActivationSource
 from essence.core.engine.quantities import Kind
-from essence.core.engine.slices import Granularity, inference_state
+from essence.core.engine.slices import Granularity
 from essence.core.inputs.data import class_index
 
-__all__ = ["ExpertCriterion", "ExpertSweep", "SliceCache", "cache_slice", "default_grid", "expert_sweep"]
+__all__ = [
+    "Baseline",
+    "Expert",
+    "ExpertCriterion",
+    "ExpertSweep",
+    "Reading",
+    "SliceCache",
+    "cache_slice",
+    "default_grid",
+    "expert_sweep",
+]
 
 RankBy = Literal["influence", "activation", "random"]
 # Rows pushed through g at once (masks × instances), bounded by the slice's size so memory stays small.
 MAX_ELEMENTS_PER_PASS = 1 << 24
+
+
+class Reading(TypedDict):
+    """The unmasked model read as a classifier of class i: recall, precision (NaN if it never says i), count."""
+
+    recall: float
+    precision: float
+    predicted: int
+
+
+class Baseline(Reading):
+    """The unmasked model's use (argmax = i), and under ``"binary"`` the masks' reading (softmax_i > ½)."""
+
+    binary: Reading
+
+
+class Expert(TypedDict):
+    """One expert cell of the grid: how many units it keeps, its recall and precision, and which units.
+
+    ``reference_recall``, the best recall of the control and random masks at its cell, is added by the honest
+    test (:func:`~essence.core.analyses.experts.evidence.expert_evidence`).
+    """
+
+    alpha: int
+    beta: int
+    recall: float
+    precision: float
+    positive_units: list[int]
+    negative_units: list[int]
+    reference_recall: NotRequired[float]
 
 
 @dataclass(frozen=True)
@@ -66,6 +107,21 @@ class ExpertSweep:
         negative_units: int ``[max β]`` same for the β side.
         route: ``"fx"`` (g alone) or ``"hook"``.
         crossfit: whether the units were ranked on one half and scored on the other (and swapped).
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> from essence.core import ExpertSweep, expert_sweep
+        >>> _ = torch.manual_seed(0)
+        >>> model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+        >>> x, y = torch.randn(60, 4), torch.arange(60) % 3
+        >>> s = expert_sweep(model, (x, y), "1", 0, rank_by="activation", crossfit=True, device="cpu")
+        >>> isinstance(s, ExpertSweep), s.rank_by, s.crossfit, s.num_units
+        (True, 'activation', True, 16)
+        >>> s.alphas.tolist(), s.betas.tolist()  # the default grid for 16 units
+        ([1, 2, 3, 4, 5, 6, 7, 8], [0, 1, 2, 3, 4, 5, 6, 7, 8])
+        >>> s.recall.shape == s.precision.shape == s.experts().shape == (8, 9)
+        True
     """
 
     cls: int
@@ -77,7 +133,7 @@ class ExpertSweep:
     recall: np.ndarray
     precision: np.ndarray
     predicted: np.ndarray
-    baseline: dict
+    baseline: Baseline
     count: int
     prevalence: float
     num_units: int
@@ -100,7 +156,7 @@ class ExpertSweep:
 
     def best(
         self, criterion: ExpertCriterion | None = None, experts: np.ndarray | None = None
-    ) -> dict | None:
+    ) -> Expert | None:
         """The expert with the highest recall (then precision, then fewest units), or ``None``.
 
         Args:
@@ -124,7 +180,7 @@ class ExpertSweep:
             "negative_units": [int(u) for u in self.negative_units[: self.betas[b]]],
         }
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         """``{"class", "alphas", "betas", "recall", "precision", "baseline", ...}`` (DESIGN §4)."""
         return {
             "class": self.class_name,
@@ -184,6 +240,7 @@ def expert_sweep(
     seed: int = 0,
     batch_size: int = 256,
     device: str | torch.device = "auto",
+    activations: ActivationSource | None = None,
 ) -> ExpertSweep:
     """Sweep expert masks for class ``cls`` over an α×β grid.
 
@@ -209,6 +266,8 @@ def expert_sweep(
             ``positive_units``/``negative_units`` are then the ranking on all the data, for display.
         seed: seed of the halves and of the random order.
         batch_size, device: as elsewhere.
+        activations: where z may be stored (read instead of running h, for the cache and the profiles
+            computed here; :class:`~essence.core.engine.activation_source.ActivationSource`).
 
     Returns:
         An :class:`ExpertSweep`.
@@ -216,10 +275,25 @@ def expert_sweep(
     Raises:
         ClassNotFoundError: unknown class. EmptyClassError: the class has no instances.
         SpecError: α or β out of 0..U (α ≥ 1), unknown ``rank_by``, profiles of another slice.
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> from essence.core import expert_sweep
+        >>> _ = torch.manual_seed(0)
+        >>> model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+        >>> x, y = torch.randn(60, 4), torch.arange(60) % 3
+        >>> s = expert_sweep(model, (x, y), "1", 2, alphas=[1, 2, 4], betas=[0, 2], device="cpu")
+        >>> s.class_name, s.count, s.recall.shape, s.precision.shape
+        ('class 2', 20, (3, 2), (3, 2))
+        >>> sorted(s.baseline)  # the unmasked model: its use (argmax) and the binary reading
+        ['binary', 'precision', 'predicted', 'recall']
     """
     if rank_by not in ("influence", "activation", "random"):
         raise SpecError(f"rank_by {rank_by!r} is not known: use 'influence', 'activation' or 'random'")
-    cache = cache or cache_slice(model, data, layer, batch_size=batch_size, device=device)
+    cache = cache or cache_slice(
+        model, data, layer, batch_size=batch_size, device=device, activations=activations
+    )
     names = _class_names(data, cache.num_classes, profiles)
     i = class_index(cls, names)
     labels = cache.labels
@@ -233,45 +307,20 @@ def expert_sweep(
     default_a, default_b = default_grid(width)
     a = _check_counts(alphas, default_a, width, "alpha", minimum=1)
     b = _check_counts(betas, default_b, width, "beta", minimum=0)
-    if rank_by == "influence" and not crossfit:
+    # A random order has nothing learned from the instances to keep apart from them: it is never cross-fitted.
+    folds = crossfit and rank_by != "random"
+    if rank_by == "influence" and not folds:
         profiles = profiles or class_profiles(
-            model,
-            data,
-            layer,
-            granularity=granularity,
-            kind=kind,
-            allow_empty=True,
-            batch_size=batch_size,
-            device=device,
-        )
-        if profiles.layer != layer or profiles.num_units != width:
-            raise SpecError(
-                f"the profiles are of slice {profiles.layer!r} with {profiles.num_units} units, not {layer!r} "
-                f"with {width}: compute them at the same slice and granularity"
-            )
-        order = torch.argsort(profiles.mean[i].double(), descending=True, stable=True)
+            model, data, layer, granularity=granularity, kind=kind, allow_empty=True, batch_size=batch_size,
+            device=device, activations=activations,
+        )  # fmt: skip
+        order = _profile_order(profiles, i, layer, width)
     else:
         every = torch.arange(len(labels))
         order = rank_units(cache, units, i, every, rank_by, kind, granularity, seed, batch_size, device)
-
-    def run(order: torch.Tensor, rows: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray]:
-        pos = order[: int(a.max())]
-        neg = order.flip(0)[: int(b.max()) if len(b) and b.max() > 0 else 0]
-        return _run_masks(cache, _masks(a, b, pos, neg, width), i, granularity, batch_size, device, rows)
-
-    if crossfit and rank_by != "random":
-        halves = halves_of(labels, seed)
-        tp, predicted = np.zeros(len(a) * len(b)), np.zeros(len(a) * len(b), dtype=np.int64)
-        for rank_on, score_on in (halves, halves[::-1]):
-            fold = rank_units(cache, units, i, rank_on, rank_by, kind, granularity, seed, batch_size, device)
-            t, p = run(fold, score_on)
-            tp, predicted = tp + t, predicted + p
-    else:
-        tp, predicted = run(order, None)
-    pos = order[: int(a.max())]
-    neg = order.flip(0)[: int(b.max()) if len(b) and b.max() > 0 else 0]
-    tp = tp.reshape(len(a), len(b))
-    predicted = predicted.reshape(len(a), len(b))
+    ranking = _Ranking(cache, units, i, rank_by, kind, granularity, seed, batch_size, device)
+    tp, predicted = ranking.counts(a, b, order, folds)
+    pos, neg = _sides(order, a, b)
     with np.errstate(invalid="ignore", divide="ignore"):
         precision = np.where(predicted > 0, tp / np.maximum(predicted, 1), np.nan)
     return ExpertSweep(
@@ -291,8 +340,70 @@ def expert_sweep(
         positive_units=pos.numpy().astype(np.int64),
         negative_units=neg.numpy().astype(np.int64),
         route=cache.sliced.route,
-        crossfit=bool(crossfit and rank_by != "random"),
+        crossfit=bool(folds),
     )
+
+
+def _profile_order(profiles: ClassProfiles, cls: int, layer: str, width: int) -> torch.Tensor:
+    """Units by class ``cls``'s profile, most positive first; the profiles must be of this slice."""
+    if profiles.layer != layer or profiles.num_units != width:
+        raise SpecError(
+            f"the profiles are of slice {profiles.layer!r} with {profiles.num_units} units, not {layer!r} "
+            f"with {width}: compute them at the same slice and granularity"
+        )
+    return torch.argsort(profiles.mean[cls].double(), descending=True, stable=True)
+
+
+def _sides(order: torch.Tensor, a: np.ndarray, b: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """The units the α side adds (most positive first) and the β side (most negative first)."""
+    pos = order[: int(a.max())]
+    neg = order.flip(0)[: int(b.max()) if len(b) and b.max() > 0 else 0]
+    return pos, neg
+
+
+@dataclass(frozen=True)
+class _Ranking:
+    """How one class's units are ranked and its masks scored, on all the instances or cross-fitted."""
+
+    cache: SliceCache
+    units: torch.Tensor
+    cls: int
+    rank_by: RankBy
+    kind: Kind
+    granularity: Granularity
+    seed: int
+    batch_size: int
+    device: str | torch.device
+
+    def counts(
+        self, a: np.ndarray, b: np.ndarray, order: torch.Tensor, folds: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """True positives (float64) and predicted counts (int64), ``[A, B]`` each, of the grid's masks.
+
+        Without ``folds`` the masks follow ``order`` and are scored on every instance; with them, the units
+        are ranked on one half and the masks scored on the other, then the halves swap and the counts add.
+        """
+        if not folds:
+            tp, predicted = self.scored(a, b, order, None)
+        else:
+            halves = halves_of(self.cache.labels, self.seed)
+            tp, predicted = np.zeros(len(a) * len(b)), np.zeros(len(a) * len(b), dtype=np.int64)
+            for rank_on, score_on in (halves, halves[::-1]):
+                fold = rank_units(
+                    self.cache, self.units, self.cls, rank_on, self.rank_by, self.kind, self.granularity,
+                    self.seed, self.batch_size, self.device,
+                )  # fmt: skip
+                t, p = self.scored(a, b, fold, score_on)
+                tp, predicted = tp + t, predicted + p
+        return tp.reshape(len(a), len(b)), predicted.reshape(len(a), len(b))
+
+    def scored(
+        self, a: np.ndarray, b: np.ndarray, order: torch.Tensor, rows: torch.Tensor | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Flat counts of the masks taken from ``order``, scored on ``rows`` (default: all)."""
+        pos, neg = _sides(order, a, b)
+        masks = _masks(a, b, pos, neg, self.units.shape[1])
+        return _run_masks(self.cache, masks, self.cls, self.granularity, self.batch_size, self.device, rows)
 
 
 def _class_names(data: object, num_classes: int, profiles: ClassProfiles | None) -> list[str]:
@@ -337,7 +448,7 @@ def _run_masks(
     cls: int,
     granularity: Granularity,
     batch_size: int,
-    device: object,
+    device: str | torch.device,
     rows: torch.Tensor | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """True positives and predicted counts of class ``cls`` per mask on ``rows`` (default all), batched."""
@@ -378,15 +489,14 @@ def _run_masks(
     return tp.numpy().astype(np.float64), predicted.numpy()
 
 
-def _baseline(outputs: torch.Tensor, labels: torch.Tensor, cls: int) -> dict:
+def _baseline(outputs: torch.Tensor, labels: torch.Tensor, cls: int) -> Baseline:
     is_i = labels == cls
     n_i = int(is_i.sum())
 
-    def reading(says: torch.Tensor) -> dict:
+    def reading(says: torch.Tensor) -> Reading:
         tp = int((says & is_i).sum())
         pred = int(says.sum())
         return {"recall": tp / n_i, "precision": tp / pred if pred else float("nan"), "predicted": pred}
 
     use = reading(outputs.argmax(1) == cls)
-    use["binary"] = reading(torch.softmax(outputs.float(), dim=1)[:, cls] > 0.5)
-    return use
+    return {**use, "binary": reading(torch.softmax(outputs.float(), dim=1)[:, cls] > 0.5)}

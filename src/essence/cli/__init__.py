@@ -140,8 +140,34 @@ def _say(kind: str, message: str) -> None:
         pass
 
 
-def cli_wording(exc: Exception) -> str:
-    """An error of core in the command line's words: a parameter named as the option that sets it."""
+def command_options(argv: list[str]) -> dict[str, bool]:
+    """The long options of the command ``argv`` names, each mapped to whether it is a switch (every command's
+    options when it names none)."""
+    command = typer.main.get_command(app)
+    words = list(argv)
+    while words and words[0] in getattr(command, "commands", {}):
+        command = command.commands[words.pop(0)]  # type: ignore[attr-defined]
+    found: dict[str, bool] = {}
+    pending = [command]
+    while pending:
+        current = pending.pop()
+        pending += list(getattr(current, "commands", {}).values())
+        for param in current.params:
+            for name in (*param.opts, *param.secondary_opts):
+                if name.startswith("--"):
+                    found[name] = bool(getattr(param, "is_flag", False))
+    return found
+
+
+def cli_wording(exc: Exception, argv: list[str] | None = None) -> str:
+    """An error of core in the command line's words: a parameter named as the option that sets it.
+
+    Args:
+        exc: the error.
+        argv: the command line that ran (default: this process's), whose command's options are named.
+    """
+    from essence.cli.wording import in_cli_words
+
     # A ClassOrderError exists only once the cards are imported: wording an earlier error imports neither them
     # nor PyTorch.
     cards = sys.modules.get("essence.core.inputs.cards")
@@ -149,7 +175,7 @@ def cli_wording(exc: Exception) -> str:
     if cards is not None and isinstance(exc, cards.ClassOrderError):
         text = text.replace("in output order (class_names, e.g. ", "in output order (--class-names ")
         text += " (`essence card` writes one from --class-names)"
-    return text
+    return in_cli_words(text, command_options(sys.argv[1:] if argv is None else argv))
 
 
 def _run(argv: list[str] | None) -> tuple[int, str | None]:
@@ -157,7 +183,7 @@ def _run(argv: list[str] | None) -> tuple[int, str | None]:
     try:
         code = app(args=argv, standalone_mode=False, prog_name="essence")
     except EssenceError as exc:
-        return 2, cli_wording(exc)
+        return 2, cli_wording(exc, argv)
     except _NO_ARGS:
         app(args=["--help"], standalone_mode=False, prog_name="essence")
         return 0, None

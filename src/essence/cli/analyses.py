@@ -7,36 +7,47 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from essence.cli.common import (
-    BatchOpt,
-    BlurOpt,
-    ClassNamesOpt,
-    DataOpt,
-    DeviceOpt,
-    Inputs,
-    JsonOpt,
-    LayerOpt,
-    ModelOpt,
-    NoCacheOpt,
-    RecipeOpt,
-    SizeOpt,
-    SkipBadOpt,
-    StoreOpt,
-    TrustPickleOpt,
-    WeightsOpt,
-    load_inputs,
-    progress_bar,
-)
+from essence.cli.common import Inputs, progress_bar
 from essence.cli.exports import ExportOpt, check_export, write_diagnosis_export, write_triage_export
+from essence.cli.options import (
+    KIND,
+    SCORE,
+    BatchOpt,
+    DeviceOpt,
+    GranularityOpt,
+    InputOptions,
+    JsonOpt,
+    NoCacheOpt,
+    StoreOpt,
+    with_option_groups,
+)
 from essence.cli.output import write_json
-from essence.cli.profile import compute_profiles
+from essence.cli.profile import compute_profiles, stored_activations
 from essence.core.base.errors import SpecError
 
 if TYPE_CHECKING:
+    from essence.core.analyses.diagnosis.results import Diagnosis
+    from essence.core.analyses.experts.evidence import ExpertEvidence
+    from essence.core.analyses.experts.sweep import ExpertSweep
     from essence.core.analyses.profiles import ClassProfiles
 
-GranOpt = Annotated[str, typer.Option("--granularity", help="channel (conv: whole channels) or neuron")]
-
+TopOpt = Annotated[int, typer.Option("--top", min=1, help="rows to print (--json holds every instance)")]
+ScoreOpt = Annotated[
+    str,
+    SCORE.option(
+        "ranking score: merged (default), reasoning, combined, spearman, kendall, cosine, mass, doubt, "
+        "self_confidence or mistakenness"
+    ),
+]
+InstanceKindOpt = Annotated[str, KIND.option("quantity of the instance vectors: prob or logit")]
+ProfileKindOpt = Annotated[str, KIND.option("quantity of the class profiles: logit or prob")]
+UnitsOpt = Annotated[int | None, typer.Option("--units", help="top units per class for the rank scores")]
+ClassOpt = Annotated[str, typer.Option("--class", "-c", help="class name or index")]
+AlphasOpt = Annotated[str | None, typer.Option("--alphas", help="positive units to keep, e.g. 1,2,4,8")]
+BetasOpt = Annotated[str | None, typer.Option("--betas", help="negative units to keep, e.g. 0,1,2,4")]
+RareShareOpt = Annotated[
+    float, typer.Option("--rare-share", help="rarely predicted: predictions < share × count")
+]
 
 MAX_UNITS = 2**31 - 1
 
@@ -81,8 +92,8 @@ def _profiles(
     no_cache: bool,
     keep_instances: bool = False,
 ) -> ClassProfiles:
-    """The class profiles an analysis starts from, read through the store (and saying so when served)."""
-    profiles = compute_profiles(
+    """The class profiles an analysis starts from, read through the store (empty classes kept: NaN rows)."""
+    return compute_profiles(
         inputs,
         granularity=granularity,
         kind=kind,  # type: ignore[arg-type]
@@ -93,7 +104,6 @@ def _profiles(
         no_cache=no_cache,
         keep_instances=keep_instances,
     )
-    return profiles
 
 
 def _say_if_cached(profiles: ClassProfiles) -> None:
@@ -121,242 +131,211 @@ def _print_triage(header: str, rows: list[dict]) -> None:
         )
 
 
-def register(app: typer.Typer) -> None:
-    """Add ``triage``, ``experts`` and ``diagnose`` to the root app."""
+@with_option_groups
+def triage(
+    inputs: InputOptions,
+    top: TopOpt = 20,
+    score: ScoreOpt = "merged",
+    kind: InstanceKindOpt = "prob",
+    units: UnitsOpt = None,
+    granularity: GranularityOpt = "channel",
+    device: DeviceOpt = "auto",
+    batch_size: BatchOpt = 64,
+    json_path: JsonOpt = None,
+    store: StoreOpt = None,
+    no_cache: NoCacheOpt = False,
+    export: ExportOpt = None,
+) -> None:
+    """Instances ranked for review: the doubtful and those right for unusual reasons first, with why."""
+    from essence.core.analyses.triage import deviation_scores
 
-    @app.command("triage")
-    def triage(
-        model: ModelOpt,
-        data: DataOpt,
-        weights: WeightsOpt = None,
-        trust_pickle: TrustPickleOpt = False,
-        layer: LayerOpt = None,
-        top: int = typer.Option(20, "--top", min=1, help="rows to print (--json holds every instance)"),
-        score: str = typer.Option(
-            "merged", "--score", help="ranking score: merged (default), reasoning, self_confidence, ..."
-        ),
-        kind: str = typer.Option("prob", "--kind", help="quantity of the instance vectors: prob or logit"),
-        units: int | None = typer.Option(None, "--units", help="top units per class for the rank scores"),
-        granularity: GranOpt = "channel",
-        device: DeviceOpt = "auto",
-        batch_size: BatchOpt = 64,
-        json_path: JsonOpt = None,
-        store: StoreOpt = None,
-        no_cache: NoCacheOpt = False,
-        size: SizeOpt = None,
-        blur: BlurOpt = None,
-        recipe: RecipeOpt = None,
-        skip_bad: SkipBadOpt = False,
-        class_names: ClassNamesOpt = None,
-        export: ExportOpt = None,
-    ) -> None:
-        """Instances ranked for review: the doubtful and those right for unusual reasons first, with why."""
-        from essence.core.analyses.triage import SCORES, deviation_scores
-
-        if score not in SCORES:
-            raise SpecError(f"--score {score!r} is not known: use one of {', '.join(SCORES)}")
-        if kind not in ("prob", "logit"):
-            raise SpecError(f"--kind {kind!r} is not known: use prob or logit")
-        check_export(export, per_instance=True)
-        inputs = load_inputs(
-            model, weights, trust_pickle, data, layer, batch_size=batch_size,
-            size=size, blur=blur, recipe_file=recipe, skip_bad_images=skip_bad, class_names=class_names,
-        )  # fmt: skip
-        profiles = _profiles(
-            inputs, granularity, kind, batch_size, device, store, no_cache, keep_instances=True
+    check_export(export, per_instance=True)
+    loaded = inputs.load(batch_size=batch_size)
+    profiles = _profiles(loaded, granularity, kind, batch_size, device, store, no_cache, keep_instances=True)
+    with progress_bar("unit contributions") as bar:
+        result = deviation_scores(
+            loaded.model.module,
+            loaded.data,
+            loaded.layer,
+            profiles=profiles,
+            kind=kind,  # type: ignore[arg-type]
+            granularity=granularity,  # type: ignore[arg-type]
+            top_k=units,
+            score=score,  # type: ignore[arg-type]
+            batch_size=batch_size,
+            device=device,
+            progress=bar,
         )
-        with progress_bar("unit contributions") as bar:
-            result = deviation_scores(
-                inputs.model.module,
-                inputs.data,
-                inputs.layer,
-                profiles=profiles,
-                kind=kind,
-                granularity=granularity,  # type: ignore[arg-type]
-                top_k=units,
-                score=score,  # type: ignore[arg-type]
-                batch_size=batch_size,
-                device=device,
-                progress=bar,
-            )
-        verdicts = verdict_status(store, inputs.data.fingerprint)
-        rows = result.rows()  # every ranked instance goes to the JSON; --top limits what is printed
-        for row in rows:
-            row["verdict"] = verdicts.get(row["index"])
-        wrong = int((result.predicted != result.labels).sum())
-        header = (
-            f"triage at {result.layer!r} by {result.score} ({result.quantity}): {len(result)} instances, "
-            f"{wrong} misclassified; top {min(top, len(rows))}:"
+    verdicts = verdict_status(store, loaded.data.fingerprint)
+    rows = result.rows()  # every ranked instance goes to the JSON; --top limits what is printed
+    for row in rows:
+        row["verdict"] = verdicts.get(row["index"])
+    wrong = int((result.predicted != result.labels).sum())
+    header = (
+        f"triage at {result.layer!r} by {result.score} ({result.quantity}): {len(result)} instances, "
+        f"{wrong} misclassified; top {min(top, len(rows))}:"
+    )
+    _print_triage(header, rows[:top])
+    out = result.to_json(top=0)
+    out["scores"] = rows
+    write_json(json_path, out, loaded.data.preprocessing, loaded.classes)
+    write_triage_export(export, result, loaded.data, verdicts)
+    _say_if_cached(profiles)
+
+
+@with_option_groups
+def experts(
+    inputs: InputOptions,
+    cls: ClassOpt,
+    alphas: AlphasOpt = None,
+    betas: BetasOpt = None,
+    kind: ProfileKindOpt = "logit",
+    granularity: GranularityOpt = "channel",
+    device: DeviceOpt = "auto",
+    batch_size: BatchOpt = 256,
+    json_path: JsonOpt = None,
+    store: StoreOpt = None,
+    no_cache: NoCacheOpt = False,
+) -> None:
+    """Expert masks of one class over an α×β grid (paper Fig. 5), the activation-ranked control, and the
+    honest test (cross-fitted, against the control and random masks)."""
+    from essence.core.analyses.experts.evidence import expert_evidence
+    from essence.core.analyses.experts.sweep import cache_slice, expert_sweep
+
+    loaded = inputs.load(batch_size=batch_size)
+    m, d, lay = loaded.model.module, loaded.data, loaded.layer
+    d.class_index(cls)  # fail early on an unknown class, before any pass
+    a, b = _ints(alphas, "alphas"), _ints(betas, "betas")
+    profiles = _profiles(loaded, granularity, kind, batch_size, device, store, no_cache)
+    source = stored_activations(loaded, store, no_cache)  # the slice's z from the store where it holds it
+    cache = cache_slice(m, d, lay, batch_size=batch_size, device=device, activations=source)
+    common = dict(profiles=profiles, alphas=a, betas=b, granularity=granularity, cache=cache)
+    sweep = expert_sweep(m, d, lay, cls, rank_by="influence", **common)  # type: ignore[arg-type]
+    control = expert_sweep(m, d, lay, cls, rank_by="activation", **common)  # type: ignore[arg-type]
+    _print_sweep(sweep, control, lay)
+    evidence = expert_evidence(
+        m, d, lay, d.class_index(cls), cache=cache, alphas=a, betas=b, kind=kind,  # type: ignore[arg-type]
+        granularity=granularity, batch_size=batch_size, device=device,  # type: ignore[arg-type]
+    )  # fmt: skip
+    _print_honest(evidence)
+    out = sweep.to_json()
+    out["honest"] = evidence.to_json()
+    out["activation_control"] = {
+        k: out_c
+        for k, out_c in control.to_json().items()
+        if k in ("alphas", "betas", "recall", "precision", "predicted", "best")
+    }
+    write_json(json_path, out, loaded.data.preprocessing, loaded.classes)
+    _say_if_cached(profiles)
+
+
+def _print_sweep(sweep: ExpertSweep, control: ExpertSweep, layer: str) -> None:
+    """The model's baseline, the grid of masks, the best expert and the activation-ranked control."""
+    base = sweep.baseline
+    typer.echo(
+        f"experts for {sweep.class_name!r} at {layer!r} ({sweep.num_units} units, g on the "
+        f"{'cut graph' if sweep.route == 'fx' else 're-run model'}): n={sweep.count}; model recall "
+        f"{_fmt(base['recall'])} precision {_fmt(base['precision'])} (binary reading: recall "
+        f"{_fmt(base['binary']['recall'])} precision {_fmt(base['binary']['precision'])})"
+    )
+    _grid(sweep)
+    best = sweep.best()
+    typer.echo(
+        "best expert: "
+        + (
+            f"α={best['alpha']} β={best['beta']} recall {best['recall']:.2f} precision {best['precision']:.2f}"
+            if best
+            else "none in the grid"
         )
-        _print_triage(header, rows[:top])
-        out = result.to_json(top=0)
-        out["scores"] = rows
-        write_json(json_path, out, inputs.data.preprocessing, inputs.classes)
-        write_triage_export(export, result, inputs.data, verdicts)
-        _say_if_cached(profiles)
+    )
+    typer.echo(
+        f"activation-ranked control: best recall {control.recall.max():.2f}, "
+        f"expert {'found' if control.best() else 'none'}"
+    )
 
-    @app.command("experts")
-    def experts(
-        model: ModelOpt,
-        data: DataOpt,
-        cls: str = typer.Option(..., "--class", "-c", help="class name or index"),
-        weights: WeightsOpt = None,
-        trust_pickle: TrustPickleOpt = False,
-        layer: LayerOpt = None,
-        alphas: str | None = typer.Option(None, "--alphas", help="positive units to keep, e.g. 1,2,4,8"),
-        betas: str | None = typer.Option(None, "--betas", help="negative units to keep, e.g. 0,1,2,4"),
-        kind: str = typer.Option("logit", "--kind", help="quantity of the class profiles: logit or prob"),
-        granularity: GranOpt = "channel",
-        device: DeviceOpt = "auto",
-        batch_size: BatchOpt = 256,
-        json_path: JsonOpt = None,
-        store: StoreOpt = None,
-        no_cache: NoCacheOpt = False,
-        size: SizeOpt = None,
-        blur: BlurOpt = None,
-        recipe: RecipeOpt = None,
-        skip_bad: SkipBadOpt = False,
-        class_names: ClassNamesOpt = None,
-    ) -> None:
-        """Expert masks of one class over an α×β grid (paper Fig. 5), the activation-ranked control, and the
-        honest test (cross-fitted, against the control and random masks)."""
-        from essence.core.analyses.experts.evidence import expert_evidence
-        from essence.core.analyses.experts.sweep import cache_slice, expert_sweep
 
-        inputs = load_inputs(
-            model, weights, trust_pickle, data, layer, batch_size=batch_size,
-            size=size, blur=blur, recipe_file=recipe, skip_bad_images=skip_bad, class_names=class_names,
-        )  # fmt: skip
-        m, d, lay = inputs.model.module, inputs.data, inputs.layer
-        d.class_index(cls)  # fail early on an unknown class, before any pass
-        a, b = _ints(alphas, "alphas"), _ints(betas, "betas")
-        if kind not in ("prob", "logit"):
-            raise SpecError(f"--kind {kind!r} is not known: use prob or logit")
-        profiles = _profiles(inputs, granularity, kind, batch_size, device, store, no_cache)
-        cache = cache_slice(m, d, lay, batch_size=batch_size, device=device)
-        common = dict(profiles=profiles, alphas=a, betas=b, granularity=granularity, cache=cache)
-        sweep = expert_sweep(m, d, lay, cls, rank_by="influence", **common)  # type: ignore[arg-type]
-        control = expert_sweep(m, d, lay, cls, rank_by="activation", **common)  # type: ignore[arg-type]
-        base = sweep.baseline
+def _print_honest(evidence: ExpertEvidence) -> None:
+    """The cross-fitted test's verdict: an expert that beats every reference, or none."""
+    honest = evidence.best
+    typer.echo(
+        f"honest test (cross-fitted; must beat the model, the control and {len(evidence.random)} random masks "
+        f"of each size by {evidence.gain:.2f} recall): "
+        + (
+            f"expert α={honest['alpha']} β={honest['beta']} recall {honest['recall']:.2f} precision "
+            f"{honest['precision']:.2f} (best reference {honest['reference_recall']:.2f})"
+            if honest
+            else "no expert"
+        )
+    )
+
+
+@with_option_groups
+def diagnose(
+    inputs: InputOptions,
+    rare_share: RareShareOpt = 0.5,
+    granularity: GranularityOpt = "channel",
+    device: DeviceOpt = "auto",
+    batch_size: BatchOpt = 256,
+    json_path: JsonOpt = None,
+    store: StoreOpt = None,
+    no_cache: NoCacheOpt = False,
+    export: ExportOpt = None,
+) -> None:
+    """Per class: ok, drowning experts, not read out or not learned — with the evidence, the remedy, and the
+    preprocessing step to suspect (docs/analyses.md)."""
+    from essence.core.analyses.diagnosis.verdict import DiagnosisSettings
+    from essence.core.analyses.diagnosis.verdict import diagnose as run_diagnosis
+
+    if not 0 < rare_share <= 1:
+        raise SpecError(f"--rare-share {rare_share} must lie in (0, 1]")
+    check_export(export, per_instance=False)
+    loaded = inputs.load(batch_size=batch_size)
+    settings = DiagnosisSettings(rare_share=rare_share, granularity=granularity)  # type: ignore[arg-type]
+    profiles = _profiles(loaded, granularity, settings.kind, batch_size, device, store, no_cache)
+    with progress_bar(f"diagnosis at {loaded.layer}") as bar:
+        result = run_diagnosis(
+            loaded.model.module,
+            loaded.data,
+            loaded.layer,
+            profiles=profiles,
+            settings=settings,
+            batch_size=batch_size,
+            device=device,
+            progress=bar,
+            activations=stored_activations(loaded, store, no_cache),  # the slice's stored z: g alone runs
+        )
+    _print_diagnosis(result, loaded.data.spec)
+    write_json(json_path, result.to_json(), loaded.data.preprocessing, loaded.classes)
+    write_diagnosis_export(export, result)
+    _say_if_cached(profiles)
+
+
+def _print_diagnosis(result: Diagnosis, data_spec: str) -> None:
+    """Each class's verdict with its evidence, the advice and the suspect preprocessing steps."""
+    typer.echo(
+        f"diagnosis at {result.layer!r}: accuracy {result.accuracy:.3f} on {data_spec}; "
+        f"preprocessing: {result.preprocessing or 'unknown'}"
+    )
+    if result.never_predicted:
+        typer.echo(f"never predicted: {', '.join(result.never_predicted)}")
+    for c in result.classes:
+        probe = (
+            f"probe vs {c.probe.against} AUC {_fmt(c.probe.auc)} (chance ≤ {_fmt(c.probe.threshold)})"
+            if c.probe
+            else "probe —"
+        )
         typer.echo(
-            f"experts for {sweep.class_name!r} at {lay!r} ({sweep.num_units} units, g on the "
-            f"{'cut graph' if sweep.route == 'fx' else 're-run model'}): n={sweep.count}; model recall "
-            f"{_fmt(base['recall'])} precision {_fmt(base['precision'])} (binary reading: recall "
-            f"{_fmt(base['binary']['recall'])} precision {_fmt(base['binary']['precision'])})"
+            f"  {c.name:>14}  n={c.count:<5} recall {_fmt(c.recall)}  precision {_fmt(c.precision)}  "
+            f"predicted {c.predicted_count:<5} {probe}  {c.diagnosis}"
         )
-        _grid(sweep)
-        best = sweep.best()
-        typer.echo(
-            "best expert: "
-            + (
-                f"α={best['alpha']} β={best['beta']} recall {best['recall']:.2f} precision {best['precision']:.2f}"
-                if best
-                else "none in the grid"
-            )
-        )
-        typer.echo(
-            f"activation-ranked control: best recall {control.recall.max():.2f}, "
-            f"expert {'found' if control.best() else 'none'}"
-        )
-        evidence = expert_evidence(
-            m, d, lay, d.class_index(cls), cache=cache, alphas=a, betas=b, kind=kind,  # type: ignore[arg-type]
-            granularity=granularity, batch_size=batch_size, device=device,  # type: ignore[arg-type]
-        )  # fmt: skip
-        honest = evidence.best
-        typer.echo(
-            f"honest test (cross-fitted; must beat the model, the control and {len(evidence.random)} random masks "
-            f"of each size by {evidence.gain:.2f} recall): "
-            + (
-                f"expert α={honest['alpha']} β={honest['beta']} recall {honest['recall']:.2f} precision "
-                f"{honest['precision']:.2f} (best reference {honest['reference_recall']:.2f})"
-                if honest
-                else "no expert"
-            )
-        )
-        out = sweep.to_json()
-        out["honest"] = evidence.to_json()
-        out["activation_control"] = {
-            k: out_c
-            for k, out_c in control.to_json().items()
-            if k in ("alphas", "betas", "recall", "precision", "predicted", "best")
-        }
-        write_json(json_path, out, inputs.data.preprocessing, inputs.classes)
-        _say_if_cached(profiles)
-
-    @app.command("diagnose")
-    def diagnose_cmd(
-        model: ModelOpt,
-        data: DataOpt,
-        weights: WeightsOpt = None,
-        trust_pickle: TrustPickleOpt = False,
-        layer: LayerOpt = None,
-        rare_share: float = typer.Option(
-            0.5, "--rare-share", help="rarely predicted: predictions < share × count"
-        ),
-        granularity: GranOpt = "channel",
-        device: DeviceOpt = "auto",
-        batch_size: BatchOpt = 256,
-        json_path: JsonOpt = None,
-        store: StoreOpt = None,
-        no_cache: NoCacheOpt = False,
-        size: SizeOpt = None,
-        blur: BlurOpt = None,
-        recipe: RecipeOpt = None,
-        skip_bad: SkipBadOpt = False,
-        class_names: ClassNamesOpt = None,
-        export: ExportOpt = None,
-    ) -> None:
-        """Per class: ok, drowning experts, not read out or not learned — with the evidence, the remedy, and the
-        preprocessing step to suspect (docs/analyses.md)."""
-        from essence.core.analyses.diagnosis.verdict import DiagnosisSettings, diagnose
-
-        if not 0 < rare_share <= 1:
-            raise SpecError(f"--rare-share {rare_share} must lie in (0, 1]")
-        check_export(export, per_instance=False)
-        inputs = load_inputs(
-            model, weights, trust_pickle, data, layer, batch_size=batch_size,
-            size=size, blur=blur, recipe_file=recipe, skip_bad_images=skip_bad, class_names=class_names,
-        )  # fmt: skip
-        settings = DiagnosisSettings(rare_share=rare_share, granularity=granularity)  # type: ignore[arg-type]
-        profiles = _profiles(inputs, granularity, settings.kind, batch_size, device, store, no_cache)
-        with progress_bar(f"diagnosis at {inputs.layer}") as bar:
-            result = diagnose(
-                inputs.model.module,
-                inputs.data,
-                inputs.layer,
-                profiles=profiles,
-                settings=settings,
-                batch_size=batch_size,
-                device=device,
-                progress=bar,
-            )
-        typer.echo(
-            f"diagnosis at {result.layer!r}: accuracy {result.accuracy:.3f} on {inputs.data.spec}; "
-            f"preprocessing: {result.preprocessing or 'unknown'}"
-        )
-        if result.never_predicted:
-            typer.echo(f"never predicted: {', '.join(result.never_predicted)}")
-        for c in result.classes:
-            probe = (
-                f"probe vs {c.probe.against} AUC {_fmt(c.probe.auc)} (chance ≤ {_fmt(c.probe.threshold)})"
-                if c.probe
-                else "probe —"
-            )
-            typer.echo(
-                f"  {c.name:>14}  n={c.count:<5} recall {_fmt(c.recall)}  precision {_fmt(c.precision)}  "
-                f"predicted {c.predicted_count:<5} {probe}  {c.diagnosis}"
-            )
-            if c.advice:
-                typer.echo(f"      {c.advice}")
-            for step in c.suspect_steps:
-                typer.echo(f"      suspect step: {step.step} — {step.evidence}")
-            typer.echo(f"      top units + {c.top_positive}  − {c.top_negative}")
-        write_json(json_path, result.to_json(), inputs.data.preprocessing, inputs.classes)
-        write_diagnosis_export(export, result)
-        _say_if_cached(profiles)
+        if c.advice:
+            typer.echo(f"      {c.advice}")
+        for step in c.suspect_steps:
+            typer.echo(f"      suspect step: {step.step} — {step.evidence}")
+        typer.echo(f"      top units + {c.top_positive}  − {c.top_negative}")
 
 
-def _grid(sweep: object) -> None:
+def _grid(sweep: ExpertSweep) -> None:
     """Print recall/precision per (α, β) cell."""
     head = "    α\\β " + "".join(f"{int(b):>11}" for b in sweep.betas)
     typer.echo("recall / precision of each mask (binary reading):")
@@ -367,3 +346,10 @@ def _grid(sweep: object) -> None:
             for bi in range(len(sweep.betas))
         )
         typer.echo(f"  {int(a):>5} {cells}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``triage``, ``experts`` and ``diagnose`` to the root app."""
+    app.command("triage")(triage)
+    app.command("experts")(experts)
+    app.command("diagnose")(diagnose)

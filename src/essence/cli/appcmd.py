@@ -233,17 +233,17 @@ def run_streamlit(cmd: list[str]) -> int:
     return 128 - code if code < 0 else code
 
 
+def run_app(ctx: typer.Context) -> None:
+    """Open the app on the bundled demo (Streamlit options pass through, e.g. --server.port 8600)."""
+    extra = list(ctx.args)
+    warning = exposure_warning(extra)
+    if warning:
+        typer.echo(warning, err=True)
+    code = run_streamlit(streamlit_command(extra))
+    if code:
+        raise typer.Exit(code)
+
+
 def register(app: typer.Typer) -> None:
-    @app.command(
-        "app",
-        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-    )
-    def run_app(ctx: typer.Context) -> None:
-        """Open the app on the bundled demo (Streamlit options pass through, e.g. --server.port 8600)."""
-        extra = list(ctx.args)
-        warning = exposure_warning(extra)
-        if warning:
-            typer.echo(warning, err=True)
-        code = run_streamlit(streamlit_command(extra))
-        if code:
-            raise typer.Exit(code)
+    """Add ``app`` to the root app: its unknown options are Streamlit's, passed through."""
+    app.command("app", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(run_app)

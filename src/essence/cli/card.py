@@ -7,7 +7,9 @@ from typing import Annotated
 
 import typer
 
-from essence.cli.common import (
+from essence.cli.common import load_model_spec, parse_class_names, recipe_for, with_options
+from essence.cli.options import (
+    IMAGE_MODE,
     BlurOpt,
     ClassNamesOpt,
     LayerOpt,
@@ -16,12 +18,10 @@ from essence.cli.common import (
     SizeOpt,
     TrustPickleOpt,
     WeightsOpt,
-    load_model_spec,
-    parse_class_names,
-    recipe_for,
-    with_options,
 )
 from essence.core.base.errors import SpecError
+
+ModeOpt = Annotated[str | None, IMAGE_MODE.option("image mode the model takes: L (greyscale) or RGB")]
 
 
 def run_card(
@@ -73,33 +73,32 @@ def run_card(
     return write_card(loaded, target, chosen)
 
 
+def card(
+    model: ModelOpt,
+    weights: WeightsOpt = None,
+    trust_pickle: TrustPickleOpt = False,
+    class_names: ClassNamesOpt = None,
+    layer: LayerOpt = None,
+    size: SizeOpt = None,
+    blur: BlurOpt = None,
+    recipe: RecipeOpt = None,
+    mode: ModeOpt = None,
+) -> None:
+    """Write the model's card (class names in output order, recipe, default slice) beside its file."""
+    path = run_card(
+        model,
+        weights=weights,
+        trust_pickle=trust_pickle,
+        class_names=class_names,
+        layer=layer,
+        size=size,
+        blur=blur,
+        recipe=recipe,
+        mode=mode,
+    )
+    typer.echo(f"wrote {path}: the next command on this model reads it (no --class-names needed)")
+
+
 def register(app: typer.Typer) -> None:
-    @app.command("card")
-    def card(
-        model: ModelOpt,
-        weights: WeightsOpt = None,
-        trust_pickle: TrustPickleOpt = False,
-        class_names: ClassNamesOpt = None,
-        layer: LayerOpt = None,
-        size: SizeOpt = None,
-        blur: BlurOpt = None,
-        recipe: RecipeOpt = None,
-        mode: Annotated[
-            str | None, typer.Option("--mode", help="image mode the model takes: L (greyscale) or RGB")
-        ] = None,
-    ) -> None:
-        """Write the model's card (class names in output order, recipe, default slice) beside its file."""
-        if mode is not None and mode not in ("L", "RGB"):
-            raise SpecError(f"--mode {mode!r}: use L (greyscale) or RGB")
-        path = run_card(
-            model,
-            weights=weights,
-            trust_pickle=trust_pickle,
-            class_names=class_names,
-            layer=layer,
-            size=size,
-            blur=blur,
-            recipe=recipe,
-            mode=mode,
-        )
-        typer.echo(f"wrote {path}: the next command on this model reads it (no --class-names needed)")
+    """Add ``card`` to the root app."""
+    app.command("card")(card)

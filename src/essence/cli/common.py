@@ -1,6 +1,7 @@
-"""Options and plumbing shared by the CLI's commands: specs → model, data and slice; model cards; progress.
+"""Plumbing shared by the CLI's commands: specs → model, data and slice; model cards; progress.
 
-Writing the outputs (``--json`` and the files of ``store export``) is :mod:`essence.cli.output`'s.
+The options themselves are declared in :mod:`essence.cli.options`; writing the outputs (``--json`` and the files
+of ``store export``) is :mod:`essence.cli.output`'s.
 
 Model cards (docs/data.md): ``W.card.json`` beside the weights ``W.safetensors`` supplies class names, the
 preprocessing recipe and the default slice. An older ``W.json`` is still read, but only when it is a valid card
@@ -15,7 +16,7 @@ import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -51,71 +52,6 @@ def __getattr__(name: str) -> Any:
 
         return getattr(cards, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-ModelOpt = Annotated[
-    str,
-    typer.Option(
-        "--model",
-        "-m",
-        help="demo:blurred|sharp, torchvision:ARCH, timm:ARCH, monai:NETWORK, package.module:function (each with "
-        "--weights), onnx:PATH.onnx, or PATH.pt2 (a torch.export program; TorchScript is refused)",
-    ),
-]
-WeightsOpt = Annotated[
-    Path | None, typer.Option("--weights", help="weights: .safetensors, or a state_dict .pt/.pth")
-]
-TrustPickleOpt = Annotated[
-    bool,
-    typer.Option("--trust-pickle", help="allow full pickles (they can run code): only for files you trust"),
-]
-DataOpt = Annotated[
-    str,
-    typer.Option(
-        "--data", "-d", help="demo:train|val|test, digits, folder:PATH, csv:PATH, npz:PATH or dicom:PATH"
-    ),
-]
-LayerOpt = Annotated[
-    str | None, typer.Option("--layer", "-l", help="module path as model.named_modules() prints it")
-]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu or cuda")]
-JsonOpt = Annotated[
-    Path | None, typer.Option("--json", help="write the result as JSON to FILE ('-' for stdout)")
-]
-BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="instances per forward/backward pass")]
-StoreOpt = Annotated[
-    str | None,
-    typer.Option("--store", help="store file or SQLAlchemy URL (default: $ESSENCE_HOME/essence.sqlite)"),
-]
-GranularityOpt = Annotated[
-    str,
-    typer.Option(
-        "--granularity",
-        help="channel (channels-first conv: summed over positions), neuron, or for [B,H,W,C] and [B,T,D] "
-        "slices feature (last axis) or token",
-    ),
-]
-SizeOpt = Annotated[
-    tuple[int, int] | None, typer.Option("--size", help="resize images to H W (overrides the model's recipe)")
-]
-BlurOpt = Annotated[
-    float | None, typer.Option("--blur-sigma", help="Gaussian blur σ in px (overrides the model's recipe)")
-]
-RecipeOpt = Annotated[
-    Path | None, typer.Option("--preprocessing", help="JSON file of a preprocessing recipe")
-]
-SkipBadOpt = Annotated[
-    bool, typer.Option("--skip-bad-images", help="leave unreadable images out (counted) instead of stopping")
-]
-NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="recompute even if the store has the answer")]
-ClassNamesOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--class-names",
-        help="the model's classes in output order, comma-separated (overrides its card): needed when the model "
-        "names none and the data names its classes",
-    ),
-]
 
 
 @dataclass
@@ -263,17 +199,6 @@ def say_recipe(recipe: Preprocessing | None, who: str = "") -> None:
     """Print the recipe as applied (one line): it is part of the question asked of the model."""
     described = recipe.describe() if recipe is not None else "none (the inputs are used as they are)"
     typer.echo(f"preprocessing{f' of {who}' if who else ''}: {described}")
-
-
-def check_granularity_option(value: str) -> str:
-    from essence.core.engine.slices import GRANULARITIES
-
-    if value not in GRANULARITIES:
-        raise SpecError(
-            f"--granularity {value!r} is not known: use channel or neuron, or feature or token on [B, H, W, C] "
-            "and [B, T, D] slices"
-        )
-    return value
 
 
 @contextlib.contextmanager

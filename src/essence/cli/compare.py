@@ -7,32 +7,37 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from essence.cli.common import (
+from essence.cli.common import load_data, load_model_spec, parse_class_names, say_recipe
+from essence.cli.options import (
+    MATCH,
     BatchOpt,
-    BlurOpt,
-    ClassNamesOpt,
-    DataOpt,
     DeviceOpt,
     GranularityOpt,
+    InputOptions,
     JsonOpt,
-    LayerOpt,
-    ModelOpt,
-    RecipeOpt,
-    SizeOpt,
-    SkipBadOpt,
-    TrustPickleOpt,
-    WeightsOpt,
-    check_granularity_option,
-    load_data,
-    load_model_spec,
-    parse_class_names,
-    say_recipe,
+    KindOpt,
+    with_option_groups,
 )
 from essence.cli.output import write_json
-from essence.core.base.errors import LabelMismatchError, LayerNotFoundError, SpecError
+from essence.core.base.errors import LabelMismatchError, LayerNotFoundError
 
 if TYPE_CHECKING:
+    from essence.core.analyses.comparison import Comparison
+    from essence.core.inputs.cards import ClassOrder
+    from essence.core.inputs.data import ImageData
     from essence.core.inputs.models import LoadedModel
+
+AgainstOpt = Annotated[
+    str, typer.Option("--against", help="the retrained model (same spec forms as --model)")
+]
+AgainstWeightsOpt = Annotated[Path | None, typer.Option("--against-weights", help="weights of --against")]
+LayerBOpt = Annotated[str | None, typer.Option("--layer-b", help="B's slice (default: --layer)")]
+MatchOpt = Annotated[str, MATCH.option("signed: maximise Σ corr (default); abs: maximise Σ |corr|")]
+ThresholdOpt = Annotated[float, typer.Option("--threshold", help="correlation of a good unit match")]
+PartialOpt = Annotated[
+    bool, typer.Option("--partial", help="match slices of different widths (narrower side matched)")
+]
+NoDiagnoseOpt = Annotated[bool, typer.Option("--no-diagnose", help="skip each side's diagnosis")]
 
 
 def _fmt(v: float) -> str:
@@ -50,81 +55,90 @@ def model_label(model: LoadedModel, weights: Path | None) -> str:
     return f"{model.name} ({Path(weights).name})" if weights is not None else model.name
 
 
-def run_compare(
-    model: str,
-    against: str,
-    data: str,
-    *,
-    weights: Path | None = None,
-    weights_b: Path | None = None,
-    trust_pickle: bool = False,
-    layer: str | None = None,
-    layer_b: str | None = None,
-    granularity: str = "channel",
-    kind: str = "logit",
-    match: str = "signed",
-    threshold: float = 0.5,
-    partial: bool = False,
-    diagnose: bool = True,
-    device: str = "auto",
-    batch_size: int = 64,
-    json_path: Path | None = None,
-    size: tuple[int, int] | None = None,
-    blur: float | None = None,
-    recipe: Path | None = None,
-    skip_bad: bool = False,
-    class_names: str | None = None,
-) -> None:
-    from essence.core.analyses.comparison import compare_models
-
-    check_granularity_option(granularity)
-    if kind not in ("logit", "prob"):
-        raise SpecError(f"--kind {kind!r}: use logit or prob")
-    names_given = parse_class_names(class_names)
-    model_a = load_model_spec(model, weights, trust_pickle, names_given)
-    model_b = load_model_spec(against, weights_b, trust_pickle, names_given)
-    # the same images, each model with its own preprocessing recipe (the recipe is part of what changed)
-    if model_a.class_names and model_b.class_names and model_a.class_names != model_b.class_names:
-        raise LabelMismatchError(
-            f"{model} and {against} name their classes differently ({model_a.class_names[:5]} vs "
-            f"{model_b.class_names[:5]}): compare models of the same classes"
-        )
+def _load_both(
+    inputs: InputOptions, against: str, weights_b: Path | None
+) -> tuple[dict[str, LoadedModel], dict[str, ImageData], dict[str, ClassOrder]]:
+    """Both models and the same images, each read with its own model's recipe (the recipe is part of what
+    changed), checked to fit their model and to name the same classes."""
     from essence.core.inputs.cards import class_order
     from essence.core.inputs.models import check_compatible
 
-    options = {"size": size, "blur": blur, "recipe_file": recipe, "skip_bad_images": skip_bad}
-    data_a = load_data(model_a, data, **options)  # type: ignore[arg-type]
-    data_b = load_data(model_b, data, **options)  # type: ignore[arg-type]
-    check_compatible(model_a, data_a)
-    check_compatible(model_b, data_b)
-    classes = {"a": class_order(model_a, data_a), "b": class_order(model_b, data_b)}
-    say_recipe(data_a.preprocessing, "A")
-    say_recipe(data_b.preprocessing, "B")
+    names_given = parse_class_names(inputs.class_names)
+    models = {
+        "a": load_model_spec(inputs.model, inputs.weights, inputs.trust_pickle, names_given),
+        "b": load_model_spec(against, weights_b, inputs.trust_pickle, names_given),
+    }
+    names_a, names_b = models["a"].class_names, models["b"].class_names
+    if names_a and names_b and names_a != names_b:
+        raise LabelMismatchError(
+            f"{inputs.model} and {against} name their classes differently ({names_a[:5]} vs {names_b[:5]}): "
+            "compare models of the same classes"
+        )
+    options = {"size": inputs.size, "blur": inputs.blur, "recipe_file": inputs.recipe}
+    data = {
+        k: load_data(m, inputs.data, skip_bad_images=inputs.skip_bad, **options) for k, m in models.items()
+    }  # type: ignore[arg-type]
+    for k, m in models.items():
+        check_compatible(m, data[k])
+    classes = {k: class_order(m, data[k]) for k, m in models.items()}
+    say_recipe(data["a"].preprocessing, "A")
+    say_recipe(data["b"].preprocessing, "B")
     typer.echo(f"A: {classes['a'].describe()}")
     typer.echo(f"B: {classes['b'].describe()}")
-    la = layer if layer is not None else model_a.default_layer
+    return models, data, classes
+
+
+@with_option_groups
+def compare(
+    inputs: InputOptions,
+    against: AgainstOpt,
+    weights_b: AgainstWeightsOpt = None,
+    layer_b: LayerBOpt = None,
+    granularity: GranularityOpt = "channel",
+    kind: KindOpt = "logit",
+    match: MatchOpt = "signed",
+    threshold: ThresholdOpt = 0.5,
+    partial: PartialOpt = False,
+    no_diagnose: NoDiagnoseOpt = False,
+    device: DeviceOpt = "auto",
+    batch_size: BatchOpt = 64,
+    json_path: JsonOpt = None,
+) -> None:
+    """Old (--model) against retrained (--against) on the same images: deltas, changed predictions, units."""
+    from essence.core.analyses.comparison import compare_models
+
+    models, data, classes = _load_both(inputs, against, weights_b)
+    layer = inputs.layer
+    la = layer if layer is not None else models["a"].default_layer
     if la is None:
         raise LayerNotFoundError(
-            f"{model} has no default slice: pass --layer (see `essence layers --model {model}`)"
+            f"{inputs.model} has no default slice: pass --layer (see `essence layers --model {inputs.model}`)"
         )
-    lb = layer_b if layer_b is not None else (layer if layer is not None else model_b.default_layer or la)
+    lb = layer_b if layer_b is not None else (layer if layer is not None else models["b"].default_layer or la)
     result = compare_models(
-        model_a.module,
-        model_b.module,
-        data_a,
+        models["a"].module,
+        models["b"].module,
+        data["a"],
         la,
         lb,
-        data_b=data_b,
-        names=(model_label(model_a, weights), model_label(model_b, weights_b)),
+        data_b=data["b"],
+        names=(model_label(models["a"], inputs.weights), model_label(models["b"], weights_b)),
         granularity=granularity,  # type: ignore[arg-type]
         kind=kind,  # type: ignore[arg-type]
         match=match,  # type: ignore[arg-type]
         threshold=threshold,
         allow_partial=partial,
-        diagnose=diagnose,
+        diagnose=not no_diagnose,
         batch_size=batch_size,
         device=device,
     )
+    _print_comparison(result, la, lb, inputs.data)
+    preprocessing = {"a": data["a"].preprocessing, "b": data["b"].preprocessing}
+    write_json(json_path, result.to_json(), preprocessing, classes)
+
+
+def _print_comparison(result: Comparison, la: str, lb: str, data: str) -> None:
+    """Per class A → B, the unit matching, the changed predictions and each side's diagnosis."""
     typer.echo(
         f"A = {result.a} ({la})   B = {result.b} ({lb})   on {data}: accuracy {result.accuracy_a:.3f} → "
         f"{result.accuracy_b:.3f}"
@@ -148,85 +162,24 @@ def run_compare(
         f"predictions changed: {len(result.fixed)} fixed, {len(result.broken)} broken, "
         f"{len(result.changed)} wrong both times but differently"
     )
+    _print_diagnoses(result)
+
+
+def _print_diagnoses(result: Comparison) -> None:
     if result.diagnosis_note:
         typer.echo(f"diagnosis: {result.diagnosis_note}")
-    else:
-        flagged = [c for c in result.classes if c.diagnosis_a != "ok" or c.diagnosis_b != "ok"]
-        if not flagged:
-            typer.echo("diagnosis: every class ok in both models")
-        for c in flagged:
-            yes = {True: "yes", False: "no", None: "?"}
-            typer.echo(
-                f"diagnosis of {c.name!r}: {c.diagnosis_a} → {c.diagnosis_b} "
-                f"(expert found: {yes[c.expert_a]} → {yes[c.expert_b]})"
-            )
-    write_json(json_path, result.to_json(), {"a": data_a.preprocessing, "b": data_b.preprocessing}, classes)
+        return
+    flagged = [c for c in result.classes if c.diagnosis_a != "ok" or c.diagnosis_b != "ok"]
+    if not flagged:
+        typer.echo("diagnosis: every class ok in both models")
+    for c in flagged:
+        yes = {True: "yes", False: "no", None: "?"}
+        typer.echo(
+            f"diagnosis of {c.name!r}: {c.diagnosis_a} → {c.diagnosis_b} "
+            f"(expert found: {yes[c.expert_a]} → {yes[c.expert_b]})"
+        )
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("compare")
-    def compare(
-        model: ModelOpt,
-        against: Annotated[
-            str, typer.Option("--against", help="the retrained model (same spec forms as --model)")
-        ],
-        data: DataOpt,
-        weights: WeightsOpt = None,
-        weights_b: Annotated[
-            Path | None, typer.Option("--against-weights", help="weights of --against")
-        ] = None,
-        trust_pickle: TrustPickleOpt = False,
-        layer: LayerOpt = None,
-        layer_b: Annotated[str | None, typer.Option("--layer-b", help="B's slice (default: --layer)")] = None,
-        granularity: GranularityOpt = "channel",
-        kind: Annotated[
-            str, typer.Option("--kind", help="class score of the profiles: logit or prob")
-        ] = "logit",
-        match: Annotated[
-            str, typer.Option("--match", help="signed: maximise Σ corr (default); abs: maximise Σ |corr|")
-        ] = "signed",
-        threshold: Annotated[
-            float, typer.Option("--threshold", help="correlation of a good unit match")
-        ] = 0.5,
-        partial: Annotated[
-            bool, typer.Option("--partial", help="match slices of different widths (narrower side matched)")
-        ] = False,
-        no_diagnose: Annotated[
-            bool, typer.Option("--no-diagnose", help="skip each side's diagnosis")
-        ] = False,
-        device: DeviceOpt = "auto",
-        batch_size: BatchOpt = 64,
-        json_path: JsonOpt = None,
-        size: SizeOpt = None,
-        blur: BlurOpt = None,
-        recipe: RecipeOpt = None,
-        skip_bad: SkipBadOpt = False,
-        class_names: ClassNamesOpt = None,
-    ) -> None:
-        """Old (--model) against retrained (--against) on the same images: deltas, changed predictions, units."""
-        if match not in ("signed", "abs"):
-            raise SpecError(f"--match {match!r}: use signed or abs")
-        run_compare(
-            model,
-            against,
-            data,
-            weights=weights,
-            weights_b=weights_b,
-            trust_pickle=trust_pickle,
-            layer=layer,
-            layer_b=layer_b,
-            granularity=granularity,
-            kind=kind,
-            match=match,
-            threshold=threshold,
-            partial=partial,
-            diagnose=not no_diagnose,
-            device=device,
-            batch_size=batch_size,
-            json_path=json_path,
-            size=size,
-            blur=blur,
-            recipe=recipe,
-            skip_bad=skip_bad,
-            class_names=class_names,
-        )
+    """Add ``compare`` to the root app."""
+    app.command("compare")(compare)

@@ -9,20 +9,6 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from essence.cli.common import (
-    BatchOpt,
-    BlurOpt,
-    ClassNamesOpt,
-    DeviceOpt,
-    GranularityOpt,
-    JsonOpt,
-    LayerOpt,
-    ModelOpt,
-    RecipeOpt,
-    SizeOpt,
-    SkipBadOpt,
-    TrustPickleOpt,
-    WeightsOpt,
-    check_granularity_option,
     load_inputs,
     load_model_spec,
     parse_class_names,
@@ -30,11 +16,53 @@ from essence.cli.common import (
     say_recipe,
     with_options,
 )
+from essence.cli.options import (
+    METHOD,
+    BatchOpt,
+    BlurOpt,
+    ClassNamesOpt,
+    DeviceOpt,
+    GranularityOpt,
+    JsonOpt,
+    KindOpt,
+    LayerOpt,
+    ModelOpt,
+    RecipeOpt,
+    SizeOpt,
+    SkipBadOpt,
+    TrustPickleOpt,
+    WeightsOpt,
+)
 from essence.cli.output import write_json, write_text_file
-from essence.core.base.errors import LayerNotFoundError, SpecError
+from essence.core.base.errors import LayerNotFoundError
 
 if TYPE_CHECKING:
+    from essence.core.analyses.explanation import Explanation
+    from essence.core.analyses.layer_choice import LayerSuggestion
     from essence.core.inputs.preprocessing import Preprocessing
+
+ImageOpt = Annotated[Path, typer.Option("--image", help="the image file to explain")]
+ClassAOpt = Annotated[str, typer.Option("--class", help="class A, by name or index")]
+VsOpt = Annotated[str | None, typer.Option("--vs", help="class B: explain why A rather than B")]
+TopUnitsOpt = Annotated[int, typer.Option("--top", min=1, help="top units to show (positive and negative)")]
+MethodOpt = Annotated[str, METHOD.option("unit interpretation: saliency, guided or deconvnet")]
+ConvertModeOpt = Annotated[
+    bool, typer.Option("--convert-mode", help="convert a greyscale/colour image to the model's mode")
+]
+PanelOpt = Annotated[Path | None, typer.Option("--out", help="write a PNG panel to this path")]
+ScoredDataOpt = Annotated[
+    str | None, typer.Option("--data", "-d", help="data to score layers on (omit to only list them)")
+]
+LayersOpt = Annotated[
+    str | None, typer.Option("--layers", help="comma-separated layers to score (default: top-level blocks)")
+]
+MassOpt = Annotated[float, typer.Option("--mass", help="share of |influence| counted (0.8: share80)")]
+MinDepthOpt = Annotated[float, typer.Option("--min-depth", help="eligible depth window, lower end")]
+MaxDepthOpt = Annotated[float, typer.Option("--max-depth", help="eligible depth window, upper end")]
+MinUnitsOpt = Annotated[int, typer.Option("--min-units", help="fewest units of an eligible layer")]
+MaxInstancesOpt = Annotated[
+    int, typer.Option("--max-instances", help="score on a seeded sample of this many (0: all)")
+]
 
 
 def _as_applied(recipe: Preprocessing, image: Path) -> Preprocessing:
@@ -50,37 +78,40 @@ def _as_applied(recipe: Preprocessing, image: Path) -> Preprocessing:
         return recipe.for_container(None)
 
 
-def run_explain(
-    model: str,
-    image: Path,
-    cls: str,
-    *,
-    vs: str | None = None,
-    weights: Path | None = None,
-    trust_pickle: bool = False,
-    layer: str | None = None,
-    top: int = 5,
-    method: str = "saliency",
-    granularity: str = "channel",
-    kind: str = "logit",
-    size: tuple[int, int] | None = None,
-    recipe_file: Path | None = None,
-    convert_mode: bool = False,
-    device: str = "auto",
-    out: Path | None = None,
-    json_path: Path | None = None,
-    blur: float | None = None,
-    class_names: str | None = None,
+def _card_size(card: dict) -> tuple[int, ...] | None:
+    """The input size (H, W) the model's card names, if any: an image of another size is refused, not guessed."""
+    size = card.get("input_size") or card.get("image_size")
+    return tuple(int(v) for v in size[-2:]) if isinstance(size, list | tuple) and len(size) >= 2 else None
+
+
+def explain(
+    model: ModelOpt,
+    image: ImageOpt,
+    cls: ClassAOpt,
+    vs: VsOpt = None,
+    weights: WeightsOpt = None,
+    trust_pickle: TrustPickleOpt = False,
+    layer: LayerOpt = None,
+    top: TopUnitsOpt = 5,
+    method: MethodOpt = "saliency",
+    granularity: GranularityOpt = "channel",
+    kind: KindOpt = "logit",
+    size: SizeOpt = None,
+    recipe_file: RecipeOpt = None,
+    convert_mode: ConvertModeOpt = False,
+    device: DeviceOpt = "auto",
+    out: PanelOpt = None,
+    json_path: JsonOpt = None,
+    blur: BlurOpt = None,
+    class_names: ClassNamesOpt = None,
 ) -> None:
-    from essence.core.analyses.explanation import explain
+    """Why the model gives one image class A (or A rather than B): top units and what they look at."""
+    from essence.core.analyses.explanation import explain as explain_image
     from essence.core.analyses.render import render_panel
     from essence.core.inputs.cards import ClassOrder
     from essence.core.inputs.data import read_image
     from essence.core.inputs.preprocessing import Preprocessing
 
-    check_granularity_option(granularity)
-    if kind not in ("logit", "prob"):
-        raise SpecError(f"--kind {kind!r}: use logit or prob")
     loaded = load_model_spec(model, weights, trust_pickle, parse_class_names(class_names))
     recipe = recipe_for(loaded, size, blur, recipe_file) or with_options(Preprocessing(), size, blur)
     chosen = layer if layer is not None else loaded.default_layer
@@ -88,16 +119,11 @@ def run_explain(
         raise LayerNotFoundError(
             f"{model} has no default slice: pass --layer (see `essence layers --model {model}`)"
         )
-    card_size = loaded.card.get("input_size") or loaded.card.get("image_size")
-    expected = (
-        tuple(int(v) for v in card_size[-2:])
-        if isinstance(card_size, list | tuple) and len(card_size) >= 2
-        else None
-    )
     applied = _as_applied(recipe, image)  # the file's own range: / 255, or / 65535 for a 16-bit file
     say_recipe(applied)
+    expected = _card_size(loaded.card)
     x = read_image(image, recipe, model=loaded.module, expected_size=expected, convert_mode=convert_mode)
-    result = explain(
+    result = explain_image(
         loaded.module,
         x,
         cls,
@@ -111,13 +137,26 @@ def run_explain(
         preprocessing=recipe,
         device=device,
     )
-    names = result.class_names
     # One image, no data: the outputs are the model's names, or only their indices ("index").
-    classes = ClassOrder(tuple(names), loaded.class_source or ("model" if loaded.class_names else "index"))
+    classes = ClassOrder(
+        tuple(result.class_names), loaded.class_source or ("model" if loaded.class_names else "index")
+    )
     typer.echo(classes.describe())
+    _print_explanation(result, image, chosen)
+    if out is not None:
+        png = io.BytesIO()
+        render_panel(result).save(png, format="PNG")
+        write_text_file(out, png.getvalue(), "--out")  # atomic; links and special files written through
+        typer.echo(f"  panel written to {out}")
+    write_json(json_path, result.to_json(), applied, classes)
+
+
+def _print_explanation(result: Explanation, image: Path, layer: str) -> None:
+    """The prediction, the question asked, the units for and against, and integrated gradients' check."""
+    names = result.class_names
     typer.echo(
         f"{image.name}: predicted {names[result.prediction]!r} (p={float(result.probabilities[result.prediction]):.3f}); "
-        f"{result.question} at {chosen} ({result.quantity} = {result.quantity_value:+.4g})"
+        f"{result.question} at {layer} ({result.quantity} = {result.quantity_value:+.4g})"
     )
     typer.echo(
         "  units for:     "
@@ -135,54 +174,41 @@ def run_explain(
     typer.echo(
         f"  integrated gradients: Σ = {float(result.ig.sum()):+.4g} (completeness error {result.ig_error:+.2g})"
     )
-    if out is not None:
-        png = io.BytesIO()
-        render_panel(result).save(png, format="PNG")
-        write_text_file(out, png.getvalue(), "--out")  # atomic; links and special files written through
-        typer.echo(f"  panel written to {out}")
-    write_json(json_path, result.to_json(), applied, classes)
 
 
-def run_layers(
-    model: str,
-    data: str | None,
-    *,
-    weights: Path | None = None,
-    trust_pickle: bool = False,
-    layers: str | None = None,
-    granularity: str = "channel",
-    kind: str = "logit",
-    mass: float = 0.8,
-    min_depth: float = 0.25,
-    max_depth: float = 0.75,
-    min_units: int = 8,
-    max_instances: int = 512,
-    device: str = "auto",
-    batch_size: int = 64,
-    json_path: Path | None = None,
-    size: tuple[int, int] | None = None,
-    blur: float | None = None,
-    recipe: Path | None = None,
-    skip_bad: bool = False,
-    class_names: str | None = None,
+def layers(
+    model: ModelOpt,
+    data: ScoredDataOpt = None,
+    weights: WeightsOpt = None,
+    trust_pickle: TrustPickleOpt = False,
+    scored: LayersOpt = None,
+    granularity: GranularityOpt = "channel",
+    kind: KindOpt = "logit",
+    mass: MassOpt = 0.8,
+    min_depth: MinDepthOpt = 0.25,
+    max_depth: MaxDepthOpt = 0.75,
+    min_units: MinUnitsOpt = 8,
+    max_instances: MaxInstancesOpt = 512,
+    device: DeviceOpt = "auto",
+    batch_size: BatchOpt = 64,
+    json_path: JsonOpt = None,
+    size: SizeOpt = None,
+    blur: BlurOpt = None,
+    recipe: RecipeOpt = None,
+    skip_bad: SkipBadOpt = False,
+    class_names: ClassNamesOpt = None,
 ) -> None:
+    """List the model's layers; with --data, score how concentrated class influence is and suggest one."""
     from essence.core.analyses.layer_choice import suggest_layer
-    from essence.core.engine.slices import layer_names
 
-    check_granularity_option(granularity)
     if data is None:
-        loaded = load_model_spec(model, weights, trust_pickle)
-        typer.echo(f"layers of {loaded.name} (module paths for --layer; pass --data to score them):")
-        for name, module in loaded.module.named_modules():
-            if name:
-                typer.echo(f"  {name:<32} {type(module).__name__}")
-        write_json(json_path, {"all_layers": layer_names(loaded.module)}, loaded.preprocessing)
+        _list_layers(model, weights, trust_pickle, json_path)
         return
     inputs = load_inputs(
         model, weights, trust_pickle, data, None, need_layer=False,
         size=size, blur=blur, recipe_file=recipe, skip_bad_images=skip_bad, class_names=class_names,
     )  # fmt: skip
-    chosen = [s.strip() for s in layers.split(",") if s.strip()] if layers else None
+    chosen = [s.strip() for s in scored.split(",") if s.strip()] if scored else None
     default = inputs.model.default_layer
     if chosen is not None and default and default not in chosen:
         chosen.append(default)  # the card's slice is always scored beside the ones asked for
@@ -200,6 +226,26 @@ def run_layers(
         batch_size=batch_size,
         device=device,
     )
+    _print_layer_scores(result, default)
+    out = result.to_json()
+    out["default_layer"] = default
+    write_json(json_path, out, inputs.data.preprocessing, inputs.classes)
+
+
+def _list_layers(model: str, weights: Path | None, trust_pickle: bool, json_path: Path | None) -> None:
+    """Every module path of the model, with its type (what ``--layer`` takes)."""
+    from essence.core.engine.slices import layer_names
+
+    loaded = load_model_spec(model, weights, trust_pickle)
+    typer.echo(f"layers of {loaded.name} (module paths for --layer; pass --data to score them):")
+    for name, module in loaded.module.named_modules():
+        if name:
+            typer.echo(f"  {name:<32} {type(module).__name__}")
+    write_json(json_path, {"all_layers": layer_names(loaded.module)}, loaded.preprocessing)
+
+
+def _print_layer_scores(result: LayerSuggestion, default: str | None) -> None:
+    """Each scored layer's concentration of influence and depth, the suggested one and the card's marked."""
     typer.echo(f"all layers: {', '.join(result.all_layers)}")
     typer.echo(f"{'layer':<24}{'output shape':<18}{'units':>6}{'share80':>9}{'gini':>7}{'depth':>7}")
     for s in result.layers:
@@ -210,123 +256,9 @@ def run_layers(
     typer.echo(f"suggested slice: {result.reason}")
     if default:
         typer.echo(f"the model's default slice (its card): {default} — used when --layer is not given")
-    out = result.to_json()
-    out["default_layer"] = default
-    write_json(json_path, out, inputs.data.preprocessing, inputs.classes)
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("explain")
-    def explain_cmd(
-        model: ModelOpt,
-        image: Annotated[Path, typer.Option("--image", help="the image file to explain")],
-        cls: Annotated[str, typer.Option("--class", help="class A, by name or index")],
-        vs: Annotated[str | None, typer.Option("--vs", help="class B: explain why A rather than B")] = None,
-        weights: WeightsOpt = None,
-        trust_pickle: TrustPickleOpt = False,
-        layer: LayerOpt = None,
-        top: Annotated[
-            int, typer.Option("--top", min=1, help="top units to show (positive and negative)")
-        ] = 5,
-        method: Annotated[
-            str, typer.Option("--method", help="unit interpretation: saliency, guided or deconvnet")
-        ] = "saliency",
-        granularity: GranularityOpt = "channel",
-        kind: Annotated[str, typer.Option("--kind", help="class score: logit or prob")] = "logit",
-        size: SizeOpt = None,
-        recipe: RecipeOpt = None,
-        convert_mode: Annotated[
-            bool, typer.Option("--convert-mode", help="convert a greyscale/colour image to the model's mode")
-        ] = False,
-        device: DeviceOpt = "auto",
-        out: Annotated[Path | None, typer.Option("--out", help="write a PNG panel to this path")] = None,
-        json_path: JsonOpt = None,
-        blur: BlurOpt = None,
-        class_names: ClassNamesOpt = None,
-    ) -> None:
-        """Why the model gives one image class A (or A rather than B): top units and what they look at."""
-        if method not in ("saliency", "guided", "deconvnet"):
-            raise SpecError(f"--method {method!r}: use saliency, guided or deconvnet")
-        run_explain(
-            model,
-            image,
-            cls,
-            vs=vs,
-            weights=weights,
-            trust_pickle=trust_pickle,
-            layer=layer,
-            top=top,
-            method=method,
-            granularity=granularity,
-            kind=kind,
-            size=size,
-            recipe_file=recipe,
-            convert_mode=convert_mode,
-            device=device,
-            out=out,
-            json_path=json_path,
-            blur=blur,
-            class_names=class_names,
-        )
-
-    @app.command("layers")
-    def layers_cmd(
-        model: ModelOpt,
-        data: Annotated[
-            str | None, typer.Option("--data", "-d", help="data to score layers on (omit to only list them)")
-        ] = None,
-        weights: WeightsOpt = None,
-        trust_pickle: TrustPickleOpt = False,
-        layers: Annotated[
-            str | None,
-            typer.Option("--layers", help="comma-separated layers to score (default: top-level blocks)"),
-        ] = None,
-        granularity: GranularityOpt = "channel",
-        kind: Annotated[str, typer.Option("--kind", help="class score: logit or prob")] = "logit",
-        mass: Annotated[
-            float, typer.Option("--mass", help="share of |influence| counted (0.8: share80)")
-        ] = 0.8,
-        min_depth: Annotated[
-            float, typer.Option("--min-depth", help="eligible depth window, lower end")
-        ] = 0.25,
-        max_depth: Annotated[
-            float, typer.Option("--max-depth", help="eligible depth window, upper end")
-        ] = 0.75,
-        min_units: Annotated[int, typer.Option("--min-units", help="fewest units of an eligible layer")] = 8,
-        max_instances: Annotated[
-            int, typer.Option("--max-instances", help="score on a seeded sample of this many (0: all)")
-        ] = 512,
-        device: DeviceOpt = "auto",
-        batch_size: BatchOpt = 64,
-        json_path: JsonOpt = None,
-        size: SizeOpt = None,
-        blur: BlurOpt = None,
-        recipe: RecipeOpt = None,
-        skip_bad: SkipBadOpt = False,
-        class_names: ClassNamesOpt = None,
-    ) -> None:
-        """List the model's layers; with --data, score how concentrated class influence is and suggest one."""
-        if kind not in ("logit", "prob"):
-            raise SpecError(f"--kind {kind!r}: use logit or prob")
-        run_layers(
-            model,
-            data,
-            weights=weights,
-            trust_pickle=trust_pickle,
-            layers=layers,
-            granularity=granularity,
-            kind=kind,
-            mass=mass,
-            min_depth=min_depth,
-            max_depth=max_depth,
-            min_units=min_units,
-            max_instances=max_instances,
-            device=device,
-            batch_size=batch_size,
-            json_path=json_path,
-            size=size,
-            blur=blur,
-            recipe=recipe,
-            skip_bad=skip_bad,
-            class_names=class_names,
-        )
+    """Add ``explain`` and ``layers`` to the root app."""
+    app.command("explain")(explain)
+    app.command("layers")(layers)

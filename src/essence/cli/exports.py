@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from essence.cli.output import write_text_file
+from essence.core.base.errors import SpecError
 
 if TYPE_CHECKING:  # core's exports (NumPy) are imported where they are used, not by ``--help``
     from essence.core.analyses.diagnosis.results import Diagnosis
@@ -34,12 +35,16 @@ def check_export(paths: list[Path] | None, per_instance: bool) -> None:
     """Refuse an export name that names no format, before any computation.
 
     Raises:
-        SpecError: naming the formats this command writes.
+        SpecError: naming the option, the path and the formats this command writes.
     """
     from essence.core.analyses.exports import TABLE_FORMATS, export_format
 
     for path in paths or []:
-        export_format(path, (*TABLE_FORMATS, "fiftyone", "cleanlab") if per_instance else TABLE_FORMATS)
+        try:
+            export_format(path, (*TABLE_FORMATS, "fiftyone", "cleanlab") if per_instance else TABLE_FORMATS)
+        except SpecError as exc:  # core speaks of an export path; here it is the option's value
+            fix = str(exc).rsplit(": ", 1)[-1]  # the path may hold ": "; the list of formats does not
+            raise SpecError(f"--export {path}: {fix}") from exc
 
 
 def write_triage_export(

@@ -2,50 +2,33 @@
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING
 
 import typer
 
-from essence.cli.common import (
+from essence.cli.common import Inputs, progress_bar
+from essence.cli.options import (
+    AllowEmptyOpt,
     BatchOpt,
-    BlurOpt,
-    ClassNamesOpt,
-    DataOpt,
     DeviceOpt,
     GranularityOpt,
-    Inputs,
+    InputOptions,
     JsonOpt,
-    LayerOpt,
-    ModelOpt,
+    KindOpt,
     NoCacheOpt,
-    RecipeOpt,
-    SizeOpt,
-    SkipBadOpt,
     StoreOpt,
-    TrustPickleOpt,
-    WeightsOpt,
-    check_granularity_option,
-    load_inputs,
-    progress_bar,
+    as_args,
+    with_option_groups,
 )
 from essence.cli.output import write_json
-from essence.core.base.errors import SpecError
 
 if TYPE_CHECKING:  # the engine is imported where it runs: ``essence profile --help`` needs no PyTorch
     from essence.core.analyses.profiles import ClassProfiles
+    from essence.core.engine.activation_source import ActivationSource
     from essence.core.engine.quantities import Kind
-
-# The options ``profile`` and ``precompute`` share beyond those of every command (see ``common``).
-KindOpt = Annotated[str, typer.Option("--kind", help="class score differentiated: logit or prob")]
-AllowEmptyOpt = Annotated[
-    bool, typer.Option("--allow-empty", help="keep classes with no instances (NaN rows)")
-]
 
 
 def command_line() -> str:
@@ -97,7 +80,7 @@ def compute_profiles(
     """
     from essence.core.analyses.profiles import class_profiles
 
-    def compute() -> ClassProfiles:
+    def compute(activations: ActivationSource | None = None) -> ClassProfiles:
         with progress_bar(f"profiles at {inputs.layer}") as bar:
             return class_profiles(
                 inputs.model.module,
@@ -105,37 +88,59 @@ def compute_profiles(
                 inputs.layer,
                 granularity=granularity,  # type: ignore[arg-type]
                 kind=kind,
-                class_names=inputs.model.class_names or inputs.data.class_names,
+                class_names=list(inputs.classes.names),
                 allow_empty=allow_empty,
                 keep_instances=keep_instances,
                 batch_size=batch_size,
                 device=device,
                 progress=bar,
+                activations=activations,
             )
 
     if no_cache:
         return compute()
     from essence.core.base.devices import resolve_device
-    from essence.core.engine.activation_source import set_default_slices
     from essence.storage import RunInfo, Store
 
     with Store.open(store) as opened:
+        source = opened.slice_source(inputs.model, inputs.data)  # the first pass at the slice stores its z
         profiles = opened.cached_profiles(
             inputs.model,
             inputs.data,
             inputs.layer,
             granularity,
             kind,
-            compute,
+            lambda: compute(source),
             keep_instances=keep_instances,
             refresh=refresh,
             run_info=RunInfo(command=command_line(), device=resolve_device(device).type),
+            activations=source,
         )
-        # The rest of this command (a sweep, the diagnosis) reads the slice's stored z too (docs/store.md).
-        set_default_slices(opened.slice_source(inputs.model, inputs.data))
     if profiles.cached and not allow_empty:
         check_no_empty_class(profiles)  # stored by a run that allowed them; this one does not
     return profiles
+
+
+def stored_activations(inputs: Inputs, store: str | None, no_cache: bool = False) -> ActivationSource | None:
+    """The store's source of the stored z of ``inputs``' model and data, for the analyses that follow the profiles.
+
+    A sweep or a diagnosis after :func:`compute_profiles` reads the slice's z from the store instead of running
+    the layers below it (docs/store.md); pass the source as their ``activations=``.
+
+    Args:
+        inputs: the model, data and slice.
+        store: the store's path or URL (default: ``$ESSENCE_HOME/essence.sqlite``).
+        no_cache: the command bypasses the store: no source (``None``).
+
+    Raises:
+        StoreError: the store cannot be opened.
+    """
+    if no_cache:
+        return None
+    from essence.storage import Store
+
+    with Store.open(store) as opened:
+        return opened.slice_source(inputs.model, inputs.data)  # it reads the slice folder, not the database
 
 
 def print_summary(p: ClassProfiles, seconds: float, top: int = 5, stored: bool = False) -> None:
@@ -161,73 +166,28 @@ def print_summary(p: ClassProfiles, seconds: float, top: int = 5, stored: bool =
 class ProfileRequest:
     """What ``profile`` and ``precompute`` are asked for on the command line (the same options for both)."""
 
-    model: str
-    data: str
-    weights: Path | None = None
-    trust_pickle: bool = False
-    layer: str | None = None
-    granularity: str = "channel"
-    kind: str = "logit"
-    device: str = "auto"
-    batch_size: int = 64
-    json_path: Path | None = None
-    store: str | None = None
-    allow_empty: bool = False
-    size: tuple[int, int] | None = None
-    blur: float | None = None
-    recipe: Path | None = None
-    skip_bad: bool = False
-    class_names: str | None = None
-
-    @classmethod
-    def from_options(cls, options: Mapping[str, object]) -> ProfileRequest:
-        """The request out of a command's options (its ``locals()``): the fields by name, the rest ignored."""
-        return cls(**{f.name: options[f.name] for f in dataclasses.fields(cls)})  # type: ignore[arg-type]
-
-    def check(self) -> None:
-        """Refuse an unknown granularity or quantity kind before anything is loaded."""
-        check_granularity_option(self.granularity)
-        if self.kind not in ("logit", "prob"):
-            raise SpecError(f"--kind {self.kind!r} is not known: use logit or prob")
+    inputs: InputOptions
+    granularity: GranularityOpt = "channel"
+    kind: KindOpt = "logit"
+    device: DeviceOpt = "auto"
+    batch_size: BatchOpt = 64
+    json_path: JsonOpt = None
+    store: StoreOpt = None
+    allow_empty: AllowEmptyOpt = False
 
     def load(self) -> Inputs:
         """The model, data and slice, loaded and cross-checked."""
-        return load_inputs(
-            self.model,
-            self.weights,
-            self.trust_pickle,
-            self.data,
-            self.layer,
-            size=self.size,
-            blur=self.blur,
-            recipe_file=self.recipe,
-            skip_bad_images=self.skip_bad,
-            batch_size=self.batch_size,
-            class_names=self.class_names,
-        )
+        return self.inputs.load(batch_size=self.batch_size)
 
     def to_args(self) -> list[str]:
         """The command-line options that reproduce this request (for the processes of a sharded run)."""
-        args = ["--model", self.model, "--data", self.data, "--granularity", self.granularity]
-        args += ["--kind", self.kind, "--device", self.device, "--batch-size", str(self.batch_size)]
-        optional = {"--weights": self.weights, "--layer": self.layer, "--json": self.json_path}
-        optional |= {"--store": self.store, "--blur-sigma": self.blur, "--preprocessing": self.recipe}
-        optional |= {"--class-names": self.class_names}
-        for flag, value in optional.items():
-            if value is not None:
-                args += [flag, str(value)]
-        if self.size is not None:
-            args += ["--size", str(self.size[0]), str(self.size[1])]
-        flags = {"--trust-pickle": self.trust_pickle, "--allow-empty": self.allow_empty}
-        flags["--skip-bad-images"] = self.skip_bad
-        return args + [flag for flag, on in flags.items() if on]
+        return as_args(self)
 
 
 def run_profiles(
     request: ProfileRequest, *, no_cache: bool = False, refresh: bool = False, keep_instances: bool = False
 ) -> None:
     """Load the inputs, get the profiles through the store, print a summary and write the JSON."""
-    request.check()
     inputs = request.load()
     import essence.storage  # noqa: F401  # imported before the clock starts: the time printed is the store's alone
 
@@ -248,27 +208,12 @@ def run_profiles(
     write_json(request.json_path, profiles.to_json(), inputs.data.preprocessing, inputs.classes)
 
 
+@with_option_groups
+def profile(request: ProfileRequest, no_cache: NoCacheOpt = False) -> None:
+    """Every class's influence profile at a slice (q = the class's score, P = its instances)."""
+    run_profiles(request, no_cache=no_cache)
+
+
 def register(app: typer.Typer) -> None:
-    @app.command("profile")
-    def profile(
-        model: ModelOpt,
-        data: DataOpt,
-        weights: WeightsOpt = None,
-        trust_pickle: TrustPickleOpt = False,
-        layer: LayerOpt = None,
-        granularity: GranularityOpt = "channel",
-        kind: KindOpt = "logit",
-        device: DeviceOpt = "auto",
-        batch_size: BatchOpt = 64,
-        json_path: JsonOpt = None,
-        store: StoreOpt = None,
-        no_cache: NoCacheOpt = False,
-        allow_empty: AllowEmptyOpt = False,
-        size: SizeOpt = None,
-        blur: BlurOpt = None,
-        recipe: RecipeOpt = None,
-        skip_bad: SkipBadOpt = False,
-        class_names: ClassNamesOpt = None,
-    ) -> None:
-        """Every class's influence profile at a slice (q = the class's score, P = its instances)."""
-        run_profiles(ProfileRequest.from_options(locals()), no_cache=no_cache)
+    """Add ``profile`` to the root app (``precompute``, its twin, is the store's: :mod:`essence.cli.store`)."""
+    app.command("profile")(profile)

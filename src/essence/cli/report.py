@@ -3,104 +3,96 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from essence.cli.common import (
-    BlurOpt,
-    ClassNamesOpt,
-    DataOpt,
-    DeviceOpt,
-    LayerOpt,
-    ModelOpt,
-    RecipeOpt,
-    SizeOpt,
-    SkipBadOpt,
-    StoreOpt,
-    TrustPickleOpt,
-    WeightsOpt,
-    load_inputs,
-    progress_bar,
-    write_text_file,
-)
+from essence.cli.common import progress_bar
+from essence.cli.options import DeviceOpt, InputOptions, StoreOpt, with_option_groups
+from essence.cli.output import write_text_file
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from essence.cli.common import Inputs
+    from essence.core.analyses.profiles import ClassProfiles
+    from essence.storage import Store
 
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="the HTML file to write")]
 
 
+@with_option_groups
+def report(inputs: InputOptions, out: OutOpt, store: StoreOpt = None, device: DeviceOpt = "auto") -> None:
+    """Write the review report: model, preprocessing recipe, diagnosis, reviewed cases and verdicts."""
+    import dataclasses
+
+    from essence.app.report import review_report
+    from essence.core.analyses.diagnosis.verdict import diagnose
+    from essence.storage import Store
+
+    loaded = inputs.load()
+    with Store.open(store) as opened:
+        profiles = _profiles(opened, loaded, device)
+        # The recipe as applied to the data: the model's, with --size and a DICOM window step on top.
+        recipe = loaded.data.preprocessing.describe()
+        diag = diagnose(
+            loaded.model.module,
+            loaded.data,
+            loaded.layer,
+            profiles=profiles,
+            preprocessing=recipe,
+            device=device,
+        )
+        shown = dataclasses.replace(loaded.model, preprocessing=loaded.data.preprocessing)
+        text = review_report(shown, loaded.data, loaded.layer, diag, opened, predicted=_predictions(loaded))
+        reviewed = len(opened.latest_verdicts(loaded.data.fingerprint))
+    write_text_file(out, text, "--out")  # atomic; links and special files written through, modes kept
+    typer.echo(f"wrote {out}: {loaded.model.name} on {loaded.data.spec}, {reviewed} reviewed cases")
+
+
+def _profiles(opened: Store, loaded: Inputs, device: str) -> ClassProfiles:
+    """The class profiles the diagnosis reads (channel, logit), through the store."""
+    from essence.core.analyses.profiles import class_profiles
+    from essence.storage import RunInfo
+
+    names = list(loaded.classes.names)
+    source = opened.slice_source(loaded.model, loaded.data)  # the first pass at the slice stores its z
+    with progress_bar(f"class profiles at {loaded.layer}") as bar:
+        return opened.cached_profiles(
+            loaded.model,
+            loaded.data,
+            loaded.layer,
+            "channel",
+            "logit",
+            lambda: class_profiles(
+                loaded.model.module,
+                loaded.data,
+                loaded.layer,
+                class_names=names,
+                allow_empty=True,
+                device=device,
+                progress=bar,  # type: ignore[arg-type]
+                activations=source,
+            ),
+            run_info=RunInfo(command="essence report", device=device),
+            activations=source,
+        )
+
+
+def _predictions(loaded: Inputs) -> np.ndarray:
+    """The model's predicted class of every instance."""
+    import numpy as np
+    import torch
+
+    from essence.core.engine.slices import inference_state
+
+    predicted = []
+    with inference_state(loaded.model.module), torch.no_grad():
+        for x, _, _ in loaded.data.batches(256):
+            predicted.append(loaded.model.module(x).argmax(1).numpy())
+    return np.concatenate(predicted)
+
+
 def register(app: typer.Typer) -> None:
     """Add ``report`` to the root app."""
-
-    @app.command("report")
-    def report(
-        model: ModelOpt,
-        data: DataOpt,
-        out: OutOpt,
-        weights: WeightsOpt = None,
-        trust_pickle: TrustPickleOpt = False,
-        layer: LayerOpt = None,
-        store: StoreOpt = None,
-        device: DeviceOpt = "auto",
-        size: SizeOpt = None,
-        blur: BlurOpt = None,
-        recipe: RecipeOpt = None,
-        skip_bad: SkipBadOpt = False,
-        class_names: ClassNamesOpt = None,
-    ) -> None:
-        """Write the review report: model, preprocessing recipe, diagnosis, reviewed cases and verdicts."""
-        import dataclasses
-
-        import numpy as np
-        import torch
-
-        from essence.app.report import review_report
-        from essence.core.analyses.diagnosis.verdict import diagnose
-        from essence.core.analyses.profiles import class_profiles
-        from essence.core.engine.slices import inference_state
-        from essence.storage import RunInfo, Store
-
-        inputs = load_inputs(
-            model, weights, trust_pickle, data, layer,
-            size=size, blur=blur, recipe_file=recipe, skip_bad_images=skip_bad, class_names=class_names,
-        )  # fmt: skip
-        names = list(inputs.classes.names)
-        with Store.open(store) as opened:
-            with progress_bar(f"class profiles at {inputs.layer}") as bar:
-                profiles = opened.cached_profiles(
-                    inputs.model,
-                    inputs.data,
-                    inputs.layer,
-                    "channel",
-                    "logit",
-                    lambda: class_profiles(
-                        inputs.model.module,
-                        inputs.data,
-                        inputs.layer,
-                        class_names=names,
-                        allow_empty=True,
-                        device=device,
-                        progress=bar,  # type: ignore[arg-type]
-                    ),
-                    run_info=RunInfo(command="essence report", device=device),
-                )
-            # The recipe as applied to the data: the model's, with --size and a DICOM window step on top.
-            recipe = inputs.data.preprocessing.describe()
-            diag = diagnose(
-                inputs.model.module,
-                inputs.data,
-                inputs.layer,
-                profiles=profiles,
-                preprocessing=recipe,
-                device=device,
-            )
-            predicted = []
-            with inference_state(inputs.model.module), torch.no_grad():
-                for x, _, _ in inputs.data.batches(256):
-                    predicted.append(inputs.model.module(x).argmax(1).numpy())
-            shown = dataclasses.replace(inputs.model, preprocessing=inputs.data.preprocessing)
-            text = review_report(
-                shown, inputs.data, inputs.layer, diag, opened, predicted=np.concatenate(predicted)
-            )
-            reviewed = len(opened.latest_verdicts(inputs.data.fingerprint))
-        write_text_file(out, text, "--out")  # atomic; links and special files written through, modes kept
-        typer.echo(f"wrote {out}: {inputs.model.name} on {inputs.data.spec}, {reviewed} reviewed cases")
+    app.command("report")(report)

@@ -49,7 +49,6 @@ def precompute(request: ProfileRequest, *, force: bool, instances: bool, nproc: 
             "--instances cannot be sharded (each process keeps only its own instances' vectors): run "
             "precompute --instances without --distributed or torchrun"
         )
-    request.check()
     if DistEnv.from_environ() is None:
         _launch(nproc, request.to_args() + (["--force"] if force else []))
     else:
@@ -73,7 +72,7 @@ def run_process(request: ProfileRequest, *, force: bool) -> None:
 
     inputs = request.load()
     granularity, kind, device, store = request.granularity, request.kind, request.device, request.store
-    names = inputs.model.class_names or inputs.data.class_names
+    names = list(inputs.classes.names)
     with process_group(device) as env:
         key = ProfileKey.for_profiles(inputs.model, inputs.data, inputs.layer, granularity, kind)
         hit: ClassProfiles | None = None

@@ -9,25 +9,9 @@ from typing import Annotated
 
 import typer
 
-from essence.cli.common import (
-    BatchOpt,
-    BlurOpt,
-    ClassNamesOpt,
-    DataOpt,
-    DeviceOpt,
-    GranularityOpt,
-    JsonOpt,
-    LayerOpt,
-    ModelOpt,
-    RecipeOpt,
-    SizeOpt,
-    SkipBadOpt,
-    StoreOpt,
-    TrustPickleOpt,
-    WeightsOpt,
-)
+from essence.cli.options import JsonOpt, StoreOpt, with_option_groups
 from essence.cli.output import write_json, write_text_file
-from essence.cli.profile import AllowEmptyOpt, KindOpt, ProfileRequest, run_profiles
+from essence.cli.profile import ProfileRequest, run_profiles
 from essence.core.base.errors import SpecError
 
 VerdictsOpt = Annotated[
@@ -41,6 +25,32 @@ VerdictsOpt = Annotated[
 ProfilesOpt = Annotated[
     Path | None, typer.Option("--profiles", help="write every cached profile as JSON into folder DIR")
 ]
+DatasetOpt = Annotated[str | None, typer.Option("--dataset", help="only this dataset fingerprint")]
+OlderThanOpt = Annotated[
+    float | None, typer.Option("--older-than", min=0, help="remove cached profiles older than DAYS")
+]
+ModelFingerprintOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model", help="remove cached profiles of this model fingerprint (see `essence store info`)"
+    ),
+]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="say what would be removed, remove nothing")]
+SlicesOpt = Annotated[
+    bool,
+    typer.Option("--slices", help="remove every stored slice (z kept for follow-up questions; recomputed)"),
+]
+ForceOpt = Annotated[bool, typer.Option("--force", help="recompute and replace what the store holds")]
+InstancesOpt = Annotated[
+    bool, typer.Option("--instances", help="also store each instance's vector and outputs (for triage)")
+]
+DistributedOpt = Annotated[
+    bool,
+    typer.Option(
+        "--distributed", help="shard the data over --nproc local processes (torch.distributed, gloo)"
+    ),
+]
+NprocOpt = Annotated[int, typer.Option("--nproc", min=1, help="processes with --distributed")]
 
 
 def _size(n: int | None) -> str:
@@ -151,87 +161,61 @@ def prune(
         typer.echo("(no --older-than, --model or --slices given: only unreferenced blobs are removed)")
 
 
+def info_cmd(store: StoreOpt = None, json_path: JsonOpt = None) -> None:
+    """Where the store is, its schema version, what it holds, and the recent runs."""
+    info(store, json_path)
+
+
+def export_cmd(
+    verdicts: VerdictsOpt = None,
+    profiles: ProfilesOpt = None,
+    dataset: DatasetOpt = None,
+    store: StoreOpt = None,
+) -> None:
+    """Export review verdicts (CSV or JSON, full history) and/or cached profiles (JSON files)."""
+    export(store, verdicts, profiles, dataset)
+
+
+def prune_cmd(
+    older_than: OlderThanOpt = None,
+    model_fp: ModelFingerprintOpt = None,
+    dry_run: DryRunOpt = False,
+    slices: SlicesOpt = False,
+    store: StoreOpt = None,
+) -> None:
+    """Remove cached profiles (never verdicts) and stored slices by age (slices: last use) and/or model,
+    and unreferenced matrix files."""
+    prune(store, older_than, model_fp, dry_run, slices)
+
+
+@with_option_groups
+def precompute(
+    request: ProfileRequest,
+    force: ForceOpt = False,
+    instances: InstancesOpt = False,
+    distributed: DistributedOpt = False,
+    nproc: NprocOpt = 2,
+) -> None:
+    """Compute class profiles into the store (with a progress bar) so later questions are instant.
+
+    Also runs sharded: under ``torchrun --nproc-per-node N -m essence.cli precompute ...`` or with
+    ``--distributed --nproc N`` (see docs/scale.md).
+    """
+    from essence.cli import shard
+
+    if shard.wants_shards(distributed):
+        shard.precompute(request, force=force, instances=instances, nproc=nproc)
+        return
+    run_profiles(request, refresh=force, keep_instances=instances)
+
+
 def register(app: typer.Typer) -> None:
     """Add ``store info|export|prune`` and ``precompute`` to the root app."""
     store_app = typer.Typer(
         help="The store of cached profiles, runs and review verdicts.", no_args_is_help=True
     )
+    store_app.command("info")(info_cmd)
+    store_app.command("export")(export_cmd)
+    store_app.command("prune")(prune_cmd)
     app.add_typer(store_app, name="store")
-
-    @store_app.command("info")
-    def info_cmd(store: StoreOpt = None, json_path: JsonOpt = None) -> None:
-        """Where the store is, its schema version, what it holds, and the recent runs."""
-        info(store, json_path)
-
-    @store_app.command("export")
-    def export_cmd(
-        verdicts: VerdictsOpt = None,
-        profiles: ProfilesOpt = None,
-        dataset: str | None = typer.Option(None, "--dataset", help="only this dataset fingerprint"),
-        store: StoreOpt = None,
-    ) -> None:
-        """Export review verdicts (CSV or JSON, full history) and/or cached profiles (JSON files)."""
-        export(store, verdicts, profiles, dataset)
-
-    @store_app.command("prune")
-    def prune_cmd(
-        older_than: float | None = typer.Option(
-            None, "--older-than", min=0, help="remove cached profiles older than DAYS"
-        ),
-        model_fp: str | None = typer.Option(
-            None,
-            "--model",
-            help="remove cached profiles of this model fingerprint (see `essence store info`)",
-        ),
-        dry_run: bool = typer.Option(False, "--dry-run", help="say what would be removed, remove nothing"),
-        slices: bool = typer.Option(
-            False, "--slices", help="remove every stored slice (z kept for follow-up questions; recomputed)"
-        ),
-        store: StoreOpt = None,
-    ) -> None:
-        """Remove cached profiles (never verdicts) and stored slices by age (slices: last use) and/or model,
-        and unreferenced matrix files."""
-        prune(store, older_than, model_fp, dry_run, slices)
-
-    @app.command("precompute")
-    def precompute(
-        model: ModelOpt,
-        data: DataOpt,
-        weights: WeightsOpt = None,
-        trust_pickle: TrustPickleOpt = False,
-        layer: LayerOpt = None,
-        granularity: GranularityOpt = "channel",
-        kind: KindOpt = "logit",
-        device: DeviceOpt = "auto",
-        batch_size: BatchOpt = 64,
-        json_path: JsonOpt = None,
-        store: StoreOpt = None,
-        force: bool = typer.Option(False, "--force", help="recompute and replace what the store holds"),
-        instances: bool = typer.Option(
-            False, "--instances", help="also store each instance's vector and outputs (for triage)"
-        ),
-        allow_empty: AllowEmptyOpt = False,
-        size: SizeOpt = None,
-        blur: BlurOpt = None,
-        recipe: RecipeOpt = None,
-        skip_bad: SkipBadOpt = False,
-        class_names: ClassNamesOpt = None,
-        distributed: bool = typer.Option(
-            False,
-            "--distributed",
-            help="shard the data over --nproc local processes (torch.distributed, gloo)",
-        ),
-        nproc: int = typer.Option(2, "--nproc", min=1, help="processes with --distributed"),
-    ) -> None:
-        """Compute class profiles into the store (with a progress bar) so later questions are instant.
-
-        Also runs sharded: under ``torchrun --nproc-per-node N -m essence.cli precompute ...`` or with
-        ``--distributed --nproc N`` (see docs/scale.md).
-        """
-        request = ProfileRequest.from_options(locals())  # first: locals() are the options alone
-        from essence.cli import shard
-
-        if shard.wants_shards(distributed):
-            shard.precompute(request, force=force, instances=instances, nproc=nproc)
-            return
-        run_profiles(request, refresh=force, keep_instances=instances)
+    app.command("precompute")(precompute)

@@ -8,10 +8,10 @@ Limits (:mod:`essence.app.limits`, documented in ``docs/app.md``):
   the zip's own headers, which can lie), at most :data:`MAX_MEMBERS` members; no member may be absolute,
   climb out with ``..`` or be a symbolic link.
 
-DICOM files are kept in Essence's own form only (:func:`deidentify_tree`): before an extracted zip is moved into
-place, every DICOM file in it is rewritten with the pixel data and the few header elements the analyses read,
-and the patient's pseudonym instead of the patient ID; names, birth dates, institutions and every other
-element are not kept, and neither is the uploaded zip. Removing an upload (:func:`remove_files`) deletes its
+DICOM files are kept in Essence's own form only (:func:`~essence.app.upload_contents.deidentify_tree`): before an
+extracted zip is moved into place, every DICOM file in it is rewritten with the pixel data and the few header
+elements the analyses read, and the patient's pseudonym instead of the patient ID; names, birth dates,
+institutions and every other element are not kept, and neither is the uploaded zip. Removing an upload (:func:`remove_files`) deletes its
 folder under :func:`uploads_root`.
 
 Nothing here imports Streamlit: the page calls these and shows their :class:`EssenceError`\\ s.
@@ -35,10 +35,10 @@ from pathlib import Path, PurePosixPath
 
 from essence.app.limits import EXTRACT_LIMIT_MB, MAX_MEMBERS, MB, UPLOAD_LIMIT, UPLOAD_LIMIT_MB
 from essence.app.state import DataChoice, ModelChoice
+from essence.app.upload_contents import dataset_root, deidentify_tree
 from essence.core.base.errors import DataLoadError, ModelLoadError, SpecError, StoreError
 from essence.core.inputs.cards import check_class_names as core_check_class_names
 from essence.core.inputs.datasets import load_dataset
-from essence.core.inputs.formats import IMAGE_SUFFIXES
 from essence.core.inputs.models import load_model
 from essence.core.inputs.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from essence.storage import default_store_path
@@ -51,7 +51,6 @@ TORCHSCRIPT = "Exported program (.pt2 from torch.export, architecture inside the
 ONNX = "ONNX model (.onnx, architecture inside the file)"
 LIBRARY = "A timm or MONAI architecture (name it below)"
 LIBRARY_PREFIXES = ("timm:", "monai:")
-DICOM_SUFFIXES = (".dcm", ".dicom")
 # The folders of uploads under the uploads root, each holding one folder per upload (named by content hash).
 UPLOAD_KINDS = ("datasets", "models")
 
@@ -222,53 +221,11 @@ def _extract(archive: zipfile.ZipFile, members: list, root: Path) -> None:
             ) from exc
 
 
-def dataset_root(root: Path) -> str:
-    """The data spec of an extracted upload: ``csv:FILE`` for a CSV, else ``folder:DIR`` (ImageFolder).
-
-    A single wrapping folder (``mydata/class_a/...``) is stepped into.
-
-    Raises:
-        DataLoadError: neither a CSV nor class folders with images.
-    """
-    here = root
-    while True:
-        entries = [p for p in here.iterdir() if not p.name.startswith(".")]
-        csvs = [p for p in entries if p.suffix.lower() == ".csv"]
-        dirs = [p for p in entries if p.is_dir()]
-        if len(csvs) == 1:
-            return f"{_csv_kind(csvs[0])}:{csvs[0]}"
-        if len(csvs) > 1:
-            raise DataLoadError(
-                f"the zip holds several CSV files ({', '.join(p.name for p in csvs[:3])}): keep one, of path,label"
-            )
-        images = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES]
-        if len(dirs) == 1 and not images:
-            here = dirs[0]
-            continue
-        if dirs:
-            dicom = any(f.suffix.lower() in DICOM_SUFFIXES for d in dirs for f in d.rglob("*"))
-            return f"{'dicom' if dicom else 'folder'}:{here}"
-        raise DataLoadError(
-            "the zip has neither class folders nor a CSV: put each class's images in a folder named after the "
-            "class (ImageFolder), or add a CSV of path,label"
-        )
-
-
-def _csv_kind(path: Path) -> str:
-    """``dicom`` for a CSV listing DICOM files (``path,label`` rows of ``.dcm``), else ``csv``."""
-    try:
-        head = path.read_text(encoding="utf-8", errors="replace").splitlines()[:5]
-    except OSError:
-        return "csv"
-    cells = [line.split(",", 1)[0].strip().lower() for line in head]
-    return "dicom" if any(c.endswith(DICOM_SUFFIXES) for c in cells) else "csv"
-
-
 def dataset_from_zip(
     data: bytes, name: str, preprocessing: Preprocessing | None = None, *, skip_bad_images: bool = False
 ) -> DataChoice:
     """Extract, locate and check an uploaded dataset; its DICOM files are kept in Essence's own form only
-    (:func:`deidentify_tree`), nothing else of them.
+    (:func:`~essence.app.upload_contents.deidentify_tree`), nothing else of them.
 
     Args:
         data, name: the zip's bytes and file name.
@@ -297,44 +254,6 @@ def dataset_from_zip(
     )
     check_class_names(loaded.class_names)
     return DataChoice(label=f"{safe_name(name)} (uploaded)", spec=spec)
-
-
-def deidentify_tree(root: Path, *, skip_bad_images: bool = False) -> None:
-    """Rewrite every DICOM file under ``root`` in Essence's own form, in place (see the module docstring).
-
-    A DICOM file is one named ``.dcm``/``.dicom`` or carrying the ``DICM`` marker. One that cannot be read (its
-    header refused, or not DICOM at all) is emptied, and the loader then leaves it out or refuses it as it
-    would any unreadable image; where the dataset is DICOM and ``skip_bad_images`` is off, the upload is
-    refused at once instead, naming the file.
-
-    Raises:
-        DataLoadError: a DICOM dataset's file that cannot be read (without ``skip_bad_images``).
-    """
-    from essence.core.inputs.dicom_spec import in_own_form, looks_like_dicom, write_deidentified
-
-    try:
-        strict = not skip_bad_images and dataset_root(root).startswith("dicom:")
-    except DataLoadError:
-        strict = False  # no dataset here: the same error comes again, once the folder is in place
-    for path in sorted(root.rglob("*")):
-        if path.is_symlink() or not path.is_file() or not path.stat().st_size or not looks_like_dicom(path):
-            continue
-        if in_own_form(path):  # rewritten already (the same zip uploaded again)
-            continue
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".deid-", suffix=".part")
-        os.close(fd)
-        try:
-            try:
-                write_deidentified(path, Path(tmp))
-            except DataLoadError as exc:
-                if strict:
-                    raise DataLoadError(f"{exc} (or pass --skip-bad-images to leave such files out)") from exc
-                # Nothing of it is kept: the loader finds an empty file, unreadable like any broken image.
-                Path(tmp).write_bytes(b"")
-            os.replace(tmp, path)
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
 
 
 def upload_folder(path: str) -> Path | None:

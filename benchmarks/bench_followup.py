@@ -54,7 +54,8 @@ from essence.core.engine.distributions import WholeDataset  # noqa: E402
 from essence.core.engine.influence import influence  # noqa: E402
 from essence.core.engine.quantities import Comparative  # noqa: E402
 from essence.core.inputs.data import ImageData, hash_arrays  # noqa: E402
-from essence.core.inputs.models import LoadedModel, model_fingerprint  # noqa: E402
+from essence.core.inputs.model_fingerprints import model_fingerprint  # noqa: E402
+from essence.core.inputs.models import LoadedModel  # noqa: E402
 from essence.core.inputs.preprocessing import Preprocessing  # noqa: E402
 from essence.storage import Store  # noqa: E402
 
@@ -139,14 +140,14 @@ def main() -> None:
             slice_source.ELEMENTS_PER_PASS = keep
 
     def content_check() -> object:
-        from essence.storage.activations import SliceKey, _check_file, _checked_manifest
+        from essence.storage.activation_manifest import SliceKey, check_file, checked_manifest
 
         with Store.open(store_path) as store:
             key = SliceKey.of(model, data, LAYER)
             slice_folder = store.slice_files.folder(key)
-            manifest = _checked_manifest(slice_folder, key)
+            manifest = checked_manifest(slice_folder, key)
             for name, facts in manifest["files"].items():
-                _check_file(slice_folder / name, facts)
+                check_file(slice_folder / name, facts)
         return manifest
 
     routes: dict[str, Callable[[], object]] = {

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from essence.core.base.errors import SpecError
 from essence.core.inputs.data import ImageData, hash_arrays
-from essence.core.inputs.models import LoadedModel, model_fingerprint
+from essence.core.inputs.model_fingerprints import model_fingerprint
+from essence.core.inputs.models import LoadedModel
 from essence.core.inputs.preprocessing import Preprocessing
 from essence.core.inputs.specs import DataRequest, ModelRequest, register_data_spec, register_model_spec
 

@@ -12,10 +12,11 @@ map, one batch at a time: memory stays O(batch)), ``labels.npy`` ``[N]``, ``outp
 name and renamed into place once complete and flushed, so a crash leaves at most a temporary folder (removed
 by ``prune``); a reader never sees half a slice. On reading, each file's size and header are checked and g is
 run on a few stored z, which must give the stored outputs: a stale or foreign z is recomputed, never served.
-Before that, every file is checked to be byte for byte what was written: a regular file (no link) of the
-recorded size whose SHA-256, streamed over the whole file, is the one in ``slice.json``; a damaged slice —
-a changed row, rotated labels, a zeroed block, a link to another file, a manifest of another shape — is named
-in one warning, removed and recomputed by the question that found it (docs/store.md gives the cost).
+Before that, every file is checked to be byte for byte what was written (:mod:`essence.storage.activation_manifest`:
+a regular file, no link, of the recorded size whose SHA-256, streamed over the whole file, is the one in
+``slice.json``); a damaged slice — a changed row, rotated labels, a zeroed block, a link to another file, a
+manifest of another shape — is named in one warning, removed and recomputed by the question that found it
+(docs/store.md gives the cost).
 
 Size: at most :func:`slice_limit_bytes` in all (``ESSENCE_SLICE_CACHE_MB``, default
 :data:`DEFAULT_LIMIT_MB`; ``0`` turns stored slices off). A new slice makes room by removing the least
@@ -26,18 +27,16 @@ folder for slices; a database server's store keeps none.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
 import shutil
-import stat
 import time
 import uuid
 import warnings
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +49,17 @@ from essence.core.engine.activation_source import StoredSlice, open_stored_slice
 from essence.core.engine.slices import Layout
 from essence.core.inputs.data import ImageData
 from essence.core.inputs.models import LoadedModel
+from essence.storage.activation_manifest import (
+    MANIFEST,
+    SliceKey,
+    check_file,
+    checked_manifest,
+    write_manifest,
+)
 from essence.storage.matrices import ORPHAN_GRACE_S
-from essence.storage.records import ENGINE_VERSION
 
 LIMIT_ENV = "ESSENCE_SLICE_CACHE_MB"
 DEFAULT_LIMIT_MB = 4096
-MANIFEST = "slice.json"
 _TMP = ".tmp-"
 
 
@@ -75,27 +79,6 @@ def slice_limit_bytes() -> int:
     if not (mb >= 0 and math.isfinite(mb)):
         raise StoreError(f"{LIMIT_ENV}={text!r}: give a size in MB ≥ 0 (0 turns stored slices off)")
     return int(mb * (1 << 20))
-
-
-@dataclass(frozen=True)
-class SliceKey:
-    """What z depends on: the model, the images, their preprocessing and the layer (not the question)."""
-
-    model_fp: str
-    dataset_fp: str
-    preprocessing_fp: str
-    layer: str
-    engine_version: int = ENGINE_VERSION
-
-    def digest(self) -> str:
-        """SHA-256 (hex) of the key's canonical JSON: the slice's folder name."""
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
-
-    @classmethod
-    def of(cls, model: LoadedModel, data: ImageData, layer: str) -> SliceKey:
-        return cls(
-            model.fingerprint, data.fingerprint, data.preprocessing.fingerprint(), layer, ENGINE_VERSION
-        )
 
 
 @dataclass(frozen=True)
@@ -170,22 +153,7 @@ class SliceWriter:
         del self._z
         np.save(self.folder / "labels.npy", np.concatenate(self._labels))
         np.save(self.folder / "outputs.npy", np.concatenate(self._outputs))
-        files = {}
-        for name in ("z.npy", "labels.npy", "outputs.npy"):
-            path = self.folder / name
-            with open(path, "rb+") as f:
-                os.fsync(f.fileno())
-            files[name] = {"bytes": path.stat().st_size, "sha256": _file_sha256(path)}
-        manifest = {
-            "key": asdict(key),
-            "num_instances": self.n,
-            "z_shape": z_shape,
-            "dtype": dtype,
-            "layout": self.layout,
-            "files": files,
-            "created_at": time.time(),
-        }
-        (self.folder / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        write_manifest(self.folder, key, self.n, z_shape, dtype, self.layout)
 
 
 class SliceFiles:
@@ -233,9 +201,9 @@ class SliceFiles:
         if not os.path.lexists(folder):
             return None
         try:
-            m = _checked_manifest(folder, key)
+            m = checked_manifest(folder, key)
             for name, facts in m["files"].items():
-                _check_file(folder / name, facts)
+                check_file(folder / name, facts)
             z = np.load(folder / "z.npy", mmap_mode="c", allow_pickle=False)  # copy-on-write: never changed
             labels = np.load(folder / "labels.npy", allow_pickle=False)
             outputs = np.load(folder / "outputs.npy", allow_pickle=False)
@@ -460,61 +428,6 @@ class StoredSliceWarning(UserWarning):
     """A stored slice was damaged (changed, truncated, linked elsewhere) and is being recomputed."""
 
 
-SLICE_FILES = ("z.npy", "labels.npy", "outputs.npy")
-
-
-def _checked_manifest(folder: Path, key: SliceKey) -> dict[str, Any]:
-    """The slice's manifest, checked for the shape :meth:`SliceWriter.finish` writes.
-
-    Raises:
-        StoreError: missing, not JSON, or of another shape (each named).
-    """
-    path = folder / MANIFEST
-    if folder.is_symlink() or path.is_symlink():
-        raise StoreError("it is a symbolic link, not the folder the store wrote")
-    try:
-        m = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise StoreError(f"its manifest cannot be read: {exc}") from exc
-    if not isinstance(m, dict) or not isinstance(m.get("key"), dict):
-        raise StoreError("its manifest is not an object with a key")
-    if SliceKey(**m["key"]) != key:
-        raise StoreError("its manifest names another key")
-    n, shape, files = m.get("num_instances"), m.get("z_shape"), m.get("files")
-    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-        raise StoreError("its manifest's num_instances is not a count")
-    if not isinstance(shape, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape
-    ):
-        raise StoreError("its manifest's z_shape is not a list of sizes")
-    if not isinstance(files, dict) or sorted(files) != sorted(SLICE_FILES):
-        raise StoreError(f"its manifest's files are not {', '.join(SLICE_FILES)}")
-    for name, facts in files.items():
-        if (
-            not isinstance(facts, dict)
-            or not isinstance(facts.get("bytes"), int)
-            or not isinstance(facts.get("sha256"), str)
-            or len(facts["sha256"]) != 64
-        ):
-            raise StoreError(f"its manifest records no size and SHA-256 for {name}")
-    return m
-
-
-def _check_file(path: Path, facts: dict[str, Any]) -> None:
-    """A regular file (not a link) of the recorded size and SHA-256, streamed once over the whole file.
-
-    Raises:
-        StoreError: a link, another size, or other bytes.
-    """
-    st = os.lstat(path)
-    if not stat.S_ISREG(st.st_mode):
-        raise StoreError(f"{path.name} is not a regular file (a link or another kind)")
-    if st.st_size != facts["bytes"]:
-        raise StoreError(f"{path.name} has {st.st_size} bytes, not {facts['bytes']}")
-    if _file_sha256(path) != facts["sha256"]:
-        raise StoreError(f"{path.name} is not what was written (its SHA-256 differs)")
-
-
 def _not_stored(key: SliceKey, exc: OSError) -> None:
     warnings.warn(
         f"the slice at {key.layer!r} was not stored ({exc}): follow-ups will run h again", stacklevel=4
@@ -527,14 +440,3 @@ def _folder_bytes(folder: Path) -> int:
         with contextlib.suppress(OSError):
             total += p.stat().st_size
     return total
-
-
-def _file_sha256(path: Path) -> str:
-    """SHA-256 of a file, streamed in 4 MiB blocks through one buffer (memory stays O(1))."""
-    h = hashlib.sha256()
-    buf = bytearray(1 << 22)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buf):
-            h.update(view[:n])
-    return h.hexdigest()

@@ -11,7 +11,8 @@ Three views, in order:
    (:func:`~essence.core.analyses.matching.profile_drift`).
 
 Each side's drowning-expert diagnosis (:func:`~essence.core.analyses.diagnosis.verdict.diagnose`) is added on request, so that
-experts appearing or vanishing between the models are seen.
+experts appearing or vanishing between the models are seen. What changed for one class is a
+:class:`~essence.core.analyses.class_deltas.ClassDelta` (:mod:`essence.core.analyses.class_deltas`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from essence.core.analyses.class_deltas import ClassDelta, delta_of_class, with_diagnosis
 from essence.core.analyses.diagnosis.verdict import Diagnosis, DiagnosisSettings
 from essence.core.analyses.diagnosis.verdict import (
     diagnose as diagnose_model,  # compare_models's flag is named diagnose
@@ -32,10 +34,8 @@ from essence.core.analyses.matching import (
     ActivationMoments,
     Matching,
     MatchMode,
-    ProfileDrift,
     joint_pass,
     match_units,
-    profile_drift,
 )
 from essence.core.analyses.profiles import ClassProfiles, class_profiles
 from essence.core.base.devices import resolve_device
@@ -45,54 +45,8 @@ from essence.core.engine.activation_source import ActivationSource
 from essence.core.engine.quantities import Kind
 from essence.core.engine.slices import Granularity, resolve_layer
 from essence.core.inputs.cards import output_names
-from essence.core.inputs.data import ImageData, class_index, labels_of
-
-
-@dataclass(frozen=True)
-class ClassDelta:
-    """One class, model A against model B.
-
-    ``recall`` is NaN for a class without instances, ``precision`` NaN for a class a model never predicts.
-    ``drift`` compares the class's profiles over matched units (a :class:`~essence.core.analyses.matching.ProfileDrift`).
-    ``diagnosis_a``/``diagnosis_b`` (``"ok"``, ``"drowning experts"``, ...) and ``expert_a``/``expert_b``
-    (whether an expert was found) come from each side's diagnosis, ``None`` when it was not run.
-    """
-
-    name: str
-    support: int
-    recall_a: float
-    recall_b: float
-    precision_a: float
-    precision_b: float
-    predicted_a: int
-    predicted_b: int
-    drift: ProfileDrift = field(default_factory=ProfileDrift)
-    diagnosis_a: str | None = None
-    diagnosis_b: str | None = None
-    expert_a: bool | None = None
-    expert_b: bool | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        def delta(b: float, a: float) -> float | None:
-            return None if not (np.isfinite(a) and np.isfinite(b)) else b - a
-
-        return {
-            "name": self.name,
-            "support": self.support,
-            "recall_a": self.recall_a,
-            "recall_b": self.recall_b,
-            "recall_delta": delta(self.recall_b, self.recall_a),
-            "precision_a": self.precision_a,
-            "precision_b": self.precision_b,
-            "precision_delta": delta(self.precision_b, self.precision_a),
-            "predicted_a": self.predicted_a,
-            "predicted_b": self.predicted_b,
-            "drift": self.drift.to_json(),
-            "diagnosis_a": self.diagnosis_a,
-            "diagnosis_b": self.diagnosis_b,
-            "expert_a": self.expert_a,
-            "expert_b": self.expert_b,
-        }
+from essence.core.inputs.data import ImageData, labels_of
+from essence.core.inputs.labels import class_index
 
 
 def _no_counts(*shape: int) -> torch.Tensor:
@@ -268,7 +222,7 @@ def compare_models(
     )
     out = _behaviour(names, (layer_a, layer_b), names_k, torch.as_tensor(np.array(labels)), preds_a, preds_b)
     classes = [
-        _class_delta(
+        delta_of_class(
             c, names_k[c], out.confusion_a, out.confusion_b, prof_a.mean[c], prof_b.mean[c], matching, top_k
         )
         for c in range(k)
@@ -281,7 +235,7 @@ def compare_models(
     )
     return replace(
         out,
-        classes=[_with_diagnosis(d, c, diag_a, diag_b) for c, d in enumerate(classes)],
+        classes=[with_diagnosis(d, c, diag_a, diag_b) for c, d in enumerate(classes)],
         diagnosis_a=diag_a,
         diagnosis_b=diag_b,
         diagnosis_note="",
@@ -393,37 +347,6 @@ def _num_classes(moments: ActivationMoments, class_names: Sequence[str] | None, 
     return k
 
 
-def _class_delta(
-    c: int,
-    name: str,
-    conf_a: torch.Tensor,
-    conf_b: torch.Tensor,
-    pa: torch.Tensor,
-    pb: torch.Tensor,
-    matching: Matching,
-    top_k: int,
-) -> ClassDelta:
-    def rates(conf: torch.Tensor) -> tuple[float, float, int]:
-        tp, support, predicted = int(conf[c, c]), int(conf[c].sum()), int(conf[:, c].sum())
-        recall = tp / support if support else float("nan")
-        precision = tp / predicted if predicted else float("nan")
-        return recall, precision, predicted
-
-    ra, pra, na = rates(conf_a)
-    rb, prb, nb = rates(conf_b)
-    return ClassDelta(
-        name=name,
-        support=int(conf_a[c].sum()),
-        recall_a=ra,
-        recall_b=rb,
-        precision_a=pra,
-        precision_b=prb,
-        predicted_a=na,
-        predicted_b=nb,
-        drift=profile_drift(pa, pb, matching, top_k),
-    )
-
-
 def _diagnoses(
     model_a: nn.Module,
     model_b: nn.Module,
@@ -461,15 +384,3 @@ def _diagnoses(
             )
         )
     return out[0], out[1]
-
-
-def _with_diagnosis(delta: ClassDelta, c: int, diag_a: Diagnosis, diag_b: Diagnosis) -> ClassDelta:
-    """Add each side's verdict for class ``c`` and whether it has an expert (experts appearing or vanishing)."""
-
-    def verdict(d: Diagnosis) -> tuple[str | None, bool | None]:
-        if c >= len(d.classes):
-            return None, None
-        return d.classes[c].diagnosis, d.classes[c].expert is not None
-
-    (va, ea), (vb, eb) = verdict(diag_a), verdict(diag_b)
-    return replace(delta, diagnosis_a=va, diagnosis_b=vb, expert_a=ea, expert_b=eb)

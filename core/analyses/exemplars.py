@@ -18,7 +18,8 @@ from essence.core.engine.distributions import Instance
 from essence.core.engine.influence import influence
 from essence.core.engine.quantities import Kind, OwnLabel
 from essence.core.engine.slices import Granularity
-from essence.core.inputs.data import ImageData, class_index, labels_of
+from essence.core.inputs.data import ImageData, labels_of
+from essence.core.inputs.labels import class_index
 
 
 @dataclass(frozen=True)

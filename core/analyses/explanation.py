@@ -38,7 +38,7 @@ from essence.core.engine.distributions import Instance
 from essence.core.engine.influence import influence
 from essence.core.engine.quantities import ClassScore, Comparative, Kind, quantity_name
 from essence.core.engine.slices import Granularity, is_input_layer, resolve_layer
-from essence.core.inputs.data import class_index
+from essence.core.inputs.labels import class_index
 from essence.core.inputs.preprocessing import Preprocessing
 
 

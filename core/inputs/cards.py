@@ -35,7 +35,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from essence.core.base.errors import LabelMismatchError, SpecError
 from essence.core.base.files import read_json
-from essence.core.inputs.preprocessing import MAX_SIDE, Preprocessing
+from essence.core.inputs.preprocessing import Preprocessing
+from essence.core.inputs.preprocessing_checks import MAX_SIDE
 
 if TYPE_CHECKING:
     from essence.core.inputs.data import ImageData

@@ -18,6 +18,7 @@ from torch import nn
 from essence.core.base.errors import DataLoadError, EmptyClassError, EssenceError, SpecError
 from essence.core.base.files import regular_file
 from essence.core.base.model_state import inference_state
+from essence.core.inputs.labels import class_index
 from essence.core.inputs.preprocessing import (
     BIT_DEPTH_INFO,
     Preprocessing,
@@ -200,64 +201,6 @@ class ImageData:
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             yield self.tensors(idx), torch.from_numpy(self.labels[idx]), torch.from_numpy(idx)
-
-
-def class_index(cls: int | str, class_names: Sequence[str]) -> int:
-    """Resolve a class given by index (an int, or a digit string) or by name.
-
-    A string is matched against the names first (exactly, then ignoring case): class folders are often named
-    "1".."5". A digit string that names one class and indexes another is refused rather than guessed;
-    ``name:2`` and ``index:2`` say which is meant.
-
-    Raises:
-        ClassNotFoundError: no such class, or an ambiguous digit string; the message lists the valid ones.
-    """
-    from essence.core.base.errors import ClassNotFoundError
-
-    names = list(class_names)
-    if not isinstance(cls, str):
-        return _checked_index(cls, names)
-    text = cls.strip()
-    by_name = _name_index(text, names)
-    if by_name is None and text.startswith("name:"):
-        by_name = _name_index(text[len("name:") :], names)
-        if by_name is None:
-            raise ClassNotFoundError(f"unknown class name {text[len('name:') :]!r}: the classes are {names}")
-        return by_name
-    if by_name is None and text.startswith("index:"):
-        return _checked_index(text[len("index:") :], names)
-    is_index = text.lstrip("-").isdigit() and 0 <= int(text) < len(names)
-    if by_name is not None and is_index and by_name != int(text):
-        raise ClassNotFoundError(
-            f"class {text!r} is ambiguous: it is the name of class {by_name} and the index of class "
-            f"{names[int(text)]!r}; write name:{text} or index:{text}"
-        )
-    if by_name is not None:
-        return by_name
-    if text.lstrip("-").isdigit():
-        return _checked_index(text, names)
-    raise ClassNotFoundError(f"unknown class {cls!r}: the classes are {names}")
-
-
-def _name_index(text: str, names: list[str]) -> int | None:
-    if text in names:
-        return names.index(text)
-    lowered = [n.lower() for n in names]
-    return lowered.index(text.lower()) if text.lower() in lowered else None
-
-
-def _checked_index(value: int | str, names: list[str]) -> int:
-    from essence.core.base.errors import ClassNotFoundError
-
-    try:
-        i = int(value)
-    except (TypeError, ValueError) as exc:
-        raise ClassNotFoundError(f"unknown class {value!r}: the classes are {names}") from exc
-    if not 0 <= i < len(names):
-        raise ClassNotFoundError(
-            f"class index {i} is out of range: the classes are 0..{len(names) - 1} {names}"
-        )
-    return i
 
 
 def open_image(path: Path | str | bytes) -> Image.Image:

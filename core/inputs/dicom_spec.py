@@ -17,7 +17,7 @@ only what the DICOM step reads — the pixel data as stored (still compressed wh
 module (rows, columns, samples, photometric interpretation, bits, representation, planar configuration,
 frames), the modality LUT (rescale slope, intercept and type, or a LUT's descriptor and data), the window
 (centre, width), the modality and SOP class — and the patient's pseudonym in place of the patient ID, marked
-:data:`~essence.core.inputs.dicom.PSEUDONYMISED`. No name, birth date, institution, physician, date, description or
+:data:`~essence.core.inputs.dicom_header.PSEUDONYMISED`. No name, birth date, institution, physician, date, description or
 instance UID is copied: it reads as the original did (the same display values, pseudonym, window and errors).
 """
 
@@ -37,17 +37,10 @@ import torch.nn.functional as F
 from essence.core.base.errors import DataLoadError, LabelMismatchError, SpecError
 from essence.core.inputs import specs
 from essence.core.inputs.data import ImageData, hash_arrays
-from essence.core.inputs.dicom import (
-    PSEUDONYMISED,
-    DicomImage,
-    DicomStep,
-    open_dicom,
-    patient_of,
-    pydicom_module,
-    read_dicom,
-    with_dicom_step,
-)
-from essence.core.inputs.formats import confine, labels_to_indices
+from essence.core.inputs.dicom import DicomImage, DicomStep, read_dicom, with_dicom_step
+from essence.core.inputs.dicom_header import PSEUDONYMISED, open_dicom, patient_of, pydicom_module
+from essence.core.inputs.formats import confine
+from essence.core.inputs.labels import labels_to_indices
 from essence.core.inputs.specs import DataRequest
 
 DICOM_SUFFIXES = {".dcm", ".dicom"}
@@ -76,7 +69,7 @@ class DicomData(ImageData):
     """An :class:`ImageData` read from DICOM files, with what may be kept of each file.
 
     Attributes:
-        patients: ``[N]`` each instance's patient pseudonym (:func:`~essence.core.inputs.dicom.patient_hash`) or None.
+        patients: ``[N]`` each instance's patient pseudonym (:func:`~essence.core.inputs.dicom_header.patient_hash`) or None.
         sources: ``[N]`` each instance's file, relative to the dataset's folder (or the CSV's).
         modalities: ``[N]`` each file's modality (``CT``, ``MR``...).
     """

@@ -2,8 +2,9 @@
 
 Each loader takes a :class:`~essence.core.inputs.specs.DataRequest` and returns an :class:`ImageData`; it is registered
 under its prefix by :mod:`essence.core.inputs.datasets`. The checks every file format shares live here too: which
-files are images, labels given as indices or names, paths confined to the data root, unreadable images named
-or skipped, and fingerprints of the files and labels (a cache key: a changed image or label is a new dataset).
+files are images, paths confined to the data root, unreadable images named or skipped, and fingerprints of the
+files and labels (a cache key: a changed image or label is a new dataset). Labels given as indices or names are
+mapped by :mod:`essence.core.inputs.labels`.
 """
 
 from __future__ import annotations
@@ -12,24 +13,20 @@ import csv
 import dataclasses
 import hashlib
 import math
-import re
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from essence.core.base.errors import DataLoadError, LabelMismatchError, SpecError
 from essence.core.base.files import regular_file
 from essence.core.inputs.data import ImageData, hash_arrays, open_image
+from essence.core.inputs.labels import folder_class_names, label_order, labels_to_indices
 from essence.core.inputs.preprocessing import Preprocessing
 from essence.core.inputs.specs import BadImagePolicy, DataRequest
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-# Integer labels without class names name classes 0..max: a label far above any real label set (ImageNet-21k
-# has 21,841 classes) is a corrupt label, and would otherwise build a list of that many names.
-MAX_CLASSES = 1_000_000
 # What an npz's arrays may hold together once decompressed (they are read into memory whole): far above any
 # npz a person saves by hand (CIFAR-10: 180 MB), far below what a decompression bomb asks for.
 MAX_NPZ_BYTES = 4 * 2**30
@@ -286,120 +283,6 @@ def load_csv(request: DataRequest) -> ImageData:
 
 
 # ----------------------------------------------------------------------------------- the checks they share
-
-
-def folder_class_names(classes: list[str], given: list[str] | None) -> tuple[list[str], str]:
-    """The class names of a tree of class folders, and how their indices were assigned (``ImageData.class_order``).
-
-    Given names (the model's) are used as they are. Folders named ``0``, ``1``, ... ``K-1`` are class indices,
-    in numeric order (``10`` after ``9``). Any other folder names are sorted: an order of the data's own.
-
-    Examples:
-        >>> folder_class_names(["nodule", "normal"], None)
-        (['nodule', 'normal'], 'sorted')
-        >>> folder_class_names([str(i) for i in range(11)], None)[0][-2:]
-        ['9', '10']
-    """
-    if given:
-        return list(given), "given"
-    if sorted(classes, key=lambda c: int(c) if c.isdigit() else -1) == [str(i) for i in range(len(classes))]:
-        return [str(i) for i in range(len(classes))], "indices"
-    return sorted(classes), "sorted"
-
-
-def label_order(names: list[str], given: list[str] | None) -> str:
-    """``ImageData.class_order`` of labels mapped by :func:`labels_to_indices`."""
-    if given:
-        return "given"
-    return "indices" if list(names) == [str(i) for i in range(len(names))] else "sorted"
-
-
-def labels_to_indices(raw: Any, names: list[str] | None, where: str) -> tuple[np.ndarray, list[str]]:
-    """Map labels given as integers or names to indices, with the class names they index.
-
-    Integer-valued labels mean those integers whatever their type: ``3``, ``3.0`` and the strings ``"3"`` and
-    ``"3.0"`` all index class 3, alike in CSV and npz. Other strings are class names. A non-integral number
-    (``1.5``) is refused, and so are digit strings that are also class names meaning other classes (labels
-    "1".."4" for classes named "1".."5"): neither is guessed.
-
-    Args:
-        raw: one label per instance: integers, integer-valued floats, or strings (digits or class names).
-        names: the classes, if known; otherwise ``0..max`` for integers, the sorted distinct names for strings.
-        where: the source, for messages.
-
-    Returns:
-        ``(labels [N] int64, class names)``.
-
-    Raises:
-        DataLoadError: labels that are not one per instance.
-        LabelMismatchError: a non-integral number, a label outside the classes (or implying over
-            :data:`MAX_CLASSES` of them), or digit labels whose names and indices disagree.
-    """
-    arr = np.asarray(raw)
-    if arr.ndim != 1:
-        raise DataLoadError(f"{where}: labels must be one per instance (1-D), got shape {arr.shape}")
-    if arr.dtype.kind in "iub":
-        return _checked_indices(arr.astype(np.int64), names, where)
-    if arr.dtype.kind == "f":
-        return _checked_indices(_integral(arr.tolist(), arr.tolist(), where), names, where)
-    as_str = [str(v).strip() for v in arr.tolist()]
-    numeric = all(_NUMBER.fullmatch(v) for v in as_str) and len(as_str) > 0
-    by_name = (
-        [names.index(v) for v in as_str] if names is not None and all(v in names for v in as_str) else None
-    )
-    if numeric:
-        ints = _integral(
-            [float(v) for v in as_str], as_str, where, names_tried=by_name is None and bool(names)
-        )
-        in_range = names is not None and bool(ints.min() >= 0 and ints.max() < len(names))
-        if by_name is not None and names is not None and in_range and by_name != ints.tolist():
-            k = next(n for n, (a, b) in enumerate(zip(by_name, ints.tolist(), strict=True)) if a != b)
-            raise LabelMismatchError(
-                f"{where}: labels such as {as_str[k]!r} are both class names and class indices, and they disagree "
-                f"({as_str[k]!r} names class {by_name[k]} but indexes class {names[ints[k]]!r}); write the labels "
-                "as indices 0..K-1, or as names that are not numbers"
-            )
-        if by_name is None or in_range:
-            return _checked_indices(ints, names, where)
-    if names is None:
-        names = sorted(set(as_str))
-    lookup = {n: i for i, n in enumerate(names)}
-    unknown = sorted({v for v in as_str if v not in lookup})
-    if unknown:
-        raise LabelMismatchError(f"{where}: labels {unknown[:5]} are not among the classes {names[:8]}")
-    return np.array([lookup[v] for v in as_str], dtype=np.int64), list(names)
-
-
-# A number as a label file writes it: 3, -1, 3.0, 2.5, 1e1 (not "nan", "inf" or "0x10": those are names).
-_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
-
-
-def _integral(values: list[float], shown: list[Any], where: str, names_tried: bool = False) -> np.ndarray:
-    """The labels as integers, refusing any that is not integer-valued (NaN, 1.5)."""
-    for v, s in zip(values, shown, strict=True):
-        if not (math.isfinite(v) and v == int(v)):
-            among = " and are not among the class names" if names_tried else ""
-            raise LabelMismatchError(
-                f"{where}: label {s!r} is not an integer{among}: labels must be class indices (integers such as "
-                "3 or 3.0) or class names; map such labels to classes before loading"
-            )
-    return np.array([int(v) for v in values], dtype=np.int64)
-
-
-def _checked_indices(arr: np.ndarray, names: list[str] | None, where: str) -> tuple[np.ndarray, list[str]]:
-    if names is None:
-        if arr.size and int(arr.max()) >= MAX_CLASSES:
-            raise LabelMismatchError(
-                f"{where}: label {int(arr.max())} would mean over {MAX_CLASSES:,} classes: labels must be "
-                "class indices 0..K-1 (or give the class names)"
-            )
-        names = [str(i) for i in range(int(arr.max()) + 1 if arr.size else 0)]
-    if arr.size and (arr.min() < 0 or arr.max() >= len(names)):
-        raise LabelMismatchError(
-            f"{where}: labels range {arr.min()}..{arr.max()} but there are {len(names)} classes {names[:6]}: "
-            "labels must index the model's classes"
-        )
-    return arr.astype(np.int64), list(names)
 
 
 _HASH_CACHE: dict[tuple[str, int, int], str] = {}

@@ -6,15 +6,14 @@ with weights (a factory of the user's); ``PATH.pt2`` (a ``torch.export`` program
 modules so that every analysis can hook its layers); ``PATH.pt`` holding a full pickle (with ``trust_pickle``).
 
 TorchScript files are recognised and refused with the fix: PyTorch runs no Python hooks on ScriptModules, and every
-analysis reads its slice through one (``docs/formats.md``). Weights are read by :mod:`essence.core.inputs.weights`.
+analysis reads its slice through one (``docs/formats.md``). Weights are read by :mod:`essence.core.inputs.weights`;
+every loaded model is stamped with its fingerprint (:mod:`essence.core.inputs.model_fingerprints`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import os
-import types
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from essence.core.base.independence import check_batch_independent
 from essence.core.inputs import specs
 from essence.core.inputs.cards import apply_card, class_order, model_file_of, read_card
 from essence.core.inputs.data import ImageData
+from essence.core.inputs.model_fingerprints import model_fingerprint
 from essence.core.inputs.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from essence.core.inputs.pt2_code import run_compiled
 from essence.core.inputs.pt2_vetting import load_vetted_program
@@ -75,7 +75,7 @@ class LoadedModel:
 
         >>> from torch import nn
         >>> from essence.core import LoadedModel
-        >>> from essence.core.inputs.models import model_fingerprint
+        >>> from essence.core.inputs.model_fingerprints import model_fingerprint
         >>> module = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval()
         >>> names = [str(i) for i in range(10)]
         >>> model = LoadedModel(module, "my:digits", model_fingerprint(module), class_names=names, default_layer="1")
@@ -337,82 +337,6 @@ def _load_file_model(path: Path, spec: str, trust_pickle: bool) -> LoadedModel:
     raise ModelLoadError(
         f"{path} is neither an exported program (.pt2), a whole pickled module nor a state_dict: use {SPEC_FORMS}"
     )
-
-
-def model_fingerprint(module: nn.Module, architecture: str = "") -> str:
-    """Hash of what the model computes: its architecture and code, and every parameter and buffer.
-
-    The architecture part covers, for every submodule: its path and class, its hyper-parameters (the plain
-    attributes such as a stride or a dropout rate, and ``extra_repr``), and its code: the bytecode of a
-    user-defined ``forward``, the graph of an fx or exported (unflattened) module, the code of a TorchScript
-    module. So ReLU → GELU, a changed stride or rate, or an edited ``forward`` changes the fingerprint even
-    when the weights do not (a stored profile is never served for another computation). torch's own modules
-    are identified by class and hyper-parameters: their code is torch's, not the model's.
-
-    Args:
-        module: the model.
-        architecture: a name of the architecture (the spec), hashed in too.
-
-    Returns:
-        16 hex digits.
-    """
-    h = hashlib.sha256(architecture.encode())
-    h.update(type(module).__qualname__.encode())
-    for name, m in module.named_modules():
-        h.update(f"\x00{name}\x00{_module_description(m)}".encode())
-    for name, t in sorted(module.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:16]
-
-
-_PLAIN = (bool, int, float, str, type(None))
-# Bookkeeping of nn.Module, not what the model computes (the mode is restored around every analysis).
-_NOT_HYPERPARAMETERS = {"training", "dump_patches", "call_super_init"}
-
-
-def _module_description(m: nn.Module) -> str:
-    """One submodule's class, hyper-parameters and code, as text (see :func:`model_fingerprint`)."""
-    cls = type(m)
-    parts = [f"{cls.__module__}.{cls.__qualname__}"]
-    try:
-        parts.append(m.extra_repr())
-    except Exception:  # a user's extra_repr may fail on a half-built module; the attributes still count
-        parts.append("?")
-    for key, value in sorted(vars(m).items()):
-        if key.startswith("_") or key in _NOT_HYPERPARAMETERS:
-            continue
-        if isinstance(value, _PLAIN) or (
-            isinstance(value, tuple | list) and all(isinstance(v, _PLAIN) for v in value)
-        ):
-            parts.append(f"{key}={value!r}")
-    parts.append(_module_code(m))
-    return "|".join(parts)
-
-
-def _module_code(m: nn.Module) -> str:
-    if isinstance(m, torch.jit.ScriptModule):
-        try:
-            return str(m.code)
-        except Exception:  # a ScriptModule without Python-visible code: its graph says what it computes
-            return str(m.graph)
-    graph = getattr(m, "graph", None)
-    if isinstance(graph, torch.fx.Graph):  # fx GraphModules and unflattened torch.export modules
-        return str(graph)
-    forward = getattr(type(m), "forward", None)
-    if isinstance(forward, types.FunctionType) and not type(m).__module__.startswith("torch."):
-        return _code_digest(forward.__code__)
-    return ""
-
-
-def _code_digest(code: types.CodeType) -> str:
-    """The bytecode, names and constants of a function (nested functions included), as a hash."""
-    h = hashlib.sha256(code.co_code)
-    h.update(repr(code.co_names).encode())
-    for const in code.co_consts:
-        h.update(_code_digest(const).encode() if isinstance(const, types.CodeType) else repr(const).encode())
-    return h.hexdigest()
 
 
 def forward_failure(exc: BaseException, input_shape: tuple[int, ...]) -> str:

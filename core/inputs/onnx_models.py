@@ -19,7 +19,8 @@ from typing import Any
 
 from essence.core.base.errors import ModelLoadError, SpecError
 from essence.core.inputs import specs
-from essence.core.inputs.models import LoadedModel, model_fingerprint
+from essence.core.inputs.model_fingerprints import model_fingerprint
+from essence.core.inputs.models import LoadedModel
 from essence.core.inputs.specs import ModelRequest
 
 INSTALL_HINT = "pip install 'essence[onnx]' (or pip install onnx onnx2torch)"

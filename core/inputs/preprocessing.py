@@ -4,7 +4,8 @@ The recipe is part of the question being asked of a model: in the paper's case s
 preprocessing erased the lesions of one class. So it travels with every model and dataset, is shown wherever a
 model is shown, and its fingerprint is part of every cache key.
 
-Order of operations: convert mode → resize → scale to [0, 1] → Gaussian blur → normalise.
+Order of operations: convert mode → resize → scale to [0, 1] → Gaussian blur → normalise. Each field is
+checked as the recipe is made (:mod:`essence.core.inputs.preprocessing_checks`); this module applies it.
 
 What raw values mean is decided by their container, never guessed from the values (docs/data.md): integer
 arrays by their dtype's range (uint8 / 255, uint16 / 65535), image files by their bit depth (8-bit files / 255,
@@ -29,21 +30,20 @@ import torch.nn.functional as F
 from PIL import Image
 
 from essence.core.base.errors import DataLoadError, SpecError
+from essence.core.inputs.preprocessing_checks import (
+    FILE_DEPTHS,
+    checked_blur,
+    checked_file_depths,
+    checked_normalisation,
+    checked_scale,
+    checked_size,
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# Resizing larger than this is refused: a 3×8192×8192 float32 image alone is 805 MB.
-MAX_SIDE = 8192
 # The integer dtypes whose range is an image convention (8- and 16-bit images). Wider integers (int32, int64:
 # numpy's default for Python ints) carry no convention: 0..255 and 0..65535 data both arrive as int64.
 DTYPE_RANGES = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
-# How an image file's values are read, by its bit depth (:func:`image_depth`): 8-bit files as they are, 16-bit
-# ones mapped onto 0..255 by 255/65535, 32-bit integer and float ones by their own range (:func:`_to_8bit`).
-FILE_DEPTHS = {
-    8: "8-bit files / 255",
-    16: "16-bit files / 65535",
-    32: "32-bit and float files by their own range",
-}
 # PIL modes read through _to_8bit (PIL's own conversion would clip them at 255).
 WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 # The info key data.open_image records a file's bit depth under (a decoded image no longer says how it was
@@ -102,17 +102,17 @@ class Preprocessing:
     def __post_init__(self) -> None:
         if self.mode not in ("RGB", "L"):
             raise SpecError(f"preprocessing mode {self.mode!r} is not supported: use 'RGB' or 'L'")
-        mean, std = _normalisation(self.mode, self.channels, self.mean, self.std)
+        mean, std = checked_normalisation(self.mode, self.channels, self.mean, self.std)
         object.__setattr__(self, "mean", mean)
         object.__setattr__(self, "std", std)
-        scale = _checked_scale(self.scale)
-        blur_sigma = _checked_blur(self.blur_sigma)
+        scale = checked_scale(self.scale)
+        blur_sigma = checked_blur(self.blur_sigma)
         if self.size is not None:
-            object.__setattr__(self, "size", _checked_size(self.size))
+            object.__setattr__(self, "size", checked_size(self.size))
         object.__setattr__(self, "blur_sigma", blur_sigma)
         object.__setattr__(self, "scale", scale)
         if self.file_depths is not None:
-            object.__setattr__(self, "file_depths", _checked_file_depths(self.file_depths))
+            object.__setattr__(self, "file_depths", checked_file_depths(self.file_depths))
 
     @property
     def channels(self) -> int:
@@ -283,102 +283,6 @@ class Preprocessing:
         mean = torch.tensor(self.mean).view(1, -1, 1, 1)
         std = torch.tensor(self.std).view(1, -1, 1, 1)
         return (x - mean) / std
-
-
-def _normalisation(
-    mode: str, channels: int, mean: Iterable[float], std: Iterable[float]
-) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """A recipe's mean and std as one float per channel (a single value stands for all three of RGB).
-
-    Raises:
-        SpecError: a count that is not the mode's channels, a std that is not positive and finite, or a mean
-            that is not finite.
-    """
-    per_channel = []
-    for name, values in (("mean", mean), ("std", std)):
-        value = tuple(float(v) for v in values)
-        if len(value) == 1 and channels == 3:
-            value = value * 3
-        if len(value) != channels:
-            raise SpecError(f"preprocessing {name} has {len(value)} values, mode {mode} needs {channels}")
-        per_channel.append(value)
-    mean_c, std_c = per_channel
-    if not all(s > 0 and math.isfinite(s) for s in std_c):
-        raise SpecError(f"preprocessing std must be positive and finite, got {std_c}")
-    if not all(math.isfinite(m) for m in mean_c):
-        raise SpecError(f"preprocessing mean must be finite, got {mean_c}")
-    return mean_c, std_c
-
-
-def _checked_scale(scale: float | None) -> float | None:
-    """A recipe's scale as a float, or None (the container's range).
-
-    Raises:
-        SpecError: not a positive finite number.
-    """
-    if scale is not None and (
-        isinstance(scale, bool | str) or not (float(scale) > 0 and math.isfinite(float(scale)))
-    ):
-        raise SpecError(
-            f"preprocessing scale (the raw value that maps to 1.0) must be > 0 or null (the container's "
-            f"range), got {scale!r}"
-        )
-    return None if scale is None else float(scale)
-
-
-def _checked_blur(sigma: float) -> float:
-    """A recipe's blur sigma as a float.
-
-    Raises:
-        SpecError: negative, not finite, or wider than any image (:data:`MAX_SIDE`).
-    """
-    if sigma < 0 or not math.isfinite(sigma):
-        raise SpecError(f"blur sigma must be a finite number ≥ 0, got {sigma}")
-    if sigma > MAX_SIDE:  # a kernel of billions of taps; any image is flat long before
-        raise SpecError(
-            f"blur sigma {sigma:g} px is above {MAX_SIDE} px, wider than any image: choose a sigma "
-            "of a few pixels (the paper's blur erased lesions at about 2 px)"
-        )
-    return float(sigma)
-
-
-def _checked_size(size: Iterable[int]) -> tuple[int, int]:
-    """A recipe's size as ``(height, width)`` ints.
-
-    Raises:
-        SpecError: not two positive sides, or a side above :data:`MAX_SIDE`.
-    """
-    sides = tuple(int(v) for v in size)
-    if len(sides) != 2 or min(sides) < 1:
-        raise SpecError(f"preprocessing size must be (height, width) of positive ints, got {size}")
-    if max(sides) > MAX_SIDE:
-        raise SpecError(
-            f"preprocessing size {sides} is above {MAX_SIDE} px a side: no classifier takes such inputs, "
-            "and one batch would not fit in memory; choose the size the model was trained at"
-        )
-    return sides[0], sides[1]
-
-
-def _checked_file_depths(file_depths: Iterable[int]) -> tuple[int, ...]:
-    """Recorded bit depths, sorted and distinct.
-
-    Raises:
-        SpecError: anything but a non-empty collection of the depths of :data:`FILE_DEPTHS`.
-    """
-    try:
-        depths = tuple(file_depths)
-    except TypeError:
-        depths = ()
-    if (
-        isinstance(file_depths, str)
-        or not depths
-        or not all(isinstance(d, int) and not isinstance(d, bool) and d in FILE_DEPTHS for d in depths)
-    ):
-        raise SpecError(
-            f"preprocessing file_depths {file_depths!r} must be bit depths among "
-            f"{sorted(FILE_DEPTHS)}, or null (they are recorded from the files, not chosen)"
-        )
-    return tuple(sorted(set(depths)))
 
 
 def channels_last(shape: tuple[int, ...]) -> bool:

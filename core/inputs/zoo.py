@@ -41,7 +41,8 @@ from torch import nn
 
 from essence.core.base.errors import ModelLoadError, SpecError
 from essence.core.inputs import specs
-from essence.core.inputs.models import LoadedModel, model_fingerprint
+from essence.core.inputs.model_fingerprints import model_fingerprint
+from essence.core.inputs.models import LoadedModel
 from essence.core.inputs.preprocessing import Preprocessing
 from essence.core.inputs.specs import ModelRequest
 from essence.core.inputs.weights import apply_state_dict, load_weights

@@ -60,7 +60,9 @@ def test_upload_errors_name_files_and_the_app_switches(essence_home) -> None:
         f"bad image {root}/datasets/x/data/a/x.png (or pass --skip-bad-images to leave it out)", root
     )
     assert "--skip" not in said and "Skip unreadable images" in said and "bad image x.png" in said
-    said = for_people(f"{root}/datasets/x/data/b.dcm: unreadable (or pass on_bad_image='skip' to leave it out)", root)
+    said = for_people(
+        f"{root}/datasets/x/data/b.dcm: unreadable (or pass on_bad_image='skip' to leave it out)", root
+    )
     assert "on_bad_image" not in said and "Skip unreadable images" in said
 
 

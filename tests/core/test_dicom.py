@@ -13,7 +13,8 @@ from pydicom.data import get_testdata_file
 
 from essence.core.base.errors import DataLoadError, SpecError
 from essence.core.inputs.datasets import load_dataset
-from essence.core.inputs.dicom import DicomRecipe, DicomStep, patient_hash, read_dicom
+from essence.core.inputs.dicom import DicomRecipe, DicomStep, read_dicom
+from essence.core.inputs.dicom_header import patient_hash
 from essence.core.inputs.preprocessing import Preprocessing
 
 GREY = Preprocessing(mode="L", mean=(0.0,), std=(1.0,))

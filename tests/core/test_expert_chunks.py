@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from essence.core.analyses.experts import sweep as experts
+from essence.core.analyses.experts import masks as experts
 from essence.core.analyses.experts.sweep import expert_sweep
 
 

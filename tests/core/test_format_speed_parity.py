@@ -20,7 +20,7 @@ from essence.core import load_model
 from essence.core.analyses.experts.sweep import cache_slice, expert_sweep
 from essence.core.analyses.profiles import class_profiles
 from essence.core.engine.split import split_model
-from essence.core.inputs.models import model_fingerprint
+from essence.core.inputs.model_fingerprints import model_fingerprint
 from essence.core.inputs.pt2_code import runs_interpreted, traceable_root
 
 # TinyCNN (tests/conftest.py): nested paths, batch norm, in-place ReLUs, a residual block.

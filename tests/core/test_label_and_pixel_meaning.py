@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from essence.core.base.errors import ClassNotFoundError, DataLoadError, LabelMismatchError
-from essence.core.inputs.data import class_index
 from essence.core.inputs.datasets import load_dataset
+from essence.core.inputs.labels import class_index
 from essence.core.inputs.preprocessing import Preprocessing
 
 RNG = np.random.default_rng(0)

@@ -11,7 +11,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from essence.core.base.errors import ModelLoadError, SpecError
-from essence.core.inputs.models import load_model, model_fingerprint
+from essence.core.inputs.model_fingerprints import model_fingerprint
+from essence.core.inputs.models import load_model
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,8 @@ from essence.core.base.errors import ModelLoadError, SpecError
 from essence.core.inputs import specs
 from essence.core.inputs.data import ImageData
 from essence.core.inputs.datasets import load_dataset
-from essence.core.inputs.models import LoadedModel, load_model, model_fingerprint
+from essence.core.inputs.model_fingerprints import model_fingerprint
+from essence.core.inputs.models import LoadedModel, load_model
 from essence.core.inputs.specs import DataRequest, ModelRequest, SpecRegistry
 
 CORE = Path(__file__).resolve().parents[2] / "core"

@@ -13,7 +13,8 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from essence.core.analyses.profiles import class_profiles
-from essence.core.analyses.triage import SCORES, deviation_scores, kendall_rows, spearman_rows
+from essence.core.analyses.triage import SCORES, deviation_scores
+from essence.core.analyses.triage_scores import kendall_rows, spearman_rows
 from essence.core.base.errors import SpecError
 
 

@@ -46,7 +46,8 @@ from essence.core.base.errors import DataLoadError  # noqa: E402
 from essence.core.inputs import dicom  # noqa: E402
 from essence.core.inputs.data import MAX_IMAGE_PIXELS  # noqa: E402
 from essence.core.inputs.datasets import load_dataset  # noqa: E402
-from essence.core.inputs.dicom import DicomStep, patient_hash, read_dicom  # noqa: E402
+from essence.core.inputs.dicom import DicomStep, read_dicom  # noqa: E402
+from essence.core.inputs.dicom_header import patient_hash  # noqa: E402
 from essence.core.inputs.preprocessing import Preprocessing  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location(

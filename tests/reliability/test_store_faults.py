@@ -27,7 +27,8 @@ from torch import nn
 from essence.core.analyses.profiles import class_profiles
 from essence.core.base.errors import StoreError
 from essence.core.inputs.data import ImageData, hash_arrays
-from essence.core.inputs.models import LoadedModel, model_fingerprint
+from essence.core.inputs.model_fingerprints import model_fingerprint
+from essence.core.inputs.models import LoadedModel
 from essence.core.inputs.preprocessing import Preprocessing
 from essence.storage import Store
 from essence.storage.records import ProfileKey

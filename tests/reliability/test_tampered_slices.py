@@ -21,7 +21,8 @@ import torch
 
 from essence.core.analyses.profiles import class_profiles
 from essence.storage import Store
-from essence.storage.activations import SliceKey, StoredSliceWarning
+from essence.storage.activation_manifest import SliceKey
+from essence.storage.activations import StoredSliceWarning
 from tests.storage.conftest import tiny_data, tiny_model
 
 LAYER = "act"
@@ -78,11 +79,11 @@ def _folder_linked_to_a_copy(folder: Path) -> None:
     z[6:] = -z[6:]
     z.flush()
     manifest = json.loads((copy / "slice.json").read_text())
-    from essence.storage.activations import (
-        _file_sha256,
+    from essence.storage.activation_manifest import (
+        file_sha256,
     )  # the copy's manifest matches the copy: only the link is wrong
 
-    manifest["files"]["z.npy"]["sha256"] = _file_sha256(copy / "z.npy")
+    manifest["files"]["z.npy"]["sha256"] = file_sha256(copy / "z.npy")
     (copy / "slice.json").write_text(json.dumps(manifest))
     shutil.rmtree(folder)
     folder.symlink_to(copy)

@@ -15,7 +15,8 @@ from sqlalchemy.engine import make_url
 from torch import nn
 
 from essence.core.inputs.data import ImageData, hash_arrays
-from essence.core.inputs.models import LoadedModel, model_fingerprint
+from essence.core.inputs.model_fingerprints import model_fingerprint
+from essence.core.inputs.models import LoadedModel
 from essence.core.inputs.preprocessing import Preprocessing
 
 PG_SKIP = "PostgreSQL store tests need ESSENCE_TEST_DATABASE_URL (set by .ci/postgres.sh, used by .ci/run)"

@@ -11,7 +11,7 @@ from essence.core.analyses.profiles import ClassProfiles, class_profiles
 from essence.core.base.errors import StoreError
 from essence.core.engine.sums import InfluenceSums
 from essence.core.inputs.data import ImageData, hash_arrays
-from essence.core.inputs.models import model_fingerprint
+from essence.core.inputs.model_fingerprints import model_fingerprint
 from essence.core.inputs.preprocessing import Preprocessing
 from essence.storage import ENGINE_VERSION, ProfileKey, RunInfo, Store
 

@@ -21,7 +21,8 @@ CHILD_MID_PROFILE = r"""
 import sys, time
 import numpy as np, torch
 from essence.core.inputs.data import ImageData, hash_arrays
-from essence.core.inputs.models import LoadedModel, model_fingerprint
+from essence.core.inputs.model_fingerprints import model_fingerprint
+from essence.core.inputs.models import LoadedModel
 from essence.core.inputs.preprocessing import Preprocessing
 from essence.core.analyses.profiles import class_profiles
 from essence.storage import ProfileKey, Store

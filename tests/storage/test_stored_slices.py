@@ -11,7 +11,8 @@ import torch
 from essence.core.analyses.profiles import class_profiles
 from essence.core.engine.activation_source import StoredSlice
 from essence.storage import Store
-from essence.storage.activations import LIMIT_ENV, SliceKey
+from essence.storage.activation_manifest import SliceKey
+from essence.storage.activations import LIMIT_ENV
 
 LAYER = "act"  # below it: the conv, whose forwards are counted
 

@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from essence.core.analyses.experts.criterion import ExpertCriterion
-from essence.core.analyses.experts.sweep import Expert, ExpertSweep, RankBy, expert_sweep
+from essence.core.analyses.experts.masks import RankBy
+from essence.core.analyses.experts.sweep import Expert, ExpertSweep, expert_sweep
 from essence.core.engine.activation_cache import SliceCache
 from essence.core.engine.quantities import Kind
 from essence.core.engine.slices import Granularity

@@ -7,7 +7,8 @@ i, over an α×β grid, are set against the unmasked model's. Activation-ranked 
 active on i's instances) are the control that should fail.
 
 Cost: z = h(x) is computed once and cached in CPU memory; every mask of the grid then runs through g alone
-(:func:`~essence.core.engine.split.split_model`), many masks per batch. Where the model cannot be cut, g re-runs the
+(:func:`~essence.core.engine.split.split_model`), many masks per batch (:mod:`essence.core.analyses.experts.masks`
+ranks the units and scores the masks). Where the model cannot be cut, g re-runs the
 model with z substituted at the layer (correct, slower).
 
 The unmasked model is read two ways (both reported): its *use* (predicts i iff argmax = i) — the reading the
@@ -20,22 +21,21 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, NotRequired, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 import numpy as np
 import torch
 from torch import nn
 
 from essence.core.analyses.experts.criterion import ExpertCriterion
+from essence.core.analyses.experts.masks import RankBy, Ranking, profile_order, sides
 from essence.core.analyses.profiles import ClassProfiles, class_profiles
-from essence.core.base.devices import resolve_device
 from essence.core.base.errors import EmptyClassError, LabelMismatchError, SpecError
-from essence.core.base.model_state import inference_state, on_device
-from essence.core.engine.activation_cache import SliceCache, cache_slice, halves_of, rank_units, unit_values
+from essence.core.engine.activation_cache import SliceCache, cache_slice, rank_units, unit_values
 from essence.core.engine.activation_source import ActivationSource
 from essence.core.engine.quantities import Kind
 from essence.core.engine.slices import Granularity
-from essence.core.inputs.data import class_index
+from essence.core.inputs.labels import class_index
 
 __all__ = [
     "Baseline",
@@ -48,10 +48,6 @@ __all__ = [
     "default_grid",
     "expert_sweep",
 ]
-
-RankBy = Literal["influence", "activation", "random"]
-# Rows pushed through g at once (masks × instances), bounded by the slice's size so memory stays small.
-MAX_ELEMENTS_PER_PASS = 1 << 24
 
 
 class Reading(TypedDict):
@@ -314,13 +310,13 @@ def expert_sweep(
             model, data, layer, granularity=granularity, kind=kind, allow_empty=True, batch_size=batch_size,
             device=device, activations=activations,
         )  # fmt: skip
-        order = _profile_order(profiles, i, layer, width)
+        order = profile_order(profiles, i, layer, width)
     else:
         every = torch.arange(len(labels))
         order = rank_units(cache, units, i, every, rank_by, kind, granularity, seed, batch_size, device)
-    ranking = _Ranking(cache, units, i, rank_by, kind, granularity, seed, batch_size, device)
+    ranking = Ranking(cache, units, i, rank_by, kind, granularity, seed, batch_size, device)
     tp, predicted = ranking.counts(a, b, order, folds)
-    pos, neg = _sides(order, a, b)
+    pos, neg = sides(order, a, b)
     with np.errstate(invalid="ignore", divide="ignore"):
         precision = np.where(predicted > 0, tp / np.maximum(predicted, 1), np.nan)
     return ExpertSweep(
@@ -342,68 +338,6 @@ def expert_sweep(
         route=cache.sliced.route,
         crossfit=bool(folds),
     )
-
-
-def _profile_order(profiles: ClassProfiles, cls: int, layer: str, width: int) -> torch.Tensor:
-    """Units by class ``cls``'s profile, most positive first; the profiles must be of this slice."""
-    if profiles.layer != layer or profiles.num_units != width:
-        raise SpecError(
-            f"the profiles are of slice {profiles.layer!r} with {profiles.num_units} units, not {layer!r} "
-            f"with {width}: compute them at the same slice and granularity"
-        )
-    return torch.argsort(profiles.mean[cls].double(), descending=True, stable=True)
-
-
-def _sides(order: torch.Tensor, a: np.ndarray, b: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """The units the α side adds (most positive first) and the β side (most negative first)."""
-    pos = order[: int(a.max())]
-    neg = order.flip(0)[: int(b.max()) if len(b) and b.max() > 0 else 0]
-    return pos, neg
-
-
-@dataclass(frozen=True)
-class _Ranking:
-    """How one class's units are ranked and its masks scored, on all the instances or cross-fitted."""
-
-    cache: SliceCache
-    units: torch.Tensor
-    cls: int
-    rank_by: RankBy
-    kind: Kind
-    granularity: Granularity
-    seed: int
-    batch_size: int
-    device: str | torch.device
-
-    def counts(
-        self, a: np.ndarray, b: np.ndarray, order: torch.Tensor, folds: bool
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """True positives (float64) and predicted counts (int64), ``[A, B]`` each, of the grid's masks.
-
-        Without ``folds`` the masks follow ``order`` and are scored on every instance; with them, the units
-        are ranked on one half and the masks scored on the other, then the halves swap and the counts add.
-        """
-        if not folds:
-            tp, predicted = self.scored(a, b, order, None)
-        else:
-            halves = halves_of(self.cache.labels, self.seed)
-            tp, predicted = np.zeros(len(a) * len(b)), np.zeros(len(a) * len(b), dtype=np.int64)
-            for rank_on, score_on in (halves, halves[::-1]):
-                fold = rank_units(
-                    self.cache, self.units, self.cls, rank_on, self.rank_by, self.kind, self.granularity,
-                    self.seed, self.batch_size, self.device,
-                )  # fmt: skip
-                t, p = self.scored(a, b, fold, score_on)
-                tp, predicted = tp + t, predicted + p
-        return tp.reshape(len(a), len(b)), predicted.reshape(len(a), len(b))
-
-    def scored(
-        self, a: np.ndarray, b: np.ndarray, order: torch.Tensor, rows: torch.Tensor | None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Flat counts of the masks taken from ``order``, scored on ``rows`` (default: all)."""
-        pos, neg = _sides(order, a, b)
-        masks = _masks(a, b, pos, neg, self.units.shape[1])
-        return _run_masks(self.cache, masks, self.cls, self.granularity, self.batch_size, self.device, rows)
 
 
 def _class_names(data: object, num_classes: int, profiles: ClassProfiles | None) -> list[str]:
@@ -430,63 +364,6 @@ def _check_counts(
             f"{what} {bad} out of range: the layer has {width} units, so {what} must lie in {minimum}..{width}"
         )
     return np.unique(arr)
-
-
-def _masks(a: np.ndarray, b: np.ndarray, pos: torch.Tensor, neg: torch.Tensor, width: int) -> torch.Tensor:
-    masks = torch.zeros(len(a), len(b), width)
-    for ai, alpha in enumerate(a):
-        for bi, beta in enumerate(b):
-            masks[ai, bi, pos[:alpha]] = 1.0
-            if beta:
-                masks[ai, bi, neg[:beta]] = 1.0
-    return masks.reshape(-1, width)
-
-
-def _run_masks(
-    cache: SliceCache,
-    masks: torch.Tensor,
-    cls: int,
-    granularity: Granularity,
-    batch_size: int,
-    device: str | torch.device,
-    rows: torch.Tensor | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """True positives and predicted counts of class ``cls`` per mask on ``rows`` (default all), batched."""
-    dev = resolve_device(device)
-    rows = torch.arange(len(cache.z)) if rows is None else rows
-    z_all, labels = cache.z[rows], cache.labels[rows]
-    z_shape = tuple(z_all.shape[1:])
-    per_instance = max(1, math.prod(z_shape))
-    # Broadcast a unit mask onto z: whole channels on a conv slice at channel granularity.
-    view = (
-        (len(masks), *z_shape)
-        if (granularity == "neuron" or len(z_shape) == 1)
-        else (len(masks), z_shape[0], *([1] * (len(z_shape) - 1)))
-    )
-    masks = masks.reshape(view).to(dev)
-    m = len(masks)
-    if cache.sliced.needs_input:  # the hook route repeats the inputs per mask and re-runs the model on them
-        per_instance += max(1, math.prod(cache.inputs(rows[:1]).shape[1:]))
-    per_pass = max(1, MAX_ELEMENTS_PER_PASS // per_instance)
-    b = max(1, min(len(z_all), batch_size, per_pass))
-    chunk = max(1, per_pass // b)
-    tp = torch.zeros(m, dtype=torch.int64)
-    predicted = torch.zeros(m, dtype=torch.int64)
-    model = cache.sliced.model
-    with inference_state(model), on_device(model, dev), torch.no_grad():
-        for s in range(0, len(z_all), b):
-            z = z_all[s : s + b].to(dev)
-            is_i = (labels[s : s + b] == cls).to(dev)
-            x = cache.inputs(rows[s : s + len(z)]).to(dev) if cache.sliced.needs_input else None
-            for c in range(0, m, chunk):
-                mk = masks[c : c + chunk]
-                zz = (z.unsqueeze(0) * mk.unsqueeze(1)).reshape(-1, *z_shape)
-                xx = x.repeat(len(mk), *([1] * (x.ndim - 1))) if x is not None else None
-                out = cache.sliced.g(zz, xx).float()
-                says_i = (torch.softmax(out, dim=1)[:, cls] > 0.5).reshape(len(mk), len(z))
-                tp[c : c + len(mk)] += (says_i & is_i).sum(1).cpu()
-                predicted[c : c + len(mk)] += says_i.sum(1).cpu()
-    return tp.numpy().astype(np.float64), predicted.numpy()
 
 
 def _baseline(outputs: torch.Tensor, labels: torch.Tensor, cls: int) -> Baseline:

@@ -17,7 +17,7 @@ import torch
 
 from essence.core.base.errors import NonFiniteOutputError, SpecError
 from essence.core.engine.quantities import Quantity
-from essence.core.engine.slices import Granularity, reduce_units
+from essence.core.engine.slices import Granularity, check_units_carry, reduce_units
 
 # Runs the model forward (autograd on): ``(outputs [B, K], leaf z [B, *z_shape])``; the leaf is ``None`` when the
 # forward never reached the slice.
@@ -77,6 +77,7 @@ def quantity_gradient(
     Raises:
         SpecError: the model does not return ``[B, K]``, or never reaches ``layer``.
         NonFiniteOutputError: NaN or infinity in the outputs or in the gradient.
+        DegenerateUnitsError: every unit is zero up to rounding (:func:`~essence.core.engine.slices.check_units_carry`).
 
     Examples:
         >>> import torch
@@ -104,7 +105,9 @@ def quantity_gradient(
             "the gradient at the slice is NaN or infinite: check the model and its inputs"
         )
     grad = grad if grad.dtype == torch.float64 else grad.float()
-    return BatchGradient(reduce_units(grad, granularity), tuple(leaf.shape[1:]), out.detach(), leaf.detach())
+    units = reduce_units(grad, granularity)
+    check_units_carry(grad, units, granularity)  # refuse units that only hold rounding
+    return BatchGradient(units, tuple(leaf.shape[1:]), out.detach(), leaf.detach())
 
 
 def _check_outputs(out: object, outputs_on: str) -> None:

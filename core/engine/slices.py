@@ -51,6 +51,13 @@ class LayoutError(SpecError):
     """A unit granularity that does not fit the layout of the slice's output."""
 
 
+class DegenerateUnitsError(LayoutError):
+    """Every unit of a granularity carries zero influence up to rounding (:func:`check_units_carry`)."""
+
+
+_INSTEAD = {"token": "feature", "channel": "neuron", "feature": "token"}  # units not summing the shifted axis
+
+
 def is_input_layer(layer: str) -> bool:
     return layer in ("", "input")
 
@@ -119,6 +126,51 @@ def reduce_units(grad: torch.Tensor, granularity: Granularity) -> torch.Tensor:
     if granularity == "feature":
         return grad.reshape(b, -1, grad.shape[-1]).sum(1)
     return grad.sum(-1).reshape(b, -1)
+
+
+def check_units_carry(grad: torch.Tensor, units: torch.Tensor, granularity: Granularity) -> None:
+    """Refuse units whose influence is zero up to floating-point rounding for every instance of a batch.
+
+    A unit sums the gradient over n elements of z. When the layers above ignore a shift shared by them (a
+    LayerNorm over a token's features, an InstanceNorm over a channel's positions) the exact sum is zero and
+    the computed one is rounding: summing n terms errs by at most (n − 1)·ε·Σ|gₖ| (Higham, *Accuracy and
+    Stability of Numerical Algorithms*, §4.2), each gₖ adding a few ε of its own; so a unit is *degenerate*
+    when |Σ gₖ| ≤ n·ε·Σ|gₖ|, ε the machine epsilon of the gradient's dtype (a real influence is of the order
+    of Σ|gₖ|, 1/(n·ε) times more). Refused, not warned: when every unit of every instance of ``grad`` is
+    degenerate, any ranking of them ranks noise. An all-zero gradient (the slice is never read) is let through.
+
+    Args:
+        grad, units, granularity: the gradient ``[B, *z_shape]``, its ``reduce_units`` ``[B, U]``, their units.
+
+    Raises:
+        DegenerateUnitsError: every unit of every instance is zero up to rounding, and the gradient is not.
+
+    Examples:
+        >>> import torch
+        >>> g = torch.randn(2, 3, 4)
+        >>> check_units_carry(g, reduce_units(g, "token"), "token")  # a real influence: nothing said
+        >>> g = g - g.mean(-1, keepdim=True)  # what a LayerNorm over the features gives
+        >>> try:
+        ...     check_units_carry(g, reduce_units(g, "token"), "token")
+        ... except DegenerateUnitsError as e:
+        ...     print(str(e)[:58])
+        every token unit's influence is zero up to rounding (|Σ ∂q
+    """
+    n = grad[:1].numel() // max(1, units.shape[1]) if len(grad) else 0
+    if granularity == "neuron" or n < 2 or not grad.is_floating_point():
+        return
+    scale = reduce_units(grad.abs(), granularity)
+    if not bool((scale > 0).any()):
+        return
+    eps = torch.finfo(grad.dtype).eps
+    if bool((units.abs() <= n * eps * scale).all()):
+        instead = _INSTEAD.get(granularity, "neuron")
+        raise DegenerateUnitsError(
+            f"every {granularity} unit's influence is zero up to rounding (|Σ ∂q/∂z| ≤ n·ε·Σ|∂q/∂z| over its "
+            f"{n} elements, for every instance): the layers above ignore a shift shared by a unit's elements "
+            "(a LayerNorm over a token's features, an InstanceNorm or GroupNorm over a channel's positions), so "
+            f"ranking these units would rank rounding noise: use granularity='{instead}' (or 'neuron')"
+        )
 
 
 def unit_shape(z_shape: tuple[int, ...], granularity: Granularity) -> tuple[int, ...]:

@@ -31,6 +31,12 @@ class DiagnosisSettings:
             ``rare_share`` × its true count of instances. ½: a class the model names at most half as often
             as it occurs has lost at least half its recall even if every prediction of it is right — a loss
             no calibrated classifier shows; a balanced model predicts each class about as often as it occurs.
+        low_recall_share, low_recall_confidence: a class predicted often enough is audited all the same when
+            its recall is *significantly low*: a one-sided binomial test rejects, at ``low_recall_confidence``,
+            that its recall reaches ``low_recall_share`` × the median per-class recall (½ for the same reason
+            as ``rare_share``: a class that has lost half the recall the model typically reaches; the test keeps
+            a small class from being audited on a few unlucky instances). Its images go elsewhere while other
+            images are predicted as it — the same question of drowning, reading out or learning.
         criterion: when a mask counts as an expert (:class:`ExpertCriterion`).
         alphas, betas: the sweep's grid (default: :func:`~essence.core.analyses.experts.sweep.default_grid`).
         kind: the quantity of the class profiles the masks are taken from (``"logit"``).
@@ -42,6 +48,8 @@ class DiagnosisSettings:
     """
 
     rare_share: float = 0.5
+    low_recall_share: float = 0.5
+    low_recall_confidence: float = 0.99
     criterion: ExpertCriterion = field(default_factory=ExpertCriterion)
     alphas: Sequence[int] | None = None
     betas: Sequence[int] | None = None
@@ -76,6 +84,11 @@ class ClassDiagnosis:
         audit: the preprocessing audit (not learned only, on data with raw images and a recipe).
         evidence: the honest expert test (rarely predicted classes only).
         remedy: the one-sentence remedy (empty when ok).
+        borderline: whether the statistic that decided the verdict lies within one standard error of its
+            threshold (the probe's AUC, for "not read out" and "not learned").
+        borderline_margin: that statistic's distance from its threshold in standard errors (``None`` when no
+            such statistic decided).
+        audit_reason: why the class was audited: ``"rarely predicted"``, ``"low recall"`` or ``None`` (ok).
     """
 
     cls: int
@@ -97,6 +110,9 @@ class ClassDiagnosis:
     audit: StepAudit | None = field(default=None, repr=False)
     evidence: ExpertEvidence | None = field(default=None, repr=False)
     remedy: str = ""
+    borderline: bool = False
+    borderline_margin: float | None = None
+    audit_reason: str | None = None
 
     @property
     def sweep(self) -> ExpertSweep | None:
@@ -151,6 +167,9 @@ class ClassDiagnosis:
             else {"best_recall": float(np.max(self.evidence.control.recall))},
             "advice": self.advice,
             "remedy": self.remedy,
+            "borderline": self.borderline,
+            "borderline_margin_se": self.borderline_margin,
+            "audit_reason": self.audit_reason,
         }
 
 
@@ -177,8 +196,8 @@ class Diagnosis:
         >>> d = diagnose(model, (torch.randn(60, 4), torch.arange(60) % 3), "1", device="cpu")
         >>> isinstance(d, Diagnosis), d.confusion.shape, int(d.confusion.sum())
         (True, (3, 3), 60)
-        >>> sorted(d.to_json()["classes"][0])[:4]
-        ['activation_control', 'advice', 'confused_with', 'count']
+        >>> {"activation_control", "advice", "confused_with", "count", "borderline"} <= set(d.to_json()["classes"][0])
+        True
     """
 
     layer: str
@@ -209,6 +228,8 @@ class Diagnosis:
             "route": self.route,
             "settings": {
                 "rare_share": self.settings.rare_share,
+                "low_recall_share": self.settings.low_recall_share,
+                "low_recall_confidence": self.settings.low_recall_confidence,
                 "precision_tolerance": c.precision_tolerance,
                 "prevalence_lift": c.prevalence_lift,
                 "min_recall_gain": c.min_recall_gain,

@@ -16,7 +16,13 @@ For every class: recall, precision and how often the model predicts it. A class 
    (the paper's case: a Gaussian blur erased the microaneurysms that define class 2), or, with no suspect,
    look at the data itself.
 
+A class predicted often enough is audited all the same when its recall is significantly low (below
+``low_recall_share`` × the median per-class recall by a one-sided binomial test; ``audit_reason`` says which).
 Everything else is "ok". Every class also gets its probe, so the JSON is the same shape for all.
+
+The advice quotes the number that decided: the probe's AUC against its threshold (flagged *borderline* when
+within one Hanley–McNeil standard error of it), and, when no expert exists, the part of the expert criterion
+that failed — the recall gain over the references, or the precision floor with the best precision reached.
 """
 
 from __future__ import annotations
@@ -178,8 +184,10 @@ class _ClassRun:
         probe = None if j is None else probe_class(self.features, labels, i, j, self.names, s.probe)
         rest = probe_class(self.features, labels, i, None, self.names, s.probe)
         base = replace(base, neighbour=None if j is None else self.names[j], probe=probe, probe_rest=rest)
-        if base.predicted_count >= s.rare_share * base.count:
+        reason = self.audit_reason(base)
+        if reason is None:
             return base
+        base = replace(base, audit_reason=reason)
         evidence = expert_evidence(
             self.model, self.data, self.layer, i, cache=self.cache, neighbour=j, criterion=s.criterion,
             alphas=s.alphas, betas=s.betas, kind=s.kind, granularity=s.granularity, seed=s.seed,
@@ -215,6 +223,21 @@ class _ClassRun:
             advice="",
         )
 
+    def audit_reason(self, c: ClassDiagnosis) -> str | None:
+        """Why class ``c`` is audited: rarely predicted, significantly low recall (DiagnosisSettings), or not."""
+        from scipy.stats import binom
+
+        s, cm = self.s, self.confusion
+        if c.predicted_count < s.rare_share * c.count:
+            return "rarely predicted"
+        counts = cm.sum(1)
+        median = float(np.median(np.diag(cm)[counts > 0] / counts[counts > 0]))
+        expected = s.low_recall_share * median
+        hits = int(cm[c.cls, c.cls])
+        if hits < expected * c.count and binom.cdf(hits, c.count, expected) < 1.0 - s.low_recall_confidence:
+            return "low recall"
+        return None
+
     def drowning(self, base: ClassDiagnosis, evidence: ExpertEvidence, best: Expert) -> ClassDiagnosis:
         """An expert exists: the model learned the class, and other classes' units outweigh it."""
         drowned = _drowned_by(best, base.confused_with, self.names, self.profiles)
@@ -233,7 +256,6 @@ class _ClassRun:
 
     def not_read_out(self, base: ClassDiagnosis, evidence: ExpertEvidence, probe: Probe) -> ClassDiagnosis:
         """No expert, but the slice separates the class: the layers above it never read it out."""
-        top = float(np.max(evidence.sweep.recall))
         remedy = (
             "the layers above the slice never read it out: retrain or rebalance the head (e.g. fine-tune "
             f"the layers above {self.layer} with a class-balanced loss)"
@@ -242,10 +264,10 @@ class _ClassRun:
             base, diagnosis=NOT_READ_OUT, evidence=evidence,
             advice=(
                 f"{_rarity(base)}; the slice separates it from {base.neighbour} (held-out probe AUC "
-                f"{probe.auc:.2f}, chance up to {probe.threshold:.2f}) but no mask of its units makes the head "
-                f"predict it (best cross-fitted recall {top:.2f}). Remedy: {remedy}"
+                f"{probe.auc:.2f}, chance up to {probe.threshold:.2f}{_doubt(probe)}) but "
+                f"{self.why_no_expert(base, evidence)}. Remedy: {remedy}"
             ),
-            remedy=remedy,
+            remedy=remedy, borderline=probe.borderline, borderline_margin=_margin(probe),
         )  # fmt: skip
 
     def not_learned(
@@ -256,7 +278,7 @@ class _ClassRun:
         auc = (
             ""
             if probe is None
-            else f" (held-out probe AUC {probe.auc:.2f}, chance up to {probe.threshold:.2f})"
+            else f" (held-out probe AUC {probe.auc:.2f}, chance up to {probe.threshold:.2f}{_doubt(probe)})"
         )
         remedy = _remedy(audit, self.recipe, base.neighbour)
         return replace(
@@ -265,8 +287,37 @@ class _ClassRun:
                 f"{_rarity(base)}; no expert, and the slice does not separate it from {base.neighbour}{auc}: "
                 f"not learned. Remedy: {remedy}"
             ),
-            remedy=remedy,
+            remedy=remedy, borderline=probe is not None and probe.borderline, borderline_margin=_margin(probe),
         )  # fmt: skip
+
+    def why_no_expert(self, base: ClassDiagnosis, evidence: ExpertEvidence) -> str:
+        """Which part of the expert criterion failed, quoting the number that decided it.
+
+        Recall decides when no mask adds the needed gain over the model and every reference mask; otherwise
+        every mask that does fell below the precision floor, and the most precise of them is quoted.
+        """
+        sweep, c = evidence.sweep, evidence.criterion
+        reference = np.maximum(evidence.reference, sweep.baseline["recall"])
+        lifts = np.asarray(sweep.recall - reference >= evidence.gain - 1e-12)
+        if not lifts.any():
+            a, b = np.unravel_index(int(np.argmax(sweep.recall - reference)), reference.shape)
+            return (
+                f"no mask of its units makes the head predict it more than its references (best cross-fitted "
+                f"recall {float(sweep.recall[a, b]):.2f} against {float(reference[a, b]):.2f} for the model or "
+                f"the best control or random mask of its size; the criterion asks {evidence.gain:.2f} more)"
+            )
+        labels = self.cache.labels
+        j = None if base.neighbour is None else self.names.index(base.neighbour)
+        pair = 0.0 if j is None else base.count / (base.count + int((labels == j).sum()))
+        floor = c.precision_floor(sweep.baseline["precision"], sweep.prevalence, pair)
+        precision = np.where(lifts, np.nan_to_num(sweep.precision, nan=-1.0), -1.0)
+        a, b = np.unravel_index(int(np.argmax(precision)), precision.shape)
+        return (
+            f"the masks that make the head predict it (cross-fitted recall up to "
+            f"{float(np.max(sweep.recall[lifts])):.2f}) fail on precision: the most precise reaches "
+            f"{max(0.0, float(precision[a, b])):.2f} (recall {float(sweep.recall[a, b]):.2f}), below the "
+            f"{floor:.2f} the criterion asks"
+        )
 
     def neighbour(self, i: int) -> int | None:
         """The class most confused with ``i`` (either way); without confusion, the nearest class mean of z."""
@@ -291,8 +342,28 @@ class _ClassRun:
         return audit_steps(self.data, i, j, self.s.suspects)
 
 
+def _doubt(probe: Probe) -> str:
+    """The probe's doubt, in words: empty unless its AUC lies within one standard error of the threshold."""
+    if not probe.borderline:
+        return ""
+    return (
+        f"; borderline: the probe AUC {probe.auc:.3f} is within its standard error {probe.stderr:.3f} of the "
+        f"threshold {probe.threshold:.3f}"
+    )
+
+
+def _margin(probe: Probe | None) -> float | None:
+    """The probe's (AUC − threshold) in standard errors, when defined."""
+    return None if probe is None or not np.isfinite(probe.margin) else float(probe.margin)
+
+
 def _rarity(c: ClassDiagnosis) -> str:
-    """How seldom the model predicts the class, in words."""
+    """How seldom the model predicts the class (or how seldom it gets it right), in words."""
+    if c.audit_reason == "low recall":
+        return (
+            f"low recall ({c.recall:.2f} of {c.count} instances, though predicted {c.predicted_count} times: "
+            "its images go elsewhere while others are predicted as it)"
+        )
     if c.predicted_count == 0:
         return "never predicted"
     return f"rarely predicted ({c.predicted_count} predictions for {c.count} instances)"

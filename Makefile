@@ -42,9 +42,18 @@ typecheck: install-dev
 	@for d in core storage app sample_data; do ln -s "$$PWD/$$d" $(TYPED)/$$d; done
 	cd build/typecheck && ../../$(BIN)/python -m mypy --config-file ../../pyproject.toml --cache-dir ../mypy-cache -p essence.core -p essence.storage
 
-test: install-dev browser-deps
+# The suite runs on every core (pytest-xdist: one worker per logical CPU, at most 8), a test file at a time per
+# worker so that a file's shared setup is built once; the longest files are handed out first (tests/conftest.py).
+# Each worker and each process a test starts computes on one thread (tests/conftest.py sets OMP_NUM_THREADS).
+PARALLEL := -n logical --maxprocesses=8 --dist loadfile --no-loadscope-reorder
+
+test: install-dev browser-deps typecheck
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PARALLEL)
+
+# The quick tier for local work: no slow end-to-end or browser test (CI runs those through `make test`).
+test-fast: install-dev
+	$(BIN)/python -m pytest -q $(PARALLEL) -m "not slow and not browser"
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

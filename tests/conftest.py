@@ -6,10 +6,32 @@ Models are built fresh per test (they are cheap) so a test can never leak state 
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
-import torch
-from torch import nn
+import os
+import signal
+
+# A suite started in the background by a shell without job control inherits SIGINT ignored, and so would every
+# process a test starts (an ignored signal stays ignored across exec): the Ctrl-C tests would then meet processes
+# that cannot be interrupted. With Python's own handler back in this process, its children start with the
+# default disposition (a handler is reset by exec), as they do under a terminal or CI.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+# One intra-op thread for this process and every process a test starts (they inherit the environment), set
+# before torch is first imported. The suite's models are tiny: a second thread buys nothing on them, and the
+# cores are already busy (one pytest-xdist worker per core, the CLI subprocesses, the app's servers), where
+# torch's spinning OpenMP workers only contend: test_matching.py and test_triage.py took 41 s with torch's
+# default of 2 threads and 14 s with 1 on a busy 2-core machine. An OMP_NUM_THREADS set in the environment is
+# kept (to measure another setting).
+THREADS = int(os.environ.get("OMP_NUM_THREADS") or 1)
+os.environ["OMP_NUM_THREADS"] = str(THREADS)
+os.environ.setdefault("MKL_NUM_THREADS", str(THREADS))
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+torch.set_num_threads(THREADS)
 
 NUM_CLASSES = 3
 
@@ -179,3 +201,31 @@ def assert_rel_close(actual: torch.Tensor, expected: torch.Tensor, tol: float = 
     scale = float(expected.abs().max()) if expected.numel() else 0.0
     err = float((actual - expected).abs().max()) if expected.numel() else 0.0
     assert err <= tol * max(scale, 1e-12), f"max abs error {err:.3g} > {tol:g} × scale {scale:.3g}"
+
+
+# The files that take longest, longest first (measured on 2 cores). Under pytest-xdist (`make test`) whole files
+# are handed to the workers in collection order: starting with these, the workers finish close together instead
+# of one of them starting a long file when the other has nothing left. A serial run keeps pytest's order.
+LONGEST_FIRST = (
+    "tests/app/test_review_desk_browser.py",
+    "tests/reliability/test_catalogue.py",
+    "tests/app/test_browser.py",
+    "tests/reliability/test_faults.py",
+    "tests/cli/test_readme_walkthrough.py",
+    "tests/app/test_review_desk.py",
+    "tests/app/test_pages.py",
+    "tests/cli/test_class_order_formats.py",
+    "tests/cli/test_formats_cli.py",
+    "tests/core/test_diagnosis.py",
+    "tests/cli/test_readme_claims.py",
+    "tests/reliability/test_cli_faults.py",
+    "tests/scale/test_distributed.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not hasattr(config, "workerinput"):  # not an xdist worker
+        return
+    rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
+    root = config.rootpath
+    items.sort(key=lambda item: rank.get(item.path.relative_to(root).as_posix(), len(rank)))  # stable

@@ -13,6 +13,7 @@ from essence.app import shared
 from essence.app.shared import ModelLocks, Results, Shared
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_services_load_neither_streamlit_nor_the_cli() -> None:
     code = (
         "import sys\n"

@@ -1,11 +1,15 @@
 """Core names Python parameters in its errors (``allow_empty=True``); the command line names its flags.
 
 The rewriting itself (:mod:`essence.cli.wording`) is checked on core's wordings; then real errors of core, raised
-in a real ``essence`` process, are read as a user of the command line reads them: one line naming the flag.
+through ``essence`` (a real process for one of them, the console script's entry point in this process for the
+others: a fresh interpreter costs seconds), are read as a user of the command line reads them: one line naming
+the flag.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -136,7 +140,31 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def essence(workspace: Path, *args: str) -> list[str]:
-    """Run ``essence ARGS`` (exit status 2 expected); returns its lines on stderr."""
+    """Run ``essence ARGS`` in this process through ``essence.cli.main`` (exit status 2 expected): its stderr."""
+    from essence.cli import main
+
+    saved_env, saved_path = dict(os.environ), list(sys.path)
+    os.environ.update({"ESSENCE_HOME": str(workspace / "home"), "ESSENCE_DATA_ROOT": str(workspace / "data")})
+    os.environ.pop("ESSENCE_DEBUG", None)
+    sys.path.insert(0, str(workspace / "code"))
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+            try:
+                main(list(args))
+                code = 0
+            except SystemExit as exc:
+                code = exc.code
+    finally:
+        sys.path[:] = saved_path
+        os.environ.clear()
+        os.environ.update(saved_env)
+    assert code == 2, err.getvalue()
+    return err.getvalue().splitlines()
+
+
+def essence_process(workspace: Path, *args: str) -> list[str]:
+    """Run ``essence ARGS`` in a fresh process (exit status 2 expected); returns its lines on stderr."""
     env = {
         **os.environ,
         "ESSENCE_HOME": str(workspace / "home"),
@@ -188,6 +216,6 @@ def test_images_of_mixed_sizes_name_the_size_flag(workspace: Path) -> None:
 def test_slices_of_different_widths_name_layer_b_and_partial(workspace: Path) -> None:
     data = f"npz:{workspace / 'data' / 'all.npz'}"
     args = ("compare", "-m", f"{MODULE}:wide", "--against", f"{MODULE}:narrow", "-d", data, "-l", "fc1")
-    line = one_error(essence(workspace, *args, "--no-diagnose"))
+    line = one_error(essence_process(workspace, *args, "--no-diagnose"))
     assert "different widths" in line and "--layer-b" in line and "--partial" in line
     assert "layer_b=" not in line and "allow_partial" not in line

@@ -153,6 +153,7 @@ KEYS = {
 
 
 @pytest.mark.parametrize("command", list(COMMANDS))
+@pytest.mark.slow  # every analysis end to end, one in a fresh interpreter
 def test_every_analysis_runs_on_an_exported_program(
     files: dict[str, Path], command: str, tmp_path: Path
 ) -> None:

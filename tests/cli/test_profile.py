@@ -74,6 +74,7 @@ def check_layout(out: dict, expected) -> None:
     np.testing.assert_allclose(np.array(out["stderr"]), expected.stderr.numpy(), rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch
 def test_profile_subprocess_writes_the_json_layout(files, tmp_path):
     out_path = tmp_path / "p.json"
     env = {**os.environ, "ESSENCE_HOME": str(tmp_path / "home")}
@@ -128,6 +129,7 @@ def test_bad_inputs_exit_2_with_one_line(files, capsys, tmp_path, monkeypatch, c
     assert "Traceback" not in err[0]
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch
 def test_bad_layer_through_the_console_gives_no_traceback(files, tmp_path):
     env = {**os.environ, "ESSENCE_HOME": str(tmp_path / "home")}
     run = subprocess.run(

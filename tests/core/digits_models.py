@@ -1,15 +1,21 @@
-"""Small CNNs trained on scikit-learn's digits, for the tests of unit matching and model comparison."""
+"""Small CNNs trained on scikit-learn's digits, for the tests of unit matching and model comparison.
+
+Training is the slow part of those tests, and several test files train the same model (same seed, same data,
+same steps): :func:`trained_cnn` trains each one once per test session and hands every caller a fresh copy, so
+no test can change the model another test sees.
+"""
 
 from __future__ import annotations
 
 import copy
+import functools
 
 import torch
 from torch import nn
 
 
-def digits_tensors() -> tuple[torch.Tensor, torch.Tensor]:
-    """The 1797 digits as ``x [N, 1, 8, 8]`` in [0, 1] and ``labels [N]``."""
+@functools.cache
+def _digits() -> tuple[torch.Tensor, torch.Tensor]:
     from sklearn.datasets import load_digits
 
     d = load_digits()
@@ -17,10 +23,14 @@ def digits_tensors() -> tuple[torch.Tensor, torch.Tensor]:
     return x, torch.tensor(d.target, dtype=torch.long)
 
 
-def train_cnn(seed: int, x: torch.Tensor, y: torch.Tensor, steps: int = 60) -> nn.Sequential:
-    """A CNN trained from ``seed``; its fc1 is module ``"6"`` (32 units), its second conv ``"2"`` (16)."""
-    torch.manual_seed(seed)
-    model = nn.Sequential(
+def digits_tensors() -> tuple[torch.Tensor, torch.Tensor]:
+    """The 1797 digits as ``x [N, 1, 8, 8]`` in [0, 1] and ``labels [N]`` (fresh tensors on each call)."""
+    x, y = _digits()
+    return x.clone(), y.clone()
+
+
+def _cnn() -> nn.Sequential:
+    return nn.Sequential(
         nn.Conv2d(1, 8, 3, padding=1),
         nn.ReLU(),
         nn.Conv2d(8, 16, 3, padding=1),
@@ -31,11 +41,30 @@ def train_cnn(seed: int, x: torch.Tensor, y: torch.Tensor, steps: int = 60) -> n
         nn.ReLU(),
         nn.Linear(32, 10),
     )
+
+
+def train_cnn(seed: int, x: torch.Tensor, y: torch.Tensor, steps: int = 60) -> nn.Sequential:
+    """A CNN trained from ``seed``; its fc1 is module ``"6"`` (32 units), its second conv ``"2"`` (16)."""
+    torch.manual_seed(seed)
+    model = _cnn()
     opt = torch.optim.Adam(model.parameters(), lr=0.02)
     for _ in range(steps):
         opt.zero_grad()
         nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
+    return model.eval()
+
+
+@functools.cache
+def _trained_state(seed: int, n: int, steps: int) -> dict[str, torch.Tensor]:
+    x, y = _digits()
+    return train_cnn(seed, x[:n], y[:n], steps).state_dict()
+
+
+def trained_cnn(seed: int, n: int = 600, steps: int = 60) -> nn.Sequential:
+    """``train_cnn(seed, *first n digits, steps)``, trained once per session: a fresh copy in eval mode."""
+    model = _cnn()
+    model.load_state_dict(_trained_state(seed, n, steps))
     return model.eval()
 
 

@@ -144,6 +144,7 @@ def core_imports() -> set[str]:
     return names
 
 
+@pytest.mark.slow  # fresh interpreters
 def test_core_never_imports_the_demo(tmp_path: Path) -> None:
     assert not [n for n in core_imports() if "sample_data" in n]
     torch.manual_seed(0)

@@ -41,6 +41,7 @@ from reliability_helpers import (
     png_bytes,
     png_header_bomb,
     run_cli,
+    run_main,
     tree_digest,
 )
 
@@ -652,7 +653,8 @@ def test_the_catalogue_is_large_enough() -> None:
 
 
 def _profiles_json(bad: Bad, home: Path, model: str, out: Path) -> dict:
-    result = run_cli(
+    # In this process through the console script's entry point: the model's mode is the command's doing.
+    result = run_main(
         bad.ws,
         "profile",
         "--model",
@@ -708,6 +710,7 @@ def test_a_train_mode_model_with_dropout_is_profiled_in_eval_mode(bad: Bad, tmp_
         assert not torch.equal(model.train()(x), model.eval()(x))
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch
 def test_a_symlinked_folder_out_of_the_root_is_not_followed(bad: Bad, tmp_path: Path) -> None:
     """A class folder holding a link to a folder outside the root: the link is not walked, nothing outside read."""
     out = tmp_path / "p.json"

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from reliability_helpers import FACTORY_MODULE, Workspace, make_workspace, run_cli
+from reliability_helpers import FACTORY_MODULE, Workspace, make_workspace, run_cli, run_main
 
 M = ["--model", f"{FACTORY_MODULE}:cnn"]
 CPU = ["--device", "cpu"]
@@ -156,6 +156,8 @@ def test_ctrl_c_during_start_up_is_one_line_and_exit_130(ws: Workspace) -> None:
 
 
 # --------------------------------------------------------------------------------------------- --json paths
+# What --json does with the path it is given is the command's own doing: these run it in this process through
+# the console script's entry point (run_main), except where the process's own descriptor is the point.
 
 
 def test_json_writes_through_a_fifo_and_leaves_it_a_fifo(ws: Workspace, tmp_path: Path) -> None:
@@ -163,7 +165,7 @@ def test_json_writes_through_a_fifo_and_leaves_it_a_fifo(ws: Workspace, tmp_path
     os.mkfifo(fifo)
     reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # a reader is there, so the writer does not block
     try:
-        result = run_cli(ws, "store", "info", "--json", str(fifo), ESSENCE_HOME=str(tmp_path / "home"))
+        result = run_main(ws, "store", "info", "--json", str(fifo), ESSENCE_HOME=str(tmp_path / "home"))
         assert result.returncode == 0, result.stderr
         assert stat.S_ISFIFO(os.lstat(fifo).st_mode), "the FIFO was replaced by a file"
         chunks = []
@@ -184,7 +186,7 @@ def test_json_through_a_symlink_writes_its_target_and_keeps_the_link(ws: Workspa
     home = str(tmp_path / "home")
     to_null = tmp_path / "null-link"
     os.symlink("/dev/null", to_null)
-    result = run_cli(ws, "store", "info", "--json", str(to_null), ESSENCE_HOME=home)
+    result = run_main(ws, "store", "info", "--json", str(to_null), ESSENCE_HOME=home)
     assert result.returncode == 0, result.stderr
     assert os.path.islink(to_null) and os.readlink(to_null) == "/dev/null"
     assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
@@ -199,7 +201,7 @@ def test_json_through_a_symlink_writes_its_target_and_keeps_the_link(ws: Workspa
     target.write_text("old\n")
     link = tmp_path / "link.json"
     os.symlink(target, link)
-    result = run_cli(ws, "store", "info", "--json", str(link), ESSENCE_HOME=home)
+    result = run_main(ws, "store", "info", "--json", str(link), ESSENCE_HOME=home)
     assert result.returncode == 0, result.stderr
     assert os.path.islink(link), "the symlink was replaced by a file"
     assert "schema_version" in json.loads(target.read_text())
@@ -210,19 +212,19 @@ def test_json_keeps_an_existing_files_mode_and_refuses_a_folder(ws: Workspace, t
     shared = tmp_path / "shared.json"
     shared.write_text("{}\n")
     shared.chmod(0o644)
-    result = run_cli(ws, "store", "info", "--json", str(shared), ESSENCE_HOME=home)
+    result = run_main(ws, "store", "info", "--json", str(shared), ESSENCE_HOME=home)
     assert result.returncode == 0, result.stderr
     assert stat.S_IMODE(shared.stat().st_mode) == 0o644
     assert "schema_version" in json.loads(shared.read_text())
 
     fresh = tmp_path / "fresh.json"
-    result = run_cli(ws, "store", "info", "--json", str(fresh), ESSENCE_HOME=home)
+    result = run_main(ws, "store", "info", "--json", str(fresh), ESSENCE_HOME=home)
     assert result.returncode == 0, result.stderr
     assert stat.S_IMODE(fresh.stat().st_mode) == 0o666 & ~_umask()
 
     folder = tmp_path / "a-folder"
     folder.mkdir()
-    line = one_error_line(run_cli(ws, "store", "info", "--json", str(folder), ESSENCE_HOME=home))
+    line = one_error_line(run_main(ws, "store", "info", "--json", str(folder), ESSENCE_HOME=home))
     assert "a-folder" in line and "folder" in line.split("a-folder", 1)[1]
     assert folder.is_dir() and not any(folder.iterdir())
 
@@ -233,6 +235,7 @@ def _umask() -> int:
     return mask
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch
 def test_a_closed_stdout_loses_no_json_and_prints_no_traceback(ws: Workspace, tmp_path: Path) -> None:
     """``essence profile --json F | head -0``: the reader is gone before the summary is printed."""
     out = tmp_path / "p.json"
@@ -257,7 +260,7 @@ def test_a_closed_stdout_loses_no_json_and_prints_no_traceback(ws: Workspace, tm
 
 def test_a_malformed_store_url_never_echoes_its_password(ws: Workspace) -> None:
     for url in ("post gres://admin:hunter2@db.example/essence", "postgresql://admin:hunter2@db:port/essence"):
-        result = run_cli(ws, "store", "info", "--store", url)
+        result = run_main(ws, "store", "info", "--store", url)  # the command's wording, in this process
         line = one_error_line(result)
         assert "hunter2" not in result.stderr + result.stdout, line
         assert "--store" in line or "URL" in line
@@ -270,6 +273,7 @@ def _limit_file_size(limit: int):
     return apply
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch
 def test_a_full_disk_during_a_database_write_is_called_full(ws: Workspace, tmp_path: Path) -> None:
     """SQLite reports a short write as ``disk I/O error``; the user is told the disk (or a limit) is full."""
     result = subprocess.run(
@@ -284,6 +288,7 @@ def test_a_full_disk_during_a_database_write_is_called_full(ws: Workspace, tmp_p
 # ------------------------------------------------------------------------------------------- one line, data
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch
 def test_warnings_before_an_error_do_not_add_lines(ws: Workspace, tmp_path: Path) -> None:
     result = run_cli(
         ws, "profile", "--model", f"{SLOW_MODULE}:noisy_nan_cnn", "-d", f"npz:{ws.npz}", "-l", "fc1", *CPU,
@@ -295,6 +300,7 @@ def test_warnings_before_an_error_do_not_add_lines(ws: Workspace, tmp_path: Path
 HOSTILE_NAMES = ["\x1b]0;owned\x07cat", "\x1b[2J\x1b[Hdog", "bird\rzzz\x9b31m"]
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch
 def test_class_names_with_escape_sequences_are_shown_not_obeyed(ws: Workspace, tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
@@ -321,6 +327,7 @@ def test_class_names_with_escape_sequences_are_shown_not_obeyed(ws: Workspace, t
 # ------------------------------------------------------------------------------------------------- the app
 
 
+@pytest.mark.slow  # two fresh interpreters importing Streamlit
 def test_the_app_exits_non_zero_when_streamlit_fails_and_warns_beyond_loopback(ws: Workspace) -> None:
     result = run_cli(ws, "app", "--server.address", "0.0.0.0", "--server.port", "not-a-port", timeout=120)
     assert result.returncode != 0, result.stderr[-2000:]

@@ -185,6 +185,7 @@ def _limit_file_size(limit: int):
     return apply
 
 
+@pytest.mark.slow  # fresh interpreters under a file-size limit
 def test_a_full_disk_is_one_clear_error_and_the_store_keeps_what_it_had(
     ws: Workspace, tmp_path: Path
 ) -> None:

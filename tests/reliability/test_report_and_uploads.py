@@ -17,7 +17,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from reliability_helpers import FACTORY_MODULE, images_and_labels, make_workspace, png_bytes, run_cli
+from reliability_helpers import (
+    FACTORY_MODULE,
+    images_and_labels,
+    make_workspace,
+    png_bytes,
+    run_cli,
+    run_main,
+)
 
 from essence.app import charts, uploads
 from essence.core.base.errors import DataLoadError
@@ -29,6 +36,7 @@ CONTROL_NAMES = ["bell\x07", "tab\x0bbed", "esc\x1b[31m"]
 # ------------------------------------------------------------------------ item 1: control characters in names
 
 
+@pytest.mark.slow  # a real process builds the whole report
 def test_the_report_survives_class_names_with_control_characters(tmp_path: Path) -> None:
     """The offline SVG renderer aborted the process (exit 134) on ``\\x01``/``\\x0b`` in a label: the report is
     built in a real process, written through a symlink onto an existing 0640 file, and shows each name escaped."""
@@ -142,7 +150,7 @@ def test_explain_writes_its_panel_through_a_symlink_keeping_the_mode(tmp_path: P
     link.symlink_to(target)
     image = ws.folder / "c0" / "00.png"
     args = ["explain", "--model", f"{FACTORY_MODULE}:cnn", "--image", str(image), "--class", "0", "-l", "fc1"]
-    result = run_cli(ws, *args, *CPU, "--out", str(link))
+    result = run_main(ws, *args, *CPU, "--out", str(link))  # the writer is the command's: run in this process
     assert result.returncode == 0, result.stderr[-2000:]
     assert link.is_symlink() and link.resolve() == target.resolve()
     assert target.read_bytes().startswith(b"\x89PNG") and stat.S_IMODE(target.stat().st_mode) == 0o640
@@ -157,6 +165,7 @@ def _file_size_limit(limit: int):  # noqa: ANN202 - a preexec_fn
     return apply
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch
 def test_a_failed_panel_write_leaves_the_previous_file_whole(tmp_path: Path) -> None:
     """The panel is written to a temporary file and renamed: when the write fails (here the file-size limit, as a
     full disk would), the previous panel is still there, whole, and no temporary file is left; the old code

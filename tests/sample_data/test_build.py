@@ -43,6 +43,7 @@ def _severity_2_auc(out: Path, name: str) -> float:
     return float((pos > neg).mean() + 0.5 * (pos == neg).mean())
 
 
+@pytest.mark.slow  # trains both demo models (reduced)
 def test_reduced_build_shows_the_blur_effect(reduced: tuple[Path, dict]) -> None:
     # A reduced build is too short for the sharp model's argmax to reach severity 2 (the full build's does, see
     # test_committed_models); how well its severity-2 score ranks severity-2 images above severity-1 ones
@@ -55,6 +56,7 @@ def test_reduced_build_shows_the_blur_effect(reduced: tuple[Path, dict]) -> None
     assert auc_sharp > auc_blurred + 0.1, (auc_sharp, auc_blurred)
 
 
+@pytest.mark.slow  # trains both demo models (reduced)
 def test_reduced_build_writes_loadable_cards(reduced: tuple[Path, dict]) -> None:
     out, cards = reduced
     for name in DEMO_MODELS:
@@ -70,6 +72,7 @@ def test_reduced_build_writes_loadable_cards(reduced: tuple[Path, dict]) -> None
     )
 
 
+@pytest.mark.slow  # trains both demo models twice
 def test_builds_are_deterministic(tmp_path: Path) -> None:
     for run in ("a", "b"):
         build_demo(tmp_path / run, seed=3, epochs=1, n_scale=0.03)

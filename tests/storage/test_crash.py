@@ -114,6 +114,7 @@ def _count(url: str, table: str) -> int:
     return int(n)
 
 
+@pytest.mark.slow  # fresh interpreters, killed
 def test_sigkill_in_the_middle_of_writing_a_profile(store_url):
     Store.open(store_url).close()
     child = _spawn(CHILD_MID_PROFILE, store_url, "25")
@@ -135,6 +136,7 @@ def test_sigkill_in_the_middle_of_writing_a_profile(store_url):
     assert (info.profiles, info.verdicts) == (0, 26)
 
 
+@pytest.mark.slow  # fresh interpreters, killed
 def test_sigkill_while_recording_verdicts_loses_none_committed(store_url):
     Store.open(store_url).close()
     child = _spawn(CHILD_VERDICTS, store_url, "solo", "100000", stdin=True)

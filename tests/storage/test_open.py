@@ -151,6 +151,7 @@ def shared_dir():
     subprocess.run(["rm", "-rf", str(folder)], check=False)
 
 
+@pytest.mark.slow  # a fresh interpreter as another user
 def test_a_read_only_location_is_refused_untouched(shared_dir):
     folder = shared_dir / "ro"
     folder.mkdir()
@@ -209,6 +210,7 @@ def test_bad_urls_and_unreachable_servers_are_store_errors(tmp_path, monkeypatch
         Store.open(tmp_path)
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_the_store_never_imports_streamlit_or_the_app():
     code = "import sys, essence.storage; print(sorted(m for m in sys.modules if m.startswith(('streamlit', 'essence.app'))))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -71,6 +71,8 @@ def _as_applied(recipe: Preprocessing, image: Path) -> Preprocessing:
 
     from essence.core.inputs.preprocessing import image_depth
 
+    if not image.is_file():  # opening a FIFO would block forever: read_image refuses it with its reason
+        return recipe.for_container(None)
     try:
         with Image.open(image) as img:
             return recipe.for_files([image_depth(img)])

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from in_process import run_essence
 from PIL import Image
 
 CLASSES = ["normal", "nodule", "opacity"]  # the training order: output 0 is normal
@@ -131,30 +132,8 @@ def _run(case: dict, *args: str, timeout: float = 240) -> subprocess.CompletedPr
 
 
 def _in_process(case: dict, *args: str) -> subprocess.CompletedProcess[str]:
-    import contextlib
-    import io
-
-    from essence.cli import main
-
     root = case["root"]
-    saved = dict(os.environ)
-    os.environ.pop("ESSENCE_DEBUG", None)
-    os.environ["ESSENCE_HOME"] = str(root / "home")
-    out, err = io.StringIO(), io.StringIO()
-    cwd = os.getcwd()
-    try:
-        os.chdir(root)
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                main(list(args))
-                code = 0
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else 1
-    finally:
-        os.chdir(cwd)
-        os.environ.clear()
-        os.environ.update(saved)
-    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+    return run_essence(args, {"ESSENCE_HOME": str(root / "home")}, cwd=root)
 
 
 def _subprocess(case: dict, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:

@@ -8,8 +8,6 @@ the flag.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import subprocess
 import sys
@@ -17,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from in_process import run_essence
 from PIL import Image
 
 from essence.cli import command_options
@@ -141,26 +140,10 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def essence(workspace: Path, *args: str) -> list[str]:
     """Run ``essence ARGS`` in this process through ``essence.cli.main`` (exit status 2 expected): its stderr."""
-    from essence.cli import main
-
-    saved_env, saved_path = dict(os.environ), list(sys.path)
-    os.environ.update({"ESSENCE_HOME": str(workspace / "home"), "ESSENCE_DATA_ROOT": str(workspace / "data")})
-    os.environ.pop("ESSENCE_DEBUG", None)
-    sys.path.insert(0, str(workspace / "code"))
-    err = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
-            try:
-                main(list(args))
-                code = 0
-            except SystemExit as exc:
-                code = exc.code
-    finally:
-        sys.path[:] = saved_path
-        os.environ.clear()
-        os.environ.update(saved_env)
-    assert code == 2, err.getvalue()
-    return err.getvalue().splitlines()
+    env = {"ESSENCE_HOME": str(workspace / "home"), "ESSENCE_DATA_ROOT": str(workspace / "data")}
+    done = run_essence(args, env, code_path=workspace / "code")
+    assert done.returncode == 2, done.stderr
+    return done.stderr.splitlines()
 
 
 def essence_process(workspace: Path, *args: str) -> list[str]:

@@ -11,8 +11,6 @@ interpreter and torch's import for each.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import subprocess
@@ -23,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from in_process import run_essence
 from PIL import Image
 from sklearn.datasets import load_digits
 
@@ -75,22 +74,7 @@ def essence(files: dict[str, Path], *args: str) -> subprocess.CompletedProcess:
 
 def essence_in_process(files: dict[str, Path], *args: str) -> subprocess.CompletedProcess:
     """``essence.cli.main`` in this process, with the same home: what the console script runs."""
-    from essence.cli import main
-
-    saved = dict(os.environ)
-    os.environ["ESSENCE_HOME"] = str(files["home"])
-    out, err = io.StringIO(), io.StringIO()
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                main(list(args))
-                code = 0
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else 1
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+    return run_essence(args, {"ESSENCE_HOME": str(files["home"])})
 
 
 # One analysis as a user starts it; the rest through the same entry point, in this process.

@@ -8,10 +8,8 @@ seconds each, and the commands' output and files are what these tests read.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import importlib.util
-import io
 import json
 import os
 import shutil
@@ -22,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from in_process import run_essence
 from safetensors.torch import save_file
 
 from essence.core.analyses.exports import TRIAGE_COLUMNS, VERDICT_COLUMNS
@@ -49,23 +48,7 @@ def essence_process(home: Path, *args: str) -> subprocess.CompletedProcess:
 
 def essence(home: Path, *args: str) -> subprocess.CompletedProcess:
     """``essence.cli.main(ARGS)`` in this process, with ``ESSENCE_HOME=home``: exit status, stdout, stderr."""
-    from essence.cli import main
-
-    saved = dict(os.environ)
-    os.environ["ESSENCE_HOME"] = str(home)
-    os.environ.pop("ESSENCE_DEBUG", None)
-    out, err = io.StringIO(), io.StringIO()
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                main(list(args))
-                code = 0
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else 1
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+    return run_essence(args, {"ESSENCE_HOME": str(home)})
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from in_process import run_essence
 
 FACTORY_MODULE = "essence_rel_models"
 
@@ -184,30 +185,7 @@ def run_main(ws: Workspace, *args: str, **env: str) -> subprocess.CompletedProce
     The same environment, working folder and factory module as :func:`run_cli`, without a fresh interpreter
     importing torch (~2 s each): for tests of what a command does, not of the process that runs it.
     """
-    import contextlib
-    import io
-
-    from essence.cli import main
-
-    saved_env, saved_cwd, saved_path = dict(os.environ), os.getcwd(), list(sys.path)
-    os.environ.clear()
-    os.environ.update(ws.env(**env))
-    sys.path.insert(0, str(ws.code))
-    out, err = io.StringIO(), io.StringIO()
-    try:
-        os.chdir(ws.root)
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                main(list(args))
-                code = 0
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else 1
-    finally:
-        os.chdir(saved_cwd)
-        sys.path[:] = saved_path
-        os.environ.clear()
-        os.environ.update(saved_env)
-    return subprocess.CompletedProcess(["essence", *args], code, out.getvalue(), err.getvalue())
+    return run_essence(args, ws.env(**env), replace_env=True, cwd=ws.root, code_path=ws.code)
 
 
 def tree_digest(folder: Path) -> dict[str, str]:

@@ -58,7 +58,8 @@ def test_help_imports_neither_torch_nor_numpy(args, tmp_path):
 @pytest.mark.parametrize(
     ("args", "says"),
     [
-        (("profile", "--bogus"), "No such option: --bogus"),
+        (("profile", "--bogus"), "No such option: --bogus (see `essence profile --help`)"),
+        (("--bogus",), "No such option: --bogus (see `essence --help`)"),
         (("profile", "--data", "digits"), "Missing option '--model'"),
         (("profile", "--model", "demo:blurred", "--data", "digits", "--batch-size", "lots"), "--batch-size"),
         (
@@ -76,7 +77,7 @@ def test_help_imports_neither_torch_nor_numpy(args, tmp_path):
         ),
     ],
     ids=[
-        *("unknown option", "missing option", "not a number"),
+        *("unknown option", "unknown top-level option", "missing option", "not a number"),
         *("bad kind", "bad granularity", "bad score", "bad method"),
     ],
 )

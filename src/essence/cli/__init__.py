@@ -188,7 +188,8 @@ def _run(argv: list[str] | None) -> tuple[int, str | None]:
         app(args=["--help"], standalone_mode=False, prog_name="essence")
         return 0, None
     except _NO_SUCH_OPTION as exc:
-        where = f"essence {exc.ctx.command.name} --help" if getattr(exc, "ctx", None) else "essence --help"
+        command = exc.ctx.command.name if getattr(exc, "ctx", None) else None
+        where = f"essence {command} --help" if command and command != "essence" else "essence --help"
         return 2, f"{exc.format_message()} (see `{where}`)"
     except _USAGE as exc:
         return 2, f"{exc.format_message()} (see --help)"

@@ -18,6 +18,7 @@ unavailable. Tests of the start itself (what ``--help`` imports, signals, ``torc
 from __future__ import annotations
 
 import atexit
+import contextlib
 import io
 import locale
 import multiprocessing
@@ -106,7 +107,10 @@ def _child(args: list[str], env: dict[str, str], cwd: str, out: str, err: str) -
         encoding = sys.stdout.encoding if sys.stdout is not None else "utf-8"
         sys.stdout = io.TextIOWrapper(open(1, "wb", closefd=False), encoding=encoding)  # noqa: SIM115
         sys.stderr = io.TextIOWrapper(
-            open(2, "wb", closefd=False), encoding=encoding, errors="backslashreplace", line_buffering=True  # noqa: SIM115
+            open(2, "wb", closefd=False),
+            encoding=encoding,
+            errors="backslashreplace",
+            line_buffering=True,  # noqa: SIM115
         )
         from essence.cli import main
 
@@ -123,10 +127,8 @@ def _child(args: list[str], env: dict[str, str], cwd: str, out: str, err: str) -
     finally:
         atexit._run_exitfuncs()
         for stream in (sys.stdout, sys.stderr):
-            try:
+            with contextlib.suppress(OSError, ValueError):
                 stream.flush()
-            except (OSError, ValueError):
-                pass
         os._exit(code)
 
 
@@ -148,7 +150,11 @@ def run_forked(
     if ctx is None or not _startup_matches(env):
         return subprocess.run(
             [sys.executable, "-m", "essence.cli", *args],
-            env=dict(env), cwd=cwd, capture_output=True, text=True, timeout=timeout,
+            env=dict(env),
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
     with tempfile.TemporaryDirectory(prefix="essence-forked-") as tmp:
         out, err = os.path.join(tmp, "stdout"), os.path.join(tmp, "stderr")

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from forked import run_forked
 from in_process import run_essence
 from PIL import Image
 
@@ -140,12 +141,9 @@ def _subprocess(case: dict, *args: str, timeout: float = 240) -> subprocess.Comp
     root = case["root"]
     env = dict(os.environ)
     env.pop("ESSENCE_DEBUG", None)
-    env |= {"ESSENCE_HOME": str(root / "home"), "OMP_NUM_THREADS": "1"}
+    env |= {"ESSENCE_HOME": str(root / "home"), "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
     env["PYTHONPATH"] = os.pathsep.join([str(root / "code"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return subprocess.run(
-        [sys.executable, "-m", "essence.cli", *args], env=env, cwd=root, capture_output=True, text=True,
-        timeout=timeout,
-    )  # fmt: skip
+    return run_forked(args, env, cwd=root, timeout=timeout)  # its own process, forked (:mod:`forked`)
 
 
 def test_the_model_learned_its_classes(case: dict) -> None:

@@ -14,12 +14,12 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from forked import run_forked
 from in_process import run_essence
 from safetensors.torch import save_file
 
@@ -39,11 +39,9 @@ LAYER = "layer2"
 
 
 def essence_process(home: Path, *args: str) -> subprocess.CompletedProcess:
-    """``python -m essence.cli ARGS`` in a fresh process."""
-    env = {**os.environ, "ESSENCE_HOME": str(home)}
-    return subprocess.run(
-        [sys.executable, "-m", "essence.cli", *args], capture_output=True, text=True, env=env, timeout=600
-    )
+    """``python -m essence.cli ARGS`` as its own process (forked: :mod:`forked`)."""
+    env = {**os.environ, "ESSENCE_HOME": str(home), "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
+    return run_forked(args, env, cwd=home.parent, timeout=600)
 
 
 def essence(home: Path, *args: str) -> subprocess.CompletedProcess:

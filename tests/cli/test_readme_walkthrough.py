@@ -11,14 +11,13 @@ import json
 import os
 import re
 import shlex
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from forked import run_forked
 from PIL import Image
 from torch import nn
 
@@ -80,16 +79,13 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
         _prepare(tmp_path)
     finally:
         torch.set_num_threads(threads)
-    env = dict(os.environ) | {"ESSENCE_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"}
+    env = dict(os.environ) | {"ESSENCE_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
     env.pop("ESSENCE_DEBUG", None)
     lines = _block()
     assert len(lines) == 4 and all(line.startswith("essence ") for line in lines)
     for line in lines:
         args = shlex.split(line)[1:]
-        result = subprocess.run(
-            [sys.executable, "-m", "essence.cli", *args], cwd=tmp_path, env=env, capture_output=True, text=True,
-            timeout=300,
-        )  # fmt: skip
+        result = run_forked(args, env, cwd=tmp_path, timeout=300)  # each its own process (:mod:`forked`)
         assert result.returncode == 0, (line, result.stderr[-1500:])
     card = json.loads((tmp_path / "exports" / "model.card.json").read_text())
     assert card["class_names"] == ["normal", "nodule", "opacity"] and card["default_layer"] == "2"

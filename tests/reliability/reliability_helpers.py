@@ -10,7 +10,6 @@ import hashlib
 import os
 import struct
 import subprocess
-import sys
 import zlib
 from dataclasses import dataclass
 from pathlib import Path

@@ -74,7 +74,7 @@ def copy_store(source: Path, home: Path) -> None:
 
 @pytest.fixture
 def open_app(essence_home: Path, request: pytest.FixtureRequest) -> Callable[..., AppTest]:
-    """``open_app(page=None)``: the app run once, then switched to ``page`` (a key of :data:`PAGES`).
+    """``open_app(page=None)``: the app run once on ``page`` (a key of :data:`PAGES`; the Overview by default).
 
     The store starts warm (a copy of :func:`warm_home`) unless the test is marked ``cold_store``.
     """
@@ -82,11 +82,12 @@ def open_app(essence_home: Path, request: pytest.FixtureRequest) -> Callable[...
         copy_store(request.getfixturevalue("warm_home"), essence_home)
 
     def open_(page: str | None = None) -> AppTest:
+        # Opened on the page itself, as a person following a link to it would (the pages register no custom
+        # URL path, so the file names the page before the first run): no Overview render first.
         at = AppTest.from_file(str(ENTRY), default_timeout=RUN_TIMEOUT)
-        at.run()
         if page is not None and page != "overview":
             at.switch_page(PAGES[page])
-            at.run()
+        at.run()
         return at
 
     return open_

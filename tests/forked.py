@@ -105,13 +105,10 @@ def _child(args: list[str], env: dict[str, str], cwd: str, out: str, err: str) -
             os.dup2(target, fd)
             os.close(target)
         encoding = sys.stdout.encoding if sys.stdout is not None else "utf-8"
-        sys.stdout = io.TextIOWrapper(open(1, "wb", closefd=False), encoding=encoding)  # noqa: SIM115
-        sys.stderr = io.TextIOWrapper(
-            open(2, "wb", closefd=False),
-            encoding=encoding,
-            errors="backslashreplace",
-            line_buffering=True,  # noqa: SIM115
-        )
+        # The streams a started interpreter would have on descriptors 1 and 2 (open for the process's life).
+        stdout, stderr = open(1, "wb", closefd=False), open(2, "wb", closefd=False)  # noqa: SIM115
+        sys.stdout = io.TextIOWrapper(stdout, encoding=encoding)
+        sys.stderr = io.TextIOWrapper(stderr, encoding=encoding, errors="backslashreplace", line_buffering=True)
         from essence.cli import main
 
         try:
@@ -130,6 +127,23 @@ def _child(args: list[str], env: dict[str, str], cwd: str, out: str, err: str) -
             with contextlib.suppress(OSError, ValueError):
                 stream.flush()
         os._exit(code)
+
+
+def start_forked(
+    args: Sequence[str], env: Mapping[str, str], *, cwd: Path | str, out: str = os.devnull, err: str = os.devnull
+) -> multiprocessing.process.BaseProcess:
+    """Start ``python -m essence.cli ARGS`` as a forked process and return it (``pid``, ``join``, ``exitcode``).
+
+    For tests that stop a command part-way (a signal at a chosen moment): the moment falls in the command's own
+    work, not in an interpreter's start. Needs the fork server and the environment's :data:`STARTUP` values
+    to match it (else :class:`RuntimeError`: such a test cannot mean the same thing with a fresh interpreter).
+    """
+    ctx = _server()
+    if ctx is None or not _startup_matches(env):
+        raise RuntimeError("no fork server for this environment: start a fresh interpreter instead")
+    proc = ctx.Process(target=_child, args=(list(args), dict(env), str(cwd), out, err))
+    proc.start()
+    return proc
 
 
 def run_forked(

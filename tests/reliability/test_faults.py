@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from forked import start_forked
 from reliability_helpers import FACTORY_MODULE, Workspace, make_workspace, run_cli
 
 N_IMAGES = 1536
@@ -85,9 +86,10 @@ def check_every_profile_is_whole(store_path: Path) -> int:
 def test_sigkill_at_random_moments_leaves_no_half_profile(ws: Workspace, tmp_path: Path) -> None:
     home = tmp_path / "home"
     env = {"ESSENCE_HOME": str(home)}
+    assert run_cli(ws, "--help", **env).returncode == 0  # the fork server up (tests/forked.py)
     began = time.perf_counter()
     assert run_cli(ws, "--help", **env).returncode == 0
-    startup = time.perf_counter() - began  # the interpreter and imports: nothing to kill yet
+    startup = time.perf_counter() - began  # a process's start: nothing to kill yet
     reference_json = tmp_path / "reference.json"
     began = time.perf_counter()
     done = run_cli(ws, "precompute", *big_args(ws), "--json", str(reference_json), **env)
@@ -102,19 +104,18 @@ def test_sigkill_at_random_moments_leaves_no_half_profile(ws: Workspace, tmp_pat
     moments = [rng.uniform(0.9 * startup, 1.05 * full) for _ in range(KILLS)]
     finished = 0
     for i, moment in enumerate(moments, start=1):
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "essence.cli", "precompute", *big_args(ws, i)],
-            env=ws.env(**env),
-            cwd=ws.root,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            proc.wait(timeout=moment)
+        # Started as run_cli starts the reference run (forked: its start is the same short one measured).
+        proc = start_forked(["precompute", *big_args(ws, i)], ws.env(**env), cwd=ws.root)
+        proc.join(timeout=moment)
+        if proc.exitcode is not None:
             finished += 1  # it completed before its moment: a whole profile, also fine
-        except subprocess.TimeoutExpired:
+        else:
             os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
+            proc.join(timeout=30)
+            if proc.exitcode == 0:  # it completed in the instant between the wait and the kill
+                finished += 1
+            else:
+                assert proc.exitcode == -signal.SIGKILL, proc.exitcode
         assert integrity(store) == "ok", f"kill {i} at {moment:.2f} s damaged the store"
         assert check_every_profile_is_whole(store) >= 1
     assert finished < KILLS, "no kill landed inside a run"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -65,6 +65,16 @@ def warm_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with sqlite3.connect(home / "essence.sqlite") as conn:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # everything in the database file: copies need no WAL
     return home
+
+
+@pytest.fixture(scope="module")
+def shared_chromium() -> Iterator[object]:
+    """One browser for a module's browser tests (``test_browser.chromium``): each test opens a context of its
+    own, a fresh session (no cookies, no storage, a new connection to the app), without starting a browser."""
+    from test_browser import chromium
+
+    with chromium() as browser:
+        yield browser
 
 
 def copy_store(source: Path, home: Path) -> None:

@@ -105,37 +105,59 @@ def serve_app(home: Path, port: int | None = None) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def browser_page(width: int = 1400, height: int = 1000, outside: list[str] | None = None) -> Iterator[object]:
-    """A Playwright page in Debian's headless Chromium; requests to hosts other than 127.0.0.1 are refused
-    and listed in ``outside``."""
+def chromium() -> Iterator[object]:
+    """Debian's headless Chromium under Playwright (a module's tests share one; each gets its own context)."""
     from playwright.sync_api import sync_playwright
 
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (make browser-deps)")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
         try:
-            context = browser.new_context(viewport={"width": width, "height": height}, accept_downloads=True)
-            if outside is not None:
-
-                def guard(route: object) -> None:
-                    url = route.request.url  # type: ignore[attr-defined]
-                    host = urlparse(url).hostname
-                    if url.startswith(("data:", "blob:")) or host in LOCAL_HOSTS:
-                        route.continue_()  # type: ignore[attr-defined]
-                    else:
-                        outside.append(url)
-                        route.abort()  # type: ignore[attr-defined]
-
-                context.route("**/*", guard)
-            page = context.new_page()
-            page.set_default_timeout(WAIT_MS)
-            yield page
+            yield browser
         finally:
             browser.close()
 
 
+@contextlib.contextmanager
+def browser_page(
+    width: int = 1400, height: int = 1000, outside: list[str] | None = None, browser: object | None = None
+) -> Iterator[object]:
+    """A Playwright page in a fresh context of ``browser`` (a browser of its own when ``None``); requests to hosts
+    other than 127.0.0.1 are refused and listed in ``outside``."""
+    if browser is None:
+        with chromium() as own, browser_page(width, height, outside, own) as page:
+            yield page
+        return
+    context = browser.new_context(viewport={"width": width, "height": height}, accept_downloads=True)  # type: ignore[attr-defined]
+    try:
+        if outside is not None:
+
+            def guard(route: object) -> None:
+                url = route.request.url  # type: ignore[attr-defined]
+                host = urlparse(url).hostname
+                if url.startswith(("data:", "blob:")) or host in LOCAL_HOSTS:
+                    route.continue_()  # type: ignore[attr-defined]
+                else:
+                    outside.append(url)
+                    route.abort()  # type: ignore[attr-defined]
+
+            context.route("**/*", guard)
+        page = context.new_page()
+        page.set_default_timeout(WAIT_MS)
+        yield page
+    finally:
+        context.close()
+
+
 def wait_until_idle(page: object) -> None:
     """Wait until Streamlit has finished the current run (its status widget is gone)."""
-    page.wait_for_timeout(600)  # type: ignore[attr-defined]
+    # As Streamlit's own browser tests wait: a pause for a widget's debounce to send its rerun, then the app's
+    # root saying its script is not running (a requested rerun reads "rerunRequested" until it has run).
+    page.wait_for_timeout(210)  # type: ignore[attr-defined]
+    page.wait_for_selector(  # type: ignore[attr-defined]
+        '[data-testid="stApp"][data-test-script-state="notRunning"]', state="attached", timeout=WAIT_MS
+    )
     page.wait_for_selector('[data-testid="stStatusWidget"]', state="detached", timeout=WAIT_MS)  # type: ignore[attr-defined]
 
 
@@ -172,10 +194,10 @@ def served(warm_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 
 @pytest.fixture
-def page(served: Served) -> Iterator[object]:
+def page(served: Served, shared_chromium: object) -> Iterator[object]:
     """A fresh browser session on the app; at the end, no request may have left 127.0.0.1 and no error box."""
     outside: list[str] = []
-    with browser_page(outside=outside) as pg:
+    with browser_page(outside=outside, browser=shared_chromium) as pg:
         pg.goto(served.url)  # type: ignore[attr-defined]
         pg.get_by_text("Classes never predicted").wait_for()  # type: ignore[attr-defined]
         wait_until_idle(pg)
@@ -373,6 +395,7 @@ def test_upload_stays_after_reload_and_can_be_removed(page) -> None:
     page.reload()
     wait_until_idle(page)
     go(page, "Your model & data")
+    page.get_by_text("dataset: odd.zip (uploaded)").first.wait_for()  # the page's list, once it has drawn
     assert page.get_by_text("dataset: odd.zip (uploaded)").count() == 1
     select(page, "Dataset", "odd.zip (uploaded)")  # offered again after the reload
     assert page.locator("img[src*='example.invalid']").count() == 0  # the class name is text, not an image

@@ -56,10 +56,10 @@ def desk(warm_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 
 @pytest.fixture
-def page(desk: Served) -> Iterator[object]:
+def page(desk: Served, shared_chromium: object) -> Iterator[object]:
     """A fresh browser session with a reviewer named on Triage; no request leaves 127.0.0.1, no error box."""
     outside: list[str] = []
-    with browser_page(outside=outside) as pg:
+    with browser_page(outside=outside, browser=shared_chromium) as pg:
         pg.goto(desk.url)  # type: ignore[attr-defined]
         pg.get_by_text("Classes never predicted").wait_for()  # type: ignore[attr-defined]
         wait_until_idle(pg)
@@ -518,14 +518,16 @@ def _first_progress(page: object, click) -> float:
     return time.monotonic() - start
 
 
-def test_every_long_first_visit_shows_progress_within_a_second(tmp_path: Path) -> None:
+def test_every_long_first_visit_shows_progress_within_a_second(
+    tmp_path: Path, shared_chromium: object
+) -> None:
     """On a fresh store: Overview, Experts, Compare and a switch of dataset each show their progress box within
     a second of the click (measured from the click, in the browser)."""
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (make browser-deps)")
     outside: list[str] = []
     times: dict[str, float] = {}
-    with serve_app(tmp_path) as url, browser_page(outside=outside) as page:
+    with serve_app(tmp_path) as url, browser_page(outside=outside, browser=shared_chromium) as page:
         # The upload page computes nothing: the server's first run (imports, the demo model) happens here.
         page.goto(f"{url}/upload")
         page.locator("h1", has_text="Your model & data").wait_for()

@@ -11,9 +11,11 @@ import torch
 from torch import nn
 
 from essence.core import diagnose
+from essence.core.analyses.diagnosis.advice import doubt as _doubt
+from essence.core.analyses.diagnosis.advice import margin as _margin
 from essence.core.analyses.diagnosis.probe import Probe, auc_stderr
 from essence.core.analyses.diagnosis.results import ClassDiagnosis
-from essence.core.analyses.diagnosis.verdict import _ClassRun, _doubt, _margin
+from essence.core.analyses.diagnosis.verdict import _ClassRun
 from essence.core.analyses.experts.criterion import ExpertCriterion
 
 

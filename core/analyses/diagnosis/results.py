@@ -13,6 +13,7 @@ import numpy as np
 
 from essence.core.analyses.diagnosis.probe import Probe, ProbeSettings
 from essence.core.analyses.diagnosis.suspect_steps import StepAudit, StepTest, SuspectSettings
+from essence.core.analyses.diagnosis.training import TrainingFacts, TrainingSettings
 from essence.core.analyses.experts.criterion import ExpertCriterion
 from essence.core.analyses.experts.evidence import ExpertEvidence
 from essence.core.analyses.experts.sweep import Expert, ExpertSweep
@@ -44,6 +45,8 @@ class DiagnosisSettings:
         top_units: how many top positive and negative units of each class are listed.
         probe: the linear probe's settings (:class:`~essence.core.analyses.diagnosis.probe.ProbeSettings`).
         suspects: the preprocessing audit's settings (:class:`~essence.core.analyses.diagnosis.suspect_steps.SuspectSettings`).
+        training: what makes a class absent, rare or unlike in the training data, when it is given
+            (:class:`~essence.core.analyses.diagnosis.training.TrainingSettings`).
         seed: seed of the cross-fit halves and the random masks.
     """
 
@@ -58,6 +61,7 @@ class DiagnosisSettings:
     top_units: int = 5
     probe: ProbeSettings = field(default_factory=ProbeSettings)
     suspects: SuspectSettings = field(default_factory=SuspectSettings)
+    training: TrainingSettings = field(default_factory=TrainingSettings)
     seed: int = 0
 
 
@@ -89,6 +93,11 @@ class ClassDiagnosis:
         borderline_margin: that statistic's distance from its threshold in standard errors (``None`` when no
             such statistic decided).
         audit_reason: why the class was audited: ``"rarely predicted"``, ``"low recall"`` or ``None`` (ok).
+        training: what the training data says of the class (``None`` when none was given).
+        benchmark_precision: how often this verdict was right when given on the held-out planted-defect
+            benchmark, ``{"precision", "right", "count", "half"}`` (``None``: the table has no row for it;
+            :mod:`~essence.core.analyses.diagnosis.benchmark`).
+        step_benchmark_precision: the same for the audit's naming of a suspect step (``None`` unless one is named).
     """
 
     cls: int
@@ -113,6 +122,9 @@ class ClassDiagnosis:
     borderline: bool = False
     borderline_margin: float | None = None
     audit_reason: str | None = None
+    training: TrainingFacts | None = None
+    benchmark_precision: dict[str, Any] | None = None
+    step_benchmark_precision: dict[str, Any] | None = None
 
     @property
     def sweep(self) -> ExpertSweep | None:
@@ -170,6 +182,9 @@ class ClassDiagnosis:
             "borderline": self.borderline,
             "borderline_margin_se": self.borderline_margin,
             "audit_reason": self.audit_reason,
+            "training": None if self.training is None else self.training.to_json(),
+            "benchmark_precision": self.benchmark_precision,
+            "step_benchmark_precision": self.step_benchmark_precision,
         }
 
 
@@ -186,6 +201,9 @@ class Diagnosis:
         route: how g was run (``"fx"`` or ``"hook"``).
         settings: the settings used.
         recipe: the recipe as applied (``Preprocessing.to_dict()``), when the data records one.
+        training_instances: instances of the training data given (``None``: none was given).
+        benchmark: where the verdicts' benchmark precision comes from (half, grid, date; ``None`` without a
+            table).
 
     Examples:
         >>> import torch
@@ -208,6 +226,8 @@ class Diagnosis:
     route: str
     settings: DiagnosisSettings = field(repr=False)
     recipe: dict[str, Any] | None = None
+    training_instances: int | None = None
+    benchmark: dict[str, Any] | None = None
 
     @property
     def never_predicted(self) -> list[str]:
@@ -216,7 +236,7 @@ class Diagnosis:
     def to_json(self) -> dict[str, Any]:
         """``{"layer", "preprocessing", "classes": [{"name", "recall", "precision", "predicted_count",
         "diagnosis", "expert", "probe", "suspect_steps", ...}], ...}`` (DESIGN §4)."""
-        c, p = self.settings.criterion, self.settings.probe
+        c, p, t = self.settings.criterion, self.settings.probe, self.settings.training
         recipe = dict(self.recipe or {})
         if self.preprocessing:
             recipe["description"] = self.preprocessing
@@ -238,9 +258,15 @@ class Diagnosis:
                 "probe_confidence": p.confidence,
                 "probe_folds": p.folds,
                 "max_survival": self.settings.suspects.max_survival,
+                "training_rare_share": t.rare_share,
+                "training_level": t.level,
+                "training_unlike_share": t.unlike_share,
+                "training_confidence": t.confidence,
                 "kind": self.settings.kind,
                 "granularity": self.settings.granularity,
             },
             "classes": [k.to_json() for k in self.classes],
             "confusion": self.confusion.tolist(),
+            "training_instances": self.training_instances,
+            "benchmark": self.benchmark,
         }

@@ -1,16 +1,21 @@
 """The diagnosis of a rarely predicted class: drowning experts, not read out, or not learned — and what to suspect.
 
 For every class: recall, precision and how often the model predicts it. A class predicted for fewer than
-``rare_share`` × its true count is *rarely predicted*, and three questions name the cause:
+``rare_share`` × its true count is *rarely predicted*, and these questions name the cause:
 
 1. **Can the model's own read-out be made to predict it?** The honest expert test
    (:func:`~essence.core.analyses.experts.evidence.expert_evidence`: cross-fitted, corrected for the grid, beating the
    activation-ranked control and random masks). Yes → **drowning experts**: the model learned the class, but
    in the full model other classes' units outweigh it. Remedy: rebalance the training data or reweight the loss.
-2. **Is its information in the slice?** A held-out linear probe of the class against its *neighbour* — the
+2. **Was it taught as it is evaluated?** With ``train_data`` only (:mod:`essence.core.analyses.diagnosis.training`):
+   absent from it, or its training images unlike its evaluated ones at the slice → **not learned**, whatever a
+   mask finds (it was not learned from the class's images); rare in it and no expert → **not learned** too.
+   Remedy: collect training images of the class, or check the ones labelled with it; no step is blamed.
+3. **Is its information in the slice?** A held-out linear probe of the class against its *neighbour* — the
    class it is most confused with (:mod:`essence.core.analyses.diagnosis.probe`). Separates beyond chance → **not read out**: the
-   slice carries it but the layers above never use it. Remedy: retrain or rebalance the head.
-3. Otherwise **not learned**: the information is not at the slice. Each lossy step of the recorded recipe is
+   slice carries it but the layers above never use it. Remedy: retrain or rebalance the head (a fact only when
+   the training data shows the class present and alike; else the remedy says what the training data would tell).
+4. Otherwise **not learned**: the information is not at the slice. Each lossy step of the recorded recipe is
    tested on the raw images for erasing what separates the class from its neighbour
    (:mod:`essence.core.analyses.diagnosis.suspect_steps`); the suspects are named with their evidence. Remedy: change that step
    (the paper's case: a Gaussian blur erased the microaneurysms that define class 2), or, with no suspect,
@@ -18,7 +23,9 @@ For every class: recall, precision and how often the model predicts it. A class 
 
 A class predicted often enough is audited all the same when its recall is significantly low (below
 ``low_recall_share`` × the median per-class recall by a one-sided binomial test; ``audit_reason`` says which).
-Everything else is "ok". Every class also gets its probe, so the JSON is the same shape for all.
+Everything else is "ok". Every class also gets its probe (and, with the training data, its training facts), so
+the JSON is the same shape for all. Every verdict carries its measured precision on the held-out planted-defect
+benchmark (:mod:`essence.core.analyses.diagnosis.benchmark`).
 
 The advice quotes the number that decided: the probe's AUC against its threshold (flagged *borderline* when
 within one Hanley–McNeil standard error of it), and, when no expert exists, the part of the expert criterion
@@ -33,6 +40,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from essence.core.analyses.diagnosis import benchmark
+from essence.core.analyses.diagnosis.advice import (
+    drowned_by,
+    margin,
+    not_learned_remedy,
+    probe_words,
+    rarity,
+    read_out_remedy,
+    training_words,
+)
 from essence.core.analyses.diagnosis.probe import Probe, probe_class, probe_features
 from essence.core.analyses.diagnosis.results import (
     DROWNING,
@@ -44,6 +61,14 @@ from essence.core.analyses.diagnosis.results import (
     DiagnosisSettings,
 )
 from essence.core.analyses.diagnosis.suspect_steps import StepAudit, audit_steps
+from essence.core.analyses.diagnosis.training import (
+    ABSENT,
+    RARE,
+    UNLIKE,
+    TrainingFacts,
+    never_taught_remedy,
+    training_of,
+)
 from essence.core.analyses.experts.evidence import ExpertEvidence, expert_evidence
 from essence.core.analyses.experts.sweep import Expert
 from essence.core.analyses.profiles import ClassProfiles, class_profiles
@@ -78,6 +103,7 @@ def diagnose(
     progress: Progress | None = None,
     cancel: CancelFlag = None,
     activations: ActivationSource | None = None,
+    train_data: object = None,
 ) -> Diagnosis:
     """Diagnose every class at ``layer``: ok, drowning experts, not read out, or not learned.
 
@@ -92,12 +118,16 @@ def diagnose(
         batch_size, device, progress, cancel: as elsewhere (progress and cancel cover the profile pass).
         activations: where z may be stored (read instead of running h, for the profiles and the slice's
             cache; :class:`~essence.core.engine.activation_source.ActivationSource`).
+        train_data: the data the model was trained on, given like ``data`` (its labels in the model's classes):
+            each class's :class:`~essence.core.analyses.diagnosis.training.TrainingFacts` tell "not learned" from
+            "not read out" (one more pass of the model, over it, up to the slice). ``None``: not used.
 
     Returns:
         A :class:`Diagnosis`.
 
     Raises:
-        LayerNotFoundError, LabelMismatchError, SpecError: bad slice, classes or grid.
+        LayerNotFoundError, LabelMismatchError, SpecError: bad slice, classes or grid (or training data whose
+            classes are not the evaluated data's).
 
     Examples:
         A head whose class 2 is pushed below the others, on labels the healthy model gives:
@@ -115,6 +145,15 @@ def diagnose(
         >>> [c.diagnosis for c in d.classes], d.never_predicted
         (['ok', 'ok', 'not read out'], ['class 2'])
         >>> d.classes[2].remedy.startswith("the layers above the slice never read it out")
+        True
+
+        Given the training data (here: the same images), the class is present and alike, so the remedy is a fact:
+
+        >>> d = diagnose(model, (x, y), "1", device="cpu", train_data=(x, y))
+        >>> c = d.classes[2]
+        >>> c.diagnosis, c.training.count, c.training.resembles
+        ('not read out', 23, True)
+        >>> "though the training data holds 23 images of it that look like these" in c.remedy
         True
     """
     s = settings or DiagnosisSettings()
@@ -142,18 +181,49 @@ def diagnose(
     recipe = getattr(data, "preprocessing", None)
     described = preprocessing or (recipe.describe() if recipe is not None else None)
     features = probe_features(cache.z, s.probe.max_features)
+    evaluated = (features, labels, bool(getattr(data, "class_names", None)))
+    taught = training_of(
+        model, train_data, layer, names, evaluated, s.training,
+        max_features=s.probe.max_features, batch_size=batch_size, device=device,
+    )  # fmt: skip
     run = _ClassRun(
-        model, data, layer, names, confusion, profiles, cache, features, s, described, batch_size, device
+        model,
+        data,
+        layer,
+        names,
+        confusion,
+        profiles,
+        cache,
+        features,
+        s,
+        described,
+        batch_size,
+        device,
+        taught,
     )
+    table = benchmark.precision_table()
     return Diagnosis(
         layer=layer,
-        classes=[run.diagnose(i) for i in range(num)],
+        classes=[_with_precision(run.diagnose(i), table) for i in range(num)],
         accuracy=float((labels == predicted).mean()),
         confusion=confusion,
         preprocessing=described,
         route=cache.sliced.route,
         settings=s,
         recipe=recipe.to_dict() if recipe is not None else None,
+        training_instances=None if train_data is None else (taught[0].total if taught else 0),
+        benchmark=benchmark.provenance(table),
+    )
+
+
+def _with_precision(c: ClassDiagnosis, table: dict[str, object] | None) -> ClassDiagnosis:
+    """The verdict with its benchmark precision (and the named step's, where the audit names one); a class
+    without instances is not judged, so it carries none."""
+    if c.count == 0:
+        return c
+    step = benchmark.precision_of(benchmark.STEP_NAMED, table) if c.suspect_steps else None
+    return replace(
+        c, benchmark_precision=benchmark.precision_of(c.diagnosis, table), step_benchmark_precision=step
     )
 
 
@@ -173,9 +243,10 @@ class _ClassRun:
     recipe: str | None
     batch_size: int
     device: str | torch.device
+    training: list[TrainingFacts] | None = None
 
     def diagnose(self, i: int) -> ClassDiagnosis:
-        """Class ``i``'s verdict: ok unless rarely predicted; then drowning, not read out or not learned."""
+        """Class ``i``'s verdict: ok unless rarely predicted; then drowning, not learned or not read out."""
         s, base = self.s, self.facts(i)
         if base.count == 0:
             return replace(base, advice="no instances in the data: not judged")
@@ -193,14 +264,23 @@ class _ClassRun:
             alphas=s.alphas, betas=s.betas, kind=s.kind, granularity=s.granularity, seed=s.seed,
             batch_size=self.batch_size, device=self.device,
         )  # fmt: skip
+        taught = base.training
+        if taught is not None and taught.cause in (
+            ABSENT,
+            UNLIKE,
+        ):  # no expert can show what was never taught
+            return self.never_taught(base, evidence, taught)
         if evidence.best is not None:
             return self.drowning(base, evidence, evidence.best)
+        if taught is not None and taught.cause == RARE:
+            return self.never_taught(base, evidence, taught)
         if probe is not None and probe.separates:
             return self.not_read_out(base, evidence, probe)
         return self.not_learned(base, evidence, self.audit(i, j))
 
     def facts(self, i: int) -> ClassDiagnosis:
-        """Class ``i``'s counts, rates, confusions and top units, judged ok until a question says otherwise."""
+        """Class ``i``'s counts, rates, confusions, top units and training facts, judged ok until a question
+        says otherwise."""
         cm, names, s = self.confusion, self.names, self.s
         count, pred, tp = int(cm[i].sum()), int(cm[:, i].sum()), int(cm[i, i])
         order = self.profiles.order(i)
@@ -221,6 +301,7 @@ class _ClassRun:
             expert=None,
             drowned_by=[],
             advice="",
+            training=None if self.training is None else self.training[i],
         )
 
     def audit_reason(self, c: ClassDiagnosis) -> str | None:
@@ -240,34 +321,52 @@ class _ClassRun:
 
     def drowning(self, base: ClassDiagnosis, evidence: ExpertEvidence, best: Expert) -> ClassDiagnosis:
         """An expert exists: the model learned the class, and other classes' units outweigh it."""
-        drowned = _drowned_by(best, base.confused_with, self.names, self.profiles)
+        drowned = drowned_by(best, base.confused_with, self.names, self.profiles)
         culprits = ", ".join(drowned or [c for c, _ in base.confused_with]) or "other classes"
         remedy = f"rebalance the training data or reweight the loss for {base.name}"
         return replace(
             base, diagnosis=DROWNING, expert=best, drowned_by=drowned, evidence=evidence,
             advice=(
-                f"{_rarity(base)}; an expert exists (α={best['alpha']}, β={best['beta']}: cross-fitted recall "
+                f"{rarity(base)}; an expert exists (α={best['alpha']}, β={best['beta']}: cross-fitted recall "
                 f"{best['recall']:.2f} at precision {best['precision']:.2f}, against the model's "
                 f"{base.recall:.2f} and {best['reference_recall']:.2f} for the best control or random mask "
-                f"of its size) but is drowned by the units of {culprits}. Remedy: {remedy}"
+                f"of its size) but is drowned by the units of {culprits}{training_words(base)}. Remedy: {remedy}"
             ),
             remedy=remedy,
         )  # fmt: skip
 
+    def never_taught(
+        self, base: ClassDiagnosis, evidence: ExpertEvidence, facts: TrainingFacts
+    ) -> ClassDiagnosis:
+        """Not taught as it is evaluated: not learned, whatever the slice separates or (absent, unlike) a mask
+        finds — neither was learned from the class's images. No preprocessing step is blamed."""
+        probe, best = base.probe, evidence.best
+        remedy = never_taught_remedy(facts, base.name, self.s.training)
+        seen = "separates" if probe is not None and probe.separates else "does not separate"
+        expert = (
+            "no expert"
+            if best is None
+            else f"a mask passes the expert test (α={best['alpha']}, β={best['beta']}) all the same"
+        )
+        return replace(
+            base, diagnosis=NOT_LEARNED, evidence=evidence,
+            advice=(
+                f"{rarity(base)}; {expert}{training_words(base)}: not learned — the head was never taught it as it "
+                f"is evaluated (the slice {seen} it from {base.neighbour}{probe_words(probe)}). Remedy: {remedy}"
+            ),
+            remedy=remedy, borderline=probe is not None and probe.borderline, borderline_margin=margin(probe),
+        )  # fmt: skip
+
     def not_read_out(self, base: ClassDiagnosis, evidence: ExpertEvidence, probe: Probe) -> ClassDiagnosis:
         """No expert, but the slice separates the class: the layers above it never read it out."""
-        remedy = (
-            "the layers above the slice never read it out: retrain or rebalance the head (e.g. fine-tune "
-            f"the layers above {self.layer} with a class-balanced loss)"
-        )
+        remedy = read_out_remedy(self.layer, base.training)
         return replace(
             base, diagnosis=NOT_READ_OUT, evidence=evidence,
             advice=(
-                f"{_rarity(base)}; the slice separates it from {base.neighbour} (held-out probe AUC "
-                f"{probe.auc:.2f}, chance up to {probe.threshold:.2f}{_doubt(probe)}) but "
-                f"{self.why_no_expert(base, evidence)}. Remedy: {remedy}"
+                f"{rarity(base)}; the slice separates it from {base.neighbour}{probe_words(probe)} but "
+                f"{self.why_no_expert(base, evidence)}{training_words(base)}. Remedy: {remedy}"
             ),
-            remedy=remedy, borderline=probe.borderline, borderline_margin=_margin(probe),
+            remedy=remedy, borderline=probe.borderline, borderline_margin=margin(probe),
         )  # fmt: skip
 
     def not_learned(
@@ -275,19 +374,14 @@ class _ClassRun:
     ) -> ClassDiagnosis:
         """No expert and no separation at the slice: not learned; the preprocessing audit names suspects."""
         probe = base.probe
-        auc = (
-            ""
-            if probe is None
-            else f" (held-out probe AUC {probe.auc:.2f}, chance up to {probe.threshold:.2f}{_doubt(probe)})"
-        )
-        remedy = _remedy(audit, self.recipe, base.neighbour)
+        remedy = not_learned_remedy(audit, self.recipe, base.neighbour)
         return replace(
             base, diagnosis=NOT_LEARNED, evidence=evidence, audit=audit,
             advice=(
-                f"{_rarity(base)}; no expert, and the slice does not separate it from {base.neighbour}{auc}: "
-                f"not learned. Remedy: {remedy}"
+                f"{rarity(base)}; no expert, and the slice does not separate it from {base.neighbour}"
+                f"{probe_words(probe)}{training_words(base)}: not learned. Remedy: {remedy}"
             ),
-            remedy=remedy, borderline=probe is not None and probe.borderline, borderline_margin=_margin(probe),
+            remedy=remedy, borderline=probe is not None and probe.borderline, borderline_margin=margin(probe),
         )  # fmt: skip
 
     def why_no_expert(self, base: ClassDiagnosis, evidence: ExpertEvidence) -> str:
@@ -340,66 +434,3 @@ class _ClassRun:
         if j is None or not isinstance(self.data, ImageData):
             return None
         return audit_steps(self.data, i, j, self.s.suspects)
-
-
-def _doubt(probe: Probe) -> str:
-    """The probe's doubt, in words: empty unless its AUC lies within one standard error of the threshold."""
-    if not probe.borderline:
-        return ""
-    return (
-        f"; borderline: the probe AUC {probe.auc:.3f} is within its standard error {probe.stderr:.3f} of the "
-        f"threshold {probe.threshold:.3f}"
-    )
-
-
-def _margin(probe: Probe | None) -> float | None:
-    """The probe's (AUC − threshold) in standard errors, when defined."""
-    return None if probe is None or not np.isfinite(probe.margin) else float(probe.margin)
-
-
-def _rarity(c: ClassDiagnosis) -> str:
-    """How seldom the model predicts the class (or how seldom it gets it right), in words."""
-    if c.audit_reason == "low recall":
-        return (
-            f"low recall ({c.recall:.2f} of {c.count} instances, though predicted {c.predicted_count} times: "
-            "its images go elsewhere while others are predicted as it)"
-        )
-    if c.predicted_count == 0:
-        return "never predicted"
-    return f"rarely predicted ({c.predicted_count} predictions for {c.count} instances)"
-
-
-def _remedy(audit: StepAudit | None, recipe: str | None, neighbour: str | None) -> str:
-    """What to do about a class that was not learned, from the preprocessing audit."""
-    if audit is None:
-        where = f" (recipe: {recipe})" if recipe else ""
-        return f"look at the data and the preprocessing{where}"
-    if audit.suspects:
-        named = "; ".join(f"{t.step} — {t.evidence}" for t in audit.suspects)
-        return f"suspect the preprocessing: {named}; retrain without that step or with a milder one"
-    if not audit.raw_separates:
-        return (
-            f"no step of the recipe is to blame: even the raw images do not separate it from {neighbour} on their "
-            f"contrast (AUC {audit.raw_auc:.2f}, chance up to {audit.threshold:.2f}); check the labels and "
-            "whether the images can show the class"
-        )
-    tested = ", ".join(t.step for t in audit.steps) or "none"
-    return (
-        f"the raw images separate it from {neighbour} (contrast AUC {audit.raw_auc:.2f}) and no lossy step of "
-        f"the recipe (tested: {tested}) erases that: the layers below the slice do not extract it — more "
-        "images of the class, or more capacity or resolution below the slice"
-    )
-
-
-def _drowned_by(
-    expert: Expert, confused: list[tuple[str, int]], names: list[str], profiles: ClassProfiles
-) -> list[str]:
-    """Classes its instances are predicted as whose top positive units overlap the expert's positive units."""
-    mine = set(expert["positive_units"])
-    alpha = max(1, expert["alpha"])
-    out = []
-    for name, _ in confused:
-        theirs = {int(u) for u in profiles.order(names.index(name))[:alpha]}
-        if mine & theirs:
-            out.append(name)
-    return out

@@ -25,7 +25,9 @@ from essence.core.inputs.models import LoadedModel
 from essence.core.inputs.preprocessing import Preprocessing
 
 if TYPE_CHECKING:
-    from essence.core import Diagnosis
+    from collections.abc import Sequence
+
+    from essence.core import Diagnosis, SharedEvidence
     from essence.storage import Store
 
 CASE_IMAGE_PX = 160  # reviewed cases: large enough to see the lesions, small enough for a long list
@@ -82,6 +84,7 @@ def review_report(
     store: Store,
     predicted: np.ndarray | None = None,
     now: datetime | None = None,
+    shortcuts: Sequence[SharedEvidence] | None = None,
 ) -> str:
     """The report as one HTML string.
 
@@ -93,6 +96,8 @@ def review_report(
         store: the store holding the verdicts (``all_verdicts(dataset_fp)``).
         predicted: int ``[N]`` the model's predictions (for the cases' table), if known.
         now: the report's time stamp (default: now, UTC).
+        shortcuts: the triage's shared evidence (:func:`~essence.core.shared_evidence`), where it was looked
+            for: each group's sentence and its map (``None``: the section is left out).
 
     Returns:
         A complete HTML document with no external reference.
@@ -107,6 +112,7 @@ def review_report(
         f"report made {stamp}.</p>",
         _model_section(model, getattr(data, "preprocessing", None)),
         _diagnosis_section(diagnosis, names),
+        _shortcuts_section(shortcuts, data) if shortcuts is not None else "",
         _cases_section(data, store, names, predicted),
         "</body></html>",
     ]
@@ -141,6 +147,7 @@ def _diagnosis_section(diagnosis: object, names: list[str]) -> str:
     d = diagnosis
     rows = []
     flagged = []
+    trained = getattr(d, "training_instances", None) is not None  # the training data was given
     for c in d.classes:  # type: ignore[attr-defined]
         e = c.expert
         expert = (
@@ -155,7 +162,9 @@ def _diagnosis_section(diagnosis: object, names: list[str]) -> str:
         rows.append(
             f"<tr><td>{_e(c.name)}</td><td>{c.count}</td><td>{c.predicted_count}</td><td>{_f(c.recall)}</td>"
             f"<td>{_f(c.precision)}</td><td{flag}>{_e(c.diagnosis)}</td><td>{_e(probe)}</td><td>{_e(expert)}</td>"
-            f"<td>{_e(', '.join(t.step for t in c.suspect_steps))}</td></tr>"
+            f"<td>{_e(', '.join(t.step for t in c.suspect_steps))}</td><td>{_e(_right_when_given(c))}</td>"
+            + (f"<td>{_e(c.training.describe(c.name)) if c.training else '—'}</td>" if trained else "")
+            + "</tr>"
         )
         if c.diagnosis != "ok":
             flagged.append(_flagged_class(c))
@@ -169,9 +178,13 @@ def _diagnosis_section(diagnosis: object, names: list[str]) -> str:
         "<h2>Diagnosis</h2>"
         f"<p>Accuracy {d.accuracy:.1%}.</p>"  # type: ignore[attr-defined]
         "<table><tr><th>class</th><th>images</th><th>predicted as it</th><th>recall</th><th>precision</th>"
-        "<th>diagnosis</th><th>probe AUC of the slice</th><th>expert</th><th>suspect steps</th></tr>"
+        "<th>diagnosis</th><th>probe AUC of the slice</th><th>expert</th><th>suspect steps</th>"
+        "<th>right when given (held-out benchmark)</th>"
+        + ("<th>training data</th>" if trained else "")
+        + "</tr>"
         + "".join(rows)
         + "</table>"
+        + _benchmark_note(d)
         + "".join(f"<div>{f}</div>" for f in figures)
         + "".join(flagged)
     )
@@ -194,9 +207,72 @@ def _flagged_class(c: object) -> str:
         f"<h3>{_e(c.name)}: {_e(c.diagnosis)}</h3>"  # type: ignore[attr-defined]
         f"<p>{_e(c.advice.split('. Remedy:')[0])}.</p>"  # type: ignore[attr-defined]
         f"<p><b>What to do:</b> {_e(c.remedy)}</p>"  # type: ignore[attr-defined]
+        + _training_and_trust(c)
         + (f"<p>Suspect preprocessing steps:</p><ul>{steps}</ul>" if steps else "")
         + "".join(f"<div>{f}</div>" for f in figures)
     )
+
+
+def _right_when_given(c: object) -> str:
+    """``3 of 12 (0.25)``: how often the class's verdict was right on the held-out benchmark (``—``: no row)."""
+    row = getattr(c, "benchmark_precision", None)
+    return "—" if row is None else f"{row['right']} of {row['count']} ({row['precision']:.2f})"
+
+
+def _benchmark_note(d: object) -> str:
+    """Where "right when given" comes from."""
+    meta = getattr(d, "benchmark", None)
+    if not meta:
+        return ""
+    return (
+        f"<p class='muted'>Right when given: how often each verdict was right when the diagnosis gave it on the "
+        f"held-out half of the planted-defect benchmark ({_e(meta.get('grid', {}).get('cases', '?'))} cases, "
+        f"measured {_e(meta.get('date', '?'))}, without training data).</p>"
+    )
+
+
+def _training_and_trust(c: object) -> str:
+    """A flagged class's training facts (when the training data was given) and its verdict's benchmark record."""
+    from essence.core.analyses.diagnosis.benchmark import STEP_NAMED, said
+
+    training = getattr(c, "training", None)
+    with_training = training is not None
+    parts = []
+    if training is not None:
+        parts.append(f"<p><b>Training data:</b> {_e(training.describe(c.name))}</p>")  # type: ignore[attr-defined]
+    trust = said(c.diagnosis, getattr(c, "benchmark_precision", None), with_training)  # type: ignore[attr-defined]
+    step = said(STEP_NAMED, getattr(c, "step_benchmark_precision", None), with_training)
+    for text in (trust, step):
+        if text:
+            parts.append(f"<p><b>How far to trust it:</b> {_e(text)}</p>")
+    return "".join(parts)
+
+
+def _shortcuts_section(found: Sequence[SharedEvidence], data: ImageData) -> str:
+    """Each group of flagged images sharing why-flagged units: its sentence, and its aggregated saliency over
+    its first image (on the image, the region outlined; as a heat map)."""
+    from essence.core.analyses.interpret import display_image
+    from essence.core.analyses.shortcuts import evidence_image
+
+    head = (
+        "<h2>Shortcuts</h2><p class='muted'>Flagged images of one class whose reasons share the same units more "
+        "often than chance allows; where that evidence lies, and how many predictions change when it is covered "
+        "(against a random region of the same size).</p>"
+    )
+    if not found:
+        return head + "<p>No group of flagged images shares its why-flagged units more often than chance.</p>"
+    items = []
+    for g in found:
+        index = int(g.indices[0])
+        recipe = data.preprocessing
+        picture = evidence_image(g, display_image(data.tensors([index])[0], recipe.mean, recipe.std))
+        width = (picture.shape[1] - 1) // 2
+        tiles = "".join(
+            f"<img class='case' alt='image {index}: shared evidence' src='{png_data_uri(tile)}'> "
+            for tile in (picture[:, :width], picture[:, width + 1 :])
+        )
+        items.append(f"<p>{_e(g.sentence)}</p><div>{tiles}</div>")
+    return head + "".join(items)
 
 
 def _cases_section(data: ImageData, store: Store, names: list[str], predicted: np.ndarray | None) -> str:

@@ -41,6 +41,7 @@ from essence.storage import ProfileKey, RunInfo
 
 if TYPE_CHECKING:
     from essence.core import Comparison, Diagnosis, ExpertSweep, Explanation, LayerSuggestion, Triage
+    from essence.core.analyses.shortcuts import SharedEvidence
 
 Progress = Callable[[int, int], None]
 Cancel = Callable[[], bool] | threading.Event | None
@@ -266,6 +267,21 @@ def triage(model: LoadedModel, data: ImageData, layer: str, profiles: ClassProfi
     return remembered(key, run)
 
 
+def shortcuts(
+    model: LoadedModel, data: ImageData, layer: str, result: Triage | None = None
+) -> list[SharedEvidence] | None:
+    """The triage ``result``'s flagged images that share why-flagged units, where that evidence lies and the
+    cover test (remembered); without ``result``, what was found already for the slice, else ``None``."""
+    from essence.core import shared_evidence
+
+    def run() -> list[SharedEvidence]:
+        with holding(model):
+            return shared_evidence(model.module, data, result, batch_size=BATCH)  # type: ignore[arg-type]
+
+    key = ("shortcuts", profile_key(model, data, layer, "prob").digest())
+    return remembered(key, run) if result is not None else shared().results.get(key)  # type: ignore[return-value]
+
+
 def diagnosis(
     model: LoadedModel,
     data: ImageData,
@@ -274,15 +290,20 @@ def diagnosis(
     *,
     progress: Progress | None = None,
     cancel: Cancel = None,
+    train_data: ImageData | None = None,
 ) -> Diagnosis:
-    """The drowning-expert diagnosis from the ``logit`` profiles, recorded as a run (remembered).
+    """The drowning-expert diagnosis from the ``logit`` profiles, recorded as a run (remembered); with
+    ``train_data`` (the data the model was trained on), each class's training facts decide "not learned"
+    against "not read out".
 
     Raises:
         Cancelled: ``cancel`` was set (nothing is remembered or recorded).
+        LabelMismatchError: ``train_data`` does not name the model's classes.
     """
     from essence.core import diagnose
 
-    key = ("diagnosis", profile_key(model, data, layer, "logit").digest())
+    trained_on = "" if train_data is None else train_data.fingerprint
+    key = ("diagnosis", profile_key(model, data, layer, "logit").digest(), trained_on)
 
     def run() -> Diagnosis:
         start = time.perf_counter()
@@ -298,12 +319,14 @@ def diagnosis(
                 progress=progress,
                 cancel=cancel,
                 activations=source,
+                train_data=train_data,
             )
+        trained = "" if train_data is None else f", training data {train_data.spec}"
         info = RunInfo(
             command="essence app",
             device="auto",
             seconds=time.perf_counter() - start,
-            description=f"diagnosis of {model.name} on {data.spec} at {layer}",
+            description=f"diagnosis of {model.name} on {data.spec} at {layer}{trained}",
             preprocessing=data.preprocessing.to_dict(),
         )
         store().record_run(

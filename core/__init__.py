@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and
     from essence.core.analyses.explanation import Explanation, explain
     from essence.core.analyses.layer_choice import LayerSuggestion, suggest_layer
     from essence.core.analyses.profiles import ClassProfiles, class_profiles
+    from essence.core.analyses.shortcuts import SharedEvidence, shared_evidence
     from essence.core.analyses.triage import Triage, deviation_scores
     from essence.core.engine.distributions import (
         ClassConditional,
@@ -79,6 +80,8 @@ _ENGINE = {
 _LAZY = {
     "deviation_scores": "essence.core.analyses.triage",
     "Triage": "essence.core.analyses.triage",
+    "shared_evidence": "essence.core.analyses.shortcuts",
+    "SharedEvidence": "essence.core.analyses.shortcuts",
     "expert_sweep": "essence.core.analyses.experts.sweep",
     "ExpertSweep": "essence.core.analyses.experts.sweep",
     "diagnose": "essence.core.analyses.diagnosis.verdict",
@@ -115,12 +118,14 @@ __all__ = [
     "ExpertSweep",
     "Explanation",
     "LayerSuggestion",
+    "SharedEvidence",
     "Triage",
     "compare_models",
     "deviation_scores",
     "diagnose",
     "expert_sweep",
     "explain",
+    "shared_evidence",
     "suggest_layer",
     "Cancelled",
     "ClassConditional",

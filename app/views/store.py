@@ -118,8 +118,10 @@ def _report(inputs) -> None:
             ),
         )
         ev = evaluation(inputs.model, inputs.data, len(inputs.names))
+        # The shortcuts where they were looked for on the Triage page (not computed here: None leaves them out).
+        found = services.shortcuts(inputs.model, inputs.data, inputs.layer)
         html = review_report(
-            inputs.model, inputs.data, inputs.layer, diag, services.store(), predicted=ev.predicted
+            inputs.model, inputs.data, inputs.layer, diag, services.store(), ev.predicted, shortcuts=found
         )
         built = (which, html)
         st.session_state[REPORT_KEY] = built

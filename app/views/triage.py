@@ -5,7 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from essence.app import agreement, charts, services
-from essence.app.components import bound, longwork, reasons
+from essence.app.components import bound, longwork, reasons, shortcuts
 from essence.app.components.boundary import run_page
 from essence.app.components.images import enlarge
 from essence.app.components.prereq import EXPERTS_PAGE, Inputs, current_inputs
@@ -70,6 +70,7 @@ def render() -> None:
         _queue_table(result, queue, verdicts, inputs, state)
     else:
         st.info("No image matches these filters: widen them to see the queue.")
+    shortcuts.shortcuts_panel(inputs, result)
     _agreement(inputs, result, queue, state)
     _roc(result, verdicts, inputs)
     st.download_button(

@@ -18,18 +18,27 @@ from essence.cli.options import (
     InputOptions,
     JsonOpt,
     NoCacheOpt,
+    ShortcutMapsOpt,
+    ShortcutsOpt,
+    ShortcutTopOpt,
     StoreOpt,
+    TrainDataOpt,
     with_option_groups,
 )
-from essence.cli.output import write_json
+from essence.cli.output import write_json, write_text_file
 from essence.cli.profile import compute_profiles, stored_activations
 from essence.core.base.errors import SpecError
 
 if TYPE_CHECKING:
-    from essence.core.analyses.diagnosis.results import Diagnosis
+    from pathlib import Path
+
+    from essence.core.analyses.diagnosis.results import ClassDiagnosis, Diagnosis
     from essence.core.analyses.experts.evidence import ExpertEvidence
     from essence.core.analyses.experts.sweep import ExpertSweep
     from essence.core.analyses.profiles import ClassProfiles
+    from essence.core.analyses.shortcuts import SharedEvidence
+    from essence.core.analyses.triage import Triage
+    from essence.core.inputs.data import ImageData
 
 TopOpt = Annotated[int, typer.Option("--top", min=1, help="rows to print (--json holds every instance)")]
 ScoreOpt = Annotated[
@@ -145,11 +154,16 @@ def triage(
     store: StoreOpt = None,
     no_cache: NoCacheOpt = False,
     export: ExportOpt = None,
+    shortcuts: ShortcutsOpt = False,
+    shortcut_top: ShortcutTopOpt = 50,
+    shortcut_maps: ShortcutMapsOpt = None,
 ) -> None:
     """Instances ranked for review: the doubtful and those right for unusual reasons first, with why."""
     from essence.core.analyses.triage import deviation_scores
 
     check_export(export, per_instance=True)
+    if shortcut_maps is not None and shortcut_maps.exists() and not shortcut_maps.is_dir():
+        raise SpecError(f"--shortcut-maps {shortcut_maps} is a file: name a folder (made if missing)")
     loaded = inputs.load(batch_size=batch_size)
     profiles = _profiles(loaded, granularity, kind, batch_size, device, store, no_cache, keep_instances=True)
     with progress_bar("unit contributions") as bar:
@@ -178,9 +192,63 @@ def triage(
     _print_triage(header, rows[:top])
     out = result.to_json(top=0)
     out["scores"] = rows
+    if shortcuts or shortcut_maps is not None:
+        out["shortcuts"] = _shortcuts(loaded, result, granularity, device, shortcut_top, shortcut_maps)
     write_json(json_path, out, loaded.data.preprocessing, loaded.classes)
     write_triage_export(export, result, loaded.data, verdicts)
     _say_if_cached(profiles)
+
+
+def _shortcuts(
+    loaded: Inputs, result: Triage, granularity: str, device: str, top: int, maps: Path | None
+) -> list[dict]:
+    """The flagged images that share why-flagged units, one sentence each (printed), as the JSON's
+    ``shortcuts`` entries; with ``--shortcut-maps`` each group's aggregated saliency written as a PNG."""
+    from essence.core.analyses.shortcuts import shared_evidence
+    from essence.core.base.devices import resolve_device
+    from essence.core.base.model_state import on_device
+
+    model = loaded.model.module
+    with on_device(model, resolve_device(device)):
+        found = shared_evidence(model, loaded.data, result, granularity=granularity, top=top)  # type: ignore[arg-type]
+    searched = min(top, len(result))
+    if not found:
+        typer.echo(
+            f"shortcuts: no flagged images among the first {searched} share why-flagged units more often than "
+            "chance allows"
+        )
+    else:
+        typer.echo(f"shortcuts: {len(found)} group(s) among the first {searched} flagged images:")
+    entries = []
+    for n, group in enumerate(found, 1):
+        typer.echo(f"  {group.sentence}")
+        entry = group.to_json()
+        if maps is not None:
+            entry["map"] = str(_write_map(loaded, group, maps / f"shortcut-{n}-class-{group.cls}.png"))
+        entries.append(entry)
+    if maps is not None and found:
+        typer.echo(f"wrote {len(found)} map(s) of shared evidence to {maps}")
+    return entries
+
+
+def _write_map(loaded: Inputs, group: SharedEvidence, path: Path) -> Path:
+    """The group's aggregated saliency over its first image, region outlined, beside it as a heat map (PNG)."""
+    import io
+
+    from PIL import Image
+
+    from essence.core.analyses.interpret import display_image
+    from essence.core.analyses.shortcuts import evidence_image
+
+    recipe = loaded.data.preprocessing
+    x = loaded.data.tensors([int(group.indices[0])])[0]
+    picture = Image.fromarray(evidence_image(group, display_image(x, recipe.mean, recipe.std)))
+    scale = max(1, -(-160 // picture.height))  # at least 160 px high, each input pixel a crisp block
+    picture = picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST)
+    png = io.BytesIO()
+    picture.save(png, format="PNG")
+    write_text_file(path, png.getvalue(), "--shortcut-maps")  # atomic; the folder is made if missing
+    return path
 
 
 @with_option_groups
@@ -280,9 +348,11 @@ def diagnose(
     store: StoreOpt = None,
     no_cache: NoCacheOpt = False,
     export: ExportOpt = None,
+    train_data: TrainDataOpt = None,
 ) -> None:
-    """Per class: ok, drowning experts, not read out or not learned — with the evidence, the remedy, and the
-    preprocessing step to suspect (docs/analyses.md)."""
+    """Per class: ok, drowning experts, not read out or not learned — with the evidence, the remedy, the
+    preprocessing step to suspect, and with --train-data what the training data says of each class
+    (docs/analyses.md)."""
     from essence.core.analyses.diagnosis.verdict import DiagnosisSettings
     from essence.core.analyses.diagnosis.verdict import diagnose as run_diagnosis
 
@@ -290,6 +360,7 @@ def diagnose(
         raise SpecError(f"--rare-share {rare_share} must lie in (0, 1]")
     check_export(export, per_instance=False)
     loaded = inputs.load(batch_size=batch_size)
+    training = _training_data(loaded, inputs, train_data)
     settings = DiagnosisSettings(rare_share=rare_share, granularity=granularity)  # type: ignore[arg-type]
     profiles = _profiles(loaded, granularity, settings.kind, batch_size, device, store, no_cache)
     with progress_bar(f"diagnosis at {loaded.layer}") as bar:
@@ -303,11 +374,43 @@ def diagnose(
             device=device,
             progress=bar,
             activations=stored_activations(loaded, store, no_cache),  # the slice's stored z: g alone runs
+            train_data=training,
         )
     _print_diagnosis(result, loaded.data.spec)
     write_json(json_path, result.to_json(), loaded.data.preprocessing, loaded.classes)
     write_diagnosis_export(export, result)
     _say_if_cached(profiles)
+
+
+def _training_data(loaded: Inputs, inputs: InputOptions, spec: str | None) -> ImageData | None:
+    """``--train-data`` read as ``--data`` is (the model's recipe and classes, the same options), checked to fit
+    the model and to name its classes in the same order as the evaluated data (``None`` when not given).
+
+    Raises:
+        DataLoadError, SpecError: the spec cannot be read. LabelMismatchError: other classes than the model's.
+    """
+    if spec is None:
+        return None
+    from essence.cli.common import load_data
+    from essence.core.base.errors import LabelMismatchError
+    from essence.core.inputs.cards import class_order
+    from essence.core.inputs.models import check_compatible
+
+    train = load_data(
+        loaded.model, spec, size=inputs.size, blur=inputs.blur, recipe_file=inputs.recipe,
+        skip_bad_images=inputs.skip_bad,
+    )  # fmt: skip
+    if train.skipped:
+        typer.echo(f"note: {len(train.skipped)} unreadable training images were skipped", err=True)
+    check_compatible(loaded.model, train)
+    names = class_order(loaded.model, train).names
+    if tuple(names) != tuple(loaded.classes.names):
+        raise LabelMismatchError(
+            f"--train-data {spec} has the classes {', '.join(names[:6])}, not the model's "
+            f"{', '.join(loaded.classes.names[:6])} in that order: give the data the model was trained on"
+        )
+    typer.echo(f"training data: {spec}, {len(train)} images")
+    return train
 
 
 def _print_diagnosis(result: Diagnosis, data_spec: str) -> None:
@@ -332,7 +435,27 @@ def _print_diagnosis(result: Diagnosis, data_spec: str) -> None:
             typer.echo(f"      {c.advice}")
         for step in c.suspect_steps:
             typer.echo(f"      suspect step: {step.step} — {step.evidence}")
+        _print_training_and_benchmark(c)
         typer.echo(f"      top units + {c.top_positive}  − {c.top_negative}")
+    ok = next((c for c in result.classes if c.diagnosis == "ok" and c.benchmark_precision), None)
+    if ok is not None:
+        from essence.core.analyses.diagnosis.benchmark import said
+
+        typer.echo(f"benchmark: {said(ok.diagnosis, ok.benchmark_precision, ok.training is not None)}")
+
+
+def _print_training_and_benchmark(c: ClassDiagnosis) -> None:
+    """The training data's facts of the class (with --train-data; the advice of a flagged class holds them
+    already) and how often its verdict was right on the held-out benchmark (said once for "ok", after the table)."""
+    from essence.core.analyses.diagnosis.benchmark import STEP_NAMED, said
+
+    if c.training is not None and "training data:" not in c.advice:
+        typer.echo(f"      training data: {c.training.describe(c.name)}")
+    with_training = c.training is not None
+    if c.benchmark_precision is not None and c.diagnosis != "ok":
+        typer.echo(f"      benchmark: {said(c.diagnosis, c.benchmark_precision, with_training)}")
+    if c.step_benchmark_precision is not None:
+        typer.echo(f"      benchmark: {said(STEP_NAMED, c.step_benchmark_precision, with_training)}")
 
 
 def _grid(sweep: ExpertSweep) -> None:

@@ -105,6 +105,15 @@ DataOpt = Annotated[
         "--data", "-d", help="demo:train|val|test, digits, folder:PATH, csv:PATH, npz:PATH or dicom:PATH"
     ),
 ]
+TrainDataOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--train-data",
+        help="the data the model was trained on, as --data takes it (demo:train, folder:PATH, npz:PATH, ...): "
+        "tells 'not learned' from 'not read out' by whether each class is in it, how often, and whether its "
+        "images look like the evaluated ones",
+    ),
+]
 LayerOpt = Annotated[
     str | None, typer.Option("--layer", "-l", help="module path as model.named_modules() prints it")
 ]
@@ -146,6 +155,27 @@ StoreOpt = Annotated[
     typer.Option("--store", help="store file or SQLAlchemy URL (default: $ESSENCE_HOME/essence.sqlite)"),
 ]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="recompute even if the store has the answer")]
+ShortcutsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--shortcuts",
+        help="look among the flagged images for groups that share why-flagged units: where that evidence lies, "
+        "and how many predictions change when it is covered (against a random region of the same size)",
+    ),
+]
+ShortcutTopOpt = Annotated[
+    int,
+    typer.Option(
+        "--shortcut-top", min=1, help="flagged images searched for --shortcuts: the queue's first N"
+    ),
+]
+ShortcutMapsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--shortcut-maps",
+        help="write each group's aggregated saliency as a PNG into this folder (implies --shortcuts)",
+    ),
+]
 AllowEmptyOpt = Annotated[
     bool, typer.Option("--allow-empty", help="keep classes with no instances (NaN rows)")
 ]

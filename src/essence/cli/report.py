@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from essence.cli.common import progress_bar
-from essence.cli.options import DeviceOpt, InputOptions, StoreOpt, with_option_groups
+from essence.cli.options import DeviceOpt, InputOptions, ShortcutsOpt, StoreOpt, with_option_groups
 from essence.cli.output import write_text_file
 
 if TYPE_CHECKING:
@@ -16,14 +16,22 @@ if TYPE_CHECKING:
 
     from essence.cli.common import Inputs
     from essence.core.analyses.profiles import ClassProfiles
+    from essence.core.analyses.shortcuts import SharedEvidence
     from essence.storage import Store
 
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="the HTML file to write")]
 
 
 @with_option_groups
-def report(inputs: InputOptions, out: OutOpt, store: StoreOpt = None, device: DeviceOpt = "auto") -> None:
-    """Write the review report: model, preprocessing recipe, diagnosis, reviewed cases and verdicts."""
+def report(
+    inputs: InputOptions,
+    out: OutOpt,
+    store: StoreOpt = None,
+    device: DeviceOpt = "auto",
+    shortcuts: ShortcutsOpt = False,
+) -> None:
+    """Write the review report: model, preprocessing recipe, diagnosis, reviewed cases and verdicts (and with
+    --shortcuts the flagged images that share why-flagged units)."""
     import dataclasses
 
     from essence.app.report import review_report
@@ -44,7 +52,9 @@ def report(inputs: InputOptions, out: OutOpt, store: StoreOpt = None, device: De
             device=device,
         )
         shown = dataclasses.replace(loaded.model, preprocessing=loaded.data.preprocessing)
-        text = review_report(shown, loaded.data, loaded.layer, diag, opened, predicted=_predictions(loaded))
+        found = _shortcuts(loaded, device) if shortcuts else None
+        predicted = _predictions(loaded)
+        text = review_report(shown, loaded.data, loaded.layer, diag, opened, predicted, shortcuts=found)
         reviewed = len(opened.latest_verdicts(loaded.data.fingerprint))
     write_text_file(out, text, "--out")  # atomic; links and special files written through, modes kept
     typer.echo(f"wrote {out}: {loaded.model.name} on {loaded.data.spec}, {reviewed} reviewed cases")
@@ -77,6 +87,20 @@ def _profiles(opened: Store, loaded: Inputs, device: str) -> ClassProfiles:
             run_info=RunInfo(command="essence report", device=device),
             activations=source,
         )
+
+
+def _shortcuts(loaded: Inputs, device: str) -> list[SharedEvidence]:
+    """The triage's flagged images that share why-flagged units (the default triage at the report's slice)."""
+    from essence.core.analyses.shortcuts import shared_evidence
+    from essence.core.analyses.triage import deviation_scores
+    from essence.core.base.devices import resolve_device
+    from essence.core.base.model_state import on_device
+
+    model = loaded.model.module
+    with progress_bar(f"triage at {loaded.layer} for --shortcuts") as bar:
+        result = deviation_scores(model, loaded.data, loaded.layer, device=device, progress=bar)  # type: ignore[arg-type]
+    with on_device(model, resolve_device(device)):
+        return shared_evidence(model, loaded.data, result)
 
 
 def _predictions(loaded: Inputs) -> np.ndarray:

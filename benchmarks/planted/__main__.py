@@ -45,6 +45,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--variants", nargs="+", help="a subset of the half's variants (default: all of them)")
     p.add_argument("--out", type=Path, default=Path("planted-results.json"))
     p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument(
+        "--no-training-data",
+        dest="training",
+        action="store_false",
+        help="diagnose without the cases' training data (by default it is given, as a user who has it would)",
+    )
     p.add_argument("--report-only", action="store_true", help="print the tables of --out; run nothing")
     return p.parse_args(argv)
 
@@ -123,7 +129,7 @@ def run(args: argparse.Namespace, variants: list[str], results: dict[str, Any]) 
                     start = time.perf_counter()
                     case = build_case(VARIANTS[name], seed, arch, generator)
                     built = time.perf_counter() - start
-                    record = measure(case, args.layer, tuple(args.analyses))
+                    record = measure(case, args.layer, tuple(args.analyses), args.training)
                     record.update(rule=args.layer, build_seconds=round(built, 1))
                     results["cases"].append(record)
                     save(args.out, results)

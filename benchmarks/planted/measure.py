@@ -48,8 +48,11 @@ def slice_of(case: Case, layer: str) -> tuple[str, str]:
     return name, granularity
 
 
-def measure(case: Case, layer: str = "last", analyses: tuple[str, ...] = ANALYSES) -> dict[str, Any]:
-    """Everything the report needs from one case, as plain JSON values (``analyses``: which to run)."""
+def measure(
+    case: Case, layer: str = "last", analyses: tuple[str, ...] = ANALYSES, training: bool = True
+) -> dict[str, Any]:
+    """Everything the report needs from one case, as plain JSON values (``analyses``: which to run;
+    ``training``: the diagnosis is given the case's training data, as a user who has it gives it)."""
     start = time.perf_counter()
     name, granularity = slice_of(case, layer)
     out: dict[str, Any] = {
@@ -70,7 +73,7 @@ def measure(case: Case, layer: str = "last", analyses: tuple[str, ...] = ANALYSE
     if "triage" in analyses and case.variant.family in TRIAGE_FAMILIES:
         out["auc"] = triage_aucs(case, name, granularity)
     if "diagnosis" in analyses:
-        out["diagnosis"] = diagnosis_record(case, name, granularity)
+        out["diagnosis"] = diagnosis_record(case, name, granularity, training)
     out["seconds"] = round(time.perf_counter() - start, 1)
     return out
 
@@ -130,17 +133,24 @@ def cleanlab_scores(labels: np.ndarray, probs: np.ndarray) -> dict[str, np.ndarr
     return out
 
 
-def diagnosis_record(case: Case, layer: str, granularity: str) -> dict[str, Any]:
-    """The diagnosis of every class, and how it compares with the truth."""
+def diagnosis_record(case: Case, layer: str, granularity: str, training: bool = True) -> dict[str, Any]:
+    """The diagnosis of every class, and how it compares with the truth (given the case's training data when
+    ``training``: :func:`~benchmarks.planted.small.training_data` plants it again from the case's seed)."""
+    from benchmarks.planted.small import training_data
+
     settings = None
     if granularity != "channel":  # the default settings but the granularity (a ViT token slice)
         from essence.core.analyses.diagnosis.results import DiagnosisSettings
 
         settings = DiagnosisSettings(granularity=granularity)  # type: ignore[arg-type]
-    d = diagnose(case.model, case.review, layer, settings=settings, device="cpu")
+    train = training_data(case) if training else None
+    d = diagnose(case.model, case.review, layer, settings=settings, device="cpu", train_data=train)
     verdicts = [c.diagnosis for c in d.classes]
     v, k = case.variant, case.planted_class
-    record: dict[str, Any] = {"verdicts": verdicts, "accuracy": d.accuracy}
+    record: dict[str, Any] = {"verdicts": verdicts, "accuracy": d.accuracy, "training_data": training}
+    if training:  # what a user without the training data is told (cheap: the slice is cached in-process)
+        without = diagnose(case.model, case.review, layer, settings=settings, device="cpu")
+        record["verdicts_without_training"] = [c.diagnosis for c in without.classes]
     others = [c for i, c in enumerate(verdicts) if i != k or v.verdict is None]
     record["false_alarms"] = [
         d.classes[i].name for i, c in enumerate(verdicts) if c != "ok" and (i != k or v.verdict is None)

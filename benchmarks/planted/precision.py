@@ -112,7 +112,8 @@ def precision_table(paths: list[Path], rule: str = "last") -> dict[str, Any]:
             "variants": sorted({c["variant"] for c in cases}),
         },
         "core_source": sorted({c.get("core_source", "?") for c in cases}),
-        "training_data": False,
+        # Whether every case's diagnosis was given its training data (older results do not say: without).
+        "training_data": all(c["diagnosis"].get("training_data", False) for c in cases),
         "unrecorded_audits": sum(unrecorded_audits(c) for c in cases),
         "verdicts": {
             k: {"right": right[k], "count": given[k], "precision": right[k] / given[k]}

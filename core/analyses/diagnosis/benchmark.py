@@ -7,8 +7,8 @@ benchmark"), and a test recomputes it from them. For each verdict ("ok", "drowni
 diagnosis gave it on the held-out cases and how many of those were right: precision = right / given. Every
 verdict of a diagnosis carries its row (:func:`precision_of`), so a reader sees how far to trust it.
 
-The benchmark ran the diagnosis without training data: a verdict that the training data decided is the same
-kind of call, but its precision was not measured that way (:func:`said` says so).
+The table says whether the benchmark's diagnoses were given their cases' training data (``training_data``); a
+verdict reached the other way is the same kind of call, measured under other conditions (:func:`said` says so).
 """
 
 from __future__ import annotations
@@ -33,12 +33,13 @@ def precision_table() -> dict[str, Any] | None:
 
 
 def precision_of(kind: str, table: dict[str, Any] | None) -> dict[str, Any] | None:
-    """``{"precision", "right", "count", "half"}`` of a verdict kind, or ``None`` when the table has no row.
+    """``{"precision", "right", "count", "half", "training_data"}`` of a verdict kind, or ``None`` when the table
+    has no row (``training_data``: whether the benchmark's diagnoses were given their training data).
 
     Examples:
         >>> table = {"half": "heldout", "verdicts": {"not learned": {"right": 14, "count": 20}}}
         >>> precision_of("not learned", table)
-        {'precision': 0.7, 'right': 14, 'count': 20, 'half': 'heldout'}
+        {'precision': 0.7, 'right': 14, 'count': 20, 'half': 'heldout', 'training_data': False}
         >>> precision_of("ok", table) is None
         True
     """
@@ -48,12 +49,19 @@ def precision_of(kind: str, table: dict[str, Any] | None) -> dict[str, Any] | No
     if not isinstance(row, dict) or not row.get("count"):
         return None
     right, count = int(row["right"]), int(row["count"])
-    return {"precision": right / count, "right": right, "count": count, "half": str(table.get("half"))}
+    return {
+        "precision": right / count,
+        "right": right,
+        "count": count,
+        "half": str(table.get("half")),
+        "training_data": bool(table.get("training_data", False)),
+    }
 
 
 def said(kind: str, row: dict[str, Any] | None, with_training: bool = False) -> str:
     """A verdict's benchmark row in words: ``not learned — right in 14 of 20 such calls on the held-out
-    benchmark`` (empty without a row).
+    benchmark`` (empty without a row); where the verdict was reached with training data and the benchmark's
+    were not (or the other way round), it says so.
 
     Examples:
         >>> said("not learned", {"precision": 0.7, "right": 14, "count": 20, "half": "heldout"})
@@ -63,7 +71,10 @@ def said(kind: str, row: dict[str, Any] | None, with_training: bool = False) -> 
         return ""
     half = HALF_WORDS.get(row["half"], row["half"])
     text = f"{kind} — right in {row['right']} of {row['count']} such calls on the {half} benchmark"
-    return text + (" (measured without training data)" if with_training else "")
+    measured = bool(row.get("training_data", False))
+    if with_training == measured:
+        return text
+    return text + (" (measured without training data)" if with_training else " (measured with training data)")
 
 
 def provenance(table: dict[str, Any] | None) -> dict[str, Any] | None:

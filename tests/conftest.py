@@ -208,18 +208,21 @@ def assert_rel_close(actual: torch.Tensor, expected: torch.Tensor, tol: float = 
 # of one of them starting a long file when the other has nothing left. A serial run keeps pytest's order.
 LONGEST_FIRST = (
     "tests/app/test_review_desk_browser.py",
-    "tests/reliability/test_catalogue.py",
     "tests/app/test_browser.py",
     "tests/reliability/test_faults.py",
-    "tests/cli/test_readme_walkthrough.py",
     "tests/app/test_review_desk.py",
     "tests/app/test_pages.py",
-    "tests/cli/test_class_order_formats.py",
     "tests/cli/test_formats_cli.py",
-    "tests/core/test_diagnosis.py",
-    "tests/cli/test_readme_claims.py",
+    "tests/cli/test_class_order_formats.py",
     "tests/reliability/test_cli_faults.py",
+    "tests/cli/test_readme_walkthrough.py",
     "tests/scale/test_distributed.py",
+    "tests/reliability/test_catalogue.py",
+    "tests/sample_data/test_build.py",
+    "tests/core/test_diagnosis.py",
+    "tests/reliability/test_process_and_args.py",
+    "tests/app/test_triage_shortcuts.py",
+    "tests/cli/test_profile.py",
 )
 
 

@@ -272,8 +272,6 @@ class _ClassRun:
             return self.never_taught(base, evidence, taught)
         if evidence.best is not None:
             return self.drowning(base, evidence, evidence.best)
-        if taught is not None and taught.cause == RARE:
-            return self.never_taught(base, evidence, taught)
         if probe is not None and probe.separates:
             return self.not_read_out(base, evidence, probe)
         return self.not_learned(base, evidence, self.audit(i, j))
@@ -375,6 +373,12 @@ class _ClassRun:
         """No expert and no separation at the slice: not learned; the preprocessing audit names suspects."""
         probe = base.probe
         remedy = not_learned_remedy(audit, self.recipe, base.neighbour)
+        taught = base.training
+        if taught is not None and taught.cause == RARE and (audit is None or not audit.suspects):
+            # Rare in training and no step to suspect: the few images it was taught from are the lead. (Rarity
+            # never pre-empts the audit: a class a third the size of the others is learnable, and a step
+            # that erases its difference is the better explanation when the audit finds one.)
+            remedy = never_taught_remedy(taught, base.name, self.s.training)
         return replace(
             base, diagnosis=NOT_LEARNED, evidence=evidence, audit=audit,
             advice=(

@@ -6,8 +6,11 @@ Models are built fresh per test (they are cheap) so a test can never leak state 
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import signal
+import tempfile
 
 # A suite started in the background by a shell without job control inherits SIGINT ignored, and so would every
 # process a test starts (an ignored signal stays ignored across exec): the Ctrl-C tests would then meet processes
@@ -25,6 +28,14 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 THREADS = int(os.environ.get("OMP_NUM_THREADS") or 1)
 os.environ["OMP_NUM_THREADS"] = str(THREADS)
 os.environ.setdefault("MKL_NUM_THREADS", str(THREADS))
+
+# Every process of the suite (each pytest-xdist worker, and what it starts) keeps its default store under a private
+# temporary ESSENCE_HOME, removed when it exits; a test that names its own home or store overrides it. The suite
+# then never reads or writes the user's own store, and two workers never share one (a CLI test that relied on
+# the user's data folder once met a store another test had left damaged there).
+HOME = tempfile.mkdtemp(prefix="essence-tests-")
+os.environ["ESSENCE_HOME"] = HOME
+atexit.register(shutil.rmtree, HOME, ignore_errors=True)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -214,6 +214,15 @@ def go(page: object, title: str) -> None:
     wait_until_idle(page)
 
 
+def attach(form: object, files: list[dict[str, object]]) -> None:
+    """Give the form's file uploader ``files`` and wait until each is uploaded: its chip shows its name and no
+    spinner. A submit clicked before that (on a busy machine) would reach the app without the file."""
+    form.locator('input[type="file"]').set_input_files(files=files)  # type: ignore[attr-defined]
+    for f in files:
+        form.locator('[data-testid="stFileChipName"]', has_text=str(f["name"])).first.wait_for()  # type: ignore[attr-defined]
+    form.locator('[data-testid="stFileChipIconSpinner"]').first.wait_for(state="detached")  # type: ignore[attr-defined]
+
+
 def select(page: object, label: str, option: str, where: str = "stSelectbox") -> None:
     """Open the drop-down labelled ``label`` and click ``option`` (a selectbox, or a multiselect's add)."""
     box = page.locator(f'[data-testid="{where}"]', has_text=label).first  # type: ignore[attr-defined]
@@ -383,10 +392,9 @@ def test_report_downloads_twice(page) -> None:
 def test_upload_stays_after_reload_and_can_be_removed(page) -> None:
     go(page, "Your model & data")
     form = page.locator('[data-testid="stForm"]', has_text="Add the dataset")
-    form.locator('input[type="file"]').set_input_files(
-        files=[
-            {"name": "odd.zip", "mimeType": "application/zip", "buffer": dataset_zip([MARKDOWN_CLASS, "b"])}
-        ]
+    attach(
+        form,
+        [{"name": "odd.zip", "mimeType": "application/zip", "buffer": dataset_zip([MARKDOWN_CLASS, "b"])}],
     )
     page.get_by_role("button", name="Add the dataset").click()
     page.get_by_text("it is now the current dataset").wait_for()

@@ -27,6 +27,7 @@ import pytest
 from test_browser import (
     CHROMIUM,
     Served,
+    attach,
     browser_page,
     go,
     heading_index,
@@ -368,9 +369,7 @@ def test_a_dicom_zip_and_an_onnx_model_stay_after_a_reload_and_a_restart_and_are
     before = _files(desk.home)
     go(page, "Your model & data")
     form = page.locator('[data-testid="stForm"]', has_text="Add the model")
-    form.locator('input[type="file"]').set_input_files(
-        files=[{"name": "tiny.onnx", "mimeType": "application/octet-stream", "buffer": _onnx_model()}]
-    )
+    attach(form, [{"name": "tiny.onnx", "mimeType": "application/octet-stream", "buffer": _onnx_model()}])
     select(page, "Architecture", "ONNX model (.onnx, architecture inside the file)")
     page.get_by_label("Class names, in output order").fill("low, middle, high")
     page.get_by_role("button", name="Add the model").click()
@@ -378,8 +377,8 @@ def test_a_dicom_zip_and_an_onnx_model_stay_after_a_reload_and_a_restart_and_are
     wait_until_idle(page)
     assert model in shown(page, "Model")
     form = page.locator('[data-testid="stForm"]', has_text="Add the dataset")
-    form.locator('input[type="file"]').set_input_files(
-        files=[{"name": "scans.zip", "mimeType": "application/zip", "buffer": _dicom_zip(tmp_path / "scans")}]
+    attach(
+        form, [{"name": "scans.zip", "mimeType": "application/zip", "buffer": _dicom_zip(tmp_path / "scans")}]
     )
     page.get_by_role("button", name="Add the dataset").click()
     page.get_by_text("it is now the current dataset").wait_for()
@@ -458,9 +457,7 @@ def _folders_zip(names: tuple[str, ...], per_class: int = 3, size: int = 32) -> 
 def _upload_model(page: object, name: str, data: bytes) -> str:
     """Add an exported 3-class model through the upload form; its label, once it is the current model."""
     form = page.locator('[data-testid="stForm"]', has_text="Add the model")  # type: ignore[attr-defined]
-    form.locator('input[type="file"]').set_input_files(
-        files=[{"name": name, "mimeType": "application/octet-stream", "buffer": data}]
-    )
+    attach(form, [{"name": name, "mimeType": "application/octet-stream", "buffer": data}])
     if shown(page, "Architecture") != EXPORTED:  # the first choice, so the form's own
         select(page, "Architecture", EXPORTED)
     page.get_by_label("Class names, in output order").fill(", ".join(THREE_CLASSES))  # type: ignore[attr-defined]
@@ -481,8 +478,8 @@ def test_compare_on_uploaded_models_offers_only_those_of_the_data_s_classes_and_
     first = _upload_model(page, "first.pt2", _exported_model(0))
     second = _upload_model(page, "second.pt2", _exported_model(1))  # the current model: A
     form = page.locator('[data-testid="stForm"]', has_text="Add the dataset")
-    form.locator('input[type="file"]').set_input_files(
-        files=[{"name": "three.zip", "mimeType": "application/zip", "buffer": _folders_zip(THREE_CLASSES)}]
+    attach(
+        form, [{"name": "three.zip", "mimeType": "application/zip", "buffer": _folders_zip(THREE_CLASSES)}]
     )
     page.get_by_role("button", name="Add the dataset").click()
     page.get_by_text("Added three.zip (uploaded)").wait_for()

@@ -44,6 +44,7 @@ def test_no_training_data_by_default_then_a_dataset_picked(open_app, clean) -> N
 def test_the_report_shows_the_training_facts_and_the_benchmark() -> None:
     from essence.app.report import _diagnosis_section
     from essence.core import diagnose
+    from essence.core.analyses.diagnosis import benchmark
 
     _ = torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
@@ -59,4 +60,11 @@ def test_the_report_shows_the_training_facts_and_the_benchmark() -> None:
     assert (
         "<th>training data</th>" in html and "Training data:</b> 23 training images labelled class 2" in html
     )
-    assert "(measured without training data)" in html
+    # The shipped benchmark table says whether it was measured with training data; a verdict reached the other
+    # way says so beside its precision, and one reached the same way does not.
+    table = benchmark.precision_table()
+    assert table is not None
+    measured_with = table["training_data"]
+    assert ("(measured with training data)" in without) is measured_with
+    assert ("(measured without training data)" in html) is (not measured_with)
+    assert "(measured with training data)" not in html and "(measured without training data)" not in without

@@ -116,3 +116,32 @@ def test_the_report_holds_each_sentence_and_its_map(planted, tmp_path: Path) -> 
     assert section.count("data:image/png;base64,") >= 2  # the map on the image, and as a heat map
     plain = essence(planted, tmp_path, "report", "--out", str(tmp_path / "plain.html"))
     assert plain.returncode == 0 and "<h2>Shortcuts</h2>" not in (tmp_path / "plain.html").read_text()
+
+
+def test_the_report_diagnoses_from_the_stored_activations(planted, tmp_path: Path, monkeypatch) -> None:
+    """The report's diagnosis reads the slice's stored z (the layers below it are not run again), and says what a
+    diagnosis that runs them says."""
+    from essence.core.analyses.diagnosis import verdict
+
+    real, given = verdict.diagnose, []
+
+    def spy(*args, **kwargs):
+        given.append(kwargs.get("activations"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(verdict, "diagnose", spy)
+    stored = essence(planted, tmp_path, "report", "--out", str(tmp_path / "stored.html"))
+    assert stored.returncode == 0, stored.stderr
+    assert len(given) == 1 and given[0] is not None
+
+    def without(*args, **kwargs):
+        return real(*args, **{**kwargs, "activations": None})
+
+    monkeypatch.setattr(verdict, "diagnose", without)
+    fresh = essence(planted, tmp_path, "report", "--out", str(tmp_path / "fresh.html"))
+    assert fresh.returncode == 0, fresh.stderr
+
+    def diagnosis(name: str) -> str:
+        return (tmp_path / name).read_text().split("<h2>Diagnosis</h2>", 1)[1].split("<h2>", 1)[0]
+
+    assert diagnosis("stored.html") == diagnosis("fresh.html")

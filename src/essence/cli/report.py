@@ -50,6 +50,7 @@ def report(
             profiles=profiles,
             preprocessing=recipe,
             device=device,
+            activations=opened.slice_source(loaded.model, loaded.data),  # the slice's stored z: g alone runs
         )
         shown = dataclasses.replace(loaded.model, preprocessing=loaded.data.preprocessing)
         found = _shortcuts(loaded, device) if shortcuts else None

@@ -81,8 +81,9 @@ class Files:
         return str(self.f[name])
 
 
-class _Alarm(Exception):
-    pass
+class _Alarm(BaseException):
+    """A row that blocks. A BaseException, like KeyboardInterrupt, so that no ``except Exception`` of the code under
+    test can catch it and turn a hang into a clean-looking error (a FIFO read in ``explain --image`` once hid so)."""
 
 
 def _on_alarm(signum: int, frame: object) -> None:

@@ -131,6 +131,34 @@ def test_planted_drowning_experts(digits) -> None:
     assert {"alpha", "beta", "recall", "precision"} <= set(js["expert"]) and js["suspect_steps"] == []
 
 
+def test_an_expert_where_the_slice_does_not_separate_is_no_expert(digits, monkeypatch) -> None:
+    """The drowning case with the probe made to say the slice does not tell class 0 from its neighbour: the mask
+    that passes the expert test could only fire on the neighbour too, so the verdict is not learned (audited),
+    and the advice says a mask passed and why it is no expert."""
+    from essence.core.analyses.diagnosis import probe as probes
+    from essence.core.analyses.diagnosis import verdict
+
+    model, x, y = digits
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        out = model(x)
+        others = out.clone()
+        others[:, 0] = -torch.inf
+        model.fc2.bias[0] -= (out[:, 0] - others.max(1).values).max() + 0.5
+    real = probes.probe_class
+
+    def at_chance(features, labels, i, j, names, settings):
+        p = real(features, labels, i, j, names, settings)
+        return p if j is None or i != 0 else probes.Probe(0.5, p.threshold, p.positives, p.negatives, p.against)
+
+    monkeypatch.setattr(verdict, "probe_class", at_chance)
+    c = diagnose(model, (x, y), "fc1", preprocessing="L 8×8, no blur", device="cpu").classes[0]
+    assert c.evidence.best is not None  # the mask still passes the test
+    assert c.diagnosis == NOT_LEARNED and c.expert is None, c.advice
+    assert "a mask passes the expert test" in c.advice and "but is no expert" in c.advice
+    assert "does not separate it from" in c.advice and "rebalance" not in c.remedy
+
+
 def test_planted_not_read_out(digits) -> None:
     """The head ignores class 6 (zero read-out row, low bias), yet the slice separates it: not read out."""
     model, x, y = digits

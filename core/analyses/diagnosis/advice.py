@@ -56,6 +56,16 @@ def training_words(c: ClassDiagnosis) -> str:
     return "" if c.training is None else f"; training data: {c.training.describe(c.name)}"
 
 
+def expert_words(best: Expert | None) -> str:
+    """What the expert test found for a class the slice does not separate: no mask, or a mask that is no expert."""
+    if best is None:
+        return "no expert"
+    return (
+        f"a mask passes the expert test (α={best['alpha']}, β={best['beta']}: precision {best['precision']:.2f}) "
+        "but is no expert"
+    )
+
+
 def read_out_remedy(layer: str, facts: TrainingFacts | None) -> str:
     """The remedy of "not read out": fix the head — stated as fact only when the training data backs it."""
     fix = (

@@ -5,8 +5,11 @@ For every class: recall, precision and how often the model predicts it. A class 
 
 1. **Can the model's own read-out be made to predict it?** The honest expert test
    (:func:`~essence.core.analyses.experts.evidence.expert_evidence`: cross-fitted, corrected for the grid, beating the
-   activation-ranked control and random masks). Yes → **drowning experts**: the model learned the class, but
-   in the full model other classes' units outweigh it. Remedy: rebalance the training data or reweight the loss.
+   activation-ranked control and random masks), where the slice separates the class from its neighbour (step
+   3's probe). Yes → **drowning experts**: the model learned the class, but in the full model other classes'
+   units outweigh it. Remedy: rebalance the training data or reweight the loss. A mask that passes where the
+   probe does not separate fires on the neighbour's images too (precision near the class's share of the
+   pair, the base rate): no expert, and the class goes on to step 4.
 2. **Was it taught as it is evaluated?** With ``train_data`` only (:mod:`essence.core.analyses.diagnosis.training`):
    absent from it, or its training images unlike its evaluated ones at the slice → **not learned**, whatever a
    mask finds (it was not learned from the class's images); rare in it and no expert → **not learned** too.
@@ -43,6 +46,7 @@ from torch import nn
 from essence.core.analyses.diagnosis import benchmark
 from essence.core.analyses.diagnosis.advice import (
     drowned_by,
+    expert_words,
     margin,
     not_learned_remedy,
     probe_words,
@@ -270,7 +274,8 @@ class _ClassRun:
             UNLIKE,
         ):  # no expert can show what was never taught
             return self.never_taught(base, evidence, taught)
-        if evidence.best is not None:
+        # An expert shows the class learned only where the slice tells it from its neighbour (module docstring).
+        if evidence.best is not None and (probe is None or probe.separates):
             return self.drowning(base, evidence, evidence.best)
         if probe is not None and probe.separates:
             return self.not_read_out(base, evidence, probe)
@@ -382,7 +387,8 @@ class _ClassRun:
         return replace(
             base, diagnosis=NOT_LEARNED, evidence=evidence, audit=audit,
             advice=(
-                f"{rarity(base)}; no expert, and the slice does not separate it from {base.neighbour}"
+                f"{rarity(base)}; {expert_words(evidence.best)}, and the slice does not separate it from "
+                f"{base.neighbour}"
                 f"{probe_words(probe)}{training_words(base)}: not learned. Remedy: {remedy}"
             ),
             remedy=remedy, borderline=probe is not None and probe.borderline, borderline_margin=margin(probe),

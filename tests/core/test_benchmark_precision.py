@@ -35,7 +35,10 @@ def test_the_shipped_table_is_recomputed_from_the_committed_results() -> None:
     cases = json.loads((RESULTS / "heldout.json").read_text())["cases"]
     assert shipped["grid"]["cases"] == sum(1 for c in cases if "diagnosis" in c)
     assert shipped["grid"]["archs"] == ["cnn", "resnet", "vit"] and shipped["grid"]["seeds"] == [0, 1, 2]
-    assert shipped["unrecorded_audits"] == 0 and shipped["training_data"] is True
+    # Audits of classes other than the planted one are not recorded: the table counts them, and the docs say how
+    # far the step row could move (docs/analyses.md, "how often each verdict is right").
+    assert 0 <= shipped["unrecorded_audits"] <= shipped["verdicts"]["not learned"]["count"]
+    assert shipped["training_data"] is True
     # A development file given with it is read and left out: the same table.
     assert planted.precision_table([RESULTS / "heldout.json", RESULTS / "dev-reduced.json"])["verdicts"] == (
         shipped["verdicts"]

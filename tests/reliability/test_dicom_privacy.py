@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.util
 import io
@@ -348,31 +347,20 @@ def grey():
 """
 
 
-def test_the_cli_names_the_file_in_one_line_and_skip_bad_images_leaves_it_out(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from essence.cli import main
+def test_the_cli_names_the_file_in_one_line_and_skip_bad_images_leaves_it_out(tmp_path: Path) -> None:
+    from in_process import run_essence
 
     (tmp_path / "code").mkdir()
     (tmp_path / "code" / f"{FACTORY}.py").write_text(FACTORY_SOURCE)
-    monkeypatch.syspath_prepend(str(tmp_path / "code"))
-    monkeypatch.setenv("ESSENCE_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("ESSENCE_DATA_ROOT", str(tmp_path))
-    monkeypatch.delenv("ESSENCE_DEBUG", raising=False)
     folder = samples.dicom_folder(tmp_path / "scans", per_class=2)
     _bad_header(folder, "frames text")
     args = ["profile", "--model", f"{FACTORY}:grey", "--data", f"dicom:{folder}", "--layer", "conv"]
     args += ["--device", "cpu", "--no-cache"]
+    env = {"ESSENCE_HOME": str(tmp_path / "home"), "ESSENCE_DATA_ROOT": str(tmp_path)}
 
     def cli(extra: list[str]) -> tuple[int, str, str]:
-        out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                main(args + extra)
-                code = 0
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else 1
-        return code, out.getvalue(), err.getvalue()
+        done = run_essence(args + extra, env, code_path=tmp_path / "code")
+        return done.returncode, done.stdout, done.stderr
 
     code, _, err = cli([])
     assert code == 2 and err.count("\n") == 1, err

@@ -24,35 +24,41 @@ IMAGES_SHOWN = 8  # fixed and broken images shown each (a row of thumbnails); th
 
 def render() -> None:
     st.title("Compare models")
-    inputs = current_inputs()
-    state = recipe()
-    others, left_out = _fitting(inputs, state)
-    if left_out:
-        st.caption(
-            f"Not offered, as their classes are not the {len(inputs.names)} of {plain(inputs.data_label)} "
-            f"({plain(', '.join(inputs.names))}): " + "; ".join(left_out) + "."
+    # Shown at once (a cache's own spinner waits half a second): on a cold store, finding the models that fit the
+    # data and loading the chosen one take a moment before the comparison's own progress box.
+    loading = st.progress(0.0, text="Loading the models to compare…")
+    try:
+        inputs = current_inputs()
+        state = recipe()
+        others, left_out = _fitting(inputs, state)
+        if left_out:
+            st.caption(
+                f"Not offered, as their classes are not the {len(inputs.names)} of {plain(inputs.data_label)} "
+                f"({plain(', '.join(inputs.names))}): " + "; ".join(left_out) + "."
+            )
+        if not others:
+            missing(
+                f"Comparing needs a second model with the classes of {plain(inputs.data_label)}, in the same order: "
+                f"{plain(', '.join(inputs.names))}. Upload the retrained model.",
+                UPLOAD_PAGE,
+                "Upload a model",
+            )
+        if state.compare_with not in others:
+            state.compare_with = (
+                DEMO_RETRAINED if state.model == DEMO_MODEL and DEMO_RETRAINED in others else others[0]
+            )
+        bound.seed(OTHER_KEY, state.compare_with)
+        chosen = st.selectbox(
+            "Compare with",
+            others,
+            key=OTHER_KEY,
+            format_func=printable,
+            on_change=bound.writer(OTHER_KEY, lambda v: setattr(state, "compare_with", v)),
         )
-    if not others:
-        missing(
-            f"Comparing needs a second model with the classes of {plain(inputs.data_label)}, in the same order: "
-            f"{plain(', '.join(inputs.names))}. Upload the retrained model.",
-            UPLOAD_PAGE,
-            "Upload a model",
-        )
-    if state.compare_with not in others:
-        state.compare_with = (
-            DEMO_RETRAINED if state.model == DEMO_MODEL and DEMO_RETRAINED in others else others[0]
-        )
-    bound.seed(OTHER_KEY, state.compare_with)
-    chosen = st.selectbox(
-        "Compare with",
-        others,
-        key=OTHER_KEY,
-        format_func=printable,
-        on_change=bound.writer(OTHER_KEY, lambda v: setattr(state, "compare_with", v)),
-    )
-    model_b = cache.model_of(state.models[chosen])
-    data_b = cache.data_for(state.data_choice, model_b)
+        model_b = cache.model_of(state.models[chosen])
+        data_b = cache.data_for(state.data_choice, model_b)
+    finally:
+        loading.empty()
     layer_b = model_b.default_layer or inputs.layer
     services.check_layer(model_b, layer_b)
     digest = f"compare-{inputs.model.fingerprint}-{model_b.fingerprint}-{inputs.data.fingerprint}"

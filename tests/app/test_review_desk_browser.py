@@ -122,7 +122,11 @@ THROUGHPUT_VERDICTS = 20
 # The keys of the four verdicts that need no note (label error, model error, ambiguous, fine), used in turn.
 VERDICT_KEYS = ("1", "2", "3", "4")
 VERDICT_BUTTONS = ("Label error (1)", "Model error (2)", "Ambiguous (3)", "Fine (4)")
-FIRST_PROGRESS_S = 1.0  # a long first visit shows its progress within a second of the click
+FIRST_PROGRESS_S = 1.0  # a long first visit shows its progress within a second of the click (idle machine)
+# On a loaded machine every rerun is slower, the ones that compute nothing included: the bound is then this many
+# times the time the same pages take to draw their heading once their answers are cached, measured in the same
+# run. A page that computed before showing its progress would take its whole computation (seconds), far beyond.
+PROGRESS_VS_PLAIN_PAGE = 2.0
 # The sanity bound of the throughput test: a verdict that takes longer than this is broken, not slow.
 VERDICT_SANITY_S = 30.0
 
@@ -519,11 +523,13 @@ def test_every_long_first_visit_shows_progress_within_a_second(
     tmp_path: Path, shared_chromium: object
 ) -> None:
     """On a fresh store: Overview, Experts, Compare and a switch of dataset each show their progress box within
-    a second of the click (measured from the click, in the browser)."""
+    a second of the click (measured from the click, in the browser) — or, on a machine loaded enough that the
+    same pages with their answers cached take over half a second to draw, within twice that time."""
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (make browser-deps)")
     outside: list[str] = []
     times: dict[str, float] = {}
+    plain: list[float] = []  # click → heading of a page whose answer is cached: a rerun that computes nothing
     with serve_app(tmp_path) as url, browser_page(outside=outside, browser=shared_chromium) as page:
         # The upload page computes nothing: the server's first run (imports, the demo model) happens here.
         page.goto(f"{url}/upload")
@@ -538,6 +544,13 @@ def test_every_long_first_visit_shows_progress_within_a_second(
             page.locator("h1", has_text=title.split(" ")[0]).wait_for()
             wait_until_idle(page)
             assert page.locator('[data-testid="stProgress"]').count() == 0  # done: the box is gone
+            go(page, "Your model & data")
+            start = time.monotonic()  # the same page again: its answer cached, nothing to compute
+            nav(title)()
+            page.locator("h1", has_text=title.split(" ")[0]).wait_for()
+            plain.append(time.monotonic() - start)
+            wait_until_idle(page)
+            go(page, "Your model & data")
         go(page, "Overview")
         box = page.locator('[data-testid="stSelectbox"]', has_text="Dataset").first
         box.locator('[role="combobox"], input').first.click()
@@ -548,6 +561,11 @@ def test_every_long_first_visit_shows_progress_within_a_second(
         wait_until_idle(page)
         assert page.locator('[data-testid="stException"]').count() == 0
     assert not outside, f"requests left 127.0.0.1: {outside}"
-    print("\nfirst progress (s): " + ", ".join(f"{k} {v:.2f}" for k, v in times.items()), file=sys.stderr)
-    slow = {k: round(v, 2) for k, v in times.items() if v > FIRST_PROGRESS_S}
-    assert not slow, f"progress later than {FIRST_PROGRESS_S} s after the click: {slow}"
+    reference = sorted(plain)[len(plain) // 2]
+    bound = max(FIRST_PROGRESS_S, PROGRESS_VS_PLAIN_PAGE * reference)
+    print("\nfirst progress (s): " + ", ".join(f"{k} {v:.2f}" for k, v in times.items())
+          + f"; the pages again, cached: {reference:.2f} (median of {len(plain)})", file=sys.stderr)  # fmt: skip
+    slow = {k: round(v, 2) for k, v in times.items() if v > bound}
+    assert not slow, (
+        f"progress later than {bound:.2f} s after the click: {slow} (cached pages {reference:.2f} s)"
+    )

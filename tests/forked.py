@@ -52,6 +52,7 @@ PRELOAD = [
     "sqlalchemy",
     "essence.cli",
     "essence.cli.analyses",
+    "essence.cli.diagnose",
     "essence.cli.profile",
     "essence.cli.store",
     "essence.core",

@@ -6,7 +6,7 @@ import streamlit as st
 
 # The charts' modules (Altair, about a second to import on a 2-core CPU) are imported with the app, in the
 # server's first run, not on the first visit of a page that draws a chart, whose progress box would wait.
-from essence.app import cache, charts, diagnosis_charts  # noqa: F401
+from essence.app import cache, charts, diagnosis_charts, heap  # noqa: F401
 from essence.app.components import glossary
 from essence.app.components.boundary import run_page
 from essence.app.components.session import reviewer_field
@@ -39,4 +39,8 @@ navigation = st.navigation(pages)
 run_page(sidebar)
 run_page(reviewer_field)  # drawn on every page: the name stays in the address (see components.session)
 run_page(glossary.render)
-navigation.run()
+try:
+    navigation.run()
+finally:  # a page's st.stop() or st.rerun() ends its run too
+    # What this run imported joins the permanent heap, out of the collection Streamlit runs after each run.
+    heap.freeze_new_modules()

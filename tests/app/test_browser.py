@@ -31,6 +31,8 @@ from PIL import Image
 
 CHROMIUM = "/usr/bin/chromium"
 ENTRY = Path(__file__).resolve().parents[2] / "app" / "main.py"
+# The discard port: nothing listens on it here, so a connection to it is refused.
+DEAD_PORT = 9
 LAUNCH_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -39,6 +41,9 @@ LAUNCH_ARGS = [
     "--disable-component-update",
     "--disable-sync",
     "--no-first-run",
+    # Every request to another host than this machine goes to a proxy that is not there, and fails at once
+    # (loopback is never proxied): nothing leaves 127.0.0.1, and the tests list what tried (browser_page).
+    f"--proxy-server=127.0.0.1:{DEAD_PORT}",
 ]
 # A page that computes on a shared 2-core CPU: generous waits.
 WAIT_MS = 120_000
@@ -124,7 +129,7 @@ def browser_page(
     width: int = 1400, height: int = 1000, outside: list[str] | None = None, browser: object | None = None
 ) -> Iterator[object]:
     """A Playwright page in a fresh context of ``browser`` (a browser of its own when ``None``); requests to hosts
-    other than 127.0.0.1 are refused and listed in ``outside``."""
+    other than 127.0.0.1 are listed in ``outside`` (the browser's dead proxy refuses them, :data:`LAUNCH_ARGS`)."""
     if browser is None:
         with chromium() as own, browser_page(width, height, outside, own) as page:
             yield page
@@ -132,17 +137,14 @@ def browser_page(
     context = browser.new_context(viewport={"width": width, "height": height}, accept_downloads=True)  # type: ignore[attr-defined]
     try:
         if outside is not None:
-
-            def guard(route: object) -> None:
-                url = route.request.url  # type: ignore[attr-defined]
-                host = urlparse(url).hostname
-                if url.startswith(("data:", "blob:")) or host in LOCAL_HOSTS:
-                    route.continue_()  # type: ignore[attr-defined]
-                else:
+            # Listened to, not intercepted: an intercepted request waits for this process to let it go, which
+            # cost the browser flows a tenth of their CPU time.
+            def note(request: object) -> None:
+                url = request.url  # type: ignore[attr-defined]
+                if not url.startswith(("data:", "blob:")) and urlparse(url).hostname not in LOCAL_HOSTS:
                     outside.append(url)
-                    route.abort()  # type: ignore[attr-defined]
 
-            context.route("**/*", guard)
+            context.on("request", note)
         page = context.new_page()
         page.set_default_timeout(WAIT_MS)
         yield page
@@ -271,6 +273,26 @@ def dataset_zip(names: list[str], per_class: int = 3) -> bytes:
 
 
 # ------------------------------------------------------------------------------------------------ flows
+
+
+def test_the_guard_lists_and_refuses_a_request_to_another_host(served: Served, shared_chromium) -> None:
+    """What the other tests' ``not outside`` rests on: an outside request, by name or by address, is listed and
+    never answered, while this machine is still reached."""
+    outside: list[str] = []
+    url = served.url
+    with browser_page(outside=outside, browser=shared_chromium) as pg:
+        failed: list[str] = []
+        answered: list[str] = []
+        pg.on("requestfailed", lambda r: failed.append(f"{r.url} {r.failure}"))  # type: ignore[attr-defined]
+        pg.on("response", lambda r: answered.append(r.url))  # type: ignore[attr-defined]
+        pg.goto(f"{url}/_stcore/health")  # type: ignore[attr-defined]
+        names = ["http://example.invalid/tracker.png", "http://93.184.216.34/pixel.png"]
+        pg.set_content("".join(f'<img src="{n}">' for n in names))  # type: ignore[attr-defined]
+        pg.wait_for_load_state("load")  # type: ignore[attr-defined]
+        assert sorted(outside) == sorted(names), outside
+        # Refused by the dead proxy (not merely unresolved: this machine may have no network at all).
+        assert sorted(failed) == sorted(f"{n} net::ERR_PROXY_CONNECTION_FAILED" for n in names), failed
+        assert f"{url}/_stcore/health" in answered and not set(names) & set(answered), answered
 
 
 def test_offline_and_no_developer_toolbar(page) -> None:

@@ -99,16 +99,23 @@ def test_sigkill_at_random_moments_leaves_no_half_profile(ws: Workspace, tmp_pat
     store = home / "essence.sqlite"
     assert check_every_profile_is_whole(store) == 1
 
-    # Seeded moments spread over loading the data, computing, writing the matrices and committing.
+    # Seeded moments spread over loading the data, computing, writing the matrices and committing: each a seeded
+    # fraction of the way from the start to just past the end of a whole run. A run that completes before its
+    # moment says how long a whole run takes now, and the later moments follow it: on a shared machine the
+    # reference run can be slowed by a neighbour that then stops, and moments drawn from it alone once all fell
+    # after their runs had ended (no kill landed).
     rng = random.Random(20240611)
-    moments = [rng.uniform(0.9 * startup, 1.05 * full) for _ in range(KILLS)]
+    fractions = [rng.random() for _ in range(KILLS)]
     finished = 0
-    for i, moment in enumerate(moments, start=1):
+    for i, fraction in enumerate(fractions, start=1):
+        moment = 0.9 * startup + fraction * (1.05 * full - 0.9 * startup)
         # Started as run_cli starts the reference run (forked: its start is the same short one measured).
+        began = time.perf_counter()
         proc = start_forked(["precompute", *big_args(ws, i)], ws.env(**env), cwd=ws.root)
         proc.join(timeout=moment)
         if proc.exitcode is not None:
             finished += 1  # it completed before its moment: a whole profile, also fine
+            full = time.perf_counter() - began
         else:
             os.kill(proc.pid, signal.SIGKILL)
             proc.join(timeout=30)

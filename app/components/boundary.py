@@ -3,8 +3,10 @@ never with a path on the server (an upload is named by its file, the store's fol
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import streamlit as st
 
@@ -13,6 +15,9 @@ from essence.core.base.errors import EssenceError
 log = logging.getLogger("essence.app")
 
 INTERNAL_ERROR = "Essence hit an internal error"
+# What a widget's callback could not do, said by the page on the run that follows the click (callbacks run
+# before the page's script, outside its boundary).
+CALLBACK_ERROR_KEY = "essence-callback-error"
 
 
 def run_page(render: Callable[[], None]) -> None:
@@ -23,14 +28,41 @@ def run_page(render: Callable[[], None]) -> None:
     they are not ``Exception``\\ s).
     """
     try:
+        callback_error()
         render()
     except EssenceError as exc:
         st.error(said(exc), icon=":material/warning:")
     except Exception as exc:  # a bug: keep the traceback in the server log, not in the clinician's face
         log.exception("page failed")
-        st.error(
-            f"{INTERNAL_ERROR} ({type(exc).__name__}: {exc}). Please report it; the details are in the log."
-        )
+        st.error(_internal(exc))
+
+
+def _internal(exc: Exception) -> str:
+    return f"{INTERNAL_ERROR} ({type(exc).__name__}: {exc}). Please report it; the details are in the log."
+
+
+def guarded(callback: Callable[..., None]) -> Callable[..., None]:
+    """A widget callback held to the page's rule: what it cannot do is said (by :func:`callback_error`, on the
+    run the click starts), never shown as a traceback."""
+
+    @functools.wraps(callback)
+    def run(*args: Any, **kwargs: Any) -> None:
+        try:
+            callback(*args, **kwargs)
+        except EssenceError as exc:
+            st.session_state[CALLBACK_ERROR_KEY] = said(exc)
+        except Exception as exc:  # a bug, as in run_page
+            log.exception("callback failed")
+            st.session_state[CALLBACK_ERROR_KEY] = _internal(exc)
+
+    return run
+
+
+def callback_error() -> None:
+    """Show, once, what the last guarded callback could not do."""
+    message = st.session_state.pop(CALLBACK_ERROR_KEY, None)
+    if message:
+        st.error(message, icon=":material/warning:")
 
 
 def said(exc: BaseException) -> str:

@@ -5,7 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from essence.app import agreement, charts, services
-from essence.app.components import bound, longwork, reasons, shortcuts
+from essence.app.components import bound, desk, longwork, reasons, shortcuts
 from essence.app.components.boundary import run_page
 from essence.app.components.images import enlarge
 from essence.app.components.prereq import EXPERTS_PAGE, Inputs, current_inputs
@@ -26,8 +26,6 @@ CLASSES_KEY = "triage-classes"
 VERDICT_KEY = "triage-verdict-filter"
 QUEUE_KEY = "triage-queue"
 NAME_KEY = "triage-reviewer-name"
-UNDO_KEY = "triage-undo"  # per dataset: the verdicts this tab recorded, (image, verdict id), oldest first
-UNDO_SAID_KEY = "triage-undo-said"  # what the last undo did (shown once on the next run)
 UNDO_SHORTCUT = "U"
 DISAGREEMENTS_SHOWN = 20  # disagreements listed per pair of reviewers (each with a button opening it)
 # The ROC of the score against reviewers' verdicts needs this many reviewed images of each kind (flagged as an
@@ -174,8 +172,8 @@ def _review(inputs: Inputs, profiles, result, queue: np.ndarray, verdicts: dict,
     if state.last_saved:
         st.success(state.last_saved, icon=":material/save:")
         state.last_saved = ""
-    if st.session_state.get(UNDO_SAID_KEY):
-        st.info(st.session_state.pop(UNDO_SAID_KEY), icon=":material/undo:")
+    if st.session_state.get(desk.UNDO_SAID_KEY):
+        st.info(st.session_state.pop(desk.UNDO_SAID_KEY), icon=":material/undo:")
     pos = state.triage_position
     row = int(queue[pos])
     index = int(result.indices[row])
@@ -217,45 +215,49 @@ def _review(inputs: Inputs, profiles, result, queue: np.ndarray, verdicts: dict,
 def _verdict_buttons(
     inputs: Inputs, result, index: int, queue: np.ndarray, state: RecipeState, current
 ) -> None:
-    note_key = f"triage-note-{inputs.data.fingerprint}-{index}"
+    """The verdict, Previous and Next buttons. Each acts in its callback, before the page's next run: one run
+    per verdict or step, drawn with the judged image's successor already in place."""
+    dataset_fp = inputs.data.fingerprint
+    note_key = f"triage-note-{dataset_fp}-{index}"
     if note_key not in st.session_state and current is not None:
         st.session_state[note_key] = current.note  # the saved note, to keep or change
-    note = st.text_input("Note (optional)", key=note_key)
+    st.text_input("Note (optional)", key=note_key)
+    pos = state.triage_position
+    # The image after this one, found again on the next run: a filter the verdict no longer matches
+    # (unreviewed, another verdict) takes this image out and the rest of the queue moves up.
+    after = int(result.indices[queue[pos + 1]]) if pos + 1 < len(queue) else None
     cols = st.columns(len(VERDICTS) + 2)
-    wants_note = False
     for col, (verdict, label, key) in zip(cols, VERDICTS, strict=False):
-        if col.button(
+        col.button(
             f"{label} ({key})",
             key=f"triage-verdict-{verdict}",
             shortcut=key,
             width="stretch",
             help="another verdict: say what it is in the note" if verdict == "custom" else None,
-        ):
-            if verdict == "custom" and not note.strip():
-                wants_note = True
-                continue
-            saved = services.store().record_verdict(
-                inputs.data.fingerprint, index, verdict, note=note, reviewer=state.reviewer
-            )
-            _undo_stack(inputs.data.fingerprint).append((index, saved.id))
-            state.last_saved = f"Saved: image {index} — {plain(saved.verdict)} ({plain(saved.reviewer)})"
-            pos = state.triage_position
-            # The image after this one, found again on the next run: a filter the verdict no longer matches
-            # (unreviewed, another verdict) takes this image out and the rest of the queue moves up.
-            state.triage_open = int(result.indices[queue[pos + 1]]) if pos + 1 < len(queue) else None
-            state.triage_position = min(pos + 1, len(queue) - 1)
-            st.rerun()
-    if wants_note:
+            on_click=desk.give_verdict,
+            args=(dataset_fp, index, verdict, note_key, after, len(queue), state),
+        )
+    if st.session_state.pop(desk.NOTE_WANTED_KEY, None) == index:
         st.error(
             "A custom verdict needs a note saying what it is: write it in the note, then press Custom again."
         )
-    if cols[-2].button("Previous (K)", key="triage-prev", shortcut="K", width="stretch"):
-        state.triage_position = max(state.triage_position - 1, 0)
-        st.rerun()
-    if cols[-1].button("Next (J)", key="triage-next", shortcut="J", width="stretch"):
-        state.triage_position = min(state.triage_position + 1, len(queue) - 1)
-        st.rerun()
-    undoable = _undo_stack(inputs.data.fingerprint)
+    cols[-2].button(
+        "Previous (K)",
+        key="triage-prev",
+        shortcut="K",
+        width="stretch",
+        on_click=desk.step,
+        args=(state, -1, len(queue)),
+    )
+    cols[-1].button(
+        "Next (J)",
+        key="triage-next",
+        shortcut="J",
+        width="stretch",
+        on_click=desk.step,
+        args=(state, 1, len(queue)),
+    )
+    undoable = desk.undo_stack(inputs.data.fingerprint)
     st.button(
         f"Undo last verdict ({UNDO_SHORTCUT})",
         key="triage-undo",
@@ -264,7 +266,7 @@ def _verdict_buttons(
         icon=":material/undo:",
         help="Records your verdict before the last one you gave in this tab again, as a new verdict (the "
         "history keeps both), and opens its image" + (f" (image {undoable[-1][0]})" if undoable else ""),
-        on_click=_undo,
+        on_click=desk.undo,
         args=(inputs.data.fingerprint, state),
     )
     history = services.store().verdict_history(inputs.data.fingerprint, index)
@@ -279,40 +281,6 @@ def _verdict_buttons(
                 ),
                 hide_index=True,
             )
-
-
-def _undo_stack(dataset_fp: str) -> list[tuple[int, int]]:
-    """The verdicts this tab recorded on the dataset, (image, verdict id), oldest first (what Undo takes back)."""
-    return st.session_state.setdefault(f"{UNDO_KEY}-{dataset_fp}", [])
-
-
-def _undo(dataset_fp: str, state: RecipeState) -> None:
-    """Take back the last verdict given in this tab: the same reviewer's verdict before it on that image is
-    recorded again as a new row (history is never overwritten). Without one there is nothing to restore: said."""
-    stack = _undo_stack(dataset_fp)
-    if not stack:
-        return
-    index, verdict_id = stack.pop()
-    store = services.store()
-    history = store.verdict_history(dataset_fp, index)
-    undone = next((v for v in history if v.id == verdict_id), None)
-    who = (undone.reviewer if undone is not None else state.reviewer) or ""
-    earlier = [v for v in history if v.id < verdict_id and (v.reviewer or "") == who]
-    state.triage_open = index  # opened if the filters still show it
-    if not earlier:
-        st.session_state[UNDO_SAID_KEY] = (
-            f"Image {index} had no verdict by {plain(who or '—')} before the one taken back, so there is none to "
-            "restore (history is never erased): give it another verdict."
-        )
-        return
-    back = earlier[-1]
-    store.record_verdict(dataset_fp, index, back.verdict, note=back.note, reviewer=who)
-    st.session_state[f"triage-note-{dataset_fp}-{index}"] = (
-        back.note
-    )  # the note field shows the restored note
-    state.last_saved = (
-        f"Undone: image {index} is back to {plain(back.verdict)} ({plain(who or '—')}), recorded again"
-    )
 
 
 def _agreement(inputs: Inputs, result, queue: np.ndarray, state: RecipeState) -> None:

@@ -374,3 +374,69 @@ def test_pages_say_plain_words_before_the_technical_terms(open_app, clean, pages
     ig = next(c for c in captions if "integrated gradients" in c)
     assert "completeness error" in ig and not ig.startswith("integrated gradients"), ig
     assert at.sidebar.selectbox(key="sidebar-layer").label.startswith("Layer")
+
+
+def test_a_verdict_the_store_refuses_is_said_and_the_image_stays(open_app, clean, monkeypatch) -> None:
+    """A verdict is stored in its button's callback, before the page's run: a refusal there is said on the page,
+    as one on the page itself would be, and the queue stays on the image (nothing was saved)."""
+    from essence.core.base.errors import StoreError
+    from essence.storage.reviews import Reviews
+
+    at = open_app("triage")
+    _start_reviewing(at)
+    before = _heading_index(at)
+
+    def refuse(self, *args, **kwargs):
+        raise StoreError("the store is read-only: copy it somewhere writable (ESSENCE_HOME)")
+
+    monkeypatch.setattr(Reviews, "record_verdict", refuse)
+    at.button(key="triage-verdict-fine").click().run()
+    clean(at)
+    assert any("read-only" in str(e.value) for e in at.error), [e.value for e in at.error]
+    assert not any("Saved" in str(s.value) for s in at.success)
+    assert _heading_index(at) == before
+    at.run()  # said once, not on every later run
+    assert not any("read-only" in str(e.value) for e in at.error)
+
+
+def test_a_bug_in_a_verdict_s_callback_is_one_line_not_a_traceback(open_app, clean, monkeypatch) -> None:
+    from essence.app.components.boundary import INTERNAL_ERROR
+    from essence.storage.reviews import Reviews
+
+    at = open_app("triage")
+    _start_reviewing(at)
+
+    def broken(self, *args, **kwargs):
+        raise KeyError("verdict")
+
+    monkeypatch.setattr(Reviews, "record_verdict", broken)
+    at.button(key="triage-verdict-label error").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any(INTERNAL_ERROR in str(e.value) and "KeyError" in str(e.value) for e in at.error)
+
+
+def test_a_verdict_and_a_step_are_one_run_of_the_page(open_app, clean, monkeypatch) -> None:
+    """The buttons act in their callbacks: the run a click starts draws the outcome; no second run is asked for
+    (each run redraws the whole page in the browser)."""
+    import streamlit
+
+    at = open_app("triage")
+    _start_reviewing(at)
+    reruns = []
+    original = streamlit.rerun
+
+    def counted(*args, **kwargs):
+        reruns.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(streamlit, "rerun", counted)
+    _, first = _heading_index(at)
+    at.button(key="triage-next").click().run()
+    assert _heading_index(at)[0] == 2
+    at.button(key="triage-prev").click().run()
+    assert _heading_index(at) == (1, first)
+    at.button(key="triage-verdict-fine").click().run()
+    clean(at)
+    assert any(f"Saved: image {first}" in str(s.value) for s in at.success)
+    assert _heading_index(at)[0] == 2
+    assert not reruns, f"{len(reruns)} extra runs"

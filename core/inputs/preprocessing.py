@@ -383,20 +383,42 @@ def _to_8bit(image: Image.Image) -> tuple[Image.Image, float]:
     return Image.fromarray(eight, mode="L"), top
 
 
+# A side of at most this many kernel widths is blurred as one matrix product (the blur along it as an n × n
+# matrix, reflect padding folded in), else as a depthwise convolution. Both are the same linear map to float
+# rounding; on a 2-core x86 CPU the product was 5-14× faster on 64-224 px images and level with the convolution
+# on a 1024-px side at σ = 1 (7 taps), the convolution's cost growing with the kernel and the product's with the
+# side.
+MATRIX_BLUR_WIDTHS = 32
+
+
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur of ``[N, C, H, W]`` with reflect padding; kernel radius ceil(3σ)."""
     radius = max(1, math.ceil(3 * sigma))
     t = torch.arange(-radius, radius + 1, dtype=x.dtype)
     k = torch.exp(-(t**2) / (2 * sigma**2))
     k = k / k.sum()
+    return _blur_along(_blur_along(x, k, radius, -1), k, radius, -2)
+
+
+def _blur_along(x: torch.Tensor, k: torch.Tensor, radius: int, dim: int) -> torch.Tensor:
+    """The blur of ``x`` along its last (``dim=-1``) or second-last (``-2``) axis: the kernel cut to the side
+    (reflect padding reaches at most ``side - 1`` pixels) and renormalised."""
+    n = x.shape[dim]
+    pad = min(radius, n - 1)
+    if not pad:
+        return x
+    kk = k[radius - pad : radius + pad + 1]
+    kk = kk / kk.sum()
+    if n <= MATRIX_BLUR_WIDTHS * len(kk):
+        out = torch.arange(n).view(-1, 1)
+        src = out + torch.arange(-pad, pad + 1).view(1, -1)  # each output's source pixels, reflected
+        src = torch.where(src < 0, -src, torch.where(src >= n, 2 * (n - 1) - src, src))
+        m = torch.zeros(n, n, dtype=x.dtype)
+        m.index_put_((src.reshape(-1), out.expand_as(src).reshape(-1)), kk.repeat(n), accumulate=True)
+        return torch.matmul(x, m) if dim == -1 else torch.matmul(m.T, x)
     c = x.shape[1]
-    pad_h = min(radius, x.shape[-2] - 1)
-    pad_w = min(radius, x.shape[-1] - 1)
-    kh = k[radius - pad_h : radius + pad_h + 1]
-    kw = k[radius - pad_w : radius + pad_w + 1]
-    kh, kw = kh / kh.sum(), kw / kw.sum()
-    x = F.pad(x, (pad_w, pad_w, 0, 0), mode="reflect") if pad_w else x
-    x = F.conv2d(x, kw.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c) if pad_w else x
-    x = F.pad(x, (0, 0, pad_h, pad_h), mode="reflect") if pad_h else x
-    x = F.conv2d(x, kh.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c) if pad_h else x
-    return x
+    if dim == -1:
+        x = F.pad(x, (pad, pad, 0, 0), mode="reflect")
+        return F.conv2d(x, kk.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    x = F.pad(x, (0, 0, pad, pad), mode="reflect")
+    return F.conv2d(x, kk.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)

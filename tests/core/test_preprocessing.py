@@ -114,3 +114,41 @@ def test_an_absurd_size_is_refused() -> None:
     with pytest.raises(SpecError, match="8192"):
         Preprocessing(size=(100_000, 100_000))
     assert Preprocessing(size=(8192, 8192)).size == (8192, 8192)
+
+
+def _blur_reference(x: np.ndarray, sigma: float) -> np.ndarray:
+    """The blur by its definition, one output pixel at a time: the kernel (radius ceil(3σ)) cut to what reflect
+    padding can reach on each side and renormalised, applied along the width, then the height."""
+    radius = max(1, int(np.ceil(3 * sigma)))
+    t = np.arange(-radius, radius + 1)
+    k = np.exp(-(t**2) / (2 * sigma**2))
+    out = x.astype(np.float64)
+    for axis in (3, 2):
+        n = out.shape[axis]
+        pad = min(radius, n - 1)
+        kk = k[radius - pad : radius + pad + 1] / k[radius - pad : radius + pad + 1].sum()
+        moved = np.moveaxis(out, axis, -1)
+        done = np.zeros_like(moved)
+        for j in range(n):
+            for o, w in zip(range(-pad, pad + 1), kk, strict=True):
+                i = j + o
+                i = -i if i < 0 else (2 * (n - 1) - i if i >= n else i)
+                done[..., j] += w * moved[..., i]
+        out = np.moveaxis(done, -1, axis)
+    return out
+
+
+@pytest.mark.parametrize("route", ["matrix", "convolution"])
+@pytest.mark.parametrize(
+    ("shape", "sigma"),
+    [((2, 3, 17, 23), 1.0), ((1, 1, 9, 40), 4.0), ((2, 2, 1, 30), 2.5), ((1, 3, 6, 5), 16.0)],
+)
+def test_blur_is_its_definition_by_either_route(route, shape, sigma, monkeypatch) -> None:
+    """Both ways of computing the blur (a matrix product for small sides, a convolution for long ones) give the
+    blur's definition, borders and tiny sides included."""
+    from essence.core.inputs import preprocessing
+
+    monkeypatch.setattr(preprocessing, "MATRIX_BLUR_WIDTHS", 10**9 if route == "matrix" else 0)
+    x = np.random.default_rng(7).normal(size=shape)
+    got = gaussian_blur(torch.from_numpy(x), sigma).numpy()
+    np.testing.assert_allclose(got, _blur_reference(x, sigma), rtol=0, atol=1e-12)

@@ -12,7 +12,7 @@ import dataclasses
 
 import streamlit as st
 
-from essence.app import services, shared
+from essence.app import loading, shared
 from essence.app.shared import ModelLocks, Results, Shared
 from essence.app.state import DataChoice, ModelChoice
 from essence.core import ImageData, LoadedModel
@@ -46,7 +46,7 @@ def install() -> None:
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=8)
 def _load_model(choice: ModelChoice) -> LoadedModel:
-    return services.open_model(choice)
+    return loading.open_model(choice)
 
 
 def model_of(choice: ModelChoice) -> LoadedModel:
@@ -60,7 +60,7 @@ def model_of(choice: ModelChoice) -> LoadedModel:
 
 @st.cache_resource(show_spinner="Loading the images…", max_entries=8)
 def _load_data(spec: str, recipe: str, class_names: tuple[str, ...] | None) -> ImageData:
-    return services.open_data(spec, recipe, class_names)
+    return loading.open_data(spec, recipe, class_names)
 
 
 def data_for(choice: DataChoice, model: LoadedModel) -> ImageData:
@@ -70,6 +70,6 @@ def data_for(choice: DataChoice, model: LoadedModel) -> ImageData:
         DataLoadError, LabelMismatchError, SpecError: the data cannot be read or does not fit the model.
     """
     names = tuple(model.class_names) if model.class_names else None
-    data = _load_data(choice.spec, services.recipe_of(model), names)
-    services.check_fits(model, data)
+    data = _load_data(choice.spec, loading.recipe_of(model), names)
+    loading.check_fits(model, data)
     return data

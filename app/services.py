@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import threading
 import time
 from collections.abc import Callable
@@ -21,22 +20,13 @@ import torch
 
 from essence.app.evaluation import BATCH
 from essence.app.shared import holding, remembered, shared, store  # also the pages' way to them
-from essence.app.state import ModelChoice
 from essence.core import (
     ClassProfiles,
     ImageData,
-    LayerNotFoundError,
     LoadedModel,
-    Preprocessing,
     class_profiles,
-    layer_names,
-    load_dataset,
-    load_model,
-    resolve_layer,
 )
-from essence.core.inputs.cards import output_names, with_class_names
-from essence.core.inputs.datasets import environment_data_root
-from essence.core.inputs.models import check_compatible
+from essence.core.inputs.cards import output_names
 from essence.storage import ProfileKey, RunInfo
 
 if TYPE_CHECKING:
@@ -62,104 +52,9 @@ class ExpertSweeps(NamedTuple):
 # ----------------------------------------------------------------------------------- models and data
 
 
-def open_model(choice: ModelChoice) -> LoadedModel:
-    """A chosen model loaded, with what an upload gave beside it (class names, recipe, slice).
-
-    Args:
-        choice: the model spec and, for uploads, its weights file, class names, recipe and default slice.
-
-    Returns:
-        The loaded model.
-
-    Raises:
-        ModelLoadError, SpecError: the model cannot be loaded (named in the message).
-    """
-    model = load_model(choice.spec, choice.weights, trust_pickle=choice.trust_pickle)  # its card applied
-    with_class_names(model, list(choice.class_names) if choice.class_names else None)  # the form's, on top
-    if choice.preprocessing:
-        model.preprocessing = Preprocessing.from_dict(dict(choice.preprocessing))
-    if choice.default_layer:
-        model.default_layer = choice.default_layer
-    return model
-
-
-def open_data(spec: str, recipe: str, class_names: tuple[str, ...] | None) -> ImageData:
-    """A data spec loaded with a preprocessing recipe (unreadable images skipped).
-
-    Args:
-        spec: the data spec (``demo:test``, ``folder:PATH``, ``csv:PATH``).
-        recipe: the recipe as sorted JSON (``""``: none).
-        class_names: the model's class names, to match labels against (``None``: the data's own).
-
-    Returns:
-        The dataset.
-
-    Raises:
-        DataLoadError, LabelMismatchError, SpecError: the data cannot be read (named in the message).
-    """
-    preprocessing = Preprocessing.from_dict(json.loads(recipe)) if recipe else None
-    return load_dataset(
-        spec,
-        preprocessing,
-        class_names=list(class_names) if class_names else None,
-        on_bad_image="skip",
-        data_root=environment_data_root(),
-    )
-
-
-def recipe_of(model: LoadedModel) -> str:
-    """The model's preprocessing recipe as sorted JSON (``""``: none): the data cache's key."""
-    return json.dumps(model.preprocessing.to_dict(), sort_keys=True) if model.preprocessing else ""
-
-
-def check_fits(model: LoadedModel, data: ImageData) -> None:
-    """Check once (remembered) that ``data`` fits ``model``.
-
-    Raises:
-        LabelMismatchError, DataLoadError: the data does not fit the model.
-    """
-    remembered(
-        ("compatible", model.fingerprint, data.fingerprint, recipe_of(model)), lambda: _check(model, data)
-    )
-
-
-def _check(model: LoadedModel, data: ImageData) -> bool:
-    with holding(model):
-        check_compatible(model, data)
-    return True
-
-
 def class_names(model: LoadedModel, data: ImageData) -> list[str]:
     """The classes' names: the model's own, else the data's."""
     return output_names(model.class_names, data)
-
-
-def layers_of(model: LoadedModel) -> list[str]:
-    """Every module path of the model, the input ('') left out."""
-    return [n for n in layer_names(model.module) if n]
-
-
-def check_layer(model: LoadedModel, layer: str) -> str:
-    """``layer`` if the model has it.
-
-    Raises:
-        LayerNotFoundError: naming close names.
-    """
-    resolve_layer(model.module, layer)
-    return layer
-
-
-def default_layer(model: LoadedModel) -> str:
-    """The model's default slice.
-
-    Raises:
-        LayerNotFoundError: the model has none (the user must pick one).
-    """
-    if model.default_layer:
-        return model.default_layer
-    raise LayerNotFoundError(
-        f"{model.name} has no default slice: pick a layer in the sidebar (or ask for a suggestion)"
-    )
 
 
 # ----------------------------------------------------------------------------------- class profiles
@@ -302,8 +197,7 @@ def diagnosis(
     """
     from essence.core import diagnose
 
-    trained_on = "" if train_data is None else train_data.fingerprint
-    key = ("diagnosis", profile_key(model, data, layer, "logit").digest(), trained_on)
+    key = _diagnosis_key(model, data, layer, "" if train_data is None else train_data.fingerprint)
 
     def run() -> Diagnosis:
         start = time.perf_counter()
@@ -335,6 +229,16 @@ def diagnosis(
         return result
 
     return remembered(key, run)
+
+
+def _diagnosis_key(model: LoadedModel, data: ImageData, layer: str, trained: str = "") -> tuple[str, ...]:
+    return ("diagnosis", profile_key(model, data, layer, "logit").digest(), trained)
+
+
+def _held(model: LoadedModel, data: ImageData, layer: str, names: list[str]) -> Diagnosis | None:
+    """The diagnosis already made of ``model`` on ``data`` at ``layer``, if its classes are named ``names``."""
+    hit = shared().results.get(_diagnosis_key(model, data, layer))
+    return hit if hit is not None and [c.name for c in hit.classes] == names else None  # type: ignore[attr-defined]
 
 
 def sweep(model: LoadedModel, data: ImageData, layer: str, cls: int, profiles: ClassProfiles) -> ExpertSweeps:
@@ -376,6 +280,9 @@ def comparison(
     from essence.core import compare_models
 
     key = ("compare", a.fingerprint, b.fingerprint, data_a.fingerprint, layer_a, layer_b)
+    names = class_names(a, data_a)
+    # A side's diagnosis already made here (Experts & diagnosis, no training data) is handed over, not redone.
+    held = tuple(_held(*side, names) for side in ((a, data_a, layer_a), (b, data_b, layer_b)))
 
     def run() -> Comparison:
         with holding(a, b):
@@ -387,10 +294,11 @@ def comparison(
                 layer_b,
                 data_b=data_b,
                 names=(a.name, b.name),
-                class_names=class_names(a, data_a),
+                class_names=names,
                 allow_partial=True,
                 batch_size=BATCH,
                 cancel=cancel,
+                diagnoses=held,  # type: ignore[arg-type]  # two, one per side
             )
 
     return remembered(key, run)

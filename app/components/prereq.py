@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from essence.app import cache, services
+from essence.app import cache, loading, services
 from essence.app.components.boundary import said
 from essence.app.components.session import recipe
 from essence.app.components.text import plain, printable
@@ -74,7 +74,7 @@ def current_inputs() -> Inputs:
             "Overview",
         )
     try:
-        services.check_layer(model, layer)
+        loading.check_layer(model, layer)
     except EssenceError as exc:
         st.error(said(exc), icon=":material/warning:")
         st.stop()

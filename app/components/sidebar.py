@@ -12,7 +12,7 @@ from pathlib import PurePath
 
 import streamlit as st
 
-from essence.app import cache, services
+from essence.app import cache, loading, services
 from essence.app.components import bound, longwork
 from essence.app.components.session import recipe
 from essence.app.components.text import plain, printable
@@ -83,7 +83,7 @@ def _set_layer(state: RecipeState, layer: str) -> None:
 
 
 def _pick_layer(state: RecipeState, model: LoadedModel) -> None:
-    layers = services.layers_of(model)
+    layers = loading.layers_of(model)
     current = state.layer or model.default_layer
     options = layers if current in layers else [NO_LAYER, *layers]
     bound.seed(LAYER_KEY, current if current in layers else NO_LAYER)

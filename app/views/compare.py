@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from essence.app import cache, charts, services
+from essence.app import cache, charts, loading, services
 from essence.app.components import bound, longwork
 from essence.app.components.boundary import run_page, said
 from essence.app.components.images import enlarge
@@ -26,7 +26,7 @@ def render() -> None:
     st.title("Compare models")
     # Shown at once (a cache's own spinner waits half a second): on a cold store, finding the models that fit the
     # data and loading the chosen one take a moment before the comparison's own progress box.
-    loading = st.progress(0.0, text="Loading the models to compare…")
+    opening = st.progress(0.0, text="Loading the models to compare…")
     try:
         inputs = current_inputs()
         state = recipe()
@@ -58,9 +58,9 @@ def render() -> None:
         model_b = cache.model_of(state.models[chosen])
         data_b = cache.data_for(state.data_choice, model_b)
     finally:
-        loading.empty()
+        opening.empty()
     layer_b = model_b.default_layer or inputs.layer
-    services.check_layer(model_b, layer_b)
+    loading.check_layer(model_b, layer_b)
     digest = f"compare-{inputs.model.fingerprint}-{model_b.fingerprint}-{inputs.data.fingerprint}"
     cmp = longwork.run(
         "the comparison",

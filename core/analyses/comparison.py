@@ -159,6 +159,7 @@ def compare_models(
     device: str | torch.device = "auto",
     cancel: CancelFlag = None,
     activations: ActivationSource | None = None,
+    diagnoses: tuple[Diagnosis | None, Diagnosis | None] = (None, None),
 ) -> Comparison:
     """Compare model A (old) with model B (retrained) on the same images.
 
@@ -179,13 +180,16 @@ def compare_models(
         batch_size, device, cancel: as elsewhere.
         activations: where z may be stored (:class:`~essence.core.engine.activation_source.ActivationSource`),
             asked for each side; a source serves only the model and data it is of (the store's: one side).
+        diagnoses: each side's diagnosis where the caller holds it already (:func:`diagnose` of that model on
+            these images at its slice, default settings); ``None`` for a side computes it (with ``diagnose``).
 
     Returns:
         A :class:`Comparison`.
 
     Raises:
         LabelMismatchError: ``data_b`` is not the same images and labels, or the models' outputs differ.
-        SpecError: slices of different widths (without ``allow_partial``), bad settings.
+        SpecError: slices of different widths (without ``allow_partial``), bad settings, a diagnosis given of
+            another slice or of another number of classes or images.
         LayerNotFoundError: unknown layers.
 
     Examples:
@@ -231,7 +235,17 @@ def compare_models(
     if not diagnose:
         return out
     diag_a, diag_b = _diagnoses(
-        model_a, model_b, data, data_b, layer_a, layer_b, (prof_a, prof_b), batch_size, dev, activations
+        model_a,
+        model_b,
+        data,
+        data_b,
+        layer_a,
+        layer_b,
+        (prof_a, prof_b),
+        batch_size,
+        dev,
+        activations,
+        _held(diagnoses, (layer_a, layer_b), names_k, len(labels)),
     )
     return replace(
         out,
@@ -358,18 +372,22 @@ def _diagnoses(
     batch_size: int,
     dev: torch.device,
     activations: ActivationSource | None,
+    held: tuple[Diagnosis | None, Diagnosis | None],
 ) -> tuple[Diagnosis, Diagnosis]:
-    """Each side's drowning-expert diagnosis.
+    """Each side's drowning-expert diagnosis: the one held, else computed.
 
     The profiles already computed are handed over when they are the ones the diagnosis would compute (same
     quantity and granularity), so each side's profile pass is not repeated.
     """
     settings = DiagnosisSettings()
     out = []
-    for model, d, layer, prof in (
-        (model_a, data, layer_a, profiles[0]),
-        (model_b, data_b, layer_b, profiles[1]),
+    for model, d, layer, prof, given in (
+        (model_a, data, layer_a, profiles[0], held[0]),
+        (model_b, data_b, layer_b, profiles[1], held[1]),
     ):
+        if given is not None:
+            out.append(given)
+            continue
         reuse = prof.quantity == f"{settings.kind}[label]" and prof.granularity == settings.granularity
         out.append(
             diagnose_model(
@@ -384,3 +402,22 @@ def _diagnoses(
             )
         )
     return out[0], out[1]
+
+
+def _held(
+    diagnoses: tuple[Diagnosis | None, Diagnosis | None], layers: tuple[str, str], names: list[str], n: int
+) -> tuple[Diagnosis | None, Diagnosis | None]:
+    """The diagnoses a caller handed over, each checked to be of its side's slice, the K classes (named as the
+    comparison names them) and the N images."""
+    if len(diagnoses) != 2:
+        raise SpecError(f"diagnoses: one per model (A, B), got {len(diagnoses)}")
+    for side, d, layer in zip("AB", diagnoses, layers, strict=True):
+        if d is None:
+            continue
+        if d.layer != layer or [c.name for c in d.classes] != names or int(d.confusion.sum()) != n:
+            raise SpecError(
+                f"diagnoses: {side}'s is of the slice {d.layer!r}, the classes {[c.name for c in d.classes]} and "
+                f"{int(d.confusion.sum())} images, not of {layer!r}, {names} and {n} images: hand over the "
+                "diagnosis of the same model, images and slice, or none (it is then computed)"
+            )
+    return diagnoses[0], diagnoses[1]

@@ -28,7 +28,7 @@ MODEL, LAYER = "timm:test_resnet", "layer2"
 def test_a_dicom_zip_goes_through_profiles_triage_diagnosis_and_the_report(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from essence.app import services, shared, uploads
+    from essence.app import loading, services, shared, uploads
     from essence.app.evaluation import predict
     from essence.app.report import review_report
 
@@ -50,8 +50,8 @@ def test_a_dicom_zip_goes_through_profiles_triage_diagnosis_and_the_report(
     model_choice = uploads.model_from_upload(
         weights.read_bytes(), "net.safetensors", MODEL, recipe, class_names=["ct", "mr"], layer=LAYER
     )
-    model = services.open_model(model_choice)
-    data = services.open_data(data_choice.spec, services.recipe_of(model), tuple(model.class_names or ()))
+    model = loading.open_model(model_choice)
+    data = loading.open_data(data_choice.spec, loading.recipe_of(model), tuple(model.class_names or ()))
     assert data_choice.spec.startswith("dicom:") and len(data) == 8
     assert "window" in json.dumps(data.preprocessing.to_dict())  # the DICOM step is part of the recipe
 

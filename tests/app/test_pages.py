@@ -98,10 +98,21 @@ def test_diagnosis_finds_class_2_not_learned(open_app, clean, text_of, pages) ->
     assert any("What to do" in str(i.value) for i in at.info)
 
 
-def test_compare_blurred_with_sharp(open_app, clean, text_of, pages) -> None:
+def test_compare_blurred_with_sharp(open_app, clean, text_of, pages, monkeypatch) -> None:
+    """After Experts & diagnosis, Compare is handed A's diagnosis (B's alone is computed) and shows it."""
+    import essence.core.analyses.comparison as comparison_module
+
     _, name = severity_2()
-    at = open_app("compare")
+    at = open_app("experts")
     clean(at)
+    diagnosed = []
+    original = comparison_module.diagnose_model
+    monkeypatch.setattr(
+        comparison_module, "diagnose_model", lambda *a, **k: diagnosed.append(a[0]) or original(*a, **k)
+    )
+    at.switch_page(pages["compare"]).run()
+    clean(at)
+    assert len(diagnosed) == 1, "A's diagnosis, made on Experts, was computed again"
     assert at.selectbox[0].value == "demo:sharp"
     table = at.dataframe[0].value
     row = table[table["class"] == name].iloc[0]

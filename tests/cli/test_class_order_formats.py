@@ -305,7 +305,7 @@ def test_the_app_upload_route_asks_for_the_order_and_then_agrees(
     case: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("ESSENCE_HOME", str(tmp_path / "home"))
-    from essence.app import services, uploads
+    from essence.app import loading, uploads
     from essence.core import check_compatible, class_profiles
     from essence.core.inputs.cards import ClassOrderError
 
@@ -317,13 +317,13 @@ def test_the_app_upload_route_asks_for_the_order_and_then_agrees(
         ("net.onnx", uploads.ONNX, case["formats"]["onnx"][1]),
     ):
         raw = (root / "exports" / name).read_bytes()
-        bare = services.open_model(uploads.model_from_upload(raw, name, kind, recipe))
-        data = services.open_data(spec, services.recipe_of(bare), None)
+        bare = loading.open_model(uploads.model_from_upload(raw, name, kind, recipe))
+        data = loading.open_data(spec, loading.recipe_of(bare), None)
         with pytest.raises(ClassOrderError):
             check_compatible(bare, data)
-        named = services.open_model(uploads.model_from_upload(raw, name, kind, recipe, list(CLASSES)))
+        named = loading.open_model(uploads.model_from_upload(raw, name, kind, recipe, list(CLASSES)))
         assert named.class_source == "option"
-        data = services.open_data(spec, services.recipe_of(named), tuple(named.class_names))
+        data = loading.open_data(spec, loading.recipe_of(named), tuple(named.class_names))
         check_compatible(named, data)
         got = class_profiles(named.module, data, layer, device="cpu")
         np.testing.assert_allclose(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from torch import nn
 import essence.core.analyses.diagnosis.verdict as diagnosis_module
 from essence.core.analyses.comparison import compare_models
 from essence.core.analyses.diagnosis.verdict import diagnose
+from essence.core.analyses.profiles import class_profiles
 from essence.core.base.errors import LabelMismatchError, SpecError
 
 
@@ -110,6 +112,39 @@ def test_each_sides_diagnosis_reuses_the_comparisons_profiles(trained, digits, m
     assert two.diagnosis_b == alone.classes[2].diagnosis != "ok"
     assert two.expert_b is (alone.classes[2].expert is not None)
     assert [c.diagnosis_a for c in result.classes] == [c.diagnosis for c in result.diagnosis_a.classes]
+
+
+def test_a_diagnosis_handed_over_is_used_as_it_is_and_one_of_another_slice_is_refused(
+    trained, digits, monkeypatch
+) -> None:
+    b = copy.deepcopy(trained)
+    with torch.no_grad():
+        b[8].bias[2] -= 50.0
+    names = [f"digit {i}" for i in range(10)]
+    held_b = diagnose(
+        b, digits, "6", profiles=class_profiles(b, digits, "6", class_names=names), device="cpu"
+    )
+    computed = compare_models(trained, b, digits, "6", class_names=names, device="cpu")
+    import essence.core.analyses.comparison as comparison_module
+
+    calls = []
+    original = comparison_module.diagnose_model
+    monkeypatch.setattr(
+        comparison_module, "diagnose_model", lambda *a, **k: calls.append(a[2]) or original(*a, **k)
+    )
+    handed = compare_models(
+        trained, b, digits, "6", class_names=names, device="cpu", diagnoses=(None, held_b)
+    )
+    assert len(calls) == 1  # A's only: B's was handed over
+    assert handed.diagnosis_b is held_b
+    # The same answer as computing it (compared as text: NaN, an undefined precision, equals itself there).
+    assert json.dumps(handed.to_json(), sort_keys=True) == json.dumps(computed.to_json(), sort_keys=True)
+    with pytest.raises(SpecError, match="slice '2'"):
+        compare_models(
+            trained, b, digits, "6", device="cpu", diagnoses=(diagnose(trained, digits, "2"), None)
+        )
+    with pytest.raises(SpecError, match="one per model"):
+        compare_models(trained, b, digits, "6", device="cpu", diagnoses=(held_b,))  # type: ignore[arg-type]
 
 
 DEMO = Path(__file__).resolve().parents[2] / "sample_data" / "models"

@@ -147,7 +147,7 @@ def test_an_uploaded_dicom_zip_keeps_no_identifier_and_remove_deletes_its_files(
     timm = pytest.importorskip("timm", reason="the timm extra is part of dev")
     from safetensors.torch import save_file
 
-    from essence.app import registry, services, uploads
+    from essence.app import loading, registry, services, uploads
 
     folder = scans(tmp_path / "scans")
     blob = zipped(folder)
@@ -171,8 +171,8 @@ def test_an_uploaded_dicom_zip_keeps_no_identifier_and_remove_deletes_its_files(
     registry.register_dataset(shared_copy)
 
     # What the analyses read is what the originals give: the same values, pseudonyms and fingerprint.
-    model = services.open_model(model_choice)
-    data = services.open_data(data_choice.spec, services.recipe_of(model), tuple(model.class_names or ()))
+    model = loading.open_model(model_choice)
+    data = loading.open_data(data_choice.spec, loading.recipe_of(model), tuple(model.class_names or ()))
     original = load_dataset(f"dicom:{folder}", data.preprocessing, class_names=["ct", "mr"])
     assert data_choice.spec.startswith("dicom:") and len(data) == 6
     np.testing.assert_array_equal(data.arrays, original.arrays)

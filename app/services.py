@@ -197,7 +197,7 @@ def diagnosis(
     """
     from essence.core import diagnose
 
-    key = _diagnosis_key(model, data, layer, "" if train_data is None else train_data.fingerprint)
+    key = diagnosis_key(model, data, layer, "" if train_data is None else train_data.fingerprint)
 
     def run() -> Diagnosis:
         start = time.perf_counter()
@@ -231,13 +231,19 @@ def diagnosis(
     return remembered(key, run)
 
 
-def _diagnosis_key(model: LoadedModel, data: ImageData, layer: str, trained: str = "") -> tuple[str, ...]:
+def diagnosis_key(model: LoadedModel, data: ImageData, layer: str, trained: str = "") -> tuple[str, ...]:
+    """The result table's key of a diagnosis (``trained``: the training data's fingerprint, ``""``: none)."""
     return ("diagnosis", profile_key(model, data, layer, "logit").digest(), trained)
+
+
+def known(key: tuple[str, ...]) -> bool:
+    """Whether the result table holds ``key`` (a page then shows no progress box for it)."""
+    return shared().results.get(key) is not None
 
 
 def _held(model: LoadedModel, data: ImageData, layer: str, names: list[str]) -> Diagnosis | None:
     """The diagnosis already made of ``model`` on ``data`` at ``layer``, if its classes are named ``names``."""
-    hit = shared().results.get(_diagnosis_key(model, data, layer))
+    hit = shared().results.get(diagnosis_key(model, data, layer))
     return hit if hit is not None and [c.name for c in hit.classes] == names else None  # type: ignore[attr-defined]
 
 
@@ -262,6 +268,13 @@ def sweep(model: LoadedModel, data: ImageData, layer: str, cls: int, profiles: C
     return remembered(("sweep", base, cls), run)
 
 
+def comparison_key(
+    a: LoadedModel, b: LoadedModel, data: ImageData, layer_a: str, layer_b: str
+) -> tuple[str, ...]:
+    """The result table's key of a comparison."""
+    return ("compare", a.fingerprint, b.fingerprint, data.fingerprint, layer_a, layer_b)
+
+
 def comparison(
     a: LoadedModel,
     b: LoadedModel,
@@ -279,7 +292,7 @@ def comparison(
     """
     from essence.core import compare_models
 
-    key = ("compare", a.fingerprint, b.fingerprint, data_a.fingerprint, layer_a, layer_b)
+    key = comparison_key(a, b, data_a, layer_a, layer_b)
     names = class_names(a, data_a)
     # A side's diagnosis already made here (Experts & diagnosis, no training data) is handed over, not redone.
     held = tuple(_held(*side, names) for side in ((a, data_a, layer_a), (b, data_b, layer_b)))

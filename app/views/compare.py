@@ -72,6 +72,9 @@ def render() -> None:
         detail=f"Comparing **{plain(inputs.model_label)}** with **{plain(chosen)}** on the "
         f"{len(inputs.data)} images of **{plain(inputs.data_label)}**: both models' predictions, class profiles "
         "and diagnoses, and the matching of their units.",
+        new=not services.known(
+            services.comparison_key(inputs.model, model_b, inputs.data, inputs.layer, layer_b)
+        ),
     )
     _regressions(cmp)
     a, b = st.columns(2)

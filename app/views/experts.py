@@ -48,6 +48,7 @@ def render() -> None:
         ),
         detail=f"Diagnosing every class of **{plain(inputs.model_label)}**: expert sweeps, probes of the slice "
         "and the preprocessing audit.",
+        new=not services.known(services.diagnosis_key(inputs.model, inputs.data, inputs.layer)),
     )
     for c in diag.classes:
         if c.diagnosis != "ok":

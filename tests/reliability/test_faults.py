@@ -107,16 +107,22 @@ def test_sigkill_at_random_moments_leaves_no_half_profile(ws: Workspace, tmp_pat
     rng = random.Random(20240611)
     fractions = [rng.random() for _ in range(KILLS)]
     finished = 0
+    timeline = []  # (moment, seconds the run took or None if killed), for the failure message
     for i, fraction in enumerate(fractions, start=1):
         moment = 0.9 * startup + fraction * (1.05 * full - 0.9 * startup)
         # Started as run_cli starts the reference run (forked: its start is the same short one measured).
+        err = tmp_path / f"run{i}.err"
         began = time.perf_counter()
-        proc = start_forked(["precompute", *big_args(ws, i)], ws.env(**env), cwd=ws.root)
-        proc.join(timeout=moment)
+        proc = start_forked(["precompute", *big_args(ws, i)], ws.env(**env), cwd=ws.root, err=str(err))
+        proc.join(timeout=max(0.0, began + moment - time.perf_counter()))  # the moment, from the start
         if proc.exitcode is not None:
-            finished += 1  # it completed before its moment: a whole profile, also fine
+            # It ended before its moment: a completed run (a whole profile, also fine), never a failed one.
+            assert proc.exitcode == 0, f"run {i} failed (exit {proc.exitcode}): {err.read_text()[-2000:]}"
+            finished += 1
             full = time.perf_counter() - began
+            timeline.append((round(moment, 2), round(full, 2)))
         else:
+            timeline.append((round(moment, 2), None))
             os.kill(proc.pid, signal.SIGKILL)
             proc.join(timeout=30)
             if proc.exitcode == 0:  # it completed in the instant between the wait and the kill
@@ -125,7 +131,7 @@ def test_sigkill_at_random_moments_leaves_no_half_profile(ws: Workspace, tmp_pat
                 assert proc.exitcode == -signal.SIGKILL, proc.exitcode
         assert integrity(store) == "ok", f"kill {i} at {moment:.2f} s damaged the store"
         assert check_every_profile_is_whole(store) >= 1
-    assert finished < KILLS, "no kill landed inside a run"
+    assert finished < KILLS, f"no kill landed inside a run: (moment, run's seconds) {timeline}"
     print(f"startup {startup:.2f} s, full run {full:.2f} s, {KILLS - finished} of {KILLS} runs killed, "
           f"{check_every_profile_is_whole(store)} whole profiles stored")  # fmt: skip
 

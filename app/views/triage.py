@@ -241,22 +241,16 @@ def _verdict_buttons(
         st.error(
             "A custom verdict needs a note saying what it is: write it in the note, then press Custom again."
         )
-    cols[-2].button(
-        "Previous (K)",
-        key="triage-prev",
-        shortcut="K",
-        width="stretch",
-        on_click=desk.step,
-        args=(state, -1, len(queue)),
-    )
-    cols[-1].button(
-        "Next (J)",
-        key="triage-next",
-        shortcut="J",
-        width="stretch",
-        on_click=desk.step,
-        args=(state, 1, len(queue)),
-    )
+    steps = (("Previous", "K", -1, "triage-prev"), ("Next", "J", 1, "triage-next"))
+    for col, (label, key, by, widget) in zip(cols[-2:], steps, strict=True):
+        col.button(
+            f"{label} ({key})",
+            key=widget,
+            shortcut=key,
+            width="stretch",
+            on_click=desk.step,
+            args=(state, by, len(queue)),
+        )
     undoable = desk.undo_stack(inputs.data.fingerprint)
     st.button(
         f"Undo last verdict ({UNDO_SHORTCUT})",

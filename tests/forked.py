@@ -122,8 +122,9 @@ def _start(ctx: multiprocessing.context.ForkServerContext, *args: object) -> mul
     return proc
 
 
-def _child(args: list[str], env: dict[str, str], cwd: str, out: str, err: str) -> None:
-    """In the forked process: become ``python -m essence.cli ARGS`` with ``env`` in ``cwd``; never returns."""
+def _child(args: list[str], env: dict[str, str], cwd: str, out: str, err: str, script: str | None = None) -> None:
+    """In the forked process: become ``python -m essence.cli ARGS`` (or ``python -c SCRIPT ARGS``) with ``env``
+    in ``cwd``; never returns."""
     code = 1
     try:
         os.environ.clear()
@@ -140,10 +141,14 @@ def _child(args: list[str], env: dict[str, str], cwd: str, out: str, err: str) -
         stdout, stderr = open(1, "wb", closefd=False), open(2, "wb", closefd=False)  # noqa: SIM115
         sys.stdout = io.TextIOWrapper(stdout, encoding=encoding)
         sys.stderr = io.TextIOWrapper(stderr, encoding=encoding, errors="backslashreplace", line_buffering=True)
-        from essence.cli import main
-
         try:
-            main(list(args))
+            if script is None:
+                from essence.cli import main
+
+                main(list(args))
+            else:
+                sys.argv = ["-c", *args]
+                exec(compile(script, "<string>", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
             code = 0
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
@@ -161,9 +166,16 @@ def _child(args: list[str], env: dict[str, str], cwd: str, out: str, err: str) -
 
 
 def start_forked(
-    args: Sequence[str], env: Mapping[str, str], *, cwd: Path | str, out: str = os.devnull, err: str = os.devnull
+    args: Sequence[str],
+    env: Mapping[str, str],
+    *,
+    cwd: Path | str,
+    out: str = os.devnull,
+    err: str = os.devnull,
+    script: str | None = None,
 ) -> multiprocessing.process.BaseProcess:
-    """Start ``python -m essence.cli ARGS`` as a forked process and return it (``pid``, ``join``, ``exitcode``).
+    """Start ``python -m essence.cli ARGS`` as a forked process and return it (``pid``, ``join``, ``exitcode``);
+    with ``script``, ``python -c SCRIPT ARGS`` (what it imports from :data:`PRELOAD` is already imported).
 
     For tests that stop a command part-way (a signal at a chosen moment): the moment falls in the command's own
     work, not in an interpreter's start. Needs the fork server and the environment's :data:`STARTUP` values
@@ -172,7 +184,7 @@ def start_forked(
     ctx = _server()
     if ctx is None or not _startup_matches(env):
         raise RuntimeError("no fork server for this environment: start a fresh interpreter instead")
-    return _start(ctx, list(args), dict(env), str(cwd), out, err)
+    return _start(ctx, list(args), dict(env), str(cwd), out, err, script)
 
 
 def run_forked(

@@ -168,20 +168,24 @@ def test_concurrent_reviewers_lose_no_verdict(ws: Workspace, tmp_path: Path, pro
     store_path = tmp_path / "essence.sqlite"
     Store.open(store_path).close()  # created once, so that the reviewers race on writes, not on creation
     count = 500
+    # Each reviewer a process of its own (forked: their interpreters' start and imports are not what races).
+    outs = [tmp_path / f"reviewer{k}.out" for k in range(processes)]
+    errs = [tmp_path / f"reviewer{k}.err" for k in range(processes)]
     procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", REVIEWER, str(store_path), f"reviewer{k}", str(count)],
-            env=ws.env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+        start_forked(
+            [str(store_path), f"reviewer{k}", str(count)],
+            ws.env(),
+            cwd=tmp_path,
+            out=str(outs[k]),
+            err=str(errs[k]),
+            script=REVIEWER,
         )
         for k in range(processes)
     ]
-    for p in procs:
-        out, err = p.communicate(timeout=300)
-        assert p.returncode == 0, err[-2000:]
-        assert out.strip() == "done"
+    for p, out, err in zip(procs, outs, errs, strict=True):
+        p.join(300)
+        assert p.exitcode == 0, err.read_text()[-2000:]
+        assert out.read_text().strip() == "done"
     with Store.open(store_path) as store:
         every = store.all_verdicts("dataset-under-review")
         latest = store.latest_verdicts("dataset-under-review")

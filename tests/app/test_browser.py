@@ -199,12 +199,20 @@ def served(warm_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 
 @pytest.fixture
-def page(served: Served, shared_chromium: object) -> Iterator[object]:
-    """A fresh browser session on the app; at the end, no request may have left 127.0.0.1 and no error box."""
+def page(served: Served, shared_chromium: object, request: pytest.FixtureRequest) -> Iterator[object]:
+    """A fresh browser session on the app, opened on Overview or on the page a test's ``opens`` marker names by
+    its address (``@pytest.mark.opens("store", "Store & runs")``: path, then title), as a link to it would; at
+    the end, no request may have left 127.0.0.1 and no error box."""
     outside: list[str] = []
+    opens = request.node.get_closest_marker("opens")
     with browser_page(outside=outside, browser=shared_chromium) as pg:
-        pg.goto(served.url)  # type: ignore[attr-defined]
-        pg.get_by_text("Classes never predicted").wait_for()  # type: ignore[attr-defined]
+        if opens is None:
+            pg.goto(served.url)  # type: ignore[attr-defined]
+            pg.get_by_text("Classes never predicted").wait_for()  # type: ignore[attr-defined]
+        else:
+            path, title = opens.args
+            pg.goto(f"{served.url}/{path}")  # type: ignore[attr-defined]
+            pg.locator("h1", has_text=title).wait_for()  # type: ignore[attr-defined]
         wait_until_idle(pg)
         yield pg
         assert pg.locator('[data-testid="stException"]').count() == 0  # type: ignore[attr-defined]
@@ -337,8 +345,8 @@ def test_sidebar_model_and_dataset_both_stick_twice_in_a_row(page) -> None:
     page.get_by_text("demo:test: 798 images").first.wait_for()
 
 
+@pytest.mark.opens("profiles", "Class profiles")
 def test_class_profiles_all_classes_then_one_class_twice(page) -> None:
-    go(page, "Class profiles")
     page.get_by_text("images per class").first.wait_for()  # the all-classes view (Fig. 3) comes first
     page.get_by_text("One class, and its images").click()
     wait_until_idle(page)
@@ -349,8 +357,8 @@ def test_class_profiles_all_classes_then_one_class_twice(page) -> None:
     page.get_by_text("severity 4: ").first.wait_for()
 
 
+@pytest.mark.opens("triage", "Triage")
 def test_triage_filters_queue_rows_notes_and_reviewer(page, served: Served) -> None:
-    go(page, "Triage")
     page.get_by_label("Your name").fill("Dr. Browser")
     page.get_by_role("button", name="Start reviewing").click()
     page.get_by_role("button", name="Label error (1)").wait_for()
@@ -417,8 +425,8 @@ def _download(page: object, name: str) -> str:
     return Path(info.value.path()).read_text()
 
 
+@pytest.mark.opens("store", "Store & runs")
 def test_report_downloads_twice(page) -> None:
-    go(page, "Store & runs")
     page.get_by_role("button", name="Build the report").click()
     page.get_by_role("button", name="Download the report (HTML)").wait_for()
     wait_until_idle(page)
@@ -428,8 +436,8 @@ def test_report_downloads_twice(page) -> None:
     assert first == second and "<h1>Review of" in first
 
 
+@pytest.mark.opens("upload", "Your model & data")
 def test_upload_stays_after_reload_and_can_be_removed(page) -> None:
-    go(page, "Your model & data")
     form = page.locator('[data-testid="stForm"]', has_text="Add the dataset")
     attach(
         form,

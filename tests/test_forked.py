@@ -13,6 +13,7 @@ import pytest
 from forked import start_forked
 
 
+@pytest.mark.slow  # starts the fork server: an interpreter importing torch and the CLI
 def test_a_script_left_as_main_is_not_run_again_by_a_forked_command(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,12 +1,13 @@
 """Long work (class profiles, a comparison, a diagnosis, layer scores): progress at once, a cancel button.
 
 The computation runs in a worker thread while the page's script run shows its progress (every quarter second,
-so the box appears well within a second and the bar moves even for work that reports no steps). Pressing
-*Cancel* asks Streamlit for a new run, which interrupts the page at its next progress update; the page then
-sets the worker's cancel flag, and the worker stops at its next batch: nothing is stored, the model's hooks come
-off (context managers) and its lock is released. The new run sees the pressed button and records the
-cancellation, so the work does not restart by itself (a button offers to start it again). Leaving the page
-mid-way cancels the work too, but does not record it: coming back starts it again.
+so the box appears well within a second and the bar moves even for work that reports no steps; work known to
+be new draws its box before the worker starts). Pressing *Cancel* asks Streamlit for a new run, which interrupts
+the page at its next progress update; the page then sets the worker's cancel flag, and the worker stops at its
+next batch: nothing is stored, the model's hooks come off (context managers) and its lock is released. The new
+run sees the pressed button and records the cancellation, so the work does not restart by itself (a button
+offers to start it again). Leaving the page mid-way cancels the work too, but does not record it: coming back
+starts it again.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import streamlit as st
+from streamlit.delta_generator import DeltaGenerator
 from streamlit.runtime.scriptrunner import add_script_run_ctx, get_script_run_ctx
 
 from essence.app import services
@@ -82,36 +84,50 @@ def run(
     worker = threading.Thread(target=target, name=f"essence-{key}", daemon=True)
     add_script_run_ctx(worker, get_script_run_ctx())  # the shared resources live in Streamlit's cache
     start = time.monotonic()
-    worker.start()
-    if not new:
+    text = detail or f"Computing {what}…"
+    if new:
+        # The box goes out before the work starts: a worker decoding images holds the interpreter's lock often
+        # enough to hold back this thread and the server's sending by most of a second on a loaded machine.
+        slot, bar = _box(stop, key, text, digest)
+        worker.start()
+        _watch(worker, stop, steps, slot, bar, images, start)
+    else:
+        worker.start()
         worker.join(QUICK_S)  # a remembered or stored result: no box at all
-    if worker.is_alive():
-        _watch(worker, stop, steps, key, detail or f"Computing {what}…", images, start, digest)
+        if worker.is_alive():
+            slot, bar = _box(stop, key, text, digest)
+            _watch(worker, stop, steps, slot, bar, images, start)
     if "error" in outcome:
         raise outcome["error"]  # type: ignore[misc]
     return outcome["value"]  # type: ignore[return-value]
+
+
+def _box(stop: threading.Event, key: str, detail: str, digest: str) -> tuple[DeltaGenerator, DeltaGenerator]:
+    """Draw the progress box (what runs, a Cancel button, the bar); returns its slot and its bar.
+
+    A Cancel press (seen in the run it starts) sets ``stop``, records the cancellation and reruns the page.
+    """
+    slot = st.empty()
+    box = slot.container(border=True)
+    box.write(detail)
+    if box.button("Cancel", key=f"{key}-cancel", shortcut="Esc"):
+        stop.set()
+        recipe().cancelled.add(digest)
+        st.rerun()
+    return slot, box.progress(0.0, text="starting…")
 
 
 def _watch(
     worker: threading.Thread,
     stop: threading.Event,
     steps: list[int],
-    key: str,
-    detail: str,
+    slot: DeltaGenerator,
+    bar: DeltaGenerator,
     images: int,
     start: float,
-    digest: str,
 ) -> None:
-    """Show the worker's progress with a Cancel button until it ends (or the page is interrupted)."""
-    slot = st.empty()
+    """Show the worker's progress in the box's bar until it ends (or the page is interrupted)."""
     try:
-        box = slot.container(border=True)
-        box.write(detail)
-        if box.button("Cancel", key=f"{key}-cancel", shortcut="Esc"):
-            stop.set()
-            recipe().cancelled.add(digest)
-            st.rerun()
-        bar = box.progress(0.0, text="starting…")
         while worker.is_alive():
             worker.join(POLL_S)
             bar.progress(*_bar(steps[0], steps[1], images, time.monotonic() - start))

@@ -17,13 +17,15 @@ import stat
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from essence.core.base.errors import StoreError
-from essence.core.engine.slices import Layout
-from essence.core.inputs.data import ImageData
-from essence.core.inputs.models import LoadedModel
 from essence.storage.records import ENGINE_VERSION
+
+if TYPE_CHECKING:  # names for the annotations only: reading a manifest needs neither PyTorch nor the engine
+    from essence.core.engine.slices import Layout
+    from essence.core.inputs.data import ImageData
+    from essence.core.inputs.models import LoadedModel
 
 MANIFEST = "slice.json"
 SLICE_FILES = ("z.npy", "labels.npy", "outputs.npy")

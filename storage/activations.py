@@ -38,17 +38,11 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from essence.core.base.errors import StoreError
-from essence.core.engine.activation_source import StoredSlice, open_stored_slice
-from essence.core.engine.slices import Layout
-from essence.core.inputs.data import ImageData
-from essence.core.inputs.models import LoadedModel
 from essence.storage.activation_manifest import (
     MANIFEST,
     SliceKey,
@@ -57,6 +51,15 @@ from essence.storage.activation_manifest import (
     write_manifest,
 )
 from essence.storage.matrices import ORPHAN_GRACE_S
+
+if TYPE_CHECKING:  # PyTorch and the engine are imported where a slice is read, not by a store that only lists
+    import torch
+    from torch import nn
+
+    from essence.core.engine.activation_source import StoredSlice
+    from essence.core.engine.slices import Layout
+    from essence.core.inputs.data import ImageData
+    from essence.core.inputs.models import LoadedModel
 
 LIMIT_ENV = "ESSENCE_SLICE_CACHE_MB"
 DEFAULT_LIMIT_MB = 4096
@@ -217,6 +220,10 @@ class SliceFiles:
         except (OSError, ValueError, KeyError, TypeError, AttributeError, StoreError) as exc:
             self._discard_damaged(folder, str(exc))
             return None
+        import torch
+
+        from essence.core.engine.activation_source import open_stored_slice
+
         found = open_stored_slice(
             model,
             data,

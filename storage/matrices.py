@@ -13,11 +13,14 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from essence.core.base.errors import StoreError
+
+if TYPE_CHECKING:  # PyTorch is imported by the functions that make tensors, not by a store that only reads
+    import torch
 
 # An unreferenced matrix file younger than this may belong to a write whose transaction has not committed yet
 # (files are written first, then referenced in one transaction): prune leaves it alone. This guards files
@@ -35,6 +38,8 @@ def to_bytes(t: torch.Tensor) -> tuple[bytes, str, list[int]]:
 
 def from_bytes(data: bytes, dtype: str, shape: list[int] | tuple[int, ...]) -> torch.Tensor:
     """The tensor of :func:`to_bytes` (a copy that owns its memory)."""
+    import torch
+
     dt = np.dtype(dtype)
     expected = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
     if len(data) != expected:

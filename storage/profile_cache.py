@@ -16,18 +16,11 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, cast
 
-import torch
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from essence.core.analyses.profiles import ClassProfiles
 from essence.core.base.errors import EssenceError, StoreError
-from essence.core.engine.influence import Influence
-from essence.core.engine.slices import GRANULARITIES, Granularity
-from essence.core.engine.sums import InfluenceSums
-from essence.core.inputs.data import ImageData
-from essence.core.inputs.models import LoadedModel
 from essence.storage import connect
 from essence.storage.activations import SliceFiles, StoreSlices, slice_limit_bytes
 from essence.storage.matrices import FileBlobs, from_bytes, sha256, to_bytes
@@ -37,6 +30,17 @@ from essence.storage.records import (
     RunInfo,
 )
 from essence.storage.reviews import damaged_row, new_run_row
+
+# PyTorch and the engine are imported by the methods that read or write profiles: a store opened for verdicts,
+# runs or its own upkeep never loads them (``essence store info`` answers without PyTorch's import).
+if TYPE_CHECKING:
+    import torch
+
+    from essence.core.analyses.profiles import ClassProfiles
+    from essence.core.engine.influence import Influence
+    from essence.core.engine.slices import Granularity
+    from essence.core.inputs.data import ImageData
+    from essence.core.inputs.models import LoadedModel
 
 # Per-instance matrices kept with a profile, by name: what triage needs from the same pass.
 MATRIX_NAMES = ("vectors", "indices", "labels", "outputs")
@@ -104,6 +108,9 @@ class ProfileCache:
     def _decode_profiles(
         row: ProfileRow, matrices: list[MatrixRow], blobs: dict[str, bytes] | None, with_instances: bool
     ) -> ClassProfiles:
+        from essence.core.analyses.profiles import ClassProfiles
+        from essence.core.engine.sums import InfluenceSums
+
         shape = json.loads(row.unit_shape)
         g, u = row.num_groups, row.num_units
         sums = InfluenceSums(
@@ -174,6 +181,8 @@ class ProfileCache:
         Raises:
             StoreError: the profiles do not match the key, or the store cannot be written.
         """
+        import torch
+
         _check_matches(key, profiles)
         info = run_info or RunInfo()
         matrices = _instance_matrices(profiles)
@@ -337,9 +346,11 @@ def _check_matches(key: ProfileKey, p: ClassProfiles) -> None:
 
 def _granularity(text: str) -> Granularity:
     """A stored granularity, checked (a row with another one is damaged: ``ValueError``)."""
+    from essence.core.engine.slices import GRANULARITIES
+
     if text not in GRANULARITIES:
         raise ValueError(f"granularity {text!r} is not one the engine knows")
-    return cast(Granularity, text)  # one of GRANULARITIES, checked above
+    return cast("Granularity", text)  # one of GRANULARITIES, checked above
 
 
 def _instance_matrices(p: ClassProfiles) -> dict[str, torch.Tensor]:
@@ -356,6 +367,10 @@ def _instance_matrices(p: ClassProfiles) -> dict[str, torch.Tensor]:
 
 
 def _influence_of(p: ClassProfiles, distribution: str, t: dict[str, torch.Tensor]) -> Influence:
+    import torch
+
+    from essence.core.engine.influence import Influence
+
     return Influence(
         mean=p.mean,
         stderr=p.stderr,

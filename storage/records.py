@@ -9,12 +9,11 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
-from essence.core.engine.distributions import ClassConditional
-from essence.core.engine.quantities import OwnLabel, quantity_name
-from essence.core.inputs.data import ImageData
-from essence.core.inputs.models import LoadedModel
+if TYPE_CHECKING:  # the engine (and PyTorch) is imported where a key is made, not by a store that only reads
+    from essence.core.inputs.data import ImageData
+    from essence.core.inputs.models import LoadedModel
 
 # Version of the numbers' definition. Bump it whenever the engine's meaning of a stored profile changes
 # (a different gradient, reduction or normalisation): every profile stored under an older version then
@@ -62,6 +61,9 @@ class ProfileKey:
 
         The quantity and distribution names come from the engine itself, so the key names what is computed.
         """
+        from essence.core.engine.distributions import ClassConditional
+        from essence.core.engine.quantities import OwnLabel, quantity_name
+
         return cls(
             model_fp=model.fingerprint,
             dataset_fp=data.fingerprint,

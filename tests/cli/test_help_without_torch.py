@@ -1,4 +1,5 @@
-"""``essence --help`` and argument errors answer without importing PyTorch (DESIGN: start-up is not torch's).
+"""``essence --help``, argument errors and the store's verdicts answer without importing PyTorch (DESIGN:
+start-up is not torch's).
 
 Each case runs ``python -m essence.cli ...`` in a fresh interpreter that reports, as it exits, whether ``torch``
 and ``numpy`` were imported. A command that runs still imports them: the last test shows the probe can fail.
@@ -101,6 +102,37 @@ def test_the_error_types_import_alone():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
     )
     assert done.stdout.split() == ["False", "False"]
+
+
+def test_verdicts_are_recorded_and_exported_without_torch(tmp_path):
+    """The store's verdicts, runs and upkeep need no tensors: a script recording verdicts through the API, then
+    ``essence store info``, ``store export --verdicts`` and ``store prune --dry-run`` import no PyTorch."""
+    script = (
+        "import sys\n"
+        "from essence.storage import Store\n"
+        "with Store.open(sys.argv[1]) as store:\n"
+        "    for i, verdict in enumerate(['fine', 'label error', 'fine']):\n"
+        "        store.record_verdict('d' * 64, i, verdict, reviewer='Dr. A')\n"
+        "    store.record_verdict('d' * 64, 1, 'custom', note='blurred', reviewer='Dr. B')\n"
+        "    print(len(store.latest_verdicts('d' * 64)), 'torch' in sys.modules)\n"
+    )
+    recorded = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert recorded.stdout.split() == ["3", "False"]
+    code, out, err, imported = run("store", "info", home=tmp_path)
+    assert code == 0, err
+    assert "verdicts: 4," in out
+    assert imported["torch"] is False
+    csv = tmp_path / "verdicts.csv"
+    code, out, err, imported = run("store", "export", "--verdicts", str(csv), home=tmp_path)
+    assert code == 0, err
+    assert imported["torch"] is False
+    rows = csv.read_text().splitlines()
+    assert len(rows) == 1 + 4 and "blurred" in csv.read_text()
+    code, out, err, imported = run("store", "prune", "--dry-run", home=tmp_path)
+    assert code == 0, err
+    assert imported["torch"] is False
 
 
 def test_a_command_that_runs_still_imports_torch(tmp_path):

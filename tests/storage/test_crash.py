@@ -53,16 +53,26 @@ store.put_profiles(key, profiles)
 print("finished", flush=True)  # never reached
 """
 
+# With a fourth argument, the other writer's name: after its first verdict the child waits until the other's first
+# one is in the store, so the two write at the same time however the machine schedules them (released together
+# on a loaded machine, one could otherwise write all its verdicts before the other had started).
 CHILD_VERDICTS = r"""
-import sys
+import sys, time
 from essence.storage import Store
 url, who, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+other = sys.argv[4] if len(sys.argv) > 4 else None
 store = Store.open(url, timeout=60)
 print("ready", flush=True)
 sys.stdin.readline()  # start together
 for i in range(n):
     store.record_verdict("shared", i, "fine" if i % 2 else "ambiguous", note=who, reviewer=who)
     print("committed", i + 1, flush=True)
+    if i == 0 and other is not None:
+        deadline = time.monotonic() + 120
+        while not any(v.reviewer == other for v in store.all_verdicts("shared")):
+            if time.monotonic() > deadline:
+                sys.exit(f"{other} wrote nothing in 120 s")
+            time.sleep(0.005)
 """
 
 
@@ -160,7 +170,8 @@ def test_sigkill_while_recording_verdicts_loses_none_committed(store_url):
 def test_two_processes_recording_verdicts_at_once_lose_nothing(store_url):
     Store.open(store_url).close()
     n = 200
-    children = [_spawn(CHILD_VERDICTS, store_url, who, str(n), stdin=True) for who in ("ana", "ben")]
+    pairs = (("ana", "ben"), ("ben", "ana"))
+    children = [_spawn(CHILD_VERDICTS, store_url, who, str(n), other, stdin=True) for who, other in pairs]
     for child in children:
         _read_until(child, "ready")
     for child in children:  # release both at once
